@@ -1,0 +1,60 @@
+"""/healthz, /readyz and Prometheus /metrics on a small HTTP server thread.
+
+Used by the services that are not web apps themselves (ingest, inference, correlator, notifier);
+the api serves the same paths from FastAPI.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict] | None = None) -> None:
+        outer = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                if self.path == "/healthz":
+                    outer._reply(self, 200, {"status": "ok"})
+                elif self.path == "/readyz":
+                    ok = ready()
+                    outer._reply(self, 200 if ok else 503, {"ready": ok, **(details() if details else {})})
+                elif self.path == "/metrics":
+                    body = generate_latest()
+                    self.send_response(200)
+                    self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    outer._reply(self, 404, {"error": f"no such path {self.path}"})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,193 @@
+"""Kafka helpers: idempotent producer, an at-least-once consume-process-commit loop, and a DLQ.
+
+Offsets are committed only after the outputs of a batch are acknowledged by the broker, so a crash
+replays work instead of losing it; downstream dedupe (deterministic ids) makes replays harmless.
+A message the handler cannot understand goes to `<topic>.dlq` with error headers and never stops
+the loop; a failure of something the handler depends on (model server down) retries the same batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter
+
+from services.shared.serde import PoisonMessage
+from services.shared.topics import dlq
+
+log = logging.getLogger(__name__)
+
+MESSAGES_PROCESSED = Counter("sw_messages_processed_total", "Messages handled and committed", ["service", "topic"])
+MESSAGES_DEAD_LETTERED = Counter("sw_messages_dead_lettered_total", "Poison messages sent to a DLQ", ["service", "topic"])
+BATCH_RETRIES = Counter("sw_batch_retries_total", "Batches retried after a transient failure", ["service", "topic"])
+
+
+class RetryableError(RuntimeError):
+    """A dependency failed (model server, webhook); the same batch is tried again, nothing is committed."""
+
+
+def producer_config(bootstrap_servers: str, **overrides: object) -> dict:
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Java's partitioner, so keys land where Faust (aiokafka) and Kafka Streams would put them.
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "message.max.bytes": 4 * 1024 * 1024,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_producer(bootstrap_servers: str, **overrides: object) -> Producer:
+    return Producer(producer_config(bootstrap_servers, **overrides))
+
+
+def produce_and_wait(producer: Producer, topic: str, key: bytes | str, value: bytes, headers: list | None = None, timeout: float = 10.0) -> Message:
+    """Produce one message and block until the broker acknowledges it (or raise)."""
+    result: dict = {}
+    done = threading.Event()
+
+    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        result["err"], result["msg"] = err, msg
+        done.set()
+
+    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+    deadline = time.monotonic() + timeout
+    while not done.is_set() and time.monotonic() < deadline:
+        producer.poll(0.05)
+    if not done.is_set():
+        raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"no acknowledgement for {topic} in {timeout}s"))
+    if result["err"] is not None:
+        raise KafkaException(result["err"])
+    return result["msg"]
+
+
+def dlq_headers(msg: Message, service: str, error: str) -> list[tuple[str, bytes]]:
+    return [
+        ("sw-error", error.encode()[:1000]),
+        ("sw-source-topic", (msg.topic() or "").encode()),
+        ("sw-source-partition", str(msg.partition()).encode()),
+        ("sw-source-offset", str(msg.offset()).encode()),
+        ("sw-service", service.encode()),
+        ("sw-failed-at-ms", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+@dataclass
+class Output:
+    topic: str
+    key: bytes | str | None
+    value: bytes
+    headers: list | None = None
+
+
+Handler = Callable[[list[Message]], Iterable[Output]]
+
+
+@dataclass
+class ConsumeLoop:
+    """Poll a batch, hand it to `handle`, produce what it returns, then commit.
+
+    `handle` receives only decodable-or-not raw messages; it raises PoisonMessage for a single bad
+    message via `per_message`, or returns outputs for the whole batch.
+    """
+
+    service: str
+    bootstrap_servers: str
+    group_id: str
+    topics: list[str]
+    handle: Handler
+    batch_size: int = 32
+    poll_timeout: float = 0.2
+    consumer_overrides: dict = field(default_factory=dict)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    max_retry_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Short sessions: a restarted member rejoins in seconds on the dev broker and in production.
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
+        config.update(self.consumer_overrides)
+        self.consumer = Consumer(config)
+        self.producer = make_producer(self.bootstrap_servers)
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set())
+        try:
+            while not self.stop_event.is_set():
+                batch = self.consumer.consume(self.batch_size, self.poll_timeout)
+                messages = [m for m in batch if not self._is_error(m)]
+                if messages:
+                    self._process(messages)
+                self.producer.poll(0)
+        finally:
+            self.producer.flush(10)
+            self.consumer.close()
+
+    def _is_error(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return False
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": str(err)})
+        return True
+
+    def _process(self, messages: list[Message]) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                outputs = list(self.handle(messages))
+                break
+            except RetryableError as exc:
+                BATCH_RETRIES.labels(self.service, messages[0].topic()).inc()
+                log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": backoff})
+                if self.stop_event.wait(backoff):
+                    # Shutting down: leave the batch uncommitted so it is redone after restart.
+                    return
+                backoff = min(backoff * 2, self.max_retry_backoff)
+        for out in outputs:
+            self._produce(out)
+        if self.producer.flush(30) > 0:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "outputs not acknowledged; not committing"))
+        self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        for msg in messages:
+            MESSAGES_PROCESSED.labels(self.service, msg.topic()).inc()
+
+    def _produce(self, out: Output) -> None:
+        while True:
+            try:
+                self.producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def dead_letter(self, msg: Message, error: str) -> Output:
+        """The DLQ output for a poison message, to be returned among the batch's outputs."""
+        MESSAGES_DEAD_LETTERED.labels(self.service, msg.topic()).inc()
+        log.warning("poison message sent to DLQ", extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
+        return Output(dlq(msg.topic()), msg.key(), msg.value() or b"", dlq_headers(msg, self.service, error))
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    highest: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        key = (msg.topic(), msg.partition())
+        highest[key] = max(highest.get(key, -1), msg.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
+
+
+__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "make_producer", "produce_and_wait", "dlq_headers"]

@@ -1,0 +1,173 @@
+"""The chain's store configuration: stores, cameras with zones, registers. One file, validated once.
+
+Every service reads the part it needs. A bad file fails at start with the path of the bad field
+(for example `stores.0.registers.0.customer_zones`), never with a KeyError later.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time as dtime
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exit", "staff_only", "aisle"]
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Zone(_Strict):
+    id: str = Field(pattern=_ID)
+    kind: ZoneKind
+    # (x, y) vertices normalised to the frame, 0..1, so zones survive a change of resolution.
+    polygon: list[tuple[float, float]] = Field(min_length=3)
+    # Fraction of the zone that must be covered by a person before it counts as occupied.
+    min_occupancy: float = Field(0.03, gt=0, le=1)
+
+    @field_validator("polygon")
+    @classmethod
+    def _inside_frame(cls, polygon: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for x, y in polygon:
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise ValueError(f"vertex ({x}, {y}) is outside the frame; use coordinates normalised to 0..1")
+        return polygon
+
+
+class Camera(_Strict):
+    id: str = Field(pattern=_ID)
+    # file:PATH (relative to the config file), rtsp://, http(s):// or device:N.
+    source: str
+    fps: float = Field(10.0, gt=0, le=60)
+    width: int = Field(320, ge=32, le=3840)
+    height: int = Field(240, ge=32, le=2160)
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    presence_model: str = "presence"
+    zones: list[Zone] = []
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, source: str) -> str:
+        if not re.match(r"^(file:|rtsp://|https?://|device:\d+$)", source):
+            raise ValueError("must start with file:, rtsp://, http://, https:// or be device:N")
+        return source
+
+    @model_validator(mode="after")
+    def _unique_zones(self) -> "Camera":
+        ids = [z.id for z in self.zones]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate zone id(s) {dupes}")
+        return self
+
+    def zone(self, zone_id: str) -> Zone:
+        return next(z for z in self.zones if z.id == zone_id)
+
+
+class Register(_Strict):
+    id: str = Field(pattern=_ID)
+    camera: str
+    customer_zones: list[str] = Field(min_length=1)
+    merchandise_zones: list[str] = []
+
+
+class OpeningHours(_Strict):
+    open: dtime
+    close: dtime
+
+
+class Store(_Strict):
+    id: str = Field(pattern=_ID)
+    name: str = ""
+    timezone: str
+    opening_hours: OpeningHours | None = None
+    cameras: list[Camera] = Field(min_length=1)
+    registers: list[Register] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _real_timezone(cls, tz: str) -> str:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {tz!r}") from None
+        return tz
+
+    @model_validator(mode="after")
+    def _registers_reference_cameras(self) -> "Store":
+        cameras = {c.id: c for c in self.cameras}
+        if len(cameras) != len(self.cameras):
+            raise ValueError("duplicate camera ids")
+        for reg in self.registers:
+            cam = cameras.get(reg.camera)
+            if cam is None:
+                raise ValueError(f"register {reg.id}: camera {reg.camera!r} is not defined in this store")
+            zone_ids = {z.id for z in cam.zones}
+            for zone in reg.customer_zones + reg.merchandise_zones:
+                if zone not in zone_ids:
+                    raise ValueError(f"register {reg.id}: zone {zone!r} is not a zone of camera {cam.id}")
+        return self
+
+
+class StoreConfig(_Strict):
+    chain: str
+    stores: list[Store] = Field(min_length=1)
+    # Where the config was read from; file: sources are relative to it.
+    base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "StoreConfig":
+        stores = [s.id for s in self.stores]
+        cameras = [c.id for s in self.stores for c in s.cameras]
+        for kind, ids in (("store", stores), ("camera", cameras)):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} id(s) {dupes}: ids must be unique across the chain")
+        return self
+
+    def store(self, store_id: str) -> Store:
+        return next(s for s in self.stores if s.id == store_id)
+
+    def camera(self, camera_id: str) -> tuple[Store, Camera]:
+        for store in self.stores:
+            for cam in store.cameras:
+                if cam.id == camera_id:
+                    return store, cam
+        raise KeyError(camera_id)
+
+    def registers_watched_by(self, camera_id: str) -> list[tuple[Store, Register]]:
+        return [(s, r) for s in self.stores for r in s.registers if r.camera == camera_id]
+
+    def resolve_source(self, camera: Camera) -> str:
+        """The camera source with file: paths made absolute against the config's folder."""
+        if camera.source.startswith("file:"):
+            path = Path(camera.source[len("file:"):])
+            return str(path if path.is_absolute() else (self.base_dir / path).resolve())
+        return camera.source
+
+
+class StoreConfigError(ValueError):
+    pass
+
+
+def load_store_config(path: Path | str) -> StoreConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise StoreConfigError(f"store config {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise StoreConfigError(f"store config {path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise StoreConfigError(f"store config {path}: top level must be a mapping")
+    try:
+        return StoreConfig(**raw, base_dir=path.resolve().parent)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
+        raise StoreConfigError(f"store config {path}:\n  " + "\n  ".join(lines)) from None

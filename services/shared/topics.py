@@ -1,0 +1,48 @@
+"""Every Kafka topic the system uses, with its partition count.
+
+One list, because the local dev broker cannot create topics on demand (no CreateTopics) and Faust
+needs changelog topics with as many partitions as the topics they are keyed like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITIONS = 6
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = PARTITIONS
+
+
+FRAMES = "sw.frames.v1"
+DETECTIONS = "sw.detections.v1"
+POS = "sw.pos.v1"
+ALERTS = "sw.alerts.v1"
+FEEDBACK = "sw.feedback.v1"
+# Detections re-keyed by "store:register", so they share partitions with sw.pos.v1 in the correlator.
+REGISTER_PRESENCE = "sw.correlator.register-presence.v1"
+
+CORRELATOR_APP_ID = "sw-correlator"
+CORRELATOR_TABLES = ("register-state",)
+
+
+def dlq(topic: str) -> str:
+    """Name of the dead-letter topic that keeps the poison messages of `topic`."""
+    return f"{topic}.dlq"
+
+
+def faust_internal_topics(app_id: str, tables: tuple[str, ...]) -> list[TopicSpec]:
+    """Topics a Faust app would declare itself on a real broker (changelogs, assignor leader)."""
+    specs = [TopicSpec(f"{app_id}-{table}-changelog") for table in tables]
+    specs.append(TopicSpec(f"{app_id}-__assignor-__leader", partitions=1))
+    return specs
+
+
+def all_topics() -> list[TopicSpec]:
+    """Every topic to pre-create, data topics and their DLQs first."""
+    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, REGISTER_PRESENCE]
+    specs = [TopicSpec(name) for name in data] + [TopicSpec(dlq(name)) for name in data]
+    return specs + faust_internal_topics(CORRELATOR_APP_ID, CORRELATOR_TABLES)
