@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import sys
 import time
 
@@ -29,13 +30,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+NOISY_LOGGERS = ("aiokafka", "faust", "mode", "kafka", "urllib3", "httpx", "httpcore")
+
+
+def logging_dict_config(service: str, level: str = "INFO") -> dict:
+    """dictConfig for JSON lines on stderr; also handed to Faust's worker, which replaces handlers."""
+    quiet = logging.getLevelName(max(logging.WARNING, logging.getLevelName(level)))
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter, "service": service}},
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["default"]},
+        # Kafka client libraries log every fetch at DEBUG; building those records alone costs ~20%.
+        "loggers": {name: {"level": quiet} for name in NOISY_LOGGERS},
+    }
+
+
 def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Kafka client libraries log every fetch at DEBUG; building those records alone costs ~20%.
-    for noisy in ("aiokafka", "faust", "mode", "kafka", "urllib3", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.config.dictConfig(logging_dict_config(service, level))
     return logging.getLogger(service)

@@ -1,0 +1,54 @@
+"""gRPC client for TensorFlow Serving's PredictionService, with the official stubs.
+
+The same code talks to the real TF Serving in production and to the local model server in
+development and tests.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from services.shared.kafka import RetryableError
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class ModelServerError(RuntimeError):
+    """The model server rejected the request itself (unknown model, bad input): retrying will not help."""
+
+
+class PredictionClient:
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        # Responses larger than gRPC's default 4 MiB (big batches of maps) would be rejected otherwise.
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def predict(self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default") -> tuple[dict[str, np.ndarray], int]:
+        """Outputs by name and the model version that answered."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = signature
+        for name, array in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(array)))
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            message = f"model server {self.address}: {code.name} {exc.details()}"
+            if code in TRANSIENT:
+                raise RetryableError(message) from None
+            raise ModelServerError(message) from None
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return outputs, response.model_spec.version.value
+
+    def close(self) -> None:
+        self._channel.close()
