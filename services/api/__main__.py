@@ -1,0 +1,58 @@
+"""Run the api: `python -m services.api` (uvicorn, plus the alerts consumer in a thread)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import redis
+import uvicorn
+from pydantic import SecretStr
+
+from services.api.alerts import AlertStore
+from services.api.app import create_app
+from services.shared import topics
+from services.shared.kafka import ConsumeLoop, make_producer
+from services.shared.logs import configure_logging, logging_dict_config
+from services.shared.settings import ServiceSettings, load_settings
+from services.shared.storeconfig import load_store_config
+
+
+class ApiSettings(ServiceSettings):
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    api_port: int = 8080
+    api_group_id: str = "sw-api"
+
+
+def main() -> int:
+    settings = load_settings(ApiSettings)
+    log = configure_logging("api", settings.log_level)
+    config = load_store_config(settings.store_config)
+    producer = make_producer(settings.kafka_bootstrap_servers)
+    redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    store = AlertStore(redis_client)
+    stop = threading.Event()
+    loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS], store.handle, stop_event=stop)
+    store.loop = loop
+
+    def ready() -> bool:
+        try:
+            return loop.ready.is_set() and bool(redis_client.ping())
+        except redis.RedisError:
+            return False
+
+    consumer = threading.Thread(target=loop.run, name="alerts-consumer")
+    consumer.start()
+    app = create_app(config, producer, store, ready)
+    log.info("started", extra={"port": settings.api_port})
+    # uvicorn handles SIGTERM: it stops serving, then we stop the consumer and flush the producer.
+    uvicorn.run(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)
+    stop.set()
+    consumer.join(15)
+    producer.flush(10)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

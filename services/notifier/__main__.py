@@ -1,0 +1,56 @@
+"""Run the notifier: `python -m services.notifier`."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import redis
+from pydantic import Field, SecretStr
+
+from services.notifier.channels import ChannelConfig, build_channel
+from services.notifier.channels.log import LogChannelConfig
+from services.notifier.service import Notifier
+from services.shared import topics
+from services.shared.health import HealthServer
+from services.shared.kafka import ConsumeLoop
+from services.shared.lifecycle import stop_on_signals
+from services.shared.logs import configure_logging
+from services.shared.settings import ServiceSettings, load_settings
+
+
+class NotifierSettings(ServiceSettings):
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # JSON list, e.g. [{"type":"log"},{"type":"webhook","url":"https://hooks.example/lp","secret":"..."}]
+    notifier_channels: list[ChannelConfig] = Field(default_factory=lambda: [LogChannelConfig()])
+    notifier_group_id: str = "sw-notifier"
+    notifier_max_attempts: int = Field(5, ge=1, le=20)
+
+
+def main() -> int:
+    settings = load_settings(NotifierSettings)
+    log = configure_logging("notifier", settings.log_level)
+    stop = stop_on_signals()
+    redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+    notifier = Notifier(redis_client, [build_channel(c) for c in settings.notifier_channels], max_attempts=settings.notifier_max_attempts)
+    loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS], notifier.handle, batch_size=16, stop_event=stop)
+    notifier.loop = loop
+
+    def ready() -> bool:
+        try:
+            return loop.ready.is_set() and bool(redis_client.ping())
+        except redis.RedisError:
+            return False
+
+    health = HealthServer(settings.http_host, settings.http_port, ready=ready).start()
+    log.info("started", extra={"channels": [c.name for c in notifier.channels], "http_port": health.port})
+    worker = threading.Thread(target=loop.run, name="consume")
+    worker.start()
+    worker.join()
+    health.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
