@@ -1,0 +1,77 @@
+"""`shrinkwatch`: the developer command line (local platform, sample store, models, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from devplatform.launcher import DEFAULT_RUN_DIR, ROOT, LaunchError, Platform
+
+
+def _platform(args: argparse.Namespace) -> Platform:
+    return Platform(run_dir=args.run_dir, store_config=args.store_config, api_port=args.api_port, ingest_pace=args.pace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shrinkwatch", description=__doc__)
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where PIDs, logs and runtime.json live")
+    parser.add_argument("--store-config", type=Path, default=ROOT / "config" / "sample-store.yaml")
+    parser.add_argument("--api-port", type=int, default=8080)
+    parser.add_argument("--pace", choices=("realtime", "fast"), default="realtime", help="how file cameras play")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="the local platform").add_subparsers(dest="action", required=True)
+    dev.add_parser("up", help="start broker, redis, model server and the services")
+    dev.add_parser("status", help="show what runs, with PIDs and readiness")
+    dev.add_parser("down", help="stop everything that `up` started")
+    sub.add_parser("sample-store", help="generate the sample store's video and POS script into var/sample")
+    models = sub.add_parser("models", help="models").add_subparsers(dest="action", required=True)
+    models.add_parser("build", help="train and export the models the sample store needs")
+    demo = sub.add_parser("demo", help="run the sample store through the whole pipeline")
+    demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "dev":
+            platform = _platform(args)
+            if args.action == "up":
+                from devplatform.demo import ensure_sample_assets
+
+                ensure_sample_assets()
+                platform.up()
+                print(f"Platform is up; addresses in {platform.runtime_file}")
+            elif args.action == "down":
+                platform.down()
+            else:
+                status = platform.status()
+                if not status:
+                    print("nothing is running")
+                for name, comp in status.items():
+                    where = comp.get("http") or comp.get("bootstrap_servers") or comp.get("url") or comp.get("address") or ""
+                    state = "ready" if comp["ready"] else ("running, not ready" if comp["alive"] else "DEAD")
+                    print(f"  {name:<13} pid {comp['pid']:<7} {state:<18} {where}")
+                return 0 if status and all(c["ready"] for c in status.values()) else 1
+        elif args.command == "sample-store":
+            from devplatform import samplestore
+
+            for kind, path in samplestore.generate(ROOT / "var" / "sample").items():
+                print(f"  {kind}: {path}")
+        elif args.command == "models":
+            from devplatform.demo import ensure_sample_assets
+
+            ensure_sample_assets()
+            print(json.dumps({p.parent.name: p.name for p in sorted((ROOT / "models").glob("*/[0-9]*"))}))
+        elif args.command == "demo":
+            from devplatform.demo import report, run_demo
+
+            result = run_demo(_platform(args), keep_running=args.keep_running)
+            return 1 if report(result) else 0
+    except LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

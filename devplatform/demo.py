@@ -1,0 +1,149 @@
+"""The main job: the sample store through the whole pipeline on the local platform.
+
+Starts the platform, replays the sample store's POS script against the api as the clip plays
+(each event's time anchored to the clip's first frame), waits until the correlator has decided
+every refund, and reports the alerts raised and where the notifier delivered them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Consumer
+
+from devplatform import samplestore
+from devplatform.launcher import ROOT, LaunchError, Platform
+from services.shared import topics
+from services.shared.contracts.frame_pb2 import Frame
+
+SAMPLE_DIR = ROOT / "var" / "sample"
+
+
+def ensure_sample_assets(echo=print) -> None:
+    """Generate the sample store's media and train the presence model if they are missing."""
+    paths = samplestore.generate(SAMPLE_DIR)
+    if not any((ROOT / "models" / "presence").glob("*/saved_model.pb")):
+        from modeling.presence import train_and_export
+
+        out = train_and_export(paths["empty"], ROOT / "models")
+        echo(f"  trained presence model -> {out.relative_to(ROOT)}")
+
+
+@dataclass
+class DemoResult:
+    anchor_ms: int = 0
+    posted: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)
+    dlq_count: int = 0
+
+    def problems(self, script: dict) -> list[str]:
+        expected = {e["event_id"] for e in script["events"] if "refund_without_customer expected" in e.get("note", "")}
+        raised = [a["evidence"][0]["ref"] for a in self.alerts if a.get("evidence")]
+        found = []
+        if sorted(raised) != sorted(expected):
+            found.append(f"alerts for POS events {sorted(raised)}, expected {sorted(expected)}")
+        delivered = [d["alert_id"] for d in self.deliveries]
+        if sorted(delivered) != sorted(a["alert_id"] for a in self.alerts):
+            found.append(f"webhook deliveries {delivered} do not match alerts one to one")
+        return found
+
+
+def first_frame_time(bootstrap: str, camera_id: str, timeout_s: float = 60.0) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"sw-demo-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topics.FRAMES])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() or msg.key() != camera_id.encode():
+                continue
+            frame = Frame.FromString(msg.value())
+            if frame.sequence == 0:
+                return frame.capture_time_ms
+    finally:
+        consumer.close()
+    raise LaunchError(f"demo: no first frame from camera {camera_id} on {topics.FRAMES} within {timeout_s:.0f}s (see var/run/logs/ingest.log)")
+
+
+def metric_total(metrics_url: str, name: str) -> float:
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def replay_pos_script(api: str, script: dict, anchor_ms: int, echo=print) -> list[dict]:
+    posted = []
+    for event in script["events"]:
+        at_ms = anchor_ms + int(event["offset_s"] * 1000)
+        wait = at_ms / 1000 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        body = {k: v for k, v in event.items() if k not in ("offset_s", "note")}
+        body.update(store_id=script["store_id"], register_id=script["register_id"], currency="GBP", employee_id="emp-042",
+                    event_time=datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat())
+        response = httpx.post(f"{api}/v1/pos/events", json=body, timeout=10)
+        response.raise_for_status()
+        echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
+        posted.append(body)
+    return posted
+
+
+def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> DemoResult:
+    ensure_sample_assets(echo)
+    script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
+    echo("Starting the local platform (dev broker, redis-server, model server, webhook sink, 5 services):")
+    platform.up(echo)
+    result = DemoResult()
+    try:
+        comps = platform.components
+        api = comps["api"]["http"]
+        result.anchor_ms = first_frame_time(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"], script["camera_id"])
+        echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, timezone.utc):%H:%M:%S} UTC); replaying the POS script:")
+        result.posted = replay_pos_script(api, script, result.anchor_ms, echo)
+        refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
+        clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
+        deadline = max(time.time(), clip_end) + 90
+        echo("Waiting for the correlator to decide every refund against the camera...")
+        while time.time() < deadline:
+            if metric_total(comps["correlator"]["http"] + "/metrics", "sw_correlator_refunds_decided_total") >= refunds:
+                break
+            time.sleep(0.5)
+        else:
+            raise LaunchError(f"demo: the correlator did not decide all {refunds} refunds in time (see var/run/logs/correlator.log)")
+        # Let the notifier deliver, then a little longer so a duplicate delivery would show up.
+        settle = time.time() + 20
+        while time.time() < settle:
+            result.alerts = httpx.get(f"{api}/v1/alerts", timeout=5).json()["alerts"]
+            result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
+            if result.alerts and len(result.deliveries) >= len(result.alerts):
+                time.sleep(3)
+                result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
+                break
+            time.sleep(0.5)
+    finally:
+        if not keep_running:
+            echo("Stopping the platform:")
+            platform.down(echo=lambda *_: None)
+    return result
+
+
+def report(result: DemoResult, echo=print) -> list[str]:
+    script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
+    echo(f"\nAlerts raised: {len(result.alerts)}")
+    for alert in result.alerts:
+        echo(f"  [{alert['severity'].removeprefix('SEVERITY_')}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']}")
+        echo(f"      {alert['explanation']}")
+    echo(f"Deliveries: {len(result.deliveries)}")
+    for d in result.deliveries:
+        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, timezone.utc):%H:%M:%S} UTC")
+    echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
+    problems = result.problems(script)
+    echo("\nResult: " + ("as expected (one alert, for the refund with nobody at the counter, delivered once)" if not problems else "UNEXPECTED: " + "; ".join(problems)))
+    return problems

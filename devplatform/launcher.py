@@ -1,0 +1,273 @@
+"""The local platform launcher: start, check and stop everything, in order, by PID.
+
+`shrinkwatch dev up` starts the dev broker, a real redis-server, the local model server, a webhook
+sink and the five services, waits for each to be ready before the next, and writes the addresses it
+chose to one runtime file (var/run/runtime.json) that services and tests read. Anything that fails
+to start (a taken port, a missing binary, a service that never gets ready) ends `up` with a message
+naming it, after stopping whatever had already been started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUN_DIR = ROOT / "var" / "run"
+SERVICES = ("correlator", "inference", "notifier", "api", "ingest")
+
+
+class LaunchError(RuntimeError):
+    """Startup failed; the message names the component and what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie of ours still "exists"; treat it as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM, wait, then SIGKILL: services flush and commit on SIGTERM."""
+    if not pid_alive(pid):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            _reap(pid)
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Platform:
+    """What `up` started; serialised to the runtime file."""
+
+    run_dir: Path = DEFAULT_RUN_DIR
+    store_config: Path = ROOT / "config" / "sample-store.yaml"
+    models_dir: Path = ROOT / "models"
+    api_port: int = 8080
+    ingest_pace: str = "realtime"
+    ready_timeout_s: float = 120.0
+    components: dict[str, dict] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.run_dir / "runtime.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = {"components": self.components, "env": self.env, "store_config": str(self.store_config), "api_port": self.api_port}
+        tmp = self.runtime_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.runtime_file)
+
+    # ---- starting ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+        with log_path.open("ab") as log_file:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.components[name] = {"pid": proc.pid, "log": str(log_path), "argv": argv}
+        self.save()
+        return proc
+
+    def _wait(self, name: str, proc: subprocess.Popen, check, what: str) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LaunchError(f"{name} exited with code {proc.returncode} before it was ready; last log lines:\n{self._tail(name)}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise LaunchError(f"{name} did not become ready ({what}) within {self.ready_timeout_s:.0f}s; last log lines:\n{self._tail(name)}")
+
+    def _tail(self, name: str, lines: int = 15) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join("    " + line[:300] for line in path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _ready_file(self, name: str) -> Path:
+        path = self.run_dir / f"{name}.ready.json"
+        path.unlink(missing_ok=True)
+        return path
+
+    def start_broker(self) -> None:
+        ready = self._ready_file("broker")
+        proc = self._spawn("broker", [sys.executable, "-m", "devplatform.broker", "--ready-file", str(ready)])
+        self._wait("broker", proc, ready.exists, "bootstrap address written")
+        info = json.loads(ready.read_text())
+        self.components["broker"]["bootstrap_servers"] = info["bootstrap_servers"]
+        self.env["SW_KAFKA_BOOTSTRAP_SERVERS"] = info["bootstrap_servers"]
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise LaunchError("redis: the redis-server binary is not installed; run `make setup` (apt-get install redis-server)")
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir), "--daemonize", "no"]
+        proc = self._spawn("redis", argv)
+
+        def pong() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        self._wait("redis", proc, pong, f"PING on port {port}")
+        self.components["redis"]["url"] = f"redis://127.0.0.1:{port}/0"
+        self.env["SW_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+
+    def start_model_server(self) -> None:
+        config_file = self.models_dir / "models.config"
+        if not config_file.exists():
+            raise LaunchError(f"modelserver: no model config file at {config_file}")
+        ready = self._ready_file("modelserver")
+        argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(config_file),
+                "--models-dir", str(self.models_dir), "--port", str(free_port()), "--ready-file", str(ready)]
+        proc = self._spawn("modelserver", argv)
+        self._wait("modelserver", proc, ready.exists, "models loaded")
+        info = json.loads(ready.read_text())
+        self.components["modelserver"].update(address=info["address"], models=info["models"])
+        self.env["SW_MODEL_SERVER"] = info["address"]
+
+    def start_webhook_sink(self) -> None:
+        ready = self._ready_file("webhook-sink")
+        record = self.run_dir / "webhook-deliveries.jsonl"
+        record.unlink(missing_ok=True)
+        proc = self._spawn("webhook-sink", [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready)])
+        self._wait("webhook-sink", proc, ready.exists, "listening")
+        self.components["webhook-sink"].update(url=json.loads(ready.read_text())["url"], record=str(record))
+
+    def start_service(self, name: str) -> None:
+        port = self.api_port if name == "api" else free_port()
+        env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(port), "SW_LOG_LEVEL": "INFO"}
+        if name == "api":
+            env["SW_API_PORT"] = str(port)
+        if name == "ingest":
+            env["SW_INGEST_PACE"] = self.ingest_pace
+        if name == "notifier":
+            channels = [{"type": "log"}, {"type": "webhook", "name": "webhook-sink", "url": self.components["webhook-sink"]["url"]}]
+            env["SW_NOTIFIER_CHANNELS"] = json.dumps(channels)
+        proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+        url = f"http://127.0.0.1:{port}/readyz"
+        self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
+        self.components[name].update(http=f"http://127.0.0.1:{port}")
+        self.save()
+
+    def up(self, echo=print) -> None:
+        if self.runtime_file.exists() and any(pid_alive(c["pid"]) for c in _load(self.runtime_file).get("components", {}).values()):
+            raise LaunchError(f"a platform is already running (see {self.runtime_file}); run `shrinkwatch dev down` first")
+        if not port_is_free(self.api_port):
+            raise LaunchError(f"api: port {self.api_port} is already taken by another process; free it or pass --api-port")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.components, self.env = {}, {}
+        steps = [("broker", self.start_broker), ("redis", self.start_redis), ("modelserver", self.start_model_server),
+                 ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in SERVICES]
+        try:
+            for name, start in steps:
+                started = time.monotonic()
+                start()
+                echo(f"  {name:<13} ready in {time.monotonic() - started:4.1f}s  pid {self.components[name]['pid']}")
+        except BaseException:
+            self.down(echo=lambda *_: None)
+            raise
+
+    # ---- status and stopping -------------------------------------------------------------------
+
+    def down(self, echo=print) -> None:
+        data = _load(self.runtime_file) if self.runtime_file.exists() else {"components": self.components}
+        for name, comp in reversed(list(data.get("components", {}).items())):
+            stop_pid(comp["pid"])
+            echo(f"  stopped {name} (pid {comp['pid']})")
+        self.runtime_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, dict]:
+        if not self.runtime_file.exists():
+            return {}
+        result = {}
+        for name, comp in _load(self.runtime_file)["components"].items():
+            alive = pid_alive(comp["pid"])
+            ready = alive and (http_ready(comp["http"] + "/readyz") if "http" in comp else True)
+            result[name] = {**comp, "alive": alive, "ready": ready}
+        return result
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def load_runtime(run_dir: Path = DEFAULT_RUN_DIR) -> dict:
+    """The runtime file of a running platform (addresses, PIDs), for tests and tools."""
+    path = run_dir / "runtime.json"
+    if not path.exists():
+        raise LaunchError(f"no platform is running ({path} does not exist); run `shrinkwatch dev up`")
+    return _load(path)
