@@ -1,0 +1,56 @@
+# ShrinkWatch developer tasks. `make help` lists them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SW := .venv/bin/shrinkwatch
+PYTEST := $(PY) -m pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit test-integration test-e2e up status down models sample-store proto proto-check clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Install everything: uv, the locked Python deps (.venv), redis-server
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	uv sync --frozen --quiet
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null || { echo "redis-server is still missing: install it with your package manager"; exit 1; }
+
+demo: setup ## Main job: the sample store through the whole pipeline on the local platform
+	$(SW) demo
+
+test: setup ## All tests: unit, integration (real broker/Redis/model server), end to end
+	$(PYTEST) tests
+
+test-unit: setup ## Unit tests only (no infrastructure)
+	$(PYTEST) tests/unit
+
+test-integration: setup ## Integration tests (start and stop their own broker, Redis, model server)
+	$(PYTEST) tests/integration
+
+test-e2e: setup ## End-to-end test through the launcher
+	$(PYTEST) tests/e2e
+
+up: setup ## Start the local platform in the background (shrinkwatch dev up)
+	$(SW) dev up
+
+status: ## Show the local platform's components, PIDs and readiness
+	$(SW) dev status
+
+down: ## Stop the local platform
+	$(SW) dev down
+
+models: setup ## Train and export the models the sample store needs into models/
+	$(SW) models build
+
+sample-store: setup ## Generate the sample store's video and POS script into var/sample/
+	$(SW) sample-store
+
+proto: ## Regenerate services/shared/contracts from proto/
+	$(PY) scripts/gen_proto.py
+
+clean: ## Remove generated media, built models and run files
+	rm -rf var models/*/

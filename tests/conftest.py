@@ -1,0 +1,178 @@
+"""Fixtures that start real infrastructure (dev broker, redis-server, model server, services) as
+processes on loopback, and stop them by PID. Each test gets its own broker and Redis, so its topics,
+consumer groups and keys are its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devplatform.launcher import free_port, http_ready, pid_alive, stop_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    http: str = ""
+
+    def stop(self) -> None:
+        stop_pid(self.popen.pid)
+        try:
+            self.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _spawn(name: str, argv: list[str], tmp_path: Path, env: dict | None = None) -> Proc:
+    log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as fh:
+        popen = subprocess.Popen(argv, cwd=ROOT, env={**BASE_ENV, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Proc(name, popen, log)
+
+
+def wait_for(check, timeout: float, what: str, proc: Proc | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.log_text()[-3000:]}")
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f":\n{proc.log_text()[-3000:]}" if proc else ""))
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A fresh dev broker (librdkafka mock cluster) with every topic pre-created; yields bootstrap."""
+    ready = tmp_path / "broker.json"
+    proc = _spawn("broker", [sys.executable, "-m", "devplatform.broker", "--ready-file", str(ready)], tmp_path)
+    wait_for(ready.exists, 20, "broker ready file", proc)
+    yield json.loads(ready.read_text())["bootstrap_servers"]
+    proc.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: run `make setup`"
+    port = free_port()
+    proc = _spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], tmp_path)
+    import redis
+
+    client = redis.Redis(port=port)
+
+    def ping() -> bool:
+        try:
+            return client.ping()
+        except redis.RedisError:
+            return False
+
+    wait_for(ping, 10, "redis PING", proc)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_assets(tmp_path_factory):
+    """The sample store's media, generated once per session, and a store config pointing at it."""
+    from devplatform import samplestore
+
+    out = tmp_path_factory.mktemp("sample")
+    paths = samplestore.generate(out)
+    raw = yaml.safe_load((ROOT / "config" / "sample-store.yaml").read_text())
+    raw["stores"][0]["cameras"][0]["source"] = f"file:{paths['clip']}"
+    config = out / "store.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return {**paths, "store_config": config}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, sample_assets):
+    """A models/ folder with the presence model trained on the sample store's empty clip."""
+    from modeling.presence import train_and_export
+
+    out = tmp_path_factory.mktemp("models")
+    shutil.copy(ROOT / "models" / "models.config", out / "models.config")
+    train_and_export(sample_assets["empty"], out)
+    return out
+
+
+def start_model_server(tmp_path: Path, models_dir: Path, port: int | None = None) -> tuple[Proc, str]:
+    ready = tmp_path / f"modelserver-{uuid.uuid4().hex[:6]}.json"
+    port = port or free_port()
+    argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(models_dir / "models.config"),
+            "--models-dir", str(models_dir), "--port", str(port), "--ready-file", str(ready)]
+    proc = _spawn("modelserver", argv, tmp_path)
+    wait_for(ready.exists, 120, "model server ready", proc)
+    return proc, json.loads(ready.read_text())["address"]
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory, models_dir):
+    proc, address = start_model_server(tmp_path_factory.mktemp("ms"), models_dir)
+    yield address
+    proc.stop()
+
+
+@pytest.fixture
+def start_service(tmp_path, sample_assets):
+    """Start `python -m services.<name>` with SW_ settings; waits for /readyz; stops it afterwards."""
+    started: list[Proc] = []
+
+    def start(name: str, env: dict[str, str], wait_ready: bool = True) -> Proc:
+        port = free_port()
+        full_env = {"SW_STORE_CONFIG": str(sample_assets["store_config"]), "SW_HTTP_PORT": str(port), "SW_API_PORT": str(port), **env}
+        proc = _spawn(name, [sys.executable, "-m", f"services.{name}"], tmp_path, full_env)
+        proc.http = f"http://127.0.0.1:{port}"
+        started.append(proc)
+        if wait_ready:
+            wait_for(lambda: http_ready(proc.http + "/readyz"), 120, f"{name} /readyz", proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+        assert not pid_alive(proc.popen.pid)
+
+
+def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 15.0, idle: float = 2.0):
+    """Read a topic from the beginning with a fresh group until `expect` messages or `idle` seconds of quiet."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages, deadline, last = [], time.monotonic() + timeout, time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                messages.append(msg)
+                last = time.monotonic()
+                if expect is not None and len(messages) >= expect:
+                    break
+            elif expect is None and messages and time.monotonic() - last > idle:
+                break
+            elif expect is None and not messages and time.monotonic() - last > idle + 3:
+                break
+    finally:
+        consumer.close()
+    return messages

@@ -1,0 +1,54 @@
+"""The local model server answers the official TF Serving API, so clients cannot tell it apart."""
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from devplatform.launcher import free_port
+from modeling.presence import read_frames
+from services.inference.client import ModelServerError, PredictionClient
+from services.shared.kafka import RetryableError
+
+pytestmark = pytest.mark.integration
+
+
+def test_predict_round_trip_sees_who_is_where(model_server, sample_assets):
+    frames = read_frames(sample_assets["clip"])
+    client = PredictionClient(model_server)
+    # 8 s: cashier and customer; 25 s: the cashier alone.
+    outputs, version = client.predict("presence", {"images": frames[[80, 250]]})
+    grid = outputs["foreground"]
+    assert version >= 1 and grid.shape == (2, 30, 40)
+    assert grid[0, :12].max() > 0.5 and grid[1, :12].max() > 0.5  # cashier behind the counter
+    assert (grid[0, 18:] > 0.5).sum() > 20  # customer at the counter
+    assert (grid[1, 18:] > 0.5).sum() == 0  # nobody on the customer side
+
+
+def test_metadata_and_status(model_server):
+    channel = grpc.insecure_channel(model_server)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "presence"
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=10)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    assert set(sig_map.signature_def["serving_default"].inputs) == {"images"}
+    assert set(sig_map.signature_def["serving_default"].outputs) == {"foreground"}
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "presence"
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=10)
+    assert status.model_version_status[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_unknown_model_and_bad_input_are_clear_permanent_errors(model_server):
+    client = PredictionClient(model_server)
+    with pytest.raises(ModelServerError, match="NOT_FOUND.*nosuchmodel"):
+        client.predict("nosuchmodel", {"images": np.zeros((1, 240, 320, 3), np.uint8)})
+    with pytest.raises(ModelServerError, match="INVALID_ARGUMENT"):
+        client.predict("presence", {"pixels": np.zeros((1, 240, 320, 3), np.uint8)})
+
+
+def test_server_down_is_a_retryable_error():
+    client = PredictionClient(f"127.0.0.1:{free_port()}", timeout_s=2)
+    with pytest.raises(RetryableError, match="UNAVAILABLE"):
+        client.predict("presence", {"images": np.zeros((1, 8, 8, 3), np.uint8)})

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.shared.storeconfig import StoreConfigError, load_store_config
+
+SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample-store.yaml"
+
+
+def _write(tmp_path, mutate):
+    raw = yaml.safe_load(SAMPLE.read_text())
+    mutate(raw)
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_sample_store_config_loads():
+    config = load_store_config(SAMPLE)
+    store, camera = config.camera("cam-counter-1")
+    assert store.id == "store-001"
+    assert [r.id for _, r in config.registers_watched_by("cam-counter-1")] == ["reg-1"]
+    assert config.resolve_source(camera).endswith("var/sample/counter.mp4")
+
+
+@pytest.mark.parametrize(
+    "mutate, field, reason",
+    [
+        (lambda r: r["stores"][0]["registers"][0].update(customer_zones=["nowhere"]), "stores.0", "zone 'nowhere' is not a zone of camera"),
+        (lambda r: r["stores"][0]["cameras"][0]["zones"][0].update(polygon=[[0, 0], [2, 0], [0, 1]]), "stores.0.cameras.0.zones.0.polygon", "outside the frame"),
+        (lambda r: r["stores"][0].update(timezone="Mars/Olympus"), "stores.0.timezone", "unknown IANA time zone"),
+        (lambda r: r["stores"][0]["cameras"][0].update(fps=0), "stores.0.cameras.0.fps", "greater than 0"),
+        (lambda r: r["stores"][0]["cameras"][0].update(source="ftp://cam"), "stores.0.cameras.0.source", "must start with"),
+        (lambda r: r["stores"][0]["cameras"][0].update(colour="red"), "stores.0.cameras.0.colour", "Extra inputs"),
+    ],
+)
+def test_bad_config_names_the_field(tmp_path, mutate, field, reason):
+    with pytest.raises(StoreConfigError) as err:
+        load_store_config(_write(tmp_path, mutate))
+    assert field in str(err.value)
+    assert reason in str(err.value)
+
+
+def test_unreadable_and_non_yaml_files(tmp_path):
+    with pytest.raises(StoreConfigError, match="cannot read"):
+        load_store_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stores: [unclosed")
+    with pytest.raises(StoreConfigError, match="not valid YAML"):
+        load_store_config(bad)
