@@ -1,0 +1,76 @@
+"""The api over a real broker and Redis: validated POS events in, alerts out."""
+
+import time
+
+import httpx
+import pytest
+
+from services.shared import topics
+from services.shared.contracts.alert_pb2 import Alert, Severity
+from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.kafka import make_producer
+from tests.conftest import consume_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+VALID = {
+    "event_id": "pos-api-1", "type": "refund", "store_id": "store-001", "register_id": "reg-1",
+    "event_time": "2026-11-25T10:00:00+00:00", "currency": "GBP", "total_minor": 2999,
+    "employee_id": "emp-1", "items": [{"sku": "SKU-1", "quantity": 1, "unit_price_minor": 2999}],
+}
+
+
+@pytest.fixture
+def api(broker, redis_url, start_service):
+    return start_service("api", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url}).http
+
+
+def test_valid_pos_event_is_published_as_protobuf(api, broker):
+    response = httpx.post(f"{api}/v1/pos/events", json=VALID)
+    assert response.status_code == 202, response.text
+    assert response.json()["topic"] == topics.POS
+    [msg] = consume_all(broker, topics.POS, expect=1)
+    assert msg.key() == b"store-001:reg-1"
+    event = PosEvent.FromString(msg.value())
+    assert event.event_id == "pos-api-1" and event.type == PosEventType.POS_EVENT_TYPE_REFUND
+    assert event.event_time_ms == 1795600800000
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({k: v for k, v in VALID.items() if k != "register_id"}, "register_id"),
+        ({**VALID, "type": "robbery"}, "type"),
+        ({**VALID, "total_minor": "a lot"}, "total_minor"),
+        ({**VALID, "event_time": "yesterday"}, "event_time"),
+        ({**VALID, "register_id": "reg-404"}, "register_id"),  # well-formed but unknown to the store config
+    ],
+)
+def test_malformed_pos_event_gets_422_naming_the_field_and_publishes_nothing(api, broker, body, field):
+    response = httpx.post(f"{api}/v1/pos/events", json=body)
+    assert response.status_code == 422
+    assert field in [part for err in response.json()["detail"] for part in err["loc"]]
+    assert consume_all(broker, topics.POS, timeout=4, idle=1) == []
+
+
+def test_non_json_body_gets_422(api, broker):
+    response = httpx.post(f"{api}/v1/pos/events", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert consume_all(broker, topics.POS, timeout=4, idle=1) == []
+
+
+def test_alerts_from_kafka_are_listed_newest_first(api, broker):
+    producer = make_producer(broker)
+    for i, store in enumerate(["store-001", "store-002", "store-001"]):
+        alert = Alert(alert_id=f"al-{i}", rule="refund_without_customer", severity=Severity.SEVERITY_HIGH,
+                      store_id=store, register_id="reg-1", event_time_ms=1_800_000_000_000 + i)
+        producer.produce(topics.ALERTS, key=store, value=alert.SerializeToString())
+        # A replay of the same alert must not show up twice.
+        producer.produce(topics.ALERTS, key=store, value=alert.SerializeToString())
+    producer.flush(10)
+    listed = wait_for(lambda: (r := httpx.get(f"{api}/v1/alerts").json())["count"] == 3 and r, 20, "3 alerts listed")
+    assert [a["alert_id"] for a in listed["alerts"]] == ["al-2", "al-1", "al-0"]
+    only = httpx.get(f"{api}/v1/alerts", params={"store_id": "store-002"}).json()
+    assert [a["alert_id"] for a in only["alerts"]] == ["al-1"]
+    assert httpx.get(f"{api}/metrics").status_code == 200
+    assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}

@@ -1,0 +1,54 @@
+"""The correlator (a real Faust worker) over the dev broker: the refund rule, event time, and DLQ."""
+
+import time
+
+import pytest
+
+from services.shared import topics
+from services.shared.contracts.alert_pb2 import Alert
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.kafka import make_producer
+from tests.conftest import consume_all
+
+pytestmark = pytest.mark.integration
+
+
+def _refund(event_id: str, at_ms: int) -> bytes:
+    return PosEvent(event_id=event_id, type=PosEventType.POS_EVENT_TYPE_REFUND, store_id="store-001", register_id="reg-1",
+                    event_time_ms=at_ms, total_minor=5000, currency="GBP").SerializeToString()
+
+
+def _frames(producer, t0: int, seconds: int, present) -> None:
+    for i in range(seconds * 10):
+        analysis = FrameAnalysis(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=t0 + i * 100, frame_sequence=i)
+        analysis.zones.add(zone_id="counter-1-customer", kind="counter_customer", person_present=present(i / 10), presence_score=0.2)
+        producer.produce(topics.DETECTIONS, key="cam-counter-1", value=analysis.SerializeToString())
+
+
+def test_poison_pos_message_goes_to_dlq_and_later_refunds_are_still_judged(broker, start_service):
+    start_service("correlator", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker})
+    producer = make_producer(broker)
+    t0 = int(time.time() * 1000) - 120_000
+    key = "store-001:reg-1"
+    producer.produce(topics.POS, key=key, value=b"\x08\x96\x01garbage\xff")  # not a PosEvent
+    producer.produce(topics.POS, key=key, value=PosEvent(event_id="no-store").SerializeToString())  # incomplete
+    # POS first, video afterwards: the refunds must wait for the camera to cover their windows.
+    producer.produce(topics.POS, key=key, value=_refund("with-customer", t0 + 8_000))
+    producer.produce(topics.POS, key=key, value=_refund("nobody-there", t0 + 24_000))
+    producer.flush(10)
+    _frames(producer, t0, 32, present=lambda s: 4 <= s < 13)
+    producer.flush(10)
+
+    [alert_msg] = consume_all(broker, topics.ALERTS, expect=1, timeout=40)
+    alert = Alert.FromString(alert_msg.value())
+    assert alert.rule == "refund_without_customer" and alert.register_id == "reg-1"
+    assert alert.evidence[0].ref == "nobody-there" and alert_msg.key() == b"store-001"
+    # Only one: the refund with the customer present raised nothing.
+    assert len(consume_all(broker, topics.ALERTS, timeout=5, idle=2)) == 1
+
+    dead = consume_all(broker, topics.dlq(topics.POS), expect=2, timeout=10)
+    errors = sorted(dict(m.headers())["sw-error"].decode() for m in dead)
+    assert "missing required field(s)" in errors[0] or "not a valid protobuf" in errors[0]
+    assert all(dict(m.headers())["sw-source-topic"] == topics.POS.encode() for m in dead)
+    assert len(dead) == 2
