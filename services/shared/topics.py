@@ -35,10 +35,8 @@ def dlq(topic: str) -> str:
 
 
 def faust_internal_topics(app_id: str, tables: tuple[str, ...]) -> list[TopicSpec]:
-    """Topics a Faust app would declare itself on a real broker (changelogs, assignor leader)."""
-    specs = [TopicSpec(f"{app_id}-{table}-changelog") for table in tables]
-    specs.append(TopicSpec(f"{app_id}-__assignor-__leader", partitions=1))
-    return specs
+    """Changelog topics a Faust app would declare itself on a real broker (the leader topic is disabled)."""
+    return [TopicSpec(f"{app_id}-{table}-changelog") for table in tables]
 
 
 def all_topics() -> list[TopicSpec]:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import httpx
 from google.protobuf.json_format import MessageToDict
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator
 
 from services.notifier.channels.base import DeliveryError, PermanentDeliveryError
 from services.shared.contracts.alert_pb2 import Alert
@@ -21,6 +21,11 @@ class WebhookChannelConfig(BaseModel):
     url: AnyHttpUrl
     secret: SecretStr | None = None
     timeout_s: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _empty_means_unsigned(cls, value: object) -> object:
+        return None if value in ("", None) else value
 
 
 def alert_json(alert: Alert) -> dict:

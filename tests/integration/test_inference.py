@@ -1,0 +1,64 @@
+"""Inference over the dev broker and the model server: presence per zone from real pixels."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from devplatform.launcher import free_port
+from modeling.presence import read_frames
+from services.shared import topics
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+from services.shared.contracts.frame_pb2 import Frame
+from services.shared.kafka import make_producer
+from tests.conftest import consume_all, start_model_server
+
+pytestmark = pytest.mark.integration
+
+
+def _publish_clip(broker, clip, seconds, corrupt_at=()):
+    producer = make_producer(broker)
+    frames = read_frames(clip)
+    t0 = 1_800_000_000_000
+    for seq, index in enumerate(seconds):
+        ok, jpeg = cv2.imencode(".jpg", frames[index])
+        payload = b"\xff\xd8 not really a jpeg" if seq in corrupt_at else jpeg.tobytes()
+        frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=t0 + index * 100, sequence=seq,
+                      jpeg=payload, width=320, height=240)
+        producer.produce(topics.FRAMES, key="cam-counter-1", value=frame.SerializeToString())
+    producer.flush(10)
+
+
+def _customer_zone(analysis: FrameAnalysis):
+    return next(z for z in analysis.zones if z.zone_id == "counter-1-customer")
+
+
+def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_server, start_service, sample_assets):
+    start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server})
+    indexes = [20, 80, 100, 250, 300]  # 2 s empty, 8 s and 10 s customer, 25 s and 30 s empty
+    _publish_clip(broker, sample_assets["clip"], indexes, corrupt_at={2})
+    results = [FrameAnalysis.FromString(m.value()) for m in consume_all(broker, topics.DETECTIONS, expect=4, timeout=60)]
+    by_seq = {a.frame_sequence: a for a in results}
+    assert sorted(by_seq) == [0, 1, 3, 4]
+    assert [_customer_zone(by_seq[s]).person_present for s in (0, 1, 3, 4)] == [False, True, False, False]
+    staff = next(z for z in by_seq[3].zones if z.zone_id == "counter-1-staff")
+    assert staff.person_present  # the cashier never leaves
+    assert by_seq[1].models[0].name == "presence" and by_seq[1].models[0].version >= 1
+    [dead] = consume_all(broker, topics.dlq(topics.FRAMES), expect=1, timeout=10)
+    assert b"cannot be decoded" in dict(dead.headers())["sw-error"]
+
+
+def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sample_assets, tmp_path):
+    port = free_port()
+    inference = start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": f"127.0.0.1:{port}", "SW_MODEL_TIMEOUT_S": "2"})
+    _publish_clip(broker, sample_assets["clip"], list(range(0, 300, 10)))
+    time.sleep(4)
+    assert consume_all(broker, topics.DETECTIONS, timeout=2, idle=1) == []
+    assert "dependency failed, retrying batch" in inference.log_text()
+    server, _ = start_model_server(tmp_path, models_dir, port=port)
+    try:
+        results = consume_all(broker, topics.DETECTIONS, expect=30, timeout=60)
+        assert sorted(FrameAnalysis.FromString(m.value()).frame_sequence for m in results) == list(range(30))
+    finally:
+        server.stop()
