@@ -37,7 +37,7 @@ def main() -> int:
 
     def ready() -> bool:
         try:
-            return loop.ready.is_set() and bool(redis_client.ping())
+            return loop.ready.is_set() and loop.failure is None and bool(redis_client.ping())
         except redis.RedisError:
             return False
 
@@ -50,8 +50,8 @@ def main() -> int:
     stop.set()
     consumer.join(15)
     producer.flush(10)
-    log.info("stopped")
-    return 0
+    log.info("stopped", extra={"failed": loop.failure is not None})
+    return 1 if loop.failure else 0
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def main() -> int:
     worker.join()
     health.stop()
     client.close()
-    log.info("stopped")
-    return 0
+    log.info("stopped", extra={"failed": loop.failure is not None})
+    return 1 if loop.failure else 0
 
 
 if __name__ == "__main__":

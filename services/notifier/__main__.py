@@ -48,8 +48,8 @@ def main() -> int:
     worker.start()
     worker.join()
     health.stop()
-    log.info("stopped")
-    return 0
+    log.info("stopped", extra={"failed": loop.failure is not None})
+    return 1 if loop.failure else 0
 
 
 if __name__ == "__main__":

@@ -124,8 +124,10 @@ class ConsumeLoop:
         self.consumer = Consumer(config)
         self.producer = make_producer(self.bootstrap_servers)
         self.ready = threading.Event()
+        self.failure: BaseException | None = None
 
     def run(self) -> None:
+        """Consume until stopped; an unexpected error is kept in `failure` so the service exits non-zero."""
         self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set())
         try:
             while not self.stop_event.is_set():
@@ -134,6 +136,11 @@ class ConsumeLoop:
                 if messages:
                     self._process(messages)
                 self.producer.poll(0)
+        except Exception as exc:
+            # Nothing of the failed batch was committed: a restart (by the orchestrator) redoes it.
+            log.exception("consume loop failed; stopping", extra={"service": self.service})
+            self.failure = exc
+            self.stop_event.set()
         finally:
             self.producer.flush(10)
             self.consumer.close()
