@@ -15,6 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from services.shared.health import send_json
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -31,25 +33,17 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 payload = json.loads(body)
             except json.JSONDecodeError:
-                self._reply(400, {"error": "body is not JSON"})
+                send_json(self, 400, {"error": "body is not JSON"})
                 return
             entry = {"received_ms": int(time.time() * 1000), "path": self.path,
                      "alert_id": self.headers.get("X-ShrinkWatch-Alert-Id", ""), "body": payload}
             with lock, args.record.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
-            self._reply(200, {"ok": True})
+            send_json(self, 200, {"ok": True})
 
         def do_GET(self) -> None:  # noqa: N802
             entries = [json.loads(line) for line in args.record.read_text().splitlines()] if args.record.exists() else []
-            self._reply(200, {"deliveries": entries})
-
-        def _reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, 200, {"deliveries": entries})
 
         def log_message(self, *a: object) -> None:
             pass

@@ -152,6 +152,8 @@ def start_service(tmp_path, sample_assets):
     for proc in reversed(started):
         proc.stop()
         assert not pid_alive(proc.popen.pid)
+        # SIGTERM is a graceful stop: flush, commit, exit 0 (a test may have stopped it already).
+        assert proc.popen.returncode == 0, f"{proc.name} exited {proc.popen.returncode} on SIGTERM:\n{proc.log_text()[-2000:]}"
 
 
 def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 15.0, idle: float = 2.0):

@@ -14,6 +14,7 @@ from services.shared import topics
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.register_presence_pb2 import RegisterPresence
+from services.shared.kafka import dlq_headers
 from services.shared.serde import PoisonMessage, decode, encode
 from services.shared.storeconfig import load_store_config
 
@@ -37,14 +38,7 @@ async def _dead_letter(event, error: str) -> None:
     message = event.message
     DEAD_LETTERED.labels(message.topic).inc()
     log.warning("poison message sent to DLQ", extra={"topic": message.topic, "partition": message.partition, "offset": message.offset, "error": error})
-    headers = {
-        "sw-error": error.encode()[:1000],
-        "sw-source-topic": message.topic.encode(),
-        "sw-source-partition": str(message.partition).encode(),
-        "sw-source-offset": str(message.offset).encode(),
-        "sw-service": b"correlator",
-        "sw-failed-at-ms": str(int(time.time() * 1000)).encode(),
-    }
+    headers = dlq_headers(message.topic, message.partition, message.offset, "correlator", error)
     fut = await dlq_topic(message.topic).send(key=event.key, value=event.value or b"", headers=headers)
     await fut
 

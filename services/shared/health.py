@@ -14,17 +14,25 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
+    """Answer an http.server request with a JSON body."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class HealthServer:
     def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict] | None = None) -> None:
-        outer = self
-
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path == "/healthz":
-                    outer._reply(self, 200, {"status": "ok"})
+                    send_json(self, 200, {"status": "ok"})
                 elif self.path == "/readyz":
                     ok = ready()
-                    outer._reply(self, 200 if ok else 503, {"ready": ok, **(details() if details else {})})
+                    send_json(self, 200 if ok else 503, {"ready": ok, **(details() if details else {})})
                 elif self.path == "/metrics":
                     body = generate_latest()
                     self.send_response(200)
@@ -33,7 +41,7 @@ class HealthServer:
                     self.end_headers()
                     self.wfile.write(body)
                 else:
-                    outer._reply(self, 404, {"error": f"no such path {self.path}"})
+                    send_json(self, 404, {"error": f"no such path {self.path}"})
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -41,15 +49,6 @@ class HealthServer:
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
-
-    @staticmethod
-    def _reply(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
 
     def start(self) -> "HealthServer":
         self._thread.start()

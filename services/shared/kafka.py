@@ -69,12 +69,13 @@ def produce_and_wait(producer: Producer, topic: str, key: bytes | str, value: by
     return result["msg"]
 
 
-def dlq_headers(msg: Message, service: str, error: str) -> list[tuple[str, bytes]]:
+def dlq_headers(topic: str, partition: int, offset: int, service: str, error: str) -> list[tuple[str, bytes]]:
+    """Why and where from, on every dead-lettered message (confluent-kafka and Faust alike)."""
     return [
         ("sw-error", error.encode()[:1000]),
-        ("sw-source-topic", (msg.topic() or "").encode()),
-        ("sw-source-partition", str(msg.partition()).encode()),
-        ("sw-source-offset", str(msg.offset()).encode()),
+        ("sw-source-topic", topic.encode()),
+        ("sw-source-partition", str(partition).encode()),
+        ("sw-source-offset", str(offset).encode()),
         ("sw-service", service.encode()),
         ("sw-failed-at-ms", str(int(time.time() * 1000)).encode()),
     ]
@@ -186,7 +187,8 @@ class ConsumeLoop:
         """The DLQ output for a poison message, to be returned among the batch's outputs."""
         MESSAGES_DEAD_LETTERED.labels(self.service, msg.topic()).inc()
         log.warning("poison message sent to DLQ", extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
-        return Output(dlq(msg.topic()), msg.key(), msg.value() or b"", dlq_headers(msg, self.service, error))
+        headers = dlq_headers(msg.topic() or "", msg.partition(), msg.offset(), self.service, error)
+        return Output(dlq(msg.topic()), msg.key(), msg.value() or b"", headers)
 
 
 def _next_offsets(messages: list[Message]) -> list[TopicPartition]:

@@ -102,5 +102,5 @@ async def test_refund_with_customer_in_window_raises_nothing(faust_app):
 async def test_poison_pos_message_is_dead_lettered_and_the_next_one_processed(faust_app):
     await _put_all(agents.correlate_registers, topics.POS, [(KEY, b"\xff\xfe garbage"), _refund("r-after", T0 + 5_000)])
     [dead] = faust_app["dlq"].sent
-    assert dead["value"] == b"\xff\xfe garbage" and b"PosEvent" in dead["headers"]["sw-error"]
+    assert dead["value"] == b"\xff\xfe garbage" and b"PosEvent" in dict(dead["headers"])["sw-error"]
     assert [p["event_id"] for p in register_state["store-001:reg-1"]["pending"]] == ["r-after"]
