@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
+from typing import Iterator
 
 import redis
 import uvicorn
@@ -16,6 +19,19 @@ from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging, logging_dict_config
 from services.shared.settings import ServiceSettings, load_settings
 from services.shared.storeconfig import load_store_config
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after shutting down, which would skip our flush; stop and return instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class ApiSettings(ServiceSettings):
@@ -45,8 +61,9 @@ def main() -> int:
     consumer.start()
     app = create_app(config, producer, store, ready)
     log.info("started", extra={"port": settings.api_port})
-    # uvicorn handles SIGTERM: it stops serving, then we stop the consumer and flush the producer.
-    uvicorn.run(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)
+    # SIGTERM stops serving first; then the consumer stops and the producer flushes.
+    config = uvicorn.Config(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)
+    _Server(config).run()
     stop.set()
     consumer.join(15)
     producer.flush(10)
