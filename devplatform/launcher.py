@@ -212,6 +212,8 @@ class Platform:
         env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(port), "SW_LOG_LEVEL": "INFO"}
         if name == "api":
             env["SW_API_PORT"] = str(port)
+        if name == "correlator":
+            env["SW_CORRELATOR_DATA_DIR"] = str(self.run_dir / "correlator-data")
         if name == "ingest":
             env["SW_INGEST_PACE"] = self.ingest_pace
         if name == "notifier":

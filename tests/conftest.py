@@ -140,7 +140,8 @@ def start_service(tmp_path, sample_assets):
 
     def start(name: str, env: dict[str, str], wait_ready: bool = True) -> Proc:
         port = free_port()
-        full_env = {"SW_STORE_CONFIG": str(sample_assets["store_config"]), "SW_HTTP_PORT": str(port), "SW_API_PORT": str(port), **env}
+        full_env = {"SW_STORE_CONFIG": str(sample_assets["store_config"]), "SW_HTTP_PORT": str(port), "SW_API_PORT": str(port),
+                    "SW_CORRELATOR_DATA_DIR": str(tmp_path / f"{name}-data"), **env}
         proc = _spawn(name, [sys.executable, "-m", f"services.{name}"], tmp_path, full_env)
         proc.http = f"http://127.0.0.1:{port}"
         started.append(proc)

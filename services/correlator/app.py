@@ -14,6 +14,7 @@ app = faust.App(
     settings.correlator_app_id,
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
     store="memory://",
+    datadir=str(settings.correlator_data_dir),
     # Topics are created by the platform (the dev broker has no CreateTopics; production uses IaC).
     topic_allow_declare=False,
     topic_disable_leader=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from services.shared.settings import ServiceSettings
@@ -16,3 +18,5 @@ class CorrelatorSettings(ServiceSettings):
     # Presence is forwarded on every change and at least this often (it is also the watermark).
     presence_heartbeat_ms: int = Field(1000, ge=100, le=60000)
     correlator_app_id: str = "sw-correlator"
+    # Faust's own data folder (it creates one even for in-memory tables).
+    correlator_data_dir: Path = Path("var/correlator")
