@@ -6,17 +6,47 @@ message that names the variable, never later in the middle of a stream.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 T = TypeVar("T", bound="ServiceSettings")
 
 
+class RuntimeFileSource(PydanticBaseSettingsSource):
+    """Addresses from the local platform's runtime file (SW_RUNTIME_FILE), below real env vars.
+
+    Lets a developer run one service by hand against `shrinkwatch dev up`'s broker, Redis and model
+    server without copying their random ports: `SW_RUNTIME_FILE=var/run/runtime.json python -m services.api`.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("SW_RUNTIME_FILE")
+        if not path:
+            return {}
+        try:
+            env = json.loads(Path(path).read_text()).get("env", {})
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"SW_RUNTIME_FILE {path}: cannot read the platform's runtime file ({exc})") from None
+        fields = self.settings_cls.model_fields
+        values = {key.removeprefix("SW_").lower(): value for key, value in env.items()}
+        return {name: value for name, value in values.items() if name in fields}
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SW_", extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return init_settings, env_settings, RuntimeFileSource(settings_cls), dotenv_settings, file_secret_settings
 
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", min_length=3)
     store_config: Path = Path("config/sample-store.yaml")

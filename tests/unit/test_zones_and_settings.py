@@ -22,3 +22,21 @@ def test_invalid_setting_names_the_variable(monkeypatch):
     monkeypatch.setenv("SW_HTTP_PORT", "99999")
     with pytest.raises(SettingsError, match="SW_HTTP_PORT"):
         load_settings(ServiceSettings)
+
+
+def test_runtime_file_fills_addresses_below_real_env_vars(monkeypatch, tmp_path):
+    from services.inference.__main__ import InferenceSettings
+
+    runtime = tmp_path / "runtime.json"
+    runtime.write_text('{"env": {"SW_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:40001", "SW_MODEL_SERVER": "127.0.0.1:40002", "SW_REDIS_URL": "redis://x"}}')
+    monkeypatch.setenv("SW_RUNTIME_FILE", str(runtime))
+    monkeypatch.setenv("SW_MODEL_SERVER", "127.0.0.1:9999")
+    settings = load_settings(InferenceSettings)
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:40001"
+    assert settings.model_server == "127.0.0.1:9999"  # an explicit variable wins
+
+
+def test_unreadable_runtime_file_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("SW_RUNTIME_FILE", str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="SW_RUNTIME_FILE"):
+        load_settings(ServiceSettings)
