@@ -59,7 +59,7 @@ def main() -> int:
 
     consumer = threading.Thread(target=loop.run, name="alerts-consumer")
     consumer.start()
-    app = create_app(config, producer, store, ready)
+    app = create_app(config, producer, store, ready, settings.max_clock_skew_s)
     log.info("started", extra={"port": settings.api_port})
     # SIGTERM stops serving first; then the consumer stops and the producer flushes.
     config = uvicorn.Config(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)

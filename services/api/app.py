@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.api.alerts import AlertStore
-from services.api.pos import PosEventIn, unknown_location_errors
+from services.api.pos import PosEventIn, context_errors
 from services.shared import topics
 from services.shared.kafka import produce_and_wait
 from services.shared.serde import encode
@@ -20,13 +20,13 @@ from services.shared.storeconfig import StoreConfig
 POS_ACCEPTED = Counter("sw_api_pos_events_total", "POS events by outcome", ["outcome"])
 
 
-def create_app(config: StoreConfig, producer: Producer, alerts: AlertStore, ready: Callable[[], bool]) -> FastAPI:
+def create_app(config: StoreConfig, producer: Producer, alerts: AlertStore, ready: Callable[[], bool], max_clock_skew_s: float = 300.0) -> FastAPI:
     app = FastAPI(title="ShrinkWatch API", version="0.1.0")
 
     @app.post("/v1/pos/events", status_code=202)
     async def post_pos_event(event: PosEventIn) -> JSONResponse:
         """Validate a POS event and publish it to sw.pos.v1; 202 once the broker has it."""
-        errors = unknown_location_errors(event, config)
+        errors = context_errors(event, config, max_clock_skew_s)
         if errors:
             POS_ACCEPTED.labels("rejected").inc()
             return JSONResponse(status_code=422, content={"detail": errors})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -66,8 +66,11 @@ class PosEventIn(BaseModel):
         )
 
 
-def unknown_location_errors(event: PosEventIn, config: StoreConfig) -> list[dict]:
-    """422-style errors for a store or register that the store config does not know."""
+def context_errors(event: PosEventIn, config: StoreConfig, max_clock_skew_s: float) -> list[dict]:
+    """422-style errors that need more than the body: an unknown store or register, a future time."""
+    ahead = event.event_time.timestamp() - time.time()
+    if ahead > max_clock_skew_s:
+        return [{"loc": ["body", "event_time"], "msg": f"event_time is {ahead:.0f}s in the future (allowed clock skew {max_clock_skew_s:.0f}s)", "type": "value_error"}]
     store = next((s for s in config.stores if s.id == event.store_id), None)
     if store is None:
         return [{"loc": ["body", "store_id"], "msg": f"unknown store {event.store_id!r}", "type": "value_error"}]
@@ -75,6 +78,3 @@ def unknown_location_errors(event: PosEventIn, config: StoreConfig) -> list[dict
         return [{"loc": ["body", "register_id"], "msg": f"unknown register {event.register_id!r} in store {store.id}", "type": "value_error"}]
     return []
 
-
-def event_time_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat()

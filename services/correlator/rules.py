@@ -24,8 +24,10 @@ REFUND_TYPES = {PosEventType.POS_EVENT_TYPE_REFUND, PosEventType.POS_EVENT_TYPE_
 class RuleSettings:
     before_ms: int = 5000
     after_ms: int = 5000
-    # Presence history kept per register, older samples are dropped.
-    retention_ms: int = 15 * 60 * 1000
+    # A sample vouches for the state it reports for this long; a longer silence is a coverage gap.
+    max_gap_ms: int = 3000
+    # History kept per register; older changes and coverage are dropped.
+    retention_ms: int = 10 * 60 * 1000
 
 
 def alert_id(rule: str, store_id: str, register_id: str, source_event_id: str) -> str:
@@ -35,45 +37,64 @@ def alert_id(rule: str, store_id: str, register_id: str, source_event_id: str) -
 
 
 def new_state() -> dict:
-    # JSON-friendly, because it lives in a Faust table whose changelog is JSON.
-    return {"samples": [], "watermark": 0, "camera_id": "", "pending": []}
+    """A register's state: presence changes, camera coverage intervals, watermark, pending refunds.
+
+    Only changes and merged coverage intervals are kept (not every heartbeat), so the state stays
+    small although it is written to the table's changelog on every sample. JSON-friendly, because
+    it lives in a Faust table.
+    """
+    return {"changes": [], "covered": [], "watermark": 0, "camera_id": "", "pending": []}
 
 
-def add_presence(state: dict, time_ms: int, present: bool, camera_id: str, settings: RuleSettings) -> None:
-    samples = state["samples"]
-    if samples and time_ms < samples[-1][0]:
-        # Late sample: insert in order (rare; detections of one camera arrive in order).
-        samples.append([time_ms, int(present)])
-        samples.sort(key=lambda s: s[0])
+def add_presence(state: dict, time_ms: int, present: bool, camera_id: str, settings: RuleSettings) -> bool:
+    """Record one presence sample; returns False for a sample at or before the watermark (a replay).
+
+    Samples of one register come from one camera, in capture order (one partition), so anything not
+    newer than the watermark has been seen already.
+    """
+    if time_ms <= state["watermark"]:
+        return False
+    covered, changes = state["covered"], state["changes"]
+    after_gap = not covered or time_ms > covered[-1][1]
+    if after_gap:
+        covered.append([time_ms, time_ms + settings.max_gap_ms])
     else:
-        samples.append([time_ms, int(present)])
-    state["watermark"] = max(state["watermark"], time_ms)
+        covered[-1][1] = time_ms + settings.max_gap_ms
+    # After a gap the state is unknown, so the first sample is always recorded as a change.
+    if after_gap or changes[-1][1] != int(present):
+        changes.append([time_ms, int(present)])
+    state["watermark"] = time_ms
     state["camera_id"] = camera_id
-    cutoff = state["watermark"] - settings.retention_ms
-    # Keep the last sample before the cutoff: it is the state in force at the cutoff.
-    first_kept = next((i for i, s in enumerate(samples) if s[0] >= cutoff), len(samples))
+    _prune(state, time_ms - settings.retention_ms)
+    return True
+
+
+def _prune(state: dict, cutoff: int) -> None:
+    state["covered"] = [c for c in state["covered"] if c[1] >= cutoff]
+    changes = state["changes"]
+    # Keep the last change before the cutoff: it is the state in force at the cutoff.
+    first_kept = next((i for i, c in enumerate(changes) if c[0] >= cutoff), len(changes))
     if first_kept > 1:
-        del samples[: first_kept - 1]
+        del changes[: first_kept - 1]
 
 
-def presence_in_window(samples: list, start_ms: int, end_ms: int) -> bool | None:
-    """True if anyone was present at any time in the window, False if nobody, None if no coverage."""
+def presence_in_window(state: dict, start_ms: int, end_ms: int) -> bool | None:
+    """True if anyone was seen at any moment of the window, False if the camera covered all of it
+    and saw nobody, None if it did not cover all of it (a gap, a late start, a silent camera)."""
     in_force = None
-    seen_any = False
-    for t, present in samples:
+    for t, present in state["changes"]:
         if t <= start_ms:
             in_force = present
         elif t <= end_ms:
-            seen_any = True
             if present:
                 return True
         else:
             break
-    if in_force:
+    covers_window = any(s <= start_ms and end_ms <= e for s, e in state["covered"])
+    covers_start = any(s <= start_ms <= e for s, e in state["covered"])
+    if in_force and covers_start:
         return True
-    if in_force is None and not seen_any:
-        return None
-    return False
+    return False if covers_window else None
 
 
 def add_pending(state: dict, event: PosEvent, received_ms: int) -> None:
@@ -90,24 +111,35 @@ def add_pending(state: dict, event: PosEvent, received_ms: int) -> None:
 @dataclass(frozen=True)
 class Decision:
     event: PosEvent
-    customer_present: bool | None  # None: the camera did not cover the window
+    customer_present: bool | None  # None: the camera did not cover the whole window
     window: tuple[int, int]
     camera_id: str
+    pending: dict  # the entry taken out of the state, to put back if acting on it fails
 
 
 def decide_ready(state: dict, settings: RuleSettings, now_ms: int, max_wait_ms: int) -> list[Decision]:
-    """Decide every pending refund whose window the camera has covered (or that waited too long)."""
+    """Take out and decide every pending refund whose window the camera has passed, or that waited
+    longer than max_wait_ms (then whatever was covered decides; usually that is None)."""
     decisions, still_pending = [], []
     for pending in state["pending"]:
         start, end = pending["event_time_ms"] - settings.before_ms, pending["event_time_ms"] + settings.after_ms
         if state["watermark"] >= end or now_ms - pending["received_ms"] > max_wait_ms:
             event = PosEvent.FromString(base64.b64decode(pending["event"]))
-            present = presence_in_window(state["samples"], start, end)
-            decisions.append(Decision(event, present, (start, end), state["camera_id"]))
+            decisions.append(Decision(event, presence_in_window(state, start, end), (start, end), state["camera_id"], pending))
         else:
             still_pending.append(pending)
     state["pending"] = still_pending
     return decisions
+
+
+def restore_pending(state: dict, decision: Decision) -> None:
+    """Put a decision back, to be decided again on the register's next event."""
+    if all(p["event_id"] != decision.pending["event_id"] for p in state["pending"]):
+        state["pending"].append(decision.pending)
+
+
+def timed_out(state: dict, now_ms: int, max_wait_ms: int) -> bool:
+    return any(now_ms - p["received_ms"] > max_wait_ms for p in state["pending"])
 
 
 def _clock(ms: int) -> str:

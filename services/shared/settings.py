@@ -54,6 +54,9 @@ class ServiceSettings(BaseSettings):
     # Port of the /healthz, /readyz and /metrics endpoints; 0 picks a free one.
     http_host: str = "127.0.0.1"
     http_port: int = Field(0, ge=0, le=65535)
+    # Event times further ahead of this host's clock are refused: a skewed camera or POS clock
+    # would otherwise push watermarks into the future.
+    max_clock_skew_s: float = Field(300.0, gt=0)
 
 
 class SettingsError(SystemExit):

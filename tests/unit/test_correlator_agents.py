@@ -1,6 +1,7 @@
 """The correlator's Faust agents, driven in process with Faust's test_context() (no broker)."""
 
 import asyncio
+import time
 from unittest.mock import patch
 
 import pytest
@@ -14,7 +15,8 @@ from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.register_presence_pb2 import RegisterPresence
 
-T0 = 1_800_000_000_000
+pytestmark = pytest.mark.timeout(60)
+T0 = (int(time.time()) - 3600) * 1000  # event times must not lie in the future
 KEY = b"store-001:reg-1"
 
 
@@ -92,11 +94,52 @@ async def test_refund_waits_for_video_then_alerts_once_when_nobody_was_there(fau
     assert sent["key"] == b"store-001" and alert.rule == "refund_without_customer" and alert.evidence[0].ref == "r-empty"
 
 
+def _decided(outcome: str) -> float:
+    return agents.REFUNDS_DECIDED.labels(outcome)._value.get()
+
+
 async def test_refund_with_customer_in_window_raises_nothing(faust_app):
+    before = _decided("customer_present")
     await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, 17 <= s <= 18) for s in range(1, 30)])
     await _put_all(agents.correlate_registers, topics.POS, [_refund("r-ok", T0 + 20_000)])
     assert faust_app["alerts"].sent == []
     assert register_state["store-001:reg-1"]["pending"] == []
+    assert _decided("customer_present") == before + 1
+
+
+async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(faust_app):
+    async def broken_send(**kwargs):
+        raise ConnectionError("broker unreachable")
+
+    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-retry", T0 + 20_000)])
+    with patch.object(agents.alerts_topic, "send", broken_send):
+        await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
+    assert [p["event_id"] for p in register_state["store-001:reg-1"]["pending"]] == ["r-retry"]
+    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + 30_000, False)])
+    [sent] = faust_app["alerts"].sent
+    assert Alert.FromString(sent["value"]).evidence[0].ref == "r-retry"
+    assert register_state["store-001:reg-1"]["pending"] == []
+
+
+async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(faust_app, monkeypatch):
+    before = _decided("no_camera_coverage")
+    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-silent", T0 + 20_000)])
+    monkeypatch.setattr(agents, "MAX_WAIT_MS", -1)  # every pending refund has waited too long
+    await agents.send_ticks()
+    [tick] = faust_app["presence"].sent
+    assert RegisterPresence.FromString(tick["value"]).tick and tick["key"] == KEY
+    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [(tick["key"], tick["value"])])
+    assert register_state["store-001:reg-1"]["pending"] == []
+    assert faust_app["alerts"].sent == [] and _decided("no_camera_coverage") == before + 1
+
+
+async def test_pos_event_with_a_foreign_key_or_future_time_is_dead_lettered(faust_app):
+    _, value = _refund("r-key", T0)
+    _, future = _refund("r-future", int(time.time() * 1000) + 3600_000)
+    await _put_all(agents.correlate_registers, topics.POS, [(b"store-001", value), (KEY, future)])
+    errors = [dict(d["headers"])["sw-error"] for d in faust_app["dlq"].sent]
+    assert b"is not b'store-001:reg-1'" in errors[0] and b"in the future" in errors[1]
+    assert register_state.get("store-001:reg-1") is None
 
 
 async def test_poison_pos_message_is_dead_lettered_and_the_next_one_processed(faust_app):

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from services.api.pos import PosEventIn, unknown_location_errors
+from services.api.pos import PosEventIn, context_errors
 from services.shared.contracts.pos_event_pb2 import PosEventType
 from services.shared.storeconfig import load_store_config
 from tests.unit.test_storeconfig import SAMPLE
@@ -39,8 +39,10 @@ def test_invalid_event_names_the_field(change, field):
     assert field in {str(part) for e in err.value.errors() for part in e["loc"]}
 
 
-def test_unknown_store_or_register_is_reported():
+def test_unknown_store_or_register_and_future_times_are_reported():
     config = load_store_config(SAMPLE)
-    assert unknown_location_errors(PosEventIn(**VALID), config) == []
-    [error] = unknown_location_errors(PosEventIn(**{**VALID, "register_id": "reg-9"}), config)
+    assert context_errors(PosEventIn(**VALID), config, 300) == []
+    [error] = context_errors(PosEventIn(**{**VALID, "register_id": "reg-9"}), config, 300)
     assert error["loc"] == ["body", "register_id"]
+    [error] = context_errors(PosEventIn(**{**VALID, "event_time": "2099-01-01T00:00:00Z"}), config, 300)
+    assert error["loc"] == ["body", "event_time"] and "in the future" in error["msg"]
