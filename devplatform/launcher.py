@@ -47,6 +47,19 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): tells our process from a reused PID."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_ours(component: dict) -> bool:
+    """The recorded process is still running, and is the one we started (not a reused PID)."""
+    return pid_alive(component["pid"]) and start_ticks(component["pid"]) == component.get("start_ticks")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -133,7 +146,7 @@ class Platform:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
         with log_path.open("ab") as log_file:
             proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.components[name] = {"pid": proc.pid, "log": str(log_path), "argv": argv}
+        self.components[name] = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "log": str(log_path), "argv": argv}
         self.save()
         return proc
 
@@ -226,7 +239,7 @@ class Platform:
         self.save()
 
     def up(self, echo=print) -> None:
-        if self.runtime_file.exists() and any(pid_alive(c["pid"]) for c in _load(self.runtime_file).get("components", {}).values()):
+        if self.runtime_file.exists() and any(is_ours(c) for c in _load(self.runtime_file).get("components", {}).values()):
             raise LaunchError(f"a platform is already running (see {self.runtime_file}); run `shrinkwatch dev down` first")
         if not port_is_free(self.api_port):
             raise LaunchError(f"api: port {self.api_port} is already taken by another process; free it or pass --api-port")
@@ -248,6 +261,9 @@ class Platform:
     def down(self, echo=print) -> None:
         data = _load(self.runtime_file) if self.runtime_file.exists() else {"components": self.components}
         for name, comp in reversed(list(data.get("components", {}).items())):
+            if not is_ours(comp):
+                echo(f"  {name} (pid {comp['pid']}) was not running")
+                continue
             stop_pid(comp["pid"])
             echo(f"  stopped {name} (pid {comp['pid']})")
         self.runtime_file.unlink(missing_ok=True)
@@ -257,7 +273,7 @@ class Platform:
             return {}
         result = {}
         for name, comp in _load(self.runtime_file)["components"].items():
-            alive = pid_alive(comp["pid"])
+            alive = is_ours(comp)
             ready = alive and (http_ready(comp["http"] + "/readyz") if "http" in comp else True)
             result[name] = {**comp, "alive": alive, "ready": ready}
         return result

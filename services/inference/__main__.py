@@ -24,6 +24,7 @@ class InferenceSettings(ServiceSettings):
     inference_frames_topic: str = topics.FRAMES
     inference_batch_size: int = Field(16, ge=1, le=256)
     model_timeout_s: float = Field(10.0, gt=0)
+    model_missing_grace_s: float = Field(120.0, ge=0)
 
 
 def main() -> int:
@@ -31,7 +32,7 @@ def main() -> int:
     log = configure_logging("inference", settings.log_level)
     config = load_store_config(settings.store_config)
     stop = stop_on_signals()
-    client = PredictionClient(settings.model_server, settings.model_timeout_s)
+    client = PredictionClient(settings.model_server, settings.model_timeout_s, settings.model_missing_grace_s)
     analyzer = FrameAnalyzer(config, client)
     loop = ConsumeLoop(
         service="inference",

@@ -6,6 +6,8 @@ development and tests.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import tensorflow as tf
@@ -22,9 +24,13 @@ class ModelServerError(RuntimeError):
 
 
 class PredictionClient:
-    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 10.0, model_missing_grace_s: float = 120.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        # TF Serving answers NOT_FOUND while it is still loading a model: wait that long before
+        # treating a missing model as a configuration error.
+        self.model_missing_grace_s = model_missing_grace_s
+        self._missing_since: dict[str, float] = {}
         # Responses larger than gRPC's default 4 MiB (big batches of maps) would be rejected otherwise.
         self._channel = grpc.insecure_channel(
             address,
@@ -46,7 +52,12 @@ class PredictionClient:
             message = f"model server {self.address}: {code.name} {exc.details()}"
             if code in TRANSIENT:
                 raise RetryableError(message) from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                since = self._missing_since.setdefault(model, time.monotonic())
+                if time.monotonic() - since < self.model_missing_grace_s:
+                    raise RetryableError(message + " (model may still be loading)") from None
             raise ModelServerError(message) from None
+        self._missing_since.pop(model, None)
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         return outputs, response.model_spec.version.value
 

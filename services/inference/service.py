@@ -46,7 +46,10 @@ class FrameAnalyzer:
             _, camera = self.config.camera(frame.camera_id)
         except KeyError:
             raise PoisonMessage(f"camera {frame.camera_id!r} is not in the store config") from None
-        image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
+            raise PoisonMessage(f"frame {frame.camera_id}#{frame.sequence}: JPEG payload rejected by the decoder ({exc.err})") from None
         if image is None:
             raise PoisonMessage(f"frame {frame.camera_id}#{frame.sequence}: JPEG payload cannot be decoded ({len(frame.jpeg)} bytes)")
         return frame, camera, image
@@ -71,7 +74,11 @@ class FrameAnalyzer:
                 outputs.extend(self.loop.dead_letter(it[0], str(exc)) for it in items)
                 continue
             PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
-            foreground = result["foreground"]
+            foreground = result.get("foreground")
+            if foreground is None or len(foreground) != len(items):
+                problem = f"model {model} v{version} answered {sorted(result)} with {0 if foreground is None else len(foreground)} rows for {len(items)} frames; expected `foreground` per frame"
+                outputs.extend(self.loop.dead_letter(it[0], problem) for it in items)
+                continue
             for (msg, frame, camera, _image), grid in zip(items, foreground):
                 analysis = self.analyse(frame, camera, grid, model, version)
                 outputs.append(Output(topics.DETECTIONS, frame.camera_id, encode(analysis)))

@@ -20,15 +20,27 @@ class ZoneMask:
 
 
 def zone_masks(camera: Camera, rows: int, cols: int) -> list[ZoneMask]:
-    """Rasterise each zone polygon onto the model's grid (a cell belongs to a zone if its centre does)."""
+    """Rasterise each zone polygon onto the model's grid: a cell belongs to a zone when at least
+    half of it lies inside; a zone smaller than that still gets the cells it touches most."""
     masks = []
     for zone in camera.zones:
-        canvas = np.zeros((rows * 4, cols * 4), np.uint8)
-        pts = np.array([[x * cols * 4, y * rows * 4] for x, y in zone.polygon], np.int32)
-        cv2.fillPoly(canvas, [pts], 1)
-        centres = canvas[2::4, 2::4].astype(bool)
-        masks.append(ZoneMask(zone, centres))
+        canvas = np.zeros((rows * 8, cols * 8), np.float32)
+        pts = np.array([[x * cols * 8, y * rows * 8] for x, y in zone.polygon], np.int32)
+        cv2.fillPoly(canvas, [pts], 1.0)
+        inside = canvas.reshape(rows, 8, cols, 8).mean(axis=(1, 3))
+        mask = inside >= 0.5
+        if not mask.any():
+            mask = inside >= inside.max() if inside.max() > 0 else _cell_at(zone, rows, cols)
+        masks.append(ZoneMask(zone, mask))
     return masks
+
+
+def _cell_at(zone: Zone, rows: int, cols: int) -> np.ndarray:
+    """The cell under the polygon's centroid, for a zone too thin to cover any pixel of the grid."""
+    mask = np.zeros((rows, cols), bool)
+    x, y = np.mean(zone.polygon, axis=0)
+    mask[min(int(y * rows), rows - 1), min(int(x * cols), cols - 1)] = True
+    return mask
 
 
 def zone_occupancy(foreground: np.ndarray, masks: list[ZoneMask]) -> list[tuple[Zone, float, bool]]:

@@ -6,6 +6,7 @@ Each camera runs in its own thread, so one slow or broken camera never holds up 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter, Gauge
 
 from services.shared import topics
@@ -85,26 +86,39 @@ class CameraWorker:
                     self.status.state = "failed"
                     log.error("camera failed", extra={"camera": self.camera.id, "error": str(exc)})
                     return
-                self.status.state = "reconnecting"
-                log.warning("camera unreachable, retrying", extra={"camera": self.camera.id, "error": str(exc), "retry_in_s": backoff})
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_reconnect_backoff_s)
+                backoff = self._wait_before_reconnect(str(exc), backoff)
                 continue
-            backoff = 1.0
             self.status.state = "connected"
             CAMERA_UP.labels(self.camera.id).set(1)
+            started = time.monotonic()
             try:
                 self._stream(cap)
+                error = ""
+            except Exception as exc:  # a broken stream or frame must not end the camera thread
+                error = f"camera {self.camera.id}: stream failed ({type(exc).__name__}: {exc})"
+                log.exception("camera stream failed", extra={"camera": self.camera.id})
             finally:
                 cap.release()
                 CAMERA_UP.labels(self.camera.id).set(0)
             if self.is_file and not self.loop_file:
-                self.status.state = "finished"
-                log.info("file source finished", extra={"camera": self.camera.id, "frames": self.status.frames})
+                self.status.state = "failed" if error else "finished"
+                self.status.last_error = error
+                log.info("file source ended", extra={"camera": self.camera.id, "frames": self.status.frames, "error": error})
                 return
             if not self.is_file and not self.stop.is_set():
-                self.status.state = "reconnecting"
+                # A stream that keeps dying right after it opens must not reconnect in a tight loop.
+                backoff = 1.0 if time.monotonic() - started > 30 else backoff
+                backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
         self.producer.flush(10)
+
+    def _wait_before_reconnect(self, error: str, backoff: float) -> float:
+        """Exponential backoff with jitter, so cameras that dropped together do not retry in step."""
+        self.status.state = "reconnecting"
+        self.status.last_error = error
+        delay = backoff * random.uniform(0.8, 1.2)
+        log.warning("camera unreachable, retrying", extra={"camera": self.camera.id, "error": error, "retry_in_s": round(delay, 2)})
+        self.stop.wait(delay)
+        return min(backoff * 2, self.max_reconnect_backoff_s)
 
     def _stream(self, cap: cv2.VideoCapture) -> None:
         native_fps = cap.get(cv2.CAP_PROP_FPS) or self.camera.fps
@@ -160,6 +174,10 @@ class CameraWorker:
                 break
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:  # e.g. a frame over message.max.bytes: count it, keep streaming
+                FRAMES_FAILED.labels(camera_id).inc()
+                log.warning("frame not sent", extra={"camera": camera_id, "sequence": frame.sequence, "error": str(exc)})
+                break
         self.producer.poll(0)
         self.status.frames += 1
         self.status.last_frame_wall_ms = int(time.time() * 1000)

@@ -32,8 +32,15 @@ def main() -> int:
     log = configure_logging("notifier", settings.log_level)
     stop = stop_on_signals()
     redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    notifier = Notifier(redis_client, [build_channel(c) for c in settings.notifier_channels], max_attempts=settings.notifier_max_attempts)
-    loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS], notifier.handle, batch_size=16, stop_event=stop)
+    attempt_timeout_s = max((getattr(c, "timeout_s", 0.0) for c in settings.notifier_channels), default=0.0) or 1.0
+    channels = [build_channel(c) for c in settings.notifier_channels]
+    notifier = Notifier(redis_client, channels, max_attempts=settings.notifier_max_attempts, attempt_timeout_s=attempt_timeout_s)
+    notifier.stop_event = stop
+    batch_size = 4
+    # Deliveries happen inside the poll loop: allow a whole batch of worst-case deliveries between polls.
+    max_poll_ms = int(max(300.0, batch_size * len(channels) * notifier.worst_case_delivery_s(attempt_timeout_s) + 60) * 1000)
+    loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS], notifier.handle,
+                       batch_size=batch_size, stop_event=stop, consumer_overrides={"max.poll.interval.ms": max_poll_ms})
     notifier.loop = loop
 
     def ready() -> bool:

@@ -8,7 +8,7 @@ is skipped, and two notifier replicas never deliver the same alert at once.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 
 import redis
 from confluent_kafka import Message
@@ -26,16 +26,29 @@ DELIVERED = b"delivered"
 PENDING = b"pending"
 
 
+MAX_BACKOFF_S = 30.0
+
+
 class Notifier:
-    def __init__(self, redis_client: redis.Redis, channels: list[Channel], lease_s: int = 60,
-                 max_attempts: int = 5, backoff_s: float = 0.5, dedupe_ttl_s: int = 30 * 86400) -> None:
+    def __init__(self, redis_client: redis.Redis, channels: list[Channel], max_attempts: int = 5,
+                 attempt_timeout_s: float = 5.0, backoff_s: float = 0.5, dedupe_ttl_s: int = 30 * 86400) -> None:
         self.redis = redis_client
         self.channels = channels
-        self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.dedupe_ttl_s = dedupe_ttl_s
+        # The lease must outlive the slowest delivery, or a second worker could deliver meanwhile.
+        self.lease_s = int(self.worst_case_delivery_s(attempt_timeout_s)) + 30
         self.loop: ConsumeLoop | None = None
+        self.stop_event = threading.Event()
+
+    def worst_case_delivery_s(self, attempt_timeout_s: float) -> float:
+        """Every attempt timing out, with every backoff in between."""
+        waits, delay = 0.0, self.backoff_s
+        for _ in range(self.max_attempts - 1):
+            waits += delay
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        return self.max_attempts * attempt_timeout_s + waits
 
     @staticmethod
     def dedupe_key(channel: str, alert_id: str) -> str:
@@ -70,8 +83,11 @@ class Notifier:
             raise RetryableError(f"redis: {exc}") from None
         try:
             receipt = self._deliver_with_retries(channel, alert)
+        except RetryableError:
+            self._release(key)
+            raise
         except DeliveryError as exc:
-            self.redis.delete(key)
+            self._release(key)
             DELIVERIES.labels(channel.name, "failed").inc()
             log.error("delivery failed", extra={"alert_id": alert.alert_id, "channel": channel.name, "error": str(exc)})
             return f"delivery to {channel.name} failed: {exc}"
@@ -84,6 +100,12 @@ class Notifier:
         log.info("alert delivered", extra={"alert_id": alert.alert_id, "channel": channel.name, "receipt": receipt})
         return None
 
+    def _release(self, key: str) -> None:
+        try:
+            self.redis.delete(key)
+        except redis.RedisError:
+            log.warning("could not release a delivery lease; it expires by itself", extra={"key": key, "lease_s": self.lease_s})
+
     def _deliver_with_retries(self, channel: Channel, alert: Alert) -> str:
         delay = self.backoff_s
         for attempt in range(1, self.max_attempts + 1):
@@ -95,6 +117,8 @@ class Notifier:
                 if attempt == self.max_attempts:
                     raise
                 log.warning("delivery attempt failed", extra={"alert_id": alert.alert_id, "channel": channel.name, "attempt": attempt, "error": str(exc)})
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                if self.stop_event.wait(delay):
+                    # Shutting down: leave the alert uncommitted; it is delivered after the restart.
+                    raise RetryableError("stopping during delivery retries") from None
+                delay = min(delay * 2, MAX_BACKOFF_S)
         raise AssertionError("unreachable")

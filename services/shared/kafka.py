@@ -126,6 +126,7 @@ class ConsumeLoop:
         self.producer = make_producer(self.bootstrap_servers)
         self.ready = threading.Event()
         self.failure: BaseException | None = None
+        self._delivery_errors: list[str] = []
 
     def run(self) -> None:
         """Consume until stopped; an unexpected error is kept in `failure` so the service exits non-zero."""
@@ -155,30 +156,67 @@ class ConsumeLoop:
         return True
 
     def _process(self, messages: list[Message]) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                outputs = list(self.handle(messages))
-                break
-            except RetryableError as exc:
-                BATCH_RETRIES.labels(self.service, messages[0].topic()).inc()
-                log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": backoff})
-                if self.stop_event.wait(backoff):
-                    # Shutting down: leave the batch uncommitted so it is redone after restart.
-                    return
-                backoff = min(backoff * 2, self.max_retry_backoff)
+        outputs = self._handle_with_retries(messages)
+        if outputs is None:
+            return  # stopping mid-retry: nothing committed, the batch is redone after restart
+        self._delivery_errors: list[str] = []
         for out in outputs:
             self._produce(out)
         if self.producer.flush(30) > 0:
             raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "outputs not acknowledged; not committing"))
-        self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        if self._delivery_errors:
+            raise KafkaException(KafkaError(KafkaError._FAIL, f"outputs not delivered ({self._delivery_errors[0]}); not committing"))
+        try:
+            self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
+        except KafkaException as exc:
+            # Partitions revoked by a rebalance while we worked: their new owner redoes the batch.
+            log.warning("commit refused; the batch will be redone by the partitions' owner", extra={"error": str(exc)})
+            return
         for msg in messages:
             MESSAGES_PROCESSED.labels(self.service, msg.topic()).inc()
 
+    def _handle_with_retries(self, messages: list[Message]) -> list[Output] | None:
+        """Run the handler until it succeeds; while a dependency is down, the consumer is paused but
+        still polled, so the group does not evict it (max.poll.interval.ms) however long the outage."""
+        backoff, paused = 0.2, False
+        try:
+            while True:
+                try:
+                    return list(self.handle(messages))
+                except RetryableError as exc:
+                    BATCH_RETRIES.labels(self.service, messages[0].topic()).inc()
+                    log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": backoff})
+                    if not paused:
+                        self.consumer.pause(self.consumer.assignment())
+                        paused = True
+                    if not self._idle_poll(backoff):
+                        return None
+                    backoff = min(backoff * 2, self.max_retry_backoff)
+        finally:
+            if paused:
+                self.consumer.resume(self.consumer.assignment())
+
+    def _idle_poll(self, seconds: float) -> bool:
+        """Keep polling for `seconds` without taking work; False when asked to stop."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop_event.is_set():
+                return False
+            for msg in self.consumer.consume(self.batch_size, min(0.2, max(0.0, deadline - time.monotonic()))):
+                if msg.error() is None:
+                    # From a partition assigned during the outage (not paused): read it again later.
+                    self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                    self.consumer.pause([TopicPartition(msg.topic(), msg.partition())])
+        return not self.stop_event.is_set()
+
     def _produce(self, out: Output) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._delivery_errors.append(f"{out.topic}: {err}")
+
         while True:
             try:
-                self.producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers)
+                self.producer.produce(out.topic, key=out.key, value=out.value, headers=out.headers, on_delivery=on_delivery)
                 return
             except BufferError:
                 self.producer.poll(0.1)

@@ -104,6 +104,10 @@ class Store(_Strict):
         cameras = {c.id: c for c in self.cameras}
         if len(cameras) != len(self.cameras):
             raise ValueError("duplicate camera ids")
+        registers = [r.id for r in self.registers]
+        dupes = sorted({r for r in registers if registers.count(r) > 1})
+        if dupes:
+            raise ValueError(f"duplicate register id(s) {dupes}")
         for reg in self.registers:
             cam = cameras.get(reg.camera)
             if cam is None:

@@ -49,3 +49,19 @@ def _free() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_down_never_signals_a_reused_pid(tmp_path):
+    import json
+    import subprocess
+
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        # A stale runtime file whose PID now belongs to another process (started at another time).
+        (tmp_path / "runtime.json").write_text(json.dumps({"components": {"broker": {"pid": stranger.pid, "start_ticks": 1}}}))
+        platform = Platform(run_dir=tmp_path)
+        assert platform.status()["broker"]["alive"] is False
+        platform.down(echo=lambda *_: None)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()

@@ -33,6 +33,7 @@ def test_sample_store_config_loads():
         (lambda r: r["stores"][0]["cameras"][0].update(fps=0), "stores.0.cameras.0.fps", "greater than 0"),
         (lambda r: r["stores"][0]["cameras"][0].update(source="ftp://cam"), "stores.0.cameras.0.source", "must start with"),
         (lambda r: r["stores"][0]["cameras"][0].update(colour="red"), "stores.0.cameras.0.colour", "Extra inputs"),
+        (lambda r: r["stores"][0]["registers"].append(dict(r["stores"][0]["registers"][0])), "stores.0", "duplicate register id(s) ['reg-1']"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, mutate, field, reason):

@@ -40,3 +40,14 @@ def test_unreadable_runtime_file_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("SW_RUNTIME_FILE", str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="SW_RUNTIME_FILE"):
         load_settings(ServiceSettings)
+
+
+def test_every_zone_gets_cells_even_when_tiny():
+    from services.shared.storeconfig import Camera
+
+    camera = Camera(id="c", source="device:0", zones=[
+        {"id": "tiny", "kind": "high_value", "polygon": [[0.50, 0.50], [0.51, 0.50], [0.51, 0.51]]},
+        {"id": "line", "kind": "exit", "polygon": [[0.2, 0.2], [0.2, 0.2], [0.2, 0.2]]},
+    ])
+    for mask in zone_masks(camera, rows=30, cols=40):
+        assert mask.mask.sum() >= 1, mask.zone.id
