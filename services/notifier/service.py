@@ -1,8 +1,10 @@
 """Notifier: alerts in, one delivery per alert and channel, however often an alert is replayed.
 
-Dedupe lives in Redis, per channel: `SET NX` takes a short lease before delivering and the key is
-marked delivered afterwards, so a replayed alert (correlator restart, notifier crash before commit)
-is skipped, and two notifier replicas never deliver the same alert at once.
+Dedupe lives in Redis, per channel: `SET NX` takes a lease (longer than the slowest delivery)
+before delivering and the key is marked delivered afterwards, so a replayed alert (correlator
+restart, notifier crash before commit) is skipped, and two notifier replicas never deliver the same
+alert at once. Only a crash between a webhook's POST and that mark can repeat a delivery, once the
+lease expires; receivers can dedupe on X-ShrinkWatch-Alert-Id.
 """
 
 from __future__ import annotations

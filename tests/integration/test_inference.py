@@ -17,13 +17,21 @@ from tests.conftest import consume_all, start_model_server
 pytestmark = pytest.mark.integration
 
 
-def _publish_clip(broker, clip, seconds, corrupt_at=()):
+def _giant_header_jpeg() -> bytes:
+    """A real JPEG whose header claims 40000x40000 pixels: OpenCV's decoder raises on it."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (40000).to_bytes(2, "big") * 2
+    return bytes(data)
+
+
+def _publish_clip(broker, clip, seconds, corrupt_at=(), giant_at=()):
     producer = make_producer(broker)
     frames = read_frames(clip)
     t0 = 1_800_000_000_000
     for seq, index in enumerate(seconds):
         ok, jpeg = cv2.imencode(".jpg", frames[index])
-        payload = b"\xff\xd8 not really a jpeg" if seq in corrupt_at else jpeg.tobytes()
+        payload = b"\xff\xd8 not really a jpeg" if seq in corrupt_at else _giant_header_jpeg() if seq in giant_at else jpeg.tobytes()
         frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=t0 + index * 100, sequence=seq,
                       jpeg=payload, width=320, height=240)
         producer.produce(topics.FRAMES, key="cam-counter-1", value=frame.SerializeToString())
@@ -36,8 +44,8 @@ def _customer_zone(analysis: FrameAnalysis):
 
 def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_server, start_service, sample_assets):
     start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server})
-    indexes = [20, 80, 100, 250, 300]  # 2 s empty, 8 s and 10 s customer, 25 s and 30 s empty
-    _publish_clip(broker, sample_assets["clip"], indexes, corrupt_at={2})
+    indexes = [20, 80, 100, 250, 300, 310]  # 2 s empty, 8 s and 10 s customer, 25 s and 30 s empty
+    _publish_clip(broker, sample_assets["clip"], indexes, corrupt_at={2}, giant_at={5})
     results = [FrameAnalysis.FromString(m.value()) for m in consume_all(broker, topics.DETECTIONS, expect=4, timeout=60)]
     by_seq = {a.frame_sequence: a for a in results}
     assert sorted(by_seq) == [0, 1, 3, 4]
@@ -45,8 +53,9 @@ def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_
     staff = next(z for z in by_seq[3].zones if z.zone_id == "counter-1-staff")
     assert staff.person_present  # the cashier never leaves
     assert by_seq[1].models[0].name == "presence" and by_seq[1].models[0].version >= 1
-    [dead] = consume_all(broker, topics.dlq(topics.FRAMES), expect=1, timeout=10)
-    assert b"cannot be decoded" in dict(dead.headers())["sw-error"]
+    dead = consume_all(broker, topics.dlq(topics.FRAMES), expect=2, timeout=10)
+    errors = sorted(dict(m.headers())["sw-error"] for m in dead)
+    assert len(errors) == 2 and b"cannot be decoded" in errors[0] and b"rejected by the decoder" in errors[1]
 
 
 def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sample_assets, tmp_path):
