@@ -134,6 +134,12 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
     return result
 
 
+def settings_after_s() -> float:
+    from services.correlator.settings import CorrelatorSettings
+
+    return CorrelatorSettings().refund_presence_after_s
+
+
 def report(result: DemoResult, echo=print) -> list[str]:
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
     echo(f"\nAlerts raised: {len(result.alerts)}")
@@ -141,8 +147,11 @@ def report(result: DemoResult, echo=print) -> list[str]:
         echo(f"  [{alert['severity'].removeprefix('SEVERITY_')}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']}")
         echo(f"      {alert['explanation']}")
     echo(f"Deliveries: {len(result.deliveries)}")
+    event_times = {a["alert_id"]: int(a["event_time_ms"]) for a in result.alerts}
     for d in result.deliveries:
-        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, timezone.utc):%H:%M:%S} UTC")
+        after = (d["received_ms"] - event_times[d["alert_id"]]) / 1000 if d["alert_id"] in event_times else float("nan")
+        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, timezone.utc):%H:%M:%S} UTC, "
+             f"{after:.1f}s after the refund (its camera window closes {settings_after_s():.0f}s after it)")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)
     echo("\nResult: " + ("as expected (one alert, for the refund with nobody at the counter, delivered once)" if not problems else "UNEXPECTED: " + "; ".join(problems)))

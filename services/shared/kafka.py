@@ -96,8 +96,9 @@ Handler = Callable[[list[Message]], Iterable[Output]]
 class ConsumeLoop:
     """Poll a batch, hand it to `handle`, produce what it returns, then commit.
 
-    `handle` receives only decodable-or-not raw messages; it raises PoisonMessage for a single bad
-    message via `per_message`, or returns outputs for the whole batch.
+    `handle` gets the batch's raw messages and returns the outputs for all of them, with a
+    `dead_letter()` output in place of each poison message; it raises RetryableError when a
+    dependency is down, and the same batch is handed to it again.
     """
 
     service: str
@@ -159,7 +160,7 @@ class ConsumeLoop:
         outputs = self._handle_with_retries(messages)
         if outputs is None:
             return  # stopping mid-retry: nothing committed, the batch is redone after restart
-        self._delivery_errors: list[str] = []
+        self._delivery_errors = []
         for out in outputs:
             self._produce(out)
         if self.producer.flush(30) > 0:
