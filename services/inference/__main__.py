@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 
 from pydantic import Field
 
@@ -12,7 +11,7 @@ from services.inference.service import FrameAnalyzer
 from services.shared import topics
 from services.shared.health import HealthServer
 from services.shared.kafka import ConsumeLoop
-from services.shared.lifecycle import stop_on_signals
+from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
 from services.shared.storeconfig import load_store_config
@@ -46,13 +45,10 @@ def main() -> int:
     analyzer.loop = loop
     health = HealthServer(settings.http_host, settings.http_port, ready=loop.ready.is_set).start()
     log.info("started", extra={"http_port": health.port, "model_server": settings.model_server})
-    worker = threading.Thread(target=loop.run, name="consume")
-    worker.start()
-    worker.join()
-    health.stop()
-    client.close()
-    log.info("stopped", extra={"failed": loop.failure is not None})
-    return 1 if loop.failure else 0
+    try:
+        return run_consume_service(log, loop, health)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 
 import redis
 from pydantic import Field, SecretStr
@@ -14,7 +13,7 @@ from services.notifier.service import Notifier
 from services.shared import topics
 from services.shared.health import HealthServer
 from services.shared.kafka import ConsumeLoop
-from services.shared.lifecycle import stop_on_signals
+from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
 
@@ -51,12 +50,7 @@ def main() -> int:
 
     health = HealthServer(settings.http_host, settings.http_port, ready=ready).start()
     log.info("started", extra={"channels": [c.name for c in notifier.channels], "http_port": health.port})
-    worker = threading.Thread(target=loop.run, name="consume")
-    worker.start()
-    worker.join()
-    health.stop()
-    log.info("stopped", extra={"failed": loop.failure is not None})
-    return 1 if loop.failure else 0
+    return run_consume_service(log, loop, health)
 
 
 if __name__ == "__main__":

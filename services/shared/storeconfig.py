@@ -19,6 +19,10 @@ ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exi
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+def _duplicates(ids: list[str]) -> list[str]:
+    return sorted({i for i in ids if ids.count(i) > 1})
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,8 +64,7 @@ class Camera(_Strict):
 
     @model_validator(mode="after")
     def _unique_zones(self) -> "Camera":
-        ids = [z.id for z in self.zones]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = _duplicates([z.id for z in self.zones])
         if dupes:
             raise ValueError(f"duplicate zone id(s) {dupes}")
         return self
@@ -104,8 +107,7 @@ class Store(_Strict):
         cameras = {c.id: c for c in self.cameras}
         if len(cameras) != len(self.cameras):
             raise ValueError("duplicate camera ids")
-        registers = [r.id for r in self.registers]
-        dupes = sorted({r for r in registers if registers.count(r) > 1})
+        dupes = _duplicates([r.id for r in self.registers])
         if dupes:
             raise ValueError(f"duplicate register id(s) {dupes}")
         for reg in self.registers:
@@ -130,7 +132,7 @@ class StoreConfig(_Strict):
         stores = [s.id for s in self.stores]
         cameras = [c.id for s in self.stores for c in s.cameras]
         for kind, ids in (("store", stores), ("camera", cameras)):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            dupes = _duplicates(ids)
             if dupes:
                 raise ValueError(f"duplicate {kind} id(s) {dupes}: ids must be unique across the chain")
         return self

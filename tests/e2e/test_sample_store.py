@@ -1,24 +1,18 @@
 """The sample store through the launcher and every service: one alert, for the right refund, once."""
 
 import json
-import socket
 
 import pytest
 
 from devplatform.demo import SAMPLE_DIR, report, run_demo
-from devplatform.launcher import Platform, pid_alive
+from devplatform.launcher import Platform, free_port, pid_alive
 
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_fraudulent_refund_raises_one_alert_delivered_once(tmp_path):
-    platform = Platform(run_dir=tmp_path / "run", api_port=_free_port())
+    platform = Platform(run_dir=tmp_path / "run", api_port=free_port())
     lines: list[str] = []
     result = run_demo(platform, echo=lines.append)
 

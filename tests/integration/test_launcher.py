@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from devplatform.launcher import LaunchError, Platform, pid_alive
+from devplatform.launcher import LaunchError, Platform, free_port, pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_taken_api_port_is_named(tmp_path, sample_assets, models_dir):
 
 def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_assets, models_dir, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    platform = Platform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=_free())
+    platform = Platform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=free_port())
     with pytest.raises(LaunchError, match="redis-server binary is not installed"):
         platform.up(echo=lambda *_: None)
     assert "broker" in platform.components
@@ -37,18 +37,13 @@ def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_as
 def test_service_that_never_gets_ready_is_named_with_its_log(tmp_path, models_dir):
     bad_config = tmp_path / "store.yaml"
     bad_config.write_text("chain: x\nstores: []\n")
-    platform = Platform(run_dir=tmp_path, store_config=bad_config, models_dir=models_dir, api_port=_free())
+    platform = Platform(run_dir=tmp_path, store_config=bad_config, models_dir=models_dir, api_port=free_port())
     with pytest.raises(LaunchError) as err:
         platform.up(echo=lambda *_: None)
     assert "correlator exited" in str(err.value) and "stores" in str(err.value)
     assert {"broker", "redis", "modelserver", "correlator"} <= set(platform.components)
     assert not any(pid_alive(p) for p in _started_pids(platform))
 
-
-def _free() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_down_never_signals_a_reused_pid(tmp_path):
