@@ -60,3 +60,17 @@ def test_down_never_signals_a_reused_pid(tmp_path):
         assert stranger.poll() is None
     finally:
         stranger.kill()
+
+
+def test_component_slower_than_its_deadline_is_named_and_stopped(tmp_path, sample_assets, models_dir):
+    class ImpatientPlatform(Platform):
+        def start_model_server(self) -> None:
+            # TensorFlow alone takes seconds to import: the model server cannot be ready in half a second.
+            self.ready_timeout_s = 0.5
+            super().start_model_server()
+
+    platform = ImpatientPlatform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=free_port())
+    with pytest.raises(LaunchError, match=r"modelserver did not become ready \(models loaded\) within 0s"):
+        platform.up(echo=lambda *_: None)
+    assert {"broker", "redis", "modelserver"} <= set(platform.components)
+    assert not any(pid_alive(p) for p in _started_pids(platform))
