@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 from confluent_kafka import Consumer

@@ -282,10 +282,3 @@ class Platform:
 def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
-
-def load_runtime(run_dir: Path = DEFAULT_RUN_DIR) -> dict:
-    """The runtime file of a running platform (addresses, PIDs), for tests and tools."""
-    path = run_dir / "runtime.json"
-    if not path.exists():
-        raise LaunchError(f"no platform is running ({path} does not exist); run `shrinkwatch dev up`")
-    return _load(path)

@@ -108,11 +108,6 @@ def _write_video(path: Path, frames: int, walkers: tuple[Walker, ...], seed: int
         writer.release()
 
 
-def customer_zone_occupied(t: float) -> bool:
-    """Ground truth for the demo and tests: is the customer standing in the counter's customer zone?"""
-    pos = CUSTOMER.position(t)
-    return pos is not None and 0.12 <= pos[0] <= 0.80 and pos[1] >= 0.60
-
 
 def generate(out_dir: Path) -> dict[str, Path]:
     """Write the clip, the empty-store clip and the POS script; skip files that already exist."""

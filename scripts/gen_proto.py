@@ -7,7 +7,6 @@ rewrites them and tests/unit/test_contracts.py fails when they drift from proto/
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path

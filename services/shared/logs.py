@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import sys
 import time
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}

@@ -1,6 +1,5 @@
 """The api over a real broker and Redis: validated POS events in, alerts out."""
 
-import time
 
 import httpx
 import pytest
