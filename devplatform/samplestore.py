@@ -108,7 +108,6 @@ def _write_video(path: Path, frames: int, walkers: tuple[Walker, ...], seed: int
         writer.release()
 
 
-
 def generate(out_dir: Path) -> dict[str, Path]:
     """Write the clip, the empty-store clip and the POS script; skip files that already exist."""
     out_dir.mkdir(parents=True, exist_ok=True)
