@@ -10,7 +10,7 @@ from typing import Iterator
 
 import redis
 import uvicorn
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from services.api.alerts import AlertStore
 from services.api.app import create_app
@@ -38,6 +38,8 @@ class ApiSettings(ServiceSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     api_port: int = 8080
     api_group_id: str = "sw-api"
+    # The api keeps this much alert history in Redis for queries; sw.alerts.v1 is the system of record.
+    api_alert_retention_days: float = Field(30.0, gt=0)
 
 
 def main() -> int:
@@ -46,7 +48,7 @@ def main() -> int:
     config = load_store_config(settings.store_config)
     producer = make_producer(settings.kafka_bootstrap_servers)
     redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    store = AlertStore(redis_client)
+    store = AlertStore(redis_client, settings.api_alert_retention_days)
     stop = threading.Event()
     loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS], store.handle, stop_event=stop)
     store.loop = loop

@@ -7,6 +7,7 @@ Writing an alert twice (a replay) overwrites it with itself.
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 from confluent_kafka import Message
@@ -25,15 +26,24 @@ def store_index(store_id: str) -> str:
 
 
 class AlertStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, retention_days: float = 30.0) -> None:
         self.redis = client
+        self.retention_ms = int(retention_days * 86400 * 1000)
         self.loop: ConsumeLoop | None = None
 
     def save(self, alert: Alert) -> None:
+        """Keep the alert, and drop alerts older than the retention (sw.alerts.v1 stays the record)."""
+        cutoff = int(time.time() * 1000) - self.retention_ms
+        expired = self.redis.zrangebyscore(ALL_BY_TIME, "-inf", f"({cutoff}")
         pipe = self.redis.pipeline()
-        pipe.hset(ALERTS_HASH, alert.alert_id, json.dumps(alert_json(alert)))
-        pipe.zadd(ALL_BY_TIME, {alert.alert_id: alert.event_time_ms})
-        pipe.zadd(store_index(alert.store_id), {alert.alert_id: alert.event_time_ms})
+        if alert.event_time_ms >= cutoff:
+            pipe.hset(ALERTS_HASH, alert.alert_id, json.dumps(alert_json(alert)))
+            pipe.zadd(ALL_BY_TIME, {alert.alert_id: alert.event_time_ms})
+            pipe.zadd(store_index(alert.store_id), {alert.alert_id: alert.event_time_ms})
+        if expired:
+            pipe.hdel(ALERTS_HASH, *expired)
+            pipe.zrem(ALL_BY_TIME, *expired)
+        pipe.zremrangebyscore(store_index(alert.store_id), "-inf", f"({cutoff}")
         pipe.execute()
 
     def latest(self, store_id: str | None, limit: int) -> list[dict]:
