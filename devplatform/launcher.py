@@ -119,6 +119,8 @@ class Platform:
     models_dir: Path = ROOT / "models"
     api_port: int = 8080
     ingest_pace: str = "realtime"
+    # 0 picks a free port; tests fix it to start a model server where a client already points.
+    model_server_port: int = 0
     ready_timeout_s: float = 120.0
     components: dict[str, dict] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -205,7 +207,7 @@ class Platform:
             raise LaunchError(f"modelserver: no model config file at {config_file}")
         ready = self._ready_file("modelserver")
         argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(config_file),
-                "--models-dir", str(self.models_dir), "--port", str(free_port()), "--ready-file", str(ready)]
+                "--models-dir", str(self.models_dir), "--port", str(self.model_server_port or free_port()), "--ready-file", str(ready)]
         proc = self._spawn("modelserver", argv)
         self._wait("modelserver", proc, ready.exists, "models loaded")
         info = json.loads(ready.read_text())

@@ -1,23 +1,25 @@
 """Fixtures that start real infrastructure (dev broker, redis-server, model server, services) as
-processes on loopback, and stop them by PID. Each test gets its own broker and Redis, so its topics,
-consumer groups and keys are its own."""
+processes on loopback, and stop them by PID. Infrastructure is started by the launcher's own steps
+(`Platform.start_*`). Each test gets its own broker and Redis, so its topics, consumer groups and
+keys are its own."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import yaml
 
-from devplatform.launcher import free_port, http_ready, pid_alive, stop_pid
+from devplatform.launcher import Platform, free_port, http_ready, pid_alive, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -60,35 +62,28 @@ def wait_for(check, timeout: float, what: str, proc: Proc | None = None):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f":\n{proc.log_text()[-3000:]}" if proc else ""))
 
 
+@contextmanager
+def platform_part(run_dir: Path, start: Callable[[Platform], None], **platform_args) -> Iterator[Platform]:
+    """Start one piece of the local platform with the launcher's own step, and stop it afterwards."""
+    platform = Platform(run_dir=run_dir, **platform_args)
+    try:
+        start(platform)
+        yield platform
+    finally:
+        platform.down(echo=lambda *_: None)
+
+
 @pytest.fixture
 def broker(tmp_path):
     """A fresh dev broker (librdkafka mock cluster) with every topic pre-created; yields bootstrap."""
-    ready = tmp_path / "broker.json"
-    proc = _spawn("broker", [sys.executable, "-m", "devplatform.broker", "--ready-file", str(ready)], tmp_path)
-    wait_for(ready.exists, 20, "broker ready file", proc)
-    yield json.loads(ready.read_text())["bootstrap_servers"]
-    proc.stop()
+    with platform_part(tmp_path / "broker", Platform.start_broker) as platform:
+        yield platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
 
 
 @pytest.fixture
 def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: run `make setup`"
-    port = free_port()
-    proc = _spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], tmp_path)
-    import redis
-
-    client = redis.Redis(port=port)
-
-    def ping() -> bool:
-        try:
-            return client.ping()
-        except redis.RedisError:
-            return False
-
-    wait_for(ping, 10, "redis PING", proc)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.stop()
+    with platform_part(tmp_path / "redis", Platform.start_redis) as platform:
+        yield platform.env["SW_REDIS_URL"]
 
 
 @pytest.fixture(scope="session")
@@ -116,21 +111,10 @@ def models_dir(tmp_path_factory, sample_assets):
     return out
 
 
-def start_model_server(tmp_path: Path, models_dir: Path, port: int | None = None) -> tuple[Proc, str]:
-    ready = tmp_path / f"modelserver-{uuid.uuid4().hex[:6]}.json"
-    port = port or free_port()
-    argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(models_dir / "models.config"),
-            "--models-dir", str(models_dir), "--port", str(port), "--ready-file", str(ready)]
-    proc = _spawn("modelserver", argv, tmp_path)
-    wait_for(ready.exists, 120, "model server ready", proc)
-    return proc, json.loads(ready.read_text())["address"]
-
-
 @pytest.fixture(scope="session")
 def model_server(tmp_path_factory, models_dir):
-    proc, address = start_model_server(tmp_path_factory.mktemp("ms"), models_dir)
-    yield address
-    proc.stop()
+    with platform_part(tmp_path_factory.mktemp("ms"), Platform.start_model_server, models_dir=models_dir) as platform:
+        yield platform.env["SW_MODEL_SERVER"]
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from devplatform.launcher import free_port
+from devplatform.launcher import Platform, free_port
 from modeling.presence import read_frames
 from services.shared import topics
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.kafka import make_producer
-from tests.conftest import consume_all, start_model_server
+from tests.conftest import consume_all, platform_part
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +65,6 @@ def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sam
     time.sleep(4)
     assert consume_all(broker, topics.DETECTIONS, timeout=2, idle=1) == []
     assert "dependency failed, retrying batch" in inference.log_text()
-    server, _ = start_model_server(tmp_path, models_dir, port=port)
-    try:
+    with platform_part(tmp_path / "ms", Platform.start_model_server, models_dir=models_dir, model_server_port=port):
         results = consume_all(broker, topics.DETECTIONS, expect=30, timeout=60)
         assert sorted(FrameAnalysis.FromString(m.value()).frame_sequence for m in results) == list(range(30))
-    finally:
-        server.stop()

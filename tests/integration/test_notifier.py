@@ -1,26 +1,25 @@
 """The notifier over the dev broker and a real Redis: one delivery per alert, however often replayed."""
 
 import json
-import sys
+from pathlib import Path
 
 import pytest
 
+from devplatform.launcher import Platform
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert, Severity
 from services.shared.kafka import make_producer
-from tests.conftest import _spawn, consume_all, wait_for
+from tests.conftest import consume_all, platform_part, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def webhook(tmp_path):
-    ready, record = tmp_path / "sink.json", tmp_path / "deliveries.jsonl"
-    proc = _spawn("webhook-sink", [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready)], tmp_path)
-    wait_for(ready.exists, 20, "webhook sink", proc)
-    url = json.loads(ready.read_text())["url"]
-    yield url, lambda: [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
-    proc.stop()
+    with platform_part(tmp_path / "sink", Platform.start_webhook_sink) as platform:
+        sink = platform.components["webhook-sink"]
+        record = Path(sink["record"])
+        yield sink["url"], lambda: [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
 
 def _alert(alert_id: str) -> bytes:
