@@ -41,7 +41,6 @@ class DemoResult:
     posted: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)
-    dlq_count: int = 0
 
     def problems(self, script: dict) -> list[str]:
         expected = {e["event_id"] for e in script["events"] if "refund_without_customer expected" in e.get("note", "")}
@@ -147,10 +146,11 @@ def report(result: DemoResult, echo=print) -> list[str]:
         echo(f"      {alert['explanation']}")
     echo(f"Deliveries: {len(result.deliveries)}")
     event_times = {a["alert_id"]: int(a["event_time_ms"]) for a in result.alerts}
+    window_after_s = settings_after_s()
     for d in result.deliveries:
         after = (d["received_ms"] - event_times[d["alert_id"]]) / 1000 if d["alert_id"] in event_times else float("nan")
         echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, timezone.utc):%H:%M:%S} UTC, "
-             f"{after:.1f}s after the refund (its camera window closes {settings_after_s():.0f}s after it)")
+             f"{after:.1f}s after the refund (its camera window closes {window_after_s:.0f}s after it)")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)
     echo("\nResult: " + ("as expected (one alert, for the refund with nobody at the counter, delivered once)" if not problems else "UNEXPECTED: " + "; ".join(problems)))
