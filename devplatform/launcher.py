@@ -121,6 +121,8 @@ class Platform:
     ingest_pace: str = "realtime"
     # 0 picks a free port; tests fix it to start a model server where a client already points.
     model_server_port: int = 0
+    # How often the model server looks for new model versions and config changes.
+    model_poll_s: float = 2.0
     ready_timeout_s: float = 120.0
     components: dict[str, dict] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -207,11 +209,15 @@ class Platform:
             raise LaunchError(f"modelserver: no model config file at {config_file}")
         ready = self._ready_file("modelserver")
         argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(config_file),
-                "--models-dir", str(self.models_dir), "--port", str(self.model_server_port or free_port()), "--ready-file", str(ready)]
+                "--models-dir", str(self.models_dir), "--port", str(self.model_server_port or free_port()), "--poll-seconds", str(self.model_poll_s), "--ready-file", str(ready)]
         proc = self._spawn("modelserver", argv)
         self._wait("modelserver", proc, ready.exists, "models loaded")
         info = json.loads(ready.read_text())
         self.components["modelserver"].update(address=info["address"], models=info["models"])
+        unserved = [name for name, versions in info["models"].items() if not versions]
+        if unserved:
+            errors = "; ".join(info.get("errors", {}).values()) or "no version folders"
+            raise LaunchError(f"modelserver: no servable version of {', '.join(unserved)}: {errors} (build them with `make models`)")
         self.env["SW_MODEL_SERVER"] = info["address"]
 
     def start_webhook_sink(self) -> None:

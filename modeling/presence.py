@@ -14,12 +14,13 @@ Serving signature `serving_default`:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from modeling.versions import publish
 
 CELL = 8
 
@@ -73,18 +74,11 @@ def export(background: np.ndarray, threshold: float, out_dir: Path) -> None:
 
 
 def train_and_export(video: Path, models_dir: Path, name: str = "presence", version: int | None = None) -> Path:
-    """Fit on `video` (empty scene) and export `models_dir/name/version/`; returns that folder."""
+    """Fit on `video` (empty scene) and publish `models_dir/name/version/`; returns that folder."""
     started = time.time()
     frames = read_frames(video)
     background, threshold = fit(frames)
-    model_root = models_dir / name
-    existing = [int(p.name) for p in model_root.glob("*") if p.name.isdigit()] if model_root.exists() else []
-    version = version or (max(existing) + 1 if existing else 1)
-    out_dir = model_root / str(version)
-    export(background, threshold, out_dir)
     metadata = {
-        "name": name,
-        "version": version,
         "kind": "presence/background-difference",
         "training_data": {"video": str(video), "frames": int(len(frames))},
         "hyperparameters": {"cell": CELL, "threshold": threshold},
@@ -94,5 +88,4 @@ def train_and_export(video: Path, models_dir: Path, name: str = "presence", vers
         "train_seconds": round(time.time() - started, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out_dir / "shrinkwatch-model.json").write_text(json.dumps(metadata, indent=2))
-    return out_dir
+    return publish(models_dir, name, lambda folder: export(background, threshold, folder), metadata, version)

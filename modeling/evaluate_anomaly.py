@@ -1,0 +1,134 @@
+"""Evaluate the anomaly model on a labelled benchmark laid out like UCSD Ped2.
+
+    DATA/training/frames/<clip>/*.jpg      normal footage only: what the model trains on
+    DATA/testing/frames/<clip>/*.jpg       test clips
+    DATA/testing/frame_labels.json         {"<clip>": [0|1 per frame, 1 = anomalous], ...}
+
+It trains on the training clips (or takes an exported model with --model), scores every test frame
+through the exported SavedModel's serving signature, the same graph TF Serving runs, and reports the
+frame-level ROC AUC over all test frames concatenated, two ways:
+  auc_raw         the scores exactly as the live service emits them (causal, no per-clip rescaling)
+  auc_normalized  scores min-max normalised within each clip, the protocol of the published tables
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from modeling.anomaly import TrainConfig, find_clips, frame_stacks, read_clip, train_and_export
+from modeling.versions import read_metadata, write_metadata
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucsd-ped2"
+PUBLISHED = {"Conv-AE (Hasan 2016)": 90.0, "MemAE (Gong 2019)": 94.1, "Future-frame prediction (Liu 2018)": 95.4, "MNAD (Park 2020)": 97.0}
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that an anomalous frame outscores a normal one (ties count half)."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC AUC needs both normal and anomalous frames")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # average ranks over ties
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    span = scores.max() - scores.min()
+    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
+
+
+def load_labels(data: Path) -> dict[str, np.ndarray]:
+    path = data / "testing" / "frame_labels.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no frame labels (expected {{clip: [0/1 per frame]}})")
+    return {clip: np.asarray(v, np.int8) for clip, v in json.loads(path.read_text()).items()}
+
+
+def score_clips(model_dir: Path, data: Path, batch: int = 16) -> tuple[dict[str, np.ndarray], float]:
+    """Frame scores per test clip from the exported SavedModel, and the frames/s it ran at."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    history = int(serve.structured_input_signature[1]["frames"].shape[1]) - 1
+    labels = load_labels(data)
+    scores, frames, seconds = {}, 0, 0.0
+    for clip_dir in find_clips(data / "testing" / "frames"):
+        if clip_dir.name not in labels:
+            continue
+        clip = read_clip(clip_dir)
+        if len(clip) != len(labels[clip_dir.name]):
+            raise ValueError(f"clip {clip_dir.name}: {len(clip)} frames but {len(labels[clip_dir.name])} labels")
+        stacks = frame_stacks(clip, history)
+        serve(frames=tf.constant(stacks[:batch]))  # warm up outside the clock
+        out = []
+        started = time.perf_counter()
+        for i in range(0, len(stacks), batch):
+            out.append(serve(frames=tf.constant(stacks[i : i + batch]))["anomaly_score"].numpy())
+        seconds += time.perf_counter() - started
+        frames += len(stacks)
+        scores[clip_dir.name] = np.concatenate(out)
+    missing = sorted(set(labels) - set(scores))
+    if missing:
+        raise FileNotFoundError(f"labelled clips without frames under {data / 'testing' / 'frames'}: {missing}")
+    return scores, frames / seconds
+
+
+def evaluate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+    clips = sorted(scores)
+    y = np.concatenate([labels[c] for c in clips])
+    raw = np.concatenate([scores[c] for c in clips])
+    normalized = np.concatenate([min_max(scores[c]) for c in clips])
+    return {"auc_raw": round(100 * roc_auc(y, raw), 2), "auc_normalized": round(100 * roc_auc(y, normalized), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="benchmark folder (default: ../shared/datasets/ucsd-ped2)")
+    parser.add_argument("--model", type=Path, help="evaluate this exported model version folder instead of training one")
+    parser.add_argument("--out", type=Path, help="models folder to export into (default: a temporary folder)")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    args = parser.parse_args(argv)
+
+    if not args.data.exists():
+        print(f"error: no benchmark at {args.data} (pass --data DIR)", file=sys.stderr)
+        return 2
+    train_seconds = None
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            config = TrainConfig(epochs=args.epochs)
+            model_dir, _ = train_and_export(args.data / "training" / "frames", args.out or Path(tmp), name="anomaly", config=config,
+                                            log=lambda m: print(m, flush=True))
+            train_seconds = read_metadata(model_dir)["train_seconds"]
+        scores, fps = score_clips(model_dir, args.data)
+        result = evaluate(scores, load_labels(args.data))
+        result.update(train_seconds=train_seconds, frames_per_second=round(fps, 1))
+        if args.out:
+            metadata = read_metadata(model_dir)
+            metadata.setdefault("metrics", {})[args.data.name] = result
+            write_metadata(model_dir, metadata)
+    for name, auc in PUBLISHED.items():
+        print(f"  published {name:<38} {auc:5.1f}")
+    print(f"  ShrinkWatch anomaly (normalised)              {result['auc_normalized']:5.1f}   raw (causal, live) {result['auc_raw']:5.1f}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
