@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e up status down models sample-store proto proto-check clean
+.PHONY: help setup demo test test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ down: ## Stop the local platform
 
 models: setup ## Train and export the models the sample store needs into models/
 	$(SW) models build
+
+eval-anomaly: setup ## Train the anomaly CNN on UCSD Ped2 and print its frame AUCs (ARGS="--data DIR --epochs N")
+	$(PY) -m modeling.evaluate_anomaly $(ARGS)
+
+eval-detector: setup ## Precision, recall and latency of the person detector on the hand-labelled frames
+	$(PY) -m modeling.evaluate_detector $(ARGS)
+
+bench-models: setup ## Model frames/s in process and through the model server, same run (last line JSON, ratio)
+	$(PY) scripts/bench_models.py $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store

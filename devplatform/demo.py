@@ -26,13 +26,10 @@ SAMPLE_DIR = ROOT / "var" / "sample"
 
 
 def ensure_sample_assets(echo=print) -> None:
-    """Generate the sample store's media and train the presence model if they are missing."""
-    paths = samplestore.generate(SAMPLE_DIR)
-    if not any((ROOT / "models" / "presence").glob("*/saved_model.pb")):
-        from modeling.presence import train_and_export
+    """Generate the sample store's media and build the models models.config names, if missing."""
+    from modeling.build import build_sample_models
 
-        out = train_and_export(paths["empty"], ROOT / "models")
-        echo(f"  trained presence model -> {out.relative_to(ROOT)}")
+    build_sample_models(ROOT / "models", samplestore.generate(SAMPLE_DIR), echo=echo)
 
 
 @dataclass

@@ -33,21 +33,35 @@ CELL, BLOCK, BINS = 8, 16, 9
 BLOCKS_Y, BLOCKS_X = WINDOW_H // CELL - 1, WINDOW_W // CELL - 1  # 15 x 7 blocks per window
 MAX_DETECTIONS = 100
 PERSON_CLASS = 1.0
+# Where the person stands inside a 64x128 detection window (INRIA training crops): the reported box.
+PERSON_IN_WINDOW = 96
+PERSON_BOX = (16, 12, 112, 52)  # ymin, xmin, ymax, xmax in window pixels
 
 
 @dataclass
 class DetectorConfig:
     """Pyramid and decision settings; recorded in the exported model's metadata."""
 
-    # Image scales searched: >1 enlarges the frame, for people smaller than the 64x128 window.
-    scales: tuple[float, ...] = (2.0, 1.6, 1.3, 1.05, 0.85, 0.7, 0.55)
-    # Frames are first resized so their longer side is this many pixels (keeps cost bounded).
-    max_side: int = 640
-    # Boxes whose SVM margin is below this are dropped before NMS (OpenCV's hitThreshold).
+    # People between these heights (pixels of the frame as sent) are searched for. HOG sees a
+    # person as ~96 px of its 64x128 window, so small people mean enlarging the frame (and cost).
+    min_person_px: int = 48
+    max_person_px: int = 400
+    scale_step: float = 1.2
+    # Frames are first resized so their longer side is at most this many pixels (bounds the cost).
+    max_side: int = 960
+    # Windows whose SVM margin is below this are dropped before NMS (OpenCV's hitThreshold).
     min_margin: float = 0.0
     margin_scale: float = 1.5
-    nms_iou: float = 0.4
+    nms_iou: float = 0.3
     extra: dict = field(default_factory=dict)
+
+    def scales(self) -> list[float]:
+        """Image scale factors, largest first: from 96/min_person_px down to 96/max_person_px."""
+        scales, scale = [], PERSON_IN_WINDOW / self.min_person_px
+        while scale >= PERSON_IN_WINDOW / self.max_person_px and len(scales) < 16:
+            scales.append(round(scale, 4))
+            scale /= self.scale_step
+        return scales
 
 
 def block_kernels() -> np.ndarray:
@@ -135,7 +149,7 @@ class HogGraph:
         fit = tf.minimum(1.0, cfg.max_side / tf.reduce_max(size))
         base = tf.cast(image, tf.float32)[None]
         boxes, margins = [], []
-        for scale in cfg.scales:
+        for scale in cfg.scales():
             scaled = tf.cast(tf.round(size * fit * scale), tf.int32)
             big_enough = tf.logical_and(scaled[0] >= WINDOW_H, scaled[1] >= WINDOW_W)
             scaled = tf.maximum(scaled, [WINDOW_H, WINDOW_W])
@@ -144,8 +158,9 @@ class HogGraph:
             keep = tf.logical_and(margin > cfg.min_margin, big_enough)
             where = tf.cast(tf.where(keep), tf.float32)  # [k, 2] rows, cols
             height, width = tf.cast(scaled[0], tf.float32), tf.cast(scaled[1], tf.float32)
-            y0, x0 = where[:, 0] * CELL / height, where[:, 1] * CELL / width
-            boxes.append(tf.stack([y0, x0, y0 + WINDOW_H / height, x0 + WINDOW_W / width], axis=1))
+            top, left = where[:, 0] * CELL, where[:, 1] * CELL
+            ymin, xmin, ymax, xmax = PERSON_BOX
+            boxes.append(tf.stack([(top + ymin) / height, (left + xmin) / width, (top + ymax) / height, (left + xmax) / width], axis=1))
             margins.append(tf.gather_nd(margin, tf.cast(where, tf.int64)))
         boxes = tf.clip_by_value(tf.concat(boxes, 0), 0.0, 1.0)
         scores = tf.sigmoid(cfg.margin_scale * tf.concat(margins, 0))

@@ -8,7 +8,8 @@ It trains on the training clips (or takes an exported model with --model), score
 through the exported SavedModel's serving signature, the same graph TF Serving runs, and reports the
 frame-level ROC AUC over all test frames concatenated, two ways:
   auc_raw         the scores exactly as the live service emits them (causal, no per-clip rescaling)
-  auc_normalized  scores min-max normalised within each clip, the protocol of the published tables
+  auc_normalized  the protocol of the published tables: like the future-frame prediction paper's
+                  normalised PSNR, the log of the score is min-max normalised within each clip
 The last line printed is one JSON object.
 """
 
@@ -93,7 +94,8 @@ def evaluate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> di
     clips = sorted(scores)
     y = np.concatenate([labels[c] for c in clips])
     raw = np.concatenate([scores[c] for c in clips])
-    normalized = np.concatenate([min_max(scores[c]) for c in clips])
+    # log(error) is PSNR up to sign and scale: what Liu et al. normalise per clip.
+    normalized = np.concatenate([min_max(np.log(np.maximum(scores[c], 1e-12))) for c in clips])
     return {"auc_raw": round(100 * roc_auc(y, raw), 2), "auc_normalized": round(100 * roc_auc(y, normalized), 2)}
 
 
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="benchmark folder (default: ../shared/datasets/ucsd-ped2)")
     parser.add_argument("--model", type=Path, help="evaluate this exported model version folder instead of training one")
     parser.add_argument("--out", type=Path, help="models folder to export into (default: a temporary folder)")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help=f"training epochs (default {TrainConfig.epochs})")
+    parser.add_argument("--max-windows", type=int, help="train on at most this many frame windows (quick smoke runs)")
     args = parser.parse_args(argv)
 
     if not args.data.exists():
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
-            config = TrainConfig(epochs=args.epochs)
+            config = TrainConfig(epochs=args.epochs, max_windows=args.max_windows)
             model_dir, _ = train_and_export(args.data / "training" / "frames", args.out or Path(tmp), name="anomaly", config=config,
                                             log=lambda m: print(m, flush=True))
             train_seconds = read_metadata(model_dir)["train_seconds"]

@@ -56,3 +56,26 @@ def test_server_down_is_a_retryable_error():
     client = PredictionClient(f"127.0.0.1:{free_port()}", timeout_s=2)
     with pytest.raises(RetryableError, match="UNAVAILABLE"):
         client.predict("presence", {"images": np.zeros((1, 8, 8, 3), np.uint8)})
+
+
+def test_exported_models_round_trip_through_the_server(model_server, models_dir, sample_assets):
+    """Export, serve, Predict: the served answers equal the SavedModels' own, in the documented shapes."""
+    import tensorflow as tf
+
+    from modeling.anomaly import HISTORY, frame_stacks, read_clip
+
+    client = PredictionClient(model_server)
+    stacks = frame_stacks(read_clip(sample_assets["clip"])[70:90], HISTORY)[HISTORY:]
+    served, _ = client.predict("anomaly", {"frames": stacks})
+    local = tf.saved_model.load(str(max((models_dir / "anomaly").glob("[0-9]*")))).signatures["serving_default"](frames=tf.constant(stacks))
+    assert served["anomaly_map"].shape == (len(stacks), 16, 24) and served["anomaly_score"].shape == (len(stacks),)
+    np.testing.assert_allclose(served["anomaly_score"], local["anomaly_score"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(served["anomaly_score"], served["anomaly_map"].max(axis=(1, 2)), rtol=1e-6)
+
+    frames = read_frames(sample_assets["clip"], limit=2)
+    detections, _ = client.predict("detector", {"input_tensor": frames})
+    assert detections["detection_boxes"].shape == (2, 100, 4)
+    assert detections["detection_scores"].shape == detections["detection_classes"].shape == (2, 100)
+    assert detections["num_detections"].shape == (2,)
+    boxes = detections["detection_boxes"]
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[..., 2] >= boxes[..., 0]).all()
