@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import cv2
 import numpy as np
@@ -12,7 +12,7 @@ from confluent_kafka import Message
 from prometheus_client import Histogram
 
 from services.inference.client import ModelServerError, PredictionClient
-from services.inference.zones import ZoneMask, zone_masks, zone_occupancy
+from services.inference.zones import ZoneMask, zone_masks, zone_maxima, zone_occupancy
 from services.shared import topics
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
@@ -23,6 +23,10 @@ from services.shared.storeconfig import Camera, StoreConfig
 log = logging.getLogger(__name__)
 
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
+# Frames the anomaly model sees before the one it scores (its signature's HISTORY).
+ANOMALY_HISTORY = 4
+# A longer silence than this (camera drop, restart) starts a camera's history afresh.
+HISTORY_MAX_GAP_MS = 5_000
 
 
 class FrameAnalyzer:
@@ -32,6 +36,8 @@ class FrameAnalyzer:
         self.config = config
         self.client = client
         self._masks: dict[tuple[str, int, int], list[ZoneMask]] = {}
+        # Per camera: the last frames (grey) and the capture time of the newest, for the anomaly model.
+        self._history: dict[str, tuple[deque, int]] = {}
         self.loop: ConsumeLoop | None = None
 
     def _masks_for(self, camera: Camera, rows: int, cols: int) -> list[ZoneMask]:
@@ -54,33 +60,58 @@ class FrameAnalyzer:
             raise PoisonMessage(f"frame {frame.camera_id}#{frame.sequence}: JPEG payload cannot be decoded ({len(frame.jpeg)} bytes)")
         return frame, camera, image
 
+    def anomaly_input(self, frame: Frame, image: np.ndarray) -> np.ndarray:
+        """[HISTORY+1, H, W, 1]: this camera's previous frames, then this one (causal, as trained)."""
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
+        past, last_ms = self._history.get(frame.camera_id, (None, None))
+        if past is None or frame.capture_time_ms - last_ms > HISTORY_MAX_GAP_MS or past[-1].shape != grey.shape:
+            past = deque([grey] * ANOMALY_HISTORY, maxlen=ANOMALY_HISTORY)
+        stack = np.stack([*past, grey])
+        past.append(grey)
+        self._history[frame.camera_id] = (past, frame.capture_time_ms)
+        return stack
+
+    def _predict(self, model: str, inputs: dict[str, np.ndarray], expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+        """Predict, and check the answer has each `expect`ed output with one row per frame."""
+        started = time.perf_counter()
+        result, version = self.client.predict(model, inputs)
+        PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
+        for name, rows in expect.items():
+            if name not in result or len(result[name]) != rows:
+                raise ModelServerError(f"model {model} v{version} answered {sorted(result)}; expected `{name}` with {rows} rows")
+        return result, version
+
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
         outputs: list[Output] = []
-        groups: dict[tuple[str, tuple[int, ...]], list[tuple[Message, Frame, Camera, np.ndarray]]] = defaultdict(list)
+        items: list[tuple[Message, Frame, Camera, np.ndarray, np.ndarray | None]] = []
         for msg in messages:
             try:
                 frame, camera, image = self.decode_frame(msg)
             except PoisonMessage as exc:
                 outputs.append(self.loop.dead_letter(msg, str(exc)))
                 continue
-            groups[(camera.presence_model, image.shape)].append((msg, frame, camera, image))
-        for (model, _shape), items in groups.items():
-            started = time.perf_counter()
+            stack = self.anomaly_input(frame, image) if camera.anomaly_model else None
+            items.append((msg, frame, camera, image, stack))
+        groups: dict[tuple[str, str | None, tuple[int, ...]], list] = defaultdict(list)
+        for item in items:
+            groups[(item[2].presence_model, item[2].anomaly_model, item[3].shape)].append(item)
+        for (presence_model, anomaly_model, _shape), group in groups.items():
             try:
-                result, version = self.client.predict(model, {"images": np.stack([it[3] for it in items])})
+                presence, presence_version = self._predict(presence_model, {"images": np.stack([it[3] for it in group])}, {"foreground": len(group)})
+                anomaly, anomaly_version = {}, 0
+                if anomaly_model:
+                    anomaly, anomaly_version = self._predict(
+                        anomaly_model, {"frames": np.stack([it[4] for it in group])}, {"anomaly_map": len(group), "anomaly_score": len(group)}
+                    )
             except ModelServerError as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
-                outputs.extend(self.loop.dead_letter(it[0], str(exc)) for it in items)
+                outputs.extend(self.loop.dead_letter(it[0], str(exc)) for it in group)
                 continue
-            PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
-            foreground = result.get("foreground")
-            if foreground is None or len(foreground) != len(items):
-                problem = f"model {model} v{version} answered {sorted(result)} with {0 if foreground is None else len(foreground)} rows for {len(items)} frames; expected `foreground` per frame"
-                outputs.extend(self.loop.dead_letter(it[0], problem) for it in items)
-                continue
-            for (msg, frame, camera, _image), grid in zip(items, foreground):
-                analysis = self.analyse(frame, camera, grid, model, version)
+            for i, (msg, frame, camera, _image, _stack) in enumerate(group):
+                analysis = self.analyse(frame, camera, presence["foreground"][i], presence_model, presence_version)
+                if anomaly_model:
+                    self.add_anomaly(analysis, camera, anomaly["anomaly_map"][i], float(anomaly["anomaly_score"][i]), anomaly_model, anomaly_version)
                 outputs.append(Output(topics.DETECTIONS, frame.camera_id, encode(analysis)))
         return outputs
 
@@ -95,3 +126,10 @@ class FrameAnalyzer:
             analysis.zones.add(zone_id=zone.id, kind=zone.kind, person_present=present, presence_score=fraction)
         analysis.models.add(name=model, version=version)
         return analysis
+
+    def add_anomaly(self, analysis: FrameAnalysis, camera: Camera, score_map: np.ndarray, score: float, model: str, version: int) -> None:
+        analysis.anomaly_score = score
+        worst = dict((zone.id, value) for zone, value in zone_maxima(score_map, self._masks_for(camera, *score_map.shape)))
+        for zone in analysis.zones:
+            zone.anomaly_score = worst[zone.zone_id]
+        analysis.models.add(name=model, version=version)

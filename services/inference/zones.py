@@ -52,3 +52,8 @@ def zone_occupancy(foreground: np.ndarray, masks: list[ZoneMask]) -> list[tuple[
         fraction = float(covered[zm.mask].sum()) / cells if cells else 0.0
         result.append((zm.zone, fraction, fraction >= zm.zone.min_occupancy))
     return result
+
+
+def zone_maxima(score_map: np.ndarray, masks: list[ZoneMask]) -> list[tuple[Zone, float]]:
+    """(zone, worst cell) for one frame's anomaly map: a zone is as anomalous as its worst patch."""
+    return [(zm.zone, float(score_map[zm.mask].max()) if zm.mask.any() else 0.0) for zm in masks]

@@ -53,6 +53,8 @@ class Camera(_Strict):
     height: int = Field(240, ge=32, le=2160)
     jpeg_quality: int = Field(85, ge=10, le=100)
     presence_model: str = "presence"
+    # The anomaly model trained on this camera's normal footage (models.config name); none: no anomaly scores.
+    anomaly_model: str | None = None
     zones: list[Zone] = []
 
     @field_validator("source")

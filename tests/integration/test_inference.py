@@ -53,6 +53,12 @@ def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_
     staff = next(z for z in by_seq[3].zones if z.zone_id == "counter-1-staff")
     assert staff.person_present  # the cashier never leaves
     assert by_seq[1].models[0].name == "presence" and by_seq[1].models[0].version >= 1
+    # The anomaly model scores every frame and every zone (its worst cell), from the camera's history.
+    assert [m.name for m in by_seq[1].models] == ["presence", "anomaly"]
+    for analysis in by_seq.values():
+        assert analysis.anomaly_score > 0
+        assert max(z.anomaly_score for z in analysis.zones) <= analysis.anomaly_score + 1e-6
+        assert all(z.anomaly_score > 0 for z in analysis.zones)
     dead = consume_all(broker, topics.dlq(topics.FRAMES), expect=2, timeout=10)
     errors = sorted(dict(m.headers())["sw-error"] for m in dead)
     assert len(errors) == 2 and b"cannot be decoded" in errors[0] and b"rejected by the decoder" in errors[1]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from services.inference.zones import zone_masks, zone_occupancy
+from services.inference.zones import zone_masks, zone_maxima, zone_occupancy
 from services.shared.settings import ServiceSettings, SettingsError, load_settings
 from services.shared.storeconfig import load_store_config
 from tests.unit.test_storeconfig import SAMPLE
@@ -51,3 +51,26 @@ def test_every_zone_gets_cells_even_when_tiny():
     ])
     for mask in zone_masks(camera, rows=30, cols=40):
         assert mask.mask.sum() >= 1, mask.zone.id
+
+
+def test_zone_anomaly_is_the_worst_cell_inside_the_polygon(tmp_path):
+    camera = load_store_config(SAMPLE).stores[0].cameras[0]
+    score_map = np.full((16, 24), 0.5, np.float32)
+    score_map[12, 10] = 3.0  # customer side of the counter
+    worst = {zone.id: value for zone, value in zone_maxima(score_map, zone_masks(camera, 16, 24))}
+    assert worst["counter-1-customer"] == 3.0
+    assert worst["counter-1-staff"] == 0.5 and worst["aisle-east"] == 0.5
+
+
+def test_anomaly_input_is_causal_and_restarts_after_a_gap():
+    from services.inference.service import ANOMALY_HISTORY, FrameAnalyzer
+    from services.shared.contracts.frame_pb2 import Frame
+
+    analyzer = FrameAnalyzer(load_store_config(SAMPLE), client=None)
+    images = [np.full((8, 8, 3), v, np.uint8) for v in range(10, 80, 10)]
+    stacks = [analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=1000 + 100 * i), img) for i, img in enumerate(images[:6])]
+    assert stacks[0].shape == (ANOMALY_HISTORY + 1, 8, 8, 1)
+    assert [int(f[0, 0, 0]) for f in stacks[0]] == [10] * 5  # nothing before: the first frame repeated
+    assert [int(f[0, 0, 0]) for f in stacks[5]] == [20, 30, 40, 50, 60]  # the four before, then this one
+    after_gap = analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=60_000), images[6])
+    assert [int(f[0, 0, 0]) for f in after_gap] == [70] * 5
