@@ -181,11 +181,12 @@ class ModelRegistry:
                 try:
                     model = load_version(entry.name, version, folders[version])
                 except (OSError, ValueError) as exc:
-                    self.failed[(entry.name, version)] = (prints[version], str(exc))
+                    with self._lock:
+                        self.failed[(entry.name, version)] = (prints[version], str(exc))
                     log.error("model version rejected; earlier versions keep serving", extra={"model": entry.name, "version": version, "error": str(exc)})
                     continue
-                self.failed.pop((entry.name, version), None)
                 with self._lock:
+                    self.failed.pop((entry.name, version), None)
                     self.served.setdefault(entry.name, {})[version] = model
                     self.unloaded.discard((entry.name, version))
                 log.info("model version available", extra={"model": entry.name, "version": version, "path": str(folders[version])})

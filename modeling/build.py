@@ -26,7 +26,7 @@ def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool =
         from modeling.anomaly import train_and_export
 
         # The counter camera's own footage is its "normal": the clip itself and the empty store.
-        config = TrainConfig(epochs=1, max_windows=32, base_channels=4) if quick else TrainConfig(epochs=4)
+        config = TrainConfig(epochs=1, max_windows=32, base_channels=4) if quick else TrainConfig(epochs=3)
         built["anomaly"], _ = train_and_export(sample["clip"].parent, models_dir, config=config, log=lambda _m: None)
     for name, path in built.items():
         echo(f"  built {name} model -> {path}")

@@ -8,8 +8,7 @@ It trains on the training clips (or takes an exported model with --model), score
 through the exported SavedModel's serving signature, the same graph TF Serving runs, and reports the
 frame-level ROC AUC over all test frames concatenated, two ways:
   auc_raw         the scores exactly as the live service emits them (causal, no per-clip rescaling)
-  auc_normalized  the protocol of the published tables: like the future-frame prediction paper's
-                  normalised PSNR, the log of the score is min-max normalised within each clip
+  auc_normalized  scores min-max normalised within each clip, the protocol of the published tables
 The last line printed is one JSON object.
 """
 
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from modeling.anomaly import TrainConfig, find_clips, frame_stacks, read_clip, train_and_export
-from modeling.versions import read_metadata, write_metadata
+from modeling.versions import METADATA_FILE, read_metadata, write_metadata
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucsd-ped2"
 PUBLISHED = {"Conv-AE (Hasan 2016)": 90.0, "MemAE (Gong 2019)": 94.1, "Future-frame prediction (Liu 2018)": 95.4, "MNAD (Park 2020)": 97.0}
@@ -94,8 +93,7 @@ def evaluate(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> di
     clips = sorted(scores)
     y = np.concatenate([labels[c] for c in clips])
     raw = np.concatenate([scores[c] for c in clips])
-    # log(error) is PSNR up to sign and scale: what Liu et al. normalise per clip.
-    normalized = np.concatenate([min_max(np.log(np.maximum(scores[c], 1e-12))) for c in clips])
+    normalized = np.concatenate([min_max(scores[c]) for c in clips])
     return {"auc_raw": round(100 * roc_auc(y, raw), 2), "auc_normalized": round(100 * roc_auc(y, normalized), 2)}
 
 
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="benchmark folder (default: ../shared/datasets/ucsd-ped2)")
     parser.add_argument("--model", type=Path, help="evaluate this exported model version folder instead of training one")
-    parser.add_argument("--out", type=Path, help="models folder to export into (default: a temporary folder)")
+    parser.add_argument("--out", type=Path, help="models folder to publish the trained model into, with these figures in its metadata (default: a temporary folder)")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help=f"training epochs (default {TrainConfig.epochs})")
     parser.add_argument("--max-windows", type=int, help="train on at most this many frame windows (quick smoke runs)")
     args = parser.parse_args(argv)
@@ -111,18 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         print(f"error: no benchmark at {args.data} (pass --data DIR)", file=sys.stderr)
         return 2
-    train_seconds = None
+    train_seconds = None  # unknown for a model without our metadata file
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
             config = TrainConfig(epochs=args.epochs, max_windows=args.max_windows)
             model_dir, _ = train_and_export(args.data / "training" / "frames", args.out or Path(tmp), name="anomaly", config=config,
                                             log=lambda m: print(m, flush=True))
-            train_seconds = read_metadata(model_dir)["train_seconds"]
+        if (model_dir / METADATA_FILE).exists():
+            train_seconds = read_metadata(model_dir).get("train_seconds")
         scores, fps = score_clips(model_dir, args.data)
         result = evaluate(scores, load_labels(args.data))
         result.update(train_seconds=train_seconds, frames_per_second=round(fps, 1))
-        if args.out:
+        if args.out and args.model is None:  # record the figures in the model it trained
             metadata = read_metadata(model_dir)
             metadata.setdefault("metrics", {})[args.data.name] = result
             write_metadata(model_dir, metadata)
