@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sample-store", help="generate the sample store's video and POS script into var/sample")
     models = sub.add_parser("models", help="models").add_subparsers(dest="action", required=True)
     models.add_parser("build", help="train and export the models the sample store needs")
+    train = models.add_parser("train-anomaly", help="train an anomaly model on a camera's normal footage and publish a new version")
+    train.add_argument("--data", type=Path, required=True, help="a folder of frames, a video, or a folder of clips (sub-folders or videos)")
+    train.add_argument("--name", default="anomaly", help="model name in models.config (one per camera view)")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    detector = models.add_parser("export-detector", help="publish a new version of the HOG person detector")
+    detector.add_argument("--min-person-px", type=int, default=48, help="smallest person height to find, in pixels of the frames sent")
+    detector.add_argument("--name", default="detector")
+    detector.add_argument("--models-dir", type=Path, default=ROOT / "models")
     demo = sub.add_parser("demo", help="run the sample store through the whole pipeline")
     demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
     args = parser.parse_args(argv)
@@ -57,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
             for kind, path in samplestore.generate(ROOT / "var" / "sample").items():
                 print(f"  {kind}: {path}")
+        elif args.command == "models" and args.action == "train-anomaly":
+            from modeling.anomaly import TrainConfig, train_and_export
+
+            out, _ = train_and_export(args.data, args.models_dir, args.name, TrainConfig(epochs=args.epochs))
+            print(f"published {out}")
+        elif args.command == "models" and args.action == "export-detector":
+            from modeling.detector import DetectorConfig, build_and_export
+
+            print(f"published {build_and_export(args.models_dir, args.name, DetectorConfig(min_person_px=args.min_person_px))}")
         elif args.command == "models":
             from devplatform.demo import ensure_sample_assets
 

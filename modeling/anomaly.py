@@ -22,7 +22,7 @@ Reducing `anomaly_map` over a zone polygon (max over its cells) gives that zone'
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -50,7 +50,6 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 1
     max_windows: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ Serving signature `serving_default`, the TensorFlow Object Detection API's:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -53,7 +53,6 @@ class DetectorConfig:
     min_margin: float = 0.0
     margin_scale: float = 1.5
     nms_iou: float = 0.3
-    extra: dict = field(default_factory=dict)
 
     def scales(self) -> list[float]:
         """Image scale factors, largest first: from 96/min_person_px down to 96/max_person_px."""
