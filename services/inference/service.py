@@ -60,15 +60,23 @@ class FrameAnalyzer:
             raise PoisonMessage(f"frame {frame.camera_id}#{frame.sequence}: JPEG payload cannot be decoded ({len(frame.jpeg)} bytes)")
         return frame, camera, image
 
-    def anomaly_input(self, frame: Frame, image: np.ndarray) -> np.ndarray:
-        """[HISTORY+1, H, W, 1]: this camera's previous frames, then this one (causal, as trained)."""
+    def anomaly_input(self, frame: Frame, image: np.ndarray, history: dict[str, tuple[deque, int]]) -> np.ndarray:
+        """[HISTORY+1, H, W, 1]: this camera's previous frames, then this one (causal, as trained).
+
+        Updates `history`, a working copy that `handle` keeps only once the batch succeeded, so a
+        batch retried after a model-server outage sees the same past again.
+        """
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
-        past, last_ms = self._history.get(frame.camera_id, (None, None))
-        if past is None or frame.capture_time_ms - last_ms > HISTORY_MAX_GAP_MS or past[-1].shape != grey.shape:
+        if frame.camera_id not in history and frame.camera_id in self._history:
+            past, last_ms = self._history[frame.camera_id]
+            history[frame.camera_id] = (deque(past, maxlen=ANOMALY_HISTORY), last_ms)
+        past, last_ms = history.get(frame.camera_id, (None, 0))
+        gap = frame.capture_time_ms - last_ms
+        if past is None or not 0 < gap <= HISTORY_MAX_GAP_MS or past[-1].shape != grey.shape:
             past = deque([grey] * ANOMALY_HISTORY, maxlen=ANOMALY_HISTORY)
         stack = np.stack([*past, grey])
         past.append(grey)
-        self._history[frame.camera_id] = (past, frame.capture_time_ms)
+        history[frame.camera_id] = (past, frame.capture_time_ms)
         return stack
 
     def _predict(self, model: str, inputs: dict[str, np.ndarray], expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
@@ -85,13 +93,14 @@ class FrameAnalyzer:
         assert self.loop is not None
         outputs: list[Output] = []
         items: list[tuple[Message, Frame, Camera, np.ndarray, np.ndarray | None]] = []
+        history: dict[str, tuple[deque, int]] = {}
         for msg in messages:
             try:
                 frame, camera, image = self.decode_frame(msg)
             except PoisonMessage as exc:
                 outputs.append(self.loop.dead_letter(msg, str(exc)))
                 continue
-            stack = self.anomaly_input(frame, image) if camera.anomaly_model else None
+            stack = self.anomaly_input(frame, image, history) if camera.anomaly_model else None
             items.append((msg, frame, camera, image, stack))
         groups: dict[tuple[str, str | None, tuple[int, ...]], list] = defaultdict(list)
         for item in items:
@@ -113,6 +122,7 @@ class FrameAnalyzer:
                 if anomaly_model:
                     self.add_anomaly(analysis, camera, anomaly["anomaly_map"][i], float(anomaly["anomaly_score"][i]), anomaly_model, anomaly_version)
                 outputs.append(Output(topics.DETECTIONS, frame.camera_id, encode(analysis)))
+        self._history.update(history)
         return outputs
 
     def analyse(self, frame: Frame, camera: Camera, grid: np.ndarray, model: str, version: int) -> FrameAnalysis:

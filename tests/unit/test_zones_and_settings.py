@@ -68,9 +68,16 @@ def test_anomaly_input_is_causal_and_restarts_after_a_gap():
 
     analyzer = FrameAnalyzer(load_store_config(SAMPLE), client=None)
     images = [np.full((8, 8, 3), v, np.uint8) for v in range(10, 80, 10)]
-    stacks = [analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=1000 + 100 * i), img) for i, img in enumerate(images[:6])]
-    assert stacks[0].shape == (ANOMALY_HISTORY + 1, 8, 8, 1)
-    assert [int(f[0, 0, 0]) for f in stacks[0]] == [10] * 5  # nothing before: the first frame repeated
-    assert [int(f[0, 0, 0]) for f in stacks[5]] == [20, 30, 40, 50, 60]  # the four before, then this one
-    after_gap = analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=60_000), images[6])
-    assert [int(f[0, 0, 0]) for f in after_gap] == [70] * 5
+
+    def stack(i: int, history: dict, time_ms: int | None = None) -> list[int]:
+        frame = Frame(camera_id="cam", capture_time_ms=1000 + 100 * i if time_ms is None else time_ms)
+        return [int(f[0, 0, 0]) for f in analyzer.anomaly_input(frame, images[i], history)]
+
+    kept: dict = {}
+    assert analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=1000), images[0], kept).shape == (ANOMALY_HISTORY + 1, 8, 8, 1)
+    assert [stack(i, kept) for i in range(1, 5)][-1] == [10, 20, 30, 40, 50]
+    analyzer._history.update(kept)  # what handle() does once a batch succeeded
+    # A batch that failed (model server down) and is retried sees the same past both times.
+    assert stack(5, {}) == stack(5, {}) == [20, 30, 40, 50, 60]
+    assert stack(6, {}, time_ms=60_000) == [70] * 5  # after a 59 s gap: no stale past
+    assert stack(6, {}, time_ms=500) == [70] * 5  # older than the history (a replay): start afresh
