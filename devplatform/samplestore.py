@@ -95,6 +95,11 @@ def render_frame(t: float, walkers: tuple[Walker, ...], rng: np.random.Generator
     return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
 
+def clip_frame(t: float, seed: int = 0) -> np.ndarray:
+    """The counter clip's picture at `t` seconds, rendered directly (for labelled frames and benchmarks)."""
+    return render_frame(t, (CASHIER, CUSTOMER, PASSER_BY), np.random.default_rng(seed), _background())
+
+
 def _write_video(path: Path, frames: int, walkers: tuple[Walker, ...], seed: int) -> None:
     rng = np.random.default_rng(seed)
     background = _background()

@@ -49,10 +49,9 @@ def match(detections: list[np.ndarray], persons: list[np.ndarray], ambiguous: li
 
 def load_frame(entry: dict, data: Path) -> np.ndarray:
     if entry["source"] == "sample-store":
-        from devplatform import samplestore
+        from devplatform.samplestore import clip_frame
 
-        walkers = (samplestore.CASHIER, samplestore.CUSTOMER, samplestore.PASSER_BY)
-        return samplestore.render_frame(entry["t"], walkers, np.random.default_rng(0), samplestore._background())
+        return clip_frame(entry["t"])
     image = cv2.imread(str(data / entry["path"]), cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"{data / entry['path']}: cannot read the labelled frame")

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         detector_dir = build_and_export(models)
 
         clip = read_clip(sample["clip"])
-        colour = samplestore.render_frame(8.0, (samplestore.CASHIER, samplestore.CUSTOMER), np.random.default_rng(0), samplestore._background())
+        colour = samplestore.clip_frame(8.0)  # cashier and customer in view
         inputs = {
             "anomaly": {"frames": frame_stacks(clip[:64], HISTORY)[HISTORY : HISTORY + args.batch]},
             "detector": {"input_tensor": np.repeat(colour[None], args.batch, axis=0)},
