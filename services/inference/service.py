@@ -27,6 +27,9 @@ PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predic
 ANOMALY_HISTORY = 4
 # A longer silence than this (camera drop, restart) starts a camera's history afresh.
 HISTORY_MAX_GAP_MS = 5_000
+# COCO label map ids the TF Object Detection API models (and our HOG detector) answer with.
+DETECTOR_LABELS = {1: "person"}
+DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 
 
 class FrameAnalyzer:
@@ -102,17 +105,23 @@ class FrameAnalyzer:
                 continue
             stack = self.anomaly_input(frame, image, history) if camera.anomaly_model else None
             items.append((msg, frame, camera, image, stack))
-        groups: dict[tuple[str, str | None, tuple[int, ...]], list] = defaultdict(list)
+        groups: dict[tuple[str, str | None, str | None, tuple[int, ...]], list] = defaultdict(list)
         for item in items:
-            groups[(item[2].presence_model, item[2].anomaly_model, item[3].shape)].append(item)
-        for (presence_model, anomaly_model, _shape), group in groups.items():
+            camera = item[2]
+            groups[(camera.presence_model, camera.anomaly_model, camera.detector_model, item[3].shape)].append(item)
+        for (presence_model, anomaly_model, detector_model, _shape), group in groups.items():
+            rows = len(group)
+            images = np.stack([it[3] for it in group])
             try:
-                presence, presence_version = self._predict(presence_model, {"images": np.stack([it[3] for it in group])}, {"foreground": len(group)})
+                presence, presence_version = self._predict(presence_model, {"images": images}, {"foreground": rows})
                 anomaly, anomaly_version = {}, 0
                 if anomaly_model:
                     anomaly, anomaly_version = self._predict(
-                        anomaly_model, {"frames": np.stack([it[4] for it in group])}, {"anomaly_map": len(group), "anomaly_score": len(group)}
+                        anomaly_model, {"frames": np.stack([it[4] for it in group])}, {"anomaly_map": rows, "anomaly_score": rows}
                     )
+                detections, detector_version = {}, 0
+                if detector_model:
+                    detections, detector_version = self._predict(detector_model, {"input_tensor": images}, dict.fromkeys(DETECTION_OUTPUTS, rows))
             except ModelServerError as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
                 outputs.extend(self.loop.dead_letter(it[0], str(exc)) for it in group)
@@ -121,6 +130,8 @@ class FrameAnalyzer:
                 analysis = self.analyse(frame, camera, presence["foreground"][i], presence_model, presence_version)
                 if anomaly_model:
                     self.add_anomaly(analysis, camera, anomaly["anomaly_map"][i], float(anomaly["anomaly_score"][i]), anomaly_model, anomaly_version)
+                if detector_model:
+                    self.add_objects(analysis, camera, {k: v[i] for k, v in detections.items()}, detector_model, detector_version)
                 outputs.append(Output(topics.DETECTIONS, frame.camera_id, encode(analysis)))
         self._history.update(history)
         return outputs
@@ -142,4 +153,15 @@ class FrameAnalyzer:
         worst = dict((zone.id, value) for zone, value in zone_maxima(score_map, self._masks_for(camera, *score_map.shape)))
         for zone in analysis.zones:
             zone.anomaly_score = worst[zone.zone_id]
+        analysis.models.add(name=model, version=version)
+
+    def add_objects(self, analysis: FrameAnalysis, camera: Camera, detections: dict[str, np.ndarray], model: str, version: int) -> None:
+        """The detector's boxes at or above the camera's score, best first (boxes are 0..1, ymin first)."""
+        count = int(detections["num_detections"])
+        for box, score, label in zip(detections["detection_boxes"][:count], detections["detection_scores"][:count], detections["detection_classes"][:count]):
+            if score < camera.detector_min_score:
+                continue
+            ymin, xmin, ymax, xmax = (float(v) for v in box)
+            name = DETECTOR_LABELS.get(int(label), f"class-{int(label)}")
+            analysis.objects.add(label=name, score=float(score), box=dict(ymin=ymin, xmin=xmin, ymax=ymax, xmax=xmax))
         analysis.models.add(name=model, version=version)

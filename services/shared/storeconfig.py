@@ -55,6 +55,9 @@ class Camera(_Strict):
     presence_model: str = "presence"
     # The anomaly model trained on this camera's normal footage (models.config name); none: no anomaly scores.
     anomaly_model: str | None = None
+    # A person detector with the TF Object Detection API signature; its boxes go in FrameAnalysis.objects.
+    detector_model: str | None = None
+    detector_min_score: float = Field(0.5, ge=0, le=1)
     zones: list[Zone] = []
 
     @field_validator("source")

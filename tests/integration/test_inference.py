@@ -1,12 +1,16 @@
 """Inference over the dev broker and the model server: presence per zone from real pixels."""
 
+import json
 import time
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from devplatform.launcher import Platform, free_port
+from modeling.evaluate_anomaly import DEFAULT_DATA
+from modeling.evaluate_detector import LABELS
 from modeling.presence import read_frames
 from services.shared import topics
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
@@ -74,3 +78,34 @@ def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sam
     with platform_part(tmp_path / "ms", Platform.start_model_server, models_dir=models_dir, model_server_port=port):
         results = consume_all(broker, topics.DETECTIONS, expect=30, timeout=60)
         assert sorted(FrameAnalysis.FromString(m.value()).frame_sequence for m in results) == list(range(30))
+
+
+def test_person_boxes_from_the_detector_reach_frame_analysis(broker, model_server, start_service, sample_assets, tmp_path):
+    """A camera with a detector gets the people it finds as objects, boxes normalised to the frame."""
+    ped2 = DEFAULT_DATA / "testing" / "frames" / "06" / "120.jpg"
+    if not ped2.exists():
+        pytest.skip(f"UCSD Ped2 is not at {DEFAULT_DATA}")
+    raw = yaml.safe_load(sample_assets["store_config"].read_text())
+    camera = raw["stores"][0]["cameras"][0]
+    camera.update(detector_model="detector", detector_min_score=0.5)
+    config = tmp_path / "store.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server, "SW_STORE_CONFIG": str(config)})
+    image = cv2.imread(str(ped2))
+    frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=1_800_000_000_000, sequence=0,
+                  jpeg=cv2.imencode(".jpg", image)[1].tobytes(), width=image.shape[1], height=image.shape[0])
+    producer = make_producer(broker)
+    producer.produce(topics.FRAMES, key="cam-counter-1", value=frame.SerializeToString())
+    producer.flush(10)
+    [message] = consume_all(broker, topics.DETECTIONS, expect=1, timeout=60)
+    analysis = FrameAnalysis.FromString(message.value())
+    assert [m.name for m in analysis.models] == ["presence", "anomaly", "detector"]
+    assert analysis.objects and all(o.label == "person" and o.score >= 0.5 for o in analysis.objects)
+    labelled = next(e for e in json.loads(LABELS.read_text())["frames"] if e.get("path") == "testing/frames/06/120.jpg")["persons"]
+    height, width = image.shape[:2]
+
+    def on_a_person(box) -> bool:
+        cx, cy = (box.xmin + box.xmax) / 2 * width, (box.ymin + box.ymax) / 2 * height
+        return any(x0 <= cx <= x1 and y0 <= cy <= y1 for x0, y0, x1, y1 in labelled)
+
+    assert any(on_a_person(o.box) for o in analysis.objects)  # at least one box sits on a hand-labelled person
