@@ -221,7 +221,9 @@ class ModelRegistry:
                 label = f"Latest({spec.name})"
             if wanted is None or wanted not in versions:
                 reason = ""
-                if entry and not versions:
+                if (spec.name, wanted) in self.failed:
+                    reason = f" ({self.failed[(spec.name, wanted)][1]})"
+                elif entry and not versions:
                     errors = [e for (n, _), (_, e) in self.failed.items() if n == spec.name]
                     reason = f" ({errors[-1]})" if errors else f" (no version under {entry.base})"
                 raise LookupError(f"Servable not found for request: {label}{reason}")

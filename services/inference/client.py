@@ -38,11 +38,15 @@ class PredictionClient:
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def predict(self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default") -> tuple[dict[str, np.ndarray], int]:
-        """Outputs by name and the model version that answered."""
+    def predict(
+        self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", version: int | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Outputs by name and the model version that answered (the newest served, unless `version` pins one)."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(array)))
         try:

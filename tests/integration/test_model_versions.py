@@ -13,7 +13,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from devplatform.launcher import Platform
 from modeling.presence import read_frames, train_and_export
-from services.inference.client import PredictionClient
+from services.inference.client import ModelServerError, PredictionClient
 from tests.conftest import platform_part, wait_for
 
 pytestmark = pytest.mark.integration
@@ -103,6 +103,9 @@ def test_corrupt_and_incomplete_versions_are_rejected_and_the_old_one_keeps_serv
     assert status[1][0] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     outputs, version = client.predict("presence", frames)
     assert version == 1 and np.array_equal(outputs["foreground"], good)
+    # Asking for the rejected version by number is a clear NOT_FOUND, with the reason it is not served.
+    with pytest.raises(ModelServerError, match=r"NOT_FOUND Servable not found for request: Specific\(presence, 2\) \(model presence version 2: cannot load"):
+        PredictionClient(address, model_missing_grace_s=0).predict("presence", frames, version=2)
 
     # Fixing the broken folder (here: replacing it with a good export) is picked up on the next poll.
     shutil.rmtree(incomplete)
