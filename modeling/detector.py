@@ -6,8 +6,8 @@ detector ships inside the opencv-python wheel (`cv2.HOGDescriptor_getDefaultPeop
 HOG is convolutions, so the whole detector (gradients, orientation votes, block histograms with
 OpenCV's Gaussian and trilinear weights, L2-Hys normalisation, the SVM as a sliding convolution over
 an image pyramid, non-maximum suppression) exports as an ordinary SavedModel: TF Serving runs it on
-CPU or GPU with no custom ops. The same export command accepts no other weights; to use a TF2
-Detection Zoo model instead, drop its SavedModel into models/detector/<version>/ (see models/README).
+CPU or GPU with no custom ops. A TF2 Detection Zoo SavedModel has the same signature and replaces it
+as a new version folder (models/README.md).
 
 Serving signature `serving_default`, the TensorFlow Object Detection API's:
   input  `input_tensor`:      uint8 [batch, height, width, 3]
