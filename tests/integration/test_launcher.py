@@ -1,5 +1,6 @@
 """The launcher fails with a message naming what broke, and leaves no process behind."""
 
+import shutil
 import socket
 
 import pytest
@@ -73,4 +74,16 @@ def test_component_slower_than_its_deadline_is_named_and_stopped(tmp_path, sampl
     with pytest.raises(LaunchError, match=r"modelserver did not become ready \(models loaded\) within 0s"):
         platform.up(echo=lambda *_: None)
     assert {"broker", "redis", "modelserver"} <= set(platform.components)
+    assert not any(pid_alive(p) for p in _started_pids(platform))
+
+
+def test_model_without_a_servable_version_is_named(tmp_path, sample_assets, models_dir):
+    """A configured model whose only version is corrupt stops `up` with the model server's reason."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    (models / "detector" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    platform = Platform(run_dir=tmp_path / "run", store_config=sample_assets["store_config"], models_dir=models, api_port=free_port())
+    with pytest.raises(LaunchError, match=r"no servable version of detector: model detector version 1: cannot load .*make models"):
+        platform.up(echo=lambda *_: None)
+    assert "modelserver" in platform.components
     assert not any(pid_alive(p) for p in _started_pids(platform))
