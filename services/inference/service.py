@@ -11,6 +11,7 @@ import numpy as np
 from confluent_kafka import Message
 from prometheus_client import Histogram
 
+from modeling.anomaly import HISTORY as ANOMALY_HISTORY
 from services.inference.client import ModelServerError, PredictionClient
 from services.inference.zones import ZoneMask, zone_masks, zone_maxima, zone_occupancy
 from services.shared import topics
@@ -23,8 +24,6 @@ from services.shared.storeconfig import Camera, StoreConfig
 log = logging.getLogger(__name__)
 
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
-# Frames the anomaly model sees before the one it scores (its signature's HISTORY).
-ANOMALY_HISTORY = 4
 # A longer silence than this (camera drop, restart) starts a camera's history afresh.
 HISTORY_MAX_GAP_MS = 5_000
 # COCO label map ids the TF Object Detection API models (and our HOG detector) answer with.
