@@ -14,6 +14,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
@@ -139,6 +140,43 @@ def start_service(tmp_path, sample_assets):
         assert not pid_alive(proc.popen.pid)
         # SIGTERM is a graceful stop: flush, commit, exit 0 (a test may have stopped it already).
         assert proc.popen.returncode == 0, f"{proc.name} exited {proc.popen.returncode} on SIGTERM:\n{proc.log_text()[-2000:]}"
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _rtsp_server_available() -> bool:
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return Path(SYSTEM_PYTHON).exists() and subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def camera_servers(tmp_path):
+    """Real camera sources on loopback: `rtsp(port)` (GStreamer's RTSP server, H.264) and `mjpeg(port)`
+    (HTTP multipart JPEG). Each returns the running Proc; stopping and starting again on the same
+    port is how tests kill and restart a camera. All are stopped by PID afterwards."""
+    started: list[Proc] = []
+
+    def _start(name: str, argv: list[str], port: int) -> Proc:
+        proc = _spawn(name, argv, tmp_path)
+        started.append(proc)
+        wait_for(lambda: "ready " in proc.log_text(), 30, f"{name} on port {port}", proc)
+        return proc
+
+    def rtsp(port: int, **options: object) -> Proc:
+        if not _rtsp_server_available():
+            raise AssertionError("GStreamer's RTSP server is missing: `make setup` installs gir1.2-gst-rtsp-server-1.0, python3-gi and the GStreamer plugins")
+        extra = [f"--{key}={value}" for key, value in options.items()]
+        return _start("rtsp-camera", [SYSTEM_PYTHON, "devplatform/rtsp_server.py", f"--port={port}", *extra], port)
+
+    def mjpeg(port: int, **options: object) -> Proc:
+        extra = [f"--{key}={value}" for key, value in options.items()]
+        return _start("mjpeg-camera", [sys.executable, "-m", "devplatform.mjpeg_server", f"--port={port}", *extra], port)
+
+    yield SimpleNamespace(rtsp=rtsp, mjpeg=mjpeg)
+    for proc in started:
+        proc.stop()
+        assert not pid_alive(proc.popen.pid)
 
 
 def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 15.0, idle: float = 2.0):

@@ -1,20 +1,30 @@
-"""Run the ingest service: `python -m services.ingest`. One thread per camera of the store config."""
+"""Run the ingest service: `python -m services.ingest`. One thread per camera of the store config.
+
+The store config is re-read when it changes (every SW_INGEST_CONFIG_POLL_S, or at once on SIGHUP):
+cameras are added, changed and removed without a restart. /cameras (and /readyz) show each
+camera's state; /metrics has the same per camera.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
-from dataclasses import asdict
+import time
+from typing import Literal
 
 from pydantic import Field
 
-from services.ingest.camera import CameraWorker, Pace
+from services.ingest.camera import Pace
+from services.ingest.service import IngestCollector, IngestOptions, IngestService
+from services.ingest.sources import ffmpeg_capture_options
 from services.shared.health import HealthServer
 from services.shared.kafka import make_producer
 from services.shared.lifecycle import stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
-from services.shared.storeconfig import load_store_config
+from services.shared.storeconfig import StoreConfigWatcher, load_store_config
 
 
 class IngestSettings(ServiceSettings):
@@ -23,37 +33,67 @@ class IngestSettings(ServiceSettings):
     ingest_loop_files: bool = False
     # Only these cameras (comma-separated ids); empty means every camera in the store config.
     ingest_cameras: str = Field("", pattern=r"^[A-Za-z0-9_.,-]*$")
+    # Frames per camera waiting for Kafka; when full, the oldest is dropped (and counted).
+    ingest_send_queue_frames: int = Field(30, ge=1, le=10_000)
+    # Network sources: give up opening, or reading one frame, after this long (then reconnect).
+    ingest_open_timeout_s: float = Field(5.0, gt=0, le=120)
+    ingest_read_timeout_s: float = Field(5.0, gt=0, le=120)
+    # Reconnect delays double from min to max, each with random jitter.
+    ingest_reconnect_min_s: float = Field(1.0, gt=0, le=60)
+    ingest_reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    ingest_rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # How often the store config file is checked for edits; 0: only on SIGHUP.
+    ingest_config_poll_s: float = Field(2.0, ge=0, le=3600)
+    # On SIGTERM, how long queued frames may take to reach Kafka.
+    ingest_drain_s: float = Field(5.0, ge=0, le=120)
+
+
+# A frame not delivered within 30 s is of no use to a live rule: count it as lost and move on.
+PRODUCER_OVERRIDES = {"message.timeout.ms": 30_000}
 
 
 def main() -> int:
     settings = load_settings(IngestSettings)
     log = configure_logging("ingest", settings.log_level)
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", ffmpeg_capture_options(settings.ingest_rtsp_transport))
     config = load_store_config(settings.store_config)
-    wanted = {c for c in settings.ingest_cameras.split(",") if c}
     stop = stop_on_signals()
-    producer = make_producer(settings.kafka_bootstrap_servers)
-    workers = [
-        CameraWorker(store.id, cam, config.resolve_source(cam), producer, stop, settings.ingest_pace, settings.ingest_loop_files)
-        for store in config.stores
-        for cam in store.cameras
-        if not wanted or cam.id in wanted
-    ]
-    threads = [threading.Thread(target=w.run, name=f"camera-{w.camera.id}") for w in workers]
-    for thread in threads:
-        thread.start()
+    reload_now = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
+    options = IngestOptions(
+        pace=settings.ingest_pace,
+        loop_files=settings.ingest_loop_files,
+        cameras=frozenset(c for c in settings.ingest_cameras.split(",") if c),
+        send_queue_frames=settings.ingest_send_queue_frames,
+        open_timeout_s=settings.ingest_open_timeout_s,
+        read_timeout_s=settings.ingest_read_timeout_s,
+        min_reconnect_backoff_s=settings.ingest_reconnect_min_s,
+        max_reconnect_backoff_s=max(settings.ingest_reconnect_min_s, settings.ingest_reconnect_max_s),
+        drain_s=settings.ingest_drain_s,
+    )
+    producer = make_producer(settings.kafka_bootstrap_servers, **PRODUCER_OVERRIDES)
+    service = IngestService(producer, options).start(config)
+    IngestCollector(service).register()
+    watcher = StoreConfigWatcher(settings.store_config, config)
 
-    def details() -> dict:
-        return {"cameras": {w.camera.id: asdict(w.status) for w in workers}}
+    def status() -> dict:
+        return {"cameras": service.cameras(), "store_config": str(settings.store_config), "config_error": watcher.error}
 
-    health = HealthServer(settings.http_host, settings.http_port, ready=lambda: True, details=details).start()
-    log.info("started", extra={"cameras": [w.camera.id for w in workers], "http_port": health.port})
-    for thread in threads:
-        thread.join()
-    # File sources end; stay up (healthy, idle) until told to stop, like any service.
-    stop.wait()
-    producer.flush(10)
+    health = HealthServer(settings.http_host, settings.http_port, ready=lambda: True, details=status, routes={"/cameras": status}).start()
+    log.info("started", extra={"cameras": sorted(service.cameras()), "http_port": health.port})
+    next_poll = time.monotonic() + settings.ingest_config_poll_s
+    while not stop.wait(0.25):
+        due = settings.ingest_config_poll_s > 0 and time.monotonic() >= next_poll
+        if not (due or reload_now.is_set()):
+            continue
+        reload_now.clear()
+        next_poll = time.monotonic() + settings.ingest_config_poll_s
+        changed = watcher.poll()
+        if changed is not None:
+            service.apply(changed)
+    undelivered = service.stop()
     health.stop()
-    log.info("stopped")
+    log.info("stopped", extra={"undelivered": undelivered})
     return 0
 
 

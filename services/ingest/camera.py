@@ -1,6 +1,8 @@
-"""One camera: read with OpenCV, sample to the target fps, resize, score motion, publish JPEG Frames.
+"""One camera: read with OpenCV, sample to the target fps, process, queue JPEG Frames for Kafka.
 
-Each camera runs in its own thread, so one slow or broken camera never holds up another.
+Each camera runs in its own thread and never waits on the network to send, so one slow, broken or
+reconnecting camera never holds up another (OpenCV releases the GIL while it decodes, resizes and
+encodes). Live sources reconnect with exponential backoff and jitter; files end or loop.
 """
 
 from __future__ import annotations
@@ -9,44 +11,119 @@ import logging
 import random
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
-from confluent_kafka import KafkaException, Producer
-from prometheus_client import Counter, Gauge
 
-from services.shared import topics
+from services.ingest.frames import FrameProcessor, FrameTooLarge
+from services.ingest.sendqueue import Outgoing, SendQueue
+from services.ingest.sources import SourceError, open_capture, redact, source_kind
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.serde import encode
 from services.shared.storeconfig import Camera
 
 log = logging.getLogger(__name__)
 
-FRAMES_PUBLISHED = Counter("sw_ingest_frames_published_total", "Frames sent to Kafka", ["camera"])
-FRAMES_FAILED = Counter("sw_ingest_frames_failed_total", "Frames the broker did not acknowledge", ["camera"])
-CAMERA_UP = Gauge("sw_ingest_camera_connected", "1 while the camera source is open", ["camera"])
-
 Pace = Literal["realtime", "fast"]
-# A pixel counts as moving when it changes by more than this between sampled frames (0..255).
-MOTION_PIXEL_DELTA = 25
+CameraState = Literal["starting", "connected", "reconnecting", "finished", "failed", "stopped"]
+CAMERA_STATES: tuple[CameraState, ...] = ("starting", "connected", "reconnecting", "finished", "failed", "stopped")
+# A live source silent for longer than this many frame intervals (and at least MIN_GAP_S) is a gap.
+GAP_FRAME_INTERVALS = 3
+MIN_GAP_S = 0.25
+# Consecutive frames that fail to decode before the stream is treated as broken and reopened.
+MAX_BAD_FRAMES = 25
 
 
-def motion_score(previous: np.ndarray | None, current: np.ndarray) -> float:
-    """Fraction of pixels that changed noticeably since the previous sampled frame."""
-    if previous is None:
-        return 1.0
-    diff = cv2.absdiff(previous, current)
-    return float(np.count_nonzero(diff > MOTION_PIXEL_DELTA)) / diff.size
+class RateMeter:
+    """Events per second over the last few seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+        self._first: float | None = None
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self._first = now if self._first is None else self._first
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and self._times[0] < now - self.window_s:
+                self._times.popleft()
+            if self._first is None:
+                return 0.0
+            # Over the window, or over the time since the first event while that is shorter.
+            return len(self._times) / max(min(self.window_s, now - self._first), 1.0)
 
 
 @dataclass
-class CameraStatus:
-    state: Literal["starting", "connected", "reconnecting", "finished", "failed"] = "starting"
-    frames: int = 0
+class CameraStats:
+    """What an operator needs to know about one camera; kept across reconnects and config changes."""
+
+    store_id: str
+    source: str
+    state: CameraState = "starting"
     last_error: str = ""
+    connected_since_ms: int = 0
+    reconnects: int = 0
+    # Frames decoded from the source, kept at the target fps, held back by the motion gate, queued.
+    frames_read: int = 0
+    frames_sampled: int = 0
+    frames_gated: int = 0
+    keyframes: int = 0
+    frames_published: int = 0
+    bytes_published: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    gaps: int = 0
+    gap_seconds: float = 0.0
+    faces_blurred: int = 0
+    # Wall time at which the last frame was read from the source (0: never).
     last_frame_wall_ms: int = 0
+    last_read_monotonic: float = 0.0
+    next_sequence: int = 0
+    sampled_rate: RateMeter = field(default_factory=RateMeter)
+    sent_rate: RateMeter = field(default_factory=RateMeter)
+
+    def frame_done(self, size: int, error: str | None) -> None:
+        """Delivery outcome of one queued frame (called from the sender thread)."""
+        if error is None:
+            self.frames_published += 1
+            self.bytes_published += size
+        else:
+            self.dropped[error.split(":", 1)[0]] += 1
+
+    def snapshot(self, queue_depth: int) -> dict:
+        now_ms = time.time() * 1000
+        return {
+            "store_id": self.store_id,
+            "source": redact(self.source),
+            "state": self.state,
+            "last_error": self.last_error,
+            "fps": round(self.sampled_rate.rate(), 2),
+            "sent_fps": round(self.sent_rate.rate(), 2),
+            "last_frame_age_s": round((now_ms - self.last_frame_wall_ms) / 1000, 2) if self.last_frame_wall_ms else None,
+            "connected_since_ms": self.connected_since_ms,
+            "reconnects": self.reconnects,
+            "frames": self.frames_sampled,
+            "frames_read": self.frames_read,
+            "frames_gated": self.frames_gated,
+            "keyframes": self.keyframes,
+            "frames_published": self.frames_published,
+            "bytes_published": self.bytes_published,
+            "dropped": dict(self.dropped),
+            "send_queue": queue_depth,
+            "gaps": self.gaps,
+            "gap_seconds": round(self.gap_seconds, 2),
+            "faces_blurred": self.faces_blurred,
+            "next_sequence": self.next_sequence,
+        }
 
 
 @dataclass
@@ -54,131 +131,153 @@ class CameraWorker:
     store_id: str
     camera: Camera
     source: str
-    producer: Producer
-    stop: threading.Event
+    queue: SendQueue
+    stats: CameraStats
     pace: Pace = "realtime"
     loop_file: bool = False
-    topic: str = topics.FRAMES
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    min_reconnect_backoff_s: float = 1.0
     max_reconnect_backoff_s: float = 30.0
-    status: CameraStatus = field(default_factory=CameraStatus)
-    sequence: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def is_file(self) -> bool:
-        return not self.source.startswith(("rtsp://", "http://", "https://", "device:"))
-
-    def _open(self) -> cv2.VideoCapture:
-        target: str | int = int(self.source.split(":", 1)[1]) if self.source.startswith("device:") else self.source
-        cap = cv2.VideoCapture(target)
-        if not cap.isOpened():
-            cap.release()
-            raise ConnectionError(f"camera {self.camera.id}: cannot open source {self.source}")
-        return cap
+        return source_kind(self.source) == "file"
 
     def run(self) -> None:
-        backoff = 1.0
+        backoff = self.min_reconnect_backoff_s
         while not self.stop.is_set():
             try:
-                cap = self._open()
-            except ConnectionError as exc:
-                self.status.last_error = str(exc)
-                if self.is_file:
-                    self.status.state = "failed"
-                    log.error("camera failed", extra={"camera": self.camera.id, "error": str(exc)})
+                cap = open_capture(self.camera.id, self.source, self.open_timeout_s, self.read_timeout_s)
+            except SourceError as exc:
+                if exc.permanent:
+                    self._fail(str(exc))
                     return
                 backoff = self._wait_before_reconnect(str(exc), backoff)
                 continue
-            self.status.state = "connected"
-            CAMERA_UP.labels(self.camera.id).set(1)
+            self.stats.state = "connected"
+            self.stats.connected_since_ms = int(time.time() * 1000)
+            log.info("camera connected", extra={"camera": self.camera.id, "source": redact(self.source)})
             started = time.monotonic()
             try:
-                self._stream(cap)
-                error = ""
+                error = self._stream(cap)
             except Exception as exc:  # a broken stream or frame must not end the camera thread
                 error = f"camera {self.camera.id}: stream failed ({type(exc).__name__}: {exc})"
                 log.exception("camera stream failed", extra={"camera": self.camera.id})
             finally:
                 cap.release()
-                CAMERA_UP.labels(self.camera.id).set(0)
+            if self.stop.is_set():
+                break
             if self.is_file and not self.loop_file:
-                self.status.state = "failed" if error else "finished"
-                self.status.last_error = error
-                log.info("file source ended", extra={"camera": self.camera.id, "frames": self.status.frames, "error": error})
+                if error:
+                    self._fail(error)
+                else:
+                    self.stats.state = "finished"
+                    log.info("file source ended", extra={"camera": self.camera.id, "frames": self.stats.frames_sampled})
                 return
-            if not self.is_file and not self.stop.is_set():
-                # A stream that keeps dying right after it opens must not reconnect in a tight loop.
-                backoff = 1.0 if time.monotonic() - started > 30 else backoff
-                backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
-        self.producer.flush(10)
+            if self.is_file and not error:
+                continue  # loop the file
+            # A stream that keeps dying right after it opens must not reconnect in a tight loop.
+            if time.monotonic() - started > 30:
+                backoff = self.min_reconnect_backoff_s
+            backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
+        self.stats.state = "stopped"
+
+    def _fail(self, error: str) -> None:
+        self.stats.state = "failed"
+        self.stats.last_error = error
+        log.error("camera failed", extra={"camera": self.camera.id, "error": error})
 
     def _wait_before_reconnect(self, error: str, backoff: float) -> float:
         """Exponential backoff with jitter, so cameras that dropped together do not retry in step."""
-        self.status.state = "reconnecting"
-        self.status.last_error = error
-        delay = backoff * random.uniform(0.8, 1.2)
+        self.stats.state = "reconnecting"
+        self.stats.last_error = error
+        self.stats.reconnects += 1
+        delay = backoff * random.uniform(0.5, 1.0)
         log.warning("camera unreachable, retrying", extra={"camera": self.camera.id, "error": error, "retry_in_s": round(delay, 2)})
         self.stop.wait(delay)
         return min(backoff * 2, self.max_reconnect_backoff_s)
 
-    def _stream(self, cap: cv2.VideoCapture) -> None:
-        native_fps = cap.get(cv2.CAP_PROP_FPS) or self.camera.fps
+    def _stream(self, cap: cv2.VideoCapture) -> str:
+        """Read until the source ends or breaks; returns an error message, or "" for a clean end of file."""
+        processor = FrameProcessor(self.camera)
+        native_fps = cap.get(cv2.CAP_PROP_FPS)
+        native_fps = native_fps if 0 < native_fps <= 240 else self.camera.fps
         step_ms = 1000.0 / self.camera.fps
+        tolerance_ms = 500.0 / native_fps
+        gap_s = max(MIN_GAP_S, GAP_FRAME_INTERVALS / native_fps)
         anchor_ms = time.time() * 1000.0
-        next_due_ms = 0.0
-        previous_gray = None
+        next_due_ms: float | None = None
         index = 0
+        bad_frames = 0
+        # From the last frame of the previous connection, so an outage counts as a gap too.
+        last_read = self.stats.last_read_monotonic or time.monotonic()
         while not self.stop.is_set():
-            ok, image = cap.read()
-            if not ok:
-                return
+            if not cap.grab():
+                if self.is_file:
+                    return "" if index else f"camera {self.camera.id}: {self.source} has no readable frame (corrupt or truncated)"
+                return f"camera {self.camera.id}: stream from {redact(self.source)} stopped sending (no frame within {self.read_timeout_s:.0f}s, or the connection closed)"
+            now = time.monotonic()
+            self.stats.frames_read += 1
+            self.stats.last_frame_wall_ms = int(time.time() * 1000)
+            if not self.is_file and now - last_read > gap_s:
+                self.stats.gaps += 1
+                self.stats.gap_seconds += now - last_read
+            last_read = self.stats.last_read_monotonic = now
             # Files carry their own clock; live sources are stamped when read.
             offset_ms = index * 1000.0 / native_fps if self.is_file else time.time() * 1000.0 - anchor_ms
             index += 1
-            if offset_ms + 1e-6 < next_due_ms:
-                continue
+            if next_due_ms is None:
+                next_due_ms = offset_ms
+            # Half a source frame of slack, so a live source's jitter at the target rate drops nothing.
+            if offset_ms < next_due_ms - tolerance_ms:
+                continue  # sampled away: grab() only, never converted
             next_due_ms += step_ms
+            if next_due_ms < offset_ms - step_ms:
+                next_due_ms = offset_ms + step_ms  # after a stall, start the clock again rather than burst
+            ok, image = cap.retrieve()
+            if not ok or image is None:
+                bad_frames += 1
+                self.stats.dropped["undecodable"] += 1
+                if bad_frames >= MAX_BAD_FRAMES:
+                    return f"camera {self.camera.id}: {bad_frames} frames in a row could not be decoded"
+                continue
+            bad_frames = 0
             if self.is_file and self.pace == "realtime":
                 delay = (anchor_ms + offset_ms) / 1000.0 - time.time()
                 if delay > 0 and self.stop.wait(delay):
-                    return
-            previous_gray = self._publish(image, int(anchor_ms + offset_ms), previous_gray)
+                    return ""
+            self._publish(processor, image, int(anchor_ms + offset_ms))
+        return ""
 
-    def _publish(self, image: np.ndarray, capture_ms: int, previous_gray: np.ndarray | None) -> np.ndarray:
-        """Encode and send one frame; returns its small grey copy for the next motion score."""
-        if image.shape[1] != self.camera.width or image.shape[0] != self.camera.height:
-            image = cv2.resize(image, (self.camera.width, self.camera.height), interpolation=cv2.INTER_AREA)
-        gray = cv2.cvtColor(cv2.resize(image, (80, 60), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.camera.jpeg_quality])
-        if not ok:
-            log.warning("JPEG encode failed", extra={"camera": self.camera.id})
-            return gray
+    def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int) -> None:
+        stats = self.stats
+        stats.frames_sampled += 1
+        stats.sampled_rate.tick()
+        try:
+            encoded = processor.process(image, capture_ms)
+        except FrameTooLarge as exc:
+            stats.dropped["too_large"] += 1
+            log.warning("frame too large, dropped", extra={"camera": self.camera.id, "error": str(exc)})
+            return
+        stats.faces_blurred = processor.faces_blurred
+        if encoded is None:
+            stats.frames_gated += 1
+            return
+        stats.keyframes += encoded.keyframe
         frame = Frame(
             store_id=self.store_id,
             camera_id=self.camera.id,
             capture_time_ms=capture_ms,
-            sequence=self.sequence,
-            jpeg=jpeg.tobytes(),
-            width=image.shape[1],
-            height=image.shape[0],
-            motion_score=motion_score(previous_gray, gray),
+            sequence=stats.next_sequence,
+            jpeg=encoded.jpeg,
+            width=encoded.width,
+            height=encoded.height,
+            motion_score=encoded.motion_score,
         )
-        self.sequence += 1
-        camera_id = self.camera.id
-
-        def on_delivery(err, _msg) -> None:
-            (FRAMES_FAILED if err else FRAMES_PUBLISHED).labels(camera_id).inc()
-
-        while True:
-            try:
-                self.producer.produce(self.topic, key=camera_id, value=encode(frame), on_delivery=on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
-            except KafkaException as exc:  # e.g. a frame over message.max.bytes: count it, keep streaming
-                FRAMES_FAILED.labels(camera_id).inc()
-                log.warning("frame not sent", extra={"camera": camera_id, "sequence": frame.sequence, "error": str(exc)})
-                break
-        self.producer.poll(0)
-        self.status.frames += 1
-        self.status.last_frame_wall_ms = int(time.time() * 1000)
-        return gray
+        stats.next_sequence += 1
+        stats.sent_rate.tick()
+        size = len(encoded.jpeg)
+        outgoing = Outgoing(self.camera.id, frame.sequence, encode(frame), lambda error: stats.frame_done(size, error))
+        self.queue.put(outgoing, wait_unless=self.stop if self.is_file else None)

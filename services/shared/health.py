@@ -25,10 +25,19 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict) -> None:
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict] | None = None) -> None:
+    """`routes` adds JSON GET endpoints of the service's own (ingest's /cameras, say)."""
+
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], bool], details: Callable[[], dict] | None = None,
+        routes: dict[str, Callable[[], dict]] | None = None,
+    ) -> None:
+        extra = dict(routes or {})
+
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                if self.path == "/healthz":
+                if self.path in extra:
+                    send_json(self, 200, extra[self.path]())
+                elif self.path == "/healthz":
                     send_json(self, 200, {"status": "ok"})
                 elif self.path == "/readyz":
                     ok = ready()

@@ -6,16 +6,18 @@ Every service reads the part it needs. A bad file fails at start with the path o
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import time as dtime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exit", "staff_only", "aisle"]
+log = logging.getLogger(__name__)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -27,21 +29,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _inside_frame(polygon: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    for x, y in polygon:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(f"vertex ({x}, {y}) is outside the frame; use coordinates normalised to 0..1")
+    return polygon
+
+
+# (x, y) vertices normalised to the frame, 0..1, so polygons survive a change of resolution.
+Polygon = Annotated[list[tuple[float, float]], Field(min_length=3), AfterValidator(_inside_frame)]
+
+
 class Zone(_Strict):
     id: str = Field(pattern=_ID)
     kind: ZoneKind
-    # (x, y) vertices normalised to the frame, 0..1, so zones survive a change of resolution.
-    polygon: list[tuple[float, float]] = Field(min_length=3)
+    polygon: Polygon
     # Fraction of the zone that must be covered by a person before it counts as occupied.
     min_occupancy: float = Field(0.03, gt=0, le=1)
 
-    @field_validator("polygon")
-    @classmethod
-    def _inside_frame(cls, polygon: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        for x, y in polygon:
-            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-                raise ValueError(f"vertex ({x}, {y}) is outside the frame; use coordinates normalised to 0..1")
-        return polygon
+
+class MotionGate(_Strict):
+    """Send frames with motion, and a keyframe now and then so models still see a static scene."""
+
+    enabled: bool = True
+    # Fraction of the frame (outside privacy masks) that must differ from the background model.
+    threshold: float = Field(0.003, ge=0, le=1)
+    # A static scene still sends one frame this often (keep it under the correlator's coverage gap, 3 s).
+    keyframe_interval_s: float = Field(2.0, gt=0, le=3600)
+    # Keep sending this long after motion stops, so models see the scene settle (someone leaving).
+    hold_s: float = Field(1.0, ge=0, le=60)
 
 
 class Camera(_Strict):
@@ -52,6 +68,16 @@ class Camera(_Strict):
     width: int = Field(320, ge=32, le=3840)
     height: int = Field(240, ge=32, le=2160)
     jpeg_quality: int = Field(85, ge=10, le=100)
+    # A frame whose JPEG is larger is encoded again at lower quality, down to min_jpeg_quality; one
+    # still too large is dropped and counted. Stays under Kafka's default 1 MB message size.
+    max_jpeg_bytes: int = Field(256 * 1024, ge=4096, le=1_000_000)
+    min_jpeg_quality: int = Field(40, ge=10, le=100)
+    motion: MotionGate = MotionGate()
+    # Areas filled black before a frame leaves the store (and ignored by motion detection).
+    privacy_masks: list[Polygon] = []
+    # Pixelate frontal faces (OpenCV's Haar cascade, shipped in the opencv-python wheel). Best effort:
+    # a turned or small face can be missed; privacy_masks are the guarantee.
+    blur_faces: bool = False
     presence_model: str = "presence"
     # The anomaly model trained on this camera's normal footage (models.config name); none: no anomaly scores.
     anomaly_model: str | None = None
@@ -68,7 +94,9 @@ class Camera(_Strict):
         return source
 
     @model_validator(mode="after")
-    def _unique_zones(self) -> "Camera":
+    def _consistent(self) -> "Camera":
+        if self.min_jpeg_quality > self.jpeg_quality:
+            raise ValueError(f"min_jpeg_quality {self.min_jpeg_quality} is above jpeg_quality {self.jpeg_quality}")
         dupes = _duplicates([z.id for z in self.zones])
         if dupes:
             raise ValueError(f"duplicate zone id(s) {dupes}")
@@ -182,3 +210,43 @@ def load_store_config(path: Path | str) -> StoreConfig:
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
         raise StoreConfigError(f"store config {path}:\n  " + "\n  ".join(lines)) from None
+
+
+class StoreConfigWatcher:
+    """Notices edits of the store config file, so cameras can be added, changed or removed live.
+
+    Compares the file's text on each poll rather than its mtime: a Kubernetes ConfigMap is updated
+    by swapping a symlink, and editors may write a file twice within one mtime tick. An edit that
+    fails validation is reported in `error` and the running config stays in force.
+    """
+
+    def __init__(self, path: Path | str, current: StoreConfig) -> None:
+        self.path = Path(path)
+        self.config = current
+        self.error = ""
+        self._text = self._read_text()
+
+    def _read_text(self) -> str | None:
+        try:
+            return self.path.read_text()
+        except OSError:
+            return None
+
+    def poll(self) -> StoreConfig | None:
+        """The new config when the file changed and is valid; None when unchanged or invalid."""
+        text = self._read_text()
+        if text == self._text:
+            return None
+        self._text = text
+        try:
+            config = load_store_config(self.path)
+        except StoreConfigError as exc:
+            self.error = str(exc)
+            log.error("store config change rejected; keeping the running config", extra={"error": self.error})
+            return None
+        self.error = ""
+        if config == self.config:
+            return None
+        self.config = config
+        log.info("store config reloaded", extra={"path": str(self.path)})
+        return config

@@ -1,0 +1,183 @@
+"""The ingest service: one worker thread per camera, one sender thread, live store-config changes.
+
+Cameras are added, changed or removed by editing the store config; only the cameras that changed
+are restarted, and a changed camera keeps its counters and its sequence numbers, so downstream sees
+one continuous stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from confluent_kafka import Producer
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+
+from services.ingest.camera import CAMERA_STATES, CameraStats, CameraWorker, Pace
+from services.ingest.sendqueue import SendQueue
+from services.shared import topics
+from services.shared.storeconfig import Camera, StoreConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    pace: Pace = "realtime"
+    loop_files: bool = False
+    # Only these camera ids; empty: every camera of the store config.
+    cameras: frozenset[str] = frozenset()
+    send_queue_frames: int = 30
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    min_reconnect_backoff_s: float = 1.0
+    max_reconnect_backoff_s: float = 30.0
+    drain_s: float = 5.0
+
+
+@dataclass
+class _Running:
+    worker: CameraWorker
+    thread: threading.Thread
+
+
+class IngestService:
+    def __init__(self, producer: Producer, options: IngestOptions, topic: str = topics.FRAMES) -> None:
+        self.producer = producer
+        self.options = options
+        self.queue = SendQueue(producer, topic, options.send_queue_frames, options.drain_s)
+        self._running: dict[str, _Running] = {}
+        self._stats: dict[str, CameraStats] = {}
+        self._lock = threading.Lock()
+        self._sender_stop = threading.Event()
+        self._sender = threading.Thread(target=self.queue.run, args=(self._sender_stop,), name="sender", daemon=True)
+
+    def start(self, config: StoreConfig) -> "IngestService":
+        self._sender.start()
+        self.apply(config)
+        return self
+
+    def _wanted(self, config: StoreConfig) -> dict[str, tuple[str, Camera, str]]:
+        return {
+            cam.id: (store.id, cam, config.resolve_source(cam))
+            for store in config.stores
+            for cam in store.cameras
+            if not self.options.cameras or cam.id in self.options.cameras
+        }
+
+    def apply(self, config: StoreConfig) -> dict[str, list[str]]:
+        """Start, restart and stop camera workers so they match `config`; returns what changed."""
+        wanted = self._wanted(config)
+        with self._lock:
+            current = {cid: (r.worker.store_id, r.worker.camera, r.worker.source) for cid, r in self._running.items()}
+            removed = sorted(set(current) - set(wanted))
+            changed = sorted(cid for cid in set(current) & set(wanted) if current[cid] != wanted[cid])
+            added = sorted(set(wanted) - set(current))
+            stopping = [self._running.pop(cid) for cid in removed + changed]
+        for running in stopping:
+            running.worker.stop.set()
+        for running in stopping:
+            running.thread.join()
+        with self._lock:
+            for cid in removed:
+                self._stats.pop(cid, None)
+            for cid in changed + added:
+                store_id, camera, source = wanted[cid]
+                stats = self._stats.get(cid)
+                if stats is None or stats.source != source or stats.store_id != store_id:
+                    # A new source is a new stream, but sequence numbers go on: they identify frames.
+                    stats = CameraStats(store_id, source, next_sequence=stats.next_sequence if stats else 0)
+                stats.state = "starting"
+                self._stats[cid] = stats
+                self._start(store_id, camera, source, stats)
+        if removed or changed or added:
+            log.info("cameras updated", extra={"added": added, "changed": changed, "removed": removed})
+        return {"added": added, "changed": changed, "removed": removed}
+
+    def _start(self, store_id: str, camera: Camera, source: str, stats: CameraStats) -> None:
+        o = self.options
+        worker = CameraWorker(
+            store_id, camera, source, self.queue, stats, o.pace, o.loop_files,
+            o.open_timeout_s, o.read_timeout_s, o.min_reconnect_backoff_s, o.max_reconnect_backoff_s,
+        )
+        thread = threading.Thread(target=worker.run, name=f"camera-{camera.id}", daemon=True)
+        self._running[camera.id] = _Running(worker, thread)
+        thread.start()
+
+    def cameras(self) -> dict[str, dict]:
+        """Every camera's state and counters, for the status endpoint."""
+        with self._lock:
+            stats = dict(self._stats)
+        return {cid: s.snapshot(self.queue.depth(cid)) for cid, s in sorted(stats.items())}
+
+    def wait_finished(self, timeout: float) -> bool:
+        """Wait until every camera thread has ended (file sources played once); for tools and benchmarks."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = [r.thread for r in self._running.values()]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def stop(self) -> int:
+        """Stop every camera, deliver what is queued (within the drain time); returns frames not delivered."""
+        with self._lock:
+            stopping = list(self._running.values())
+        for running in stopping:
+            running.worker.stop.set()
+        for running in stopping:
+            running.thread.join()
+        self._sender_stop.set()
+        self._sender.join()
+        return self.producer.flush(self.options.drain_s)
+
+
+class IngestCollector:
+    """Per-camera series for /metrics, read from the same counters as the status endpoint.
+
+    Collected at scrape time, so a removed camera's series disappear with it.
+    """
+
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator:
+        cameras = self.service.cameras()
+        state = GaugeMetricFamily("sw_ingest_camera_state", "1 for the camera's current state", labels=["camera", "state"])
+        gauges = {
+            "fps": GaugeMetricFamily("sw_ingest_camera_fps", "Frames per second taken from the source at the target rate (last 5 s)", labels=["camera"]),
+            "sent_fps": GaugeMetricFamily("sw_ingest_camera_sent_fps", "Frames per second sent after the motion gate (last 5 s)", labels=["camera"]),
+            "last_frame_age_s": GaugeMetricFamily("sw_ingest_camera_last_frame_age_seconds", "Seconds since the source last delivered a frame", labels=["camera"]),
+            "send_queue": GaugeMetricFamily("sw_ingest_send_queue_frames", "Frames waiting for the Kafka producer", labels=["camera"]),
+        }
+        counters = {
+            "frames": CounterMetricFamily("sw_ingest_frames_sampled", "Frames taken from the source at the target fps", labels=["camera"]),
+            "frames_gated": CounterMetricFamily("sw_ingest_frames_gated", "Frames held back by the motion gate", labels=["camera"]),
+            "frames_published": CounterMetricFamily("sw_ingest_frames_published", "Frames acknowledged by Kafka", labels=["camera"]),
+            "bytes_published": CounterMetricFamily("sw_ingest_bytes_published", "JPEG bytes acknowledged by Kafka", labels=["camera"]),
+            "reconnects": CounterMetricFamily("sw_ingest_reconnects", "Failed opens and lost streams, each followed by a retry", labels=["camera"]),
+            "gaps": CounterMetricFamily("sw_ingest_capture_gaps", "Pauses of a live source longer than 3 frame intervals", labels=["camera"]),
+            "gap_seconds": CounterMetricFamily("sw_ingest_capture_gap_seconds", "Time lost in those pauses", labels=["camera"]),
+        }
+        dropped = CounterMetricFamily("sw_ingest_frames_dropped", "Frames lost, by reason (queue_full, delivery_failed, too_large, undecodable, ...)", labels=["camera", "reason"])
+        for cid, snap in cameras.items():
+            for name in CAMERA_STATES:
+                state.add_metric([cid, name], 1.0 if snap["state"] == name else 0.0)
+            for key, family in gauges.items():
+                if snap[key] is not None:
+                    family.add_metric([cid], snap[key])
+            for key, family in counters.items():
+                family.add_metric([cid], snap[key])
+            for reason, count in snap["dropped"].items():
+                dropped.add_metric([cid, reason], count)
+        yield state
+        yield from gauges.values()
+        yield from counters.values()
+        yield dropped
+
+    def register(self) -> "IngestCollector":
+        REGISTRY.register(self)
+        return self
