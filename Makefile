@@ -10,14 +10,19 @@ PYTEST := $(PY) -m pytest
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
 
-setup: ## Install everything: uv, the locked Python deps (.venv), redis-server
+# Debian packages: redis-server, and GStreamer's RTSP server (a real RTSP camera for the ingest tests;
+# it runs under Debian's own python3, which is where python3-gi lives).
+DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+HAVE_DEBS = command -v redis-server >/dev/null && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
+
+setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer RTSP server
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv sync --frozen --quiet
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package)"; \
+	@$(HAVE_DEBS) || { \
+	  echo "installing Debian packages: $(DEB_PACKAGES)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
-	@command -v redis-server >/dev/null || { echo "redis-server is still missing: install it with your package manager"; exit 1; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; }
+	@$(HAVE_DEBS) || { echo "still missing after install: some of $(DEB_PACKAGES)"; exit 1; }
 
 demo: setup ## Main job: the sample store through the whole pipeline on the local platform
 	$(SW) demo
