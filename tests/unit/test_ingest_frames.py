@@ -1,0 +1,110 @@
+"""What ingest does to a frame before it leaves the store: motion gate, privacy masks, face blur, JPEG bounds."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.ingest.frames import FaceBlurrer, FrameProcessor, FrameTooLarge, encode_jpeg
+from services.shared.storeconfig import Camera
+
+
+def _scene(t: int, square_x: int | None = None, width: int = 320, height: int = 240) -> np.ndarray:
+    """A still shop shelf with a little sensor noise; optionally a 30x60 'person' at square_x."""
+    rng = np.random.default_rng(t)
+    image = np.full((height, width, 3), 110, np.uint8)
+    cv2.rectangle(image, (20, 20), (120, 200), (40, 160, 200), -1)
+    cv2.rectangle(image, (200, 40), (300, 120), (180, 60, 60), -1)
+    image = cv2.add(image, rng.integers(0, 4, image.shape, dtype=np.uint8))
+    if square_x is not None:
+        cv2.rectangle(image, (square_x, 150), (square_x + 30, 210), (20, 20, 20), -1)
+    return image
+
+
+def _camera(**fields) -> Camera:
+    return Camera(id="cam-t", source="file:x.mp4", fps=10, width=320, height=240, **fields)
+
+
+def test_static_scene_sends_only_keyframes_and_motion_is_sent_with_hold():
+    processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 2.0, "hold_s": 1.0}))
+    sent = {}
+    for t in range(100):  # 10 s of a still scene at 10 fps
+        out = processor.process(_scene(t), t * 100)
+        if out is not None:
+            sent[t] = out
+    assert sorted(sent) == [0, 20, 40, 60, 80]  # the first frame, then one every 2 s
+    assert all(out.keyframe for t, out in sent.items() if t) and max(out.motion_score for t, out in sent.items() if t) < 0.003
+    outputs = {}
+    for t in range(100, 150):  # someone walks through for 2 s, then the scene is still again
+        outputs[t] = processor.process(_scene(t, square_x=10 + (t - 100) * 10 if t < 120 else None), t * 100)
+    assert all(outputs[t] is not None and not outputs[t].keyframe and outputs[t].motion_score > 0.003 for t in range(100, 120))
+    # Sent on for the hold time (1 s) after the last motion, then gated again.
+    assert all(outputs[t] is not None for t in range(120, 130))
+    assert [t for t in range(130, 150) if outputs[t] is not None] == [149] and outputs[149].keyframe  # 2 s after the last
+
+
+def test_a_disabled_gate_sends_every_frame_with_its_motion_score():
+    processor = FrameProcessor(_camera(motion={"enabled": False}))
+    outputs = [processor.process(_scene(t, square_x=t * 5 if t > 10 else None), t * 100) for t in range(30)]
+    assert all(out is not None for out in outputs)
+    assert outputs[0].motion_score == 1.0 and outputs[5].motion_score < 0.003 < outputs[20].motion_score
+
+
+def test_privacy_masks_black_out_the_area_and_motion_there_is_ignored():
+    # The left half of the frame is private (a pharmacy counter, say).
+    processor = FrameProcessor(_camera(privacy_masks=[[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]], motion={"keyframe_interval_s": 60}))
+    first = processor.process(_scene(0), 0)
+    image = cv2.imdecode(np.frombuffer(first.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image[:, :150].max() < 12 and image[:, 170:].mean() > 60
+    for t in range(1, 40):  # someone moves inside the masked half only: nothing is sent
+        assert processor.process(_scene(t, square_x=20 + t * 2), t * 100) is None
+    out = processor.process(_scene(40, square_x=250), 4000)  # and outside it, it is
+    assert out is not None and out.motion_score > 0.003
+
+
+@pytest.fixture(scope="module")
+def face_photo() -> np.ndarray:
+    """A real portrait (Grace Hopper) from matplotlib's sample data, a dev dependency."""
+    cbook = pytest.importorskip("matplotlib.cbook")
+    image = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    return cv2.resize(image, (320, 375), interpolation=cv2.INTER_AREA)[67:307]  # 320x240 around the face
+
+
+def test_faces_are_pixelated_before_the_frame_leaves(face_photo):
+    blurrer = FaceBlurrer()
+    faces = blurrer.faces(face_photo)
+    assert len(faces) == 1
+    processor = FrameProcessor(_camera(blur_faces=True, motion={"enabled": False}))
+    out = processor.process(face_photo.copy(), 0)
+    sent = cv2.imdecode(np.frombuffer(out.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert processor.faces_blurred == 1 and blurrer.faces(sent) == []
+    x, y, w, h = faces[0]
+    face_before, face_after = face_photo[y:y + h, x:x + w].astype(int), sent[y:y + h, x:x + w].astype(int)
+    assert np.abs(face_before - face_after).mean() > 10  # the face is gone
+    # The rest of the picture is untouched (beyond JPEG's own loss).
+    assert np.abs(face_photo[:, :40].astype(int) - sent[:, :40].astype(int)).mean() < 4
+
+
+def test_jpeg_quality_steps_down_to_fit_the_size_bound_then_refuses():
+    noise = np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    full, quality = encode_jpeg(noise, 90, 10, 1_000_000)
+    assert quality == 90
+    bounded, quality = encode_jpeg(noise, 90, 10, len(full) // 2)
+    assert len(bounded) <= len(full) // 2 and quality < 90
+    with pytest.raises(FrameTooLarge, match="over max_jpeg_bytes 4096"):
+        encode_jpeg(noise, 90, 80, 4096)
+
+
+def test_a_frame_too_large_for_its_bound_is_refused_by_the_processor():
+    noise = np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    processor = FrameProcessor(_camera(max_jpeg_bytes=4096, min_jpeg_quality=80, motion={"enabled": False}))
+    with pytest.raises(FrameTooLarge):
+        processor.process(noise, 0)
+
+
+def test_frames_are_resized_to_the_camera_resolution():
+    processor = FrameProcessor(_camera(motion={"enabled": False}))
+    out = processor.process(_scene(0, width=1280, height=720), 0)
+    assert (out.width, out.height) == (320, 240)
+    assert cv2.imdecode(np.frombuffer(out.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
