@@ -14,7 +14,7 @@ from services.shared.kafka import ConsumeLoop
 from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
-from services.shared.storeconfig import load_store_config
+from services.shared.storeconfig import StoreConfigWatcher, load_store_config
 
 
 class InferenceSettings(ServiceSettings):
@@ -32,7 +32,7 @@ def main() -> int:
     config = load_store_config(settings.store_config)
     stop = stop_on_signals()
     client = PredictionClient(settings.model_server, settings.model_timeout_s, settings.model_missing_grace_s)
-    analyzer = FrameAnalyzer(config, client)
+    analyzer = FrameAnalyzer(config, client, StoreConfigWatcher(settings.store_config, config))
     loop = ConsumeLoop(
         service="inference",
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -19,13 +19,15 @@ from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.kafka import ConsumeLoop, Output
 from services.shared.serde import PoisonMessage, decode, encode
-from services.shared.storeconfig import Camera, StoreConfig
+from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
 
 log = logging.getLogger(__name__)
 
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
 # A longer silence than this (camera drop, restart) starts a camera's history afresh.
 HISTORY_MAX_GAP_MS = 5_000
+# How often the store config file is checked for edits (zones changed, cameras added).
+CONFIG_CHECK_S = 2.0
 # COCO label map ids the TF Object Detection API models (and our HOG detector) answer with.
 DETECTOR_LABELS = {1: "person"}
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -34,9 +36,12 @@ DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes",
 class FrameAnalyzer:
     """Turns a batch of Kafka messages holding Frames into FrameAnalysis outputs (or DLQ entries)."""
 
-    def __init__(self, config: StoreConfig, client: PredictionClient) -> None:
+    def __init__(self, config: StoreConfig, client: PredictionClient, watcher: StoreConfigWatcher | None = None) -> None:
         self.config = config
         self.client = client
+        # Cameras added to the store config are picked up live, as ingest does.
+        self.watcher = watcher
+        self._next_config_check = 0.0
         self._masks: dict[tuple[str, int, int], list[ZoneMask]] = {}
         # Per camera: the last frames (grey) and the capture time of the newest, for the anomaly model.
         self._history: dict[str, tuple[deque, int]] = {}
@@ -48,12 +53,26 @@ class FrameAnalyzer:
             self._masks[key] = zone_masks(camera, rows, cols)
         return self._masks[key]
 
+    def refresh_config(self, now: bool = False) -> None:
+        """Take an edited store config (checked every CONFIG_CHECK_S, or at once with `now`)."""
+        if self.watcher is None or (not now and time.monotonic() < self._next_config_check):
+            return
+        self._next_config_check = time.monotonic() + CONFIG_CHECK_S
+        config = self.watcher.poll()
+        if config is not None:
+            self.config = config
+            self._masks.clear()
+
     def decode_frame(self, msg: Message) -> tuple[Frame, Camera, np.ndarray]:
         frame = decode(Frame, msg.value(), required=("store_id", "camera_id", "jpeg"))
         try:
             _, camera = self.config.camera(frame.camera_id)
         except KeyError:
-            raise PoisonMessage(f"camera {frame.camera_id!r} is not in the store config") from None
+            self.refresh_config(now=True)  # a camera just added: ingest may have read the edit first
+            try:
+                _, camera = self.config.camera(frame.camera_id)
+            except KeyError:
+                raise PoisonMessage(f"camera {frame.camera_id!r} is not in the store config") from None
         try:
             image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
@@ -93,6 +112,7 @@ class FrameAnalyzer:
 
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
+        self.refresh_config()
         outputs: list[Output] = []
         items: list[tuple[Message, Frame, Camera, np.ndarray, np.ndarray | None]] = []
         history: dict[str, tuple[deque, int]] = {}

@@ -50,3 +50,25 @@ def test_unreadable_and_non_yaml_files(tmp_path):
     bad.write_text("stores: [unclosed")
     with pytest.raises(StoreConfigError, match="not valid YAML"):
         load_store_config(bad)
+
+
+def test_inference_takes_a_camera_added_to_the_config_without_a_restart(tmp_path):
+    """Ingest may read the edit first; inference re-reads the file rather than dead-letter the new camera's frames."""
+    import cv2
+    import numpy as np
+
+    from services.inference.service import FrameAnalyzer
+    from services.shared.contracts.frame_pb2 import Frame
+    from services.shared.storeconfig import StoreConfigWatcher
+
+    raw = yaml.safe_load(SAMPLE.read_text())
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_store_config(path)
+    analyzer = FrameAnalyzer(config, client=None, watcher=StoreConfigWatcher(path, config))
+    raw["stores"][0]["cameras"].append({"id": "cam-new", "source": "rtsp://10.0.0.9/stream"})
+    path.write_text(yaml.safe_dump(raw))
+    jpeg = cv2.imencode(".jpg", np.zeros((24, 32, 3), np.uint8))[1].tobytes()
+    message = type("Msg", (), {"value": lambda self: Frame(store_id="store-001", camera_id="cam-new", jpeg=jpeg).SerializeToString()})()
+    _, camera, image = analyzer.decode_frame(message)
+    assert camera.id == "cam-new" and image.shape == (24, 32, 3)
