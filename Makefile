@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models sample-store proto proto-check clean
+.PHONY: help setup demo test test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models bench-ingest sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ eval-detector: setup ## Precision, recall and latency of the person detector on 
 
 bench-models: setup ## Model frames/s in process and through the model server, same run (last line JSON, ratio)
 	$(PY) scripts/bench_models.py $(ARGS)
+
+bench-ingest: setup ## Ingest frames/s (720p decode-resize-encode into the broker) over bare OpenCV, same run; motion-gate bytes saved
+	$(PY) scripts/bench_ingest.py $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store

@@ -63,6 +63,45 @@ class RateMeter:
             return len(self._times) / max(min(self.window_s, now - self._first), 1.0)
 
 
+class Handoff:
+    """Sampled frames from a camera's reader thread to its processing thread; holds `size` at most.
+
+    Two threads per camera let decoding (FFmpeg) and resize/motion/JPEG run on two cores at once.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._items: deque[tuple[np.ndarray, int]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: tuple[np.ndarray, int], wait_unless: threading.Event | None) -> bool:
+        """Hand over a frame. Full: wait (with `wait_unless`, for files) or drop the oldest (returns False)."""
+        with self._cond:
+            while wait_unless is not None and len(self._items) >= self.size and not wait_unless.is_set():
+                self._cond.wait(0.1)
+            kept = len(self._items) < self.size
+            if not kept:
+                self._items.popleft()
+            self._items.append(item)
+            self._cond.notify_all()
+            return kept
+
+    def get(self) -> tuple[np.ndarray, int] | None:
+        """The next frame; None once closed and empty."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            item = self._items.popleft() if self._items else None
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 @dataclass
 class CameraStats:
     """What an operator needs to know about one camera; kept across reconnects and config changes."""
@@ -146,6 +185,30 @@ class CameraWorker:
         return source_kind(self.source) == "file"
 
     def run(self) -> None:
+        handoff = Handoff()
+        processing = threading.Thread(target=self._process, args=(handoff,), name=f"process-{self.camera.id}", daemon=True)
+        processing.start()
+        try:
+            self._read(handoff)
+        finally:
+            handoff.close()
+            processing.join()
+        if self.stats.state == "connected":
+            self.stats.state = "finished" if self.is_file and not self.stop.is_set() else "stopped"
+        elif self.stop.is_set() and self.stats.state != "failed":
+            self.stats.state = "stopped"
+
+    def _process(self, handoff: Handoff) -> None:
+        processor = FrameProcessor(self.camera)
+        while (item := handoff.get()) is not None:
+            try:
+                self._publish(processor, *item)
+            except Exception:  # one bad frame must not end the camera
+                self.stats.dropped["processing_error"] += 1
+                log.exception("frame processing failed", extra={"camera": self.camera.id})
+
+    def _read(self, handoff: Handoff) -> None:
+        """Open, read, reconnect; ends when stopped, on a permanent failure, or at the end of a file."""
         backoff = self.min_reconnect_backoff_s
         while not self.stop.is_set():
             try:
@@ -161,7 +224,7 @@ class CameraWorker:
             log.info("camera connected", extra={"camera": self.camera.id, "source": redact(self.source)})
             started = time.monotonic()
             try:
-                error = self._stream(cap)
+                error = self._stream(cap, handoff)
             except Exception as exc:  # a broken stream or frame must not end the camera thread
                 error = f"camera {self.camera.id}: stream failed ({type(exc).__name__}: {exc})"
                 log.exception("camera stream failed", extra={"camera": self.camera.id})
@@ -173,7 +236,6 @@ class CameraWorker:
                 if error:
                     self._fail(error)
                 else:
-                    self.stats.state = "finished"
                     log.info("file source ended", extra={"camera": self.camera.id, "frames": self.stats.frames_sampled})
                 return
             if self.is_file and not error:
@@ -182,7 +244,6 @@ class CameraWorker:
             if time.monotonic() - started > 30:
                 backoff = self.min_reconnect_backoff_s
             backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
-        self.stats.state = "stopped"
 
     def _fail(self, error: str) -> None:
         self.stats.state = "failed"
@@ -199,9 +260,8 @@ class CameraWorker:
         self.stop.wait(delay)
         return min(backoff * 2, self.max_reconnect_backoff_s)
 
-    def _stream(self, cap: cv2.VideoCapture) -> str:
+    def _stream(self, cap: cv2.VideoCapture, handoff: Handoff) -> str:
         """Read until the source ends or breaks; returns an error message, or "" for a clean end of file."""
-        processor = FrameProcessor(self.camera)
         native_fps = cap.get(cv2.CAP_PROP_FPS)
         native_fps = native_fps if 0 < native_fps <= 240 else self.camera.fps
         step_ms = 1000.0 / self.camera.fps
@@ -248,13 +308,15 @@ class CameraWorker:
                 delay = (anchor_ms + offset_ms) / 1000.0 - time.time()
                 if delay > 0 and self.stop.wait(delay):
                     return ""
-            self._publish(processor, image, int(anchor_ms + offset_ms))
+            self.stats.frames_sampled += 1
+            self.stats.sampled_rate.tick()
+            # A live camera never waits for processing: if it falls behind, the oldest frame goes.
+            if not handoff.put((image, int(anchor_ms + offset_ms)), wait_unless=self.stop if self.is_file else None):
+                self.stats.dropped["processing_behind"] += 1
         return ""
 
     def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int) -> None:
         stats = self.stats
-        stats.frames_sampled += 1
-        stats.sampled_rate.tick()
         try:
             encoded = processor.process(image, capture_ms)
         except FrameTooLarge as exc:

