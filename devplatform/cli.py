@@ -10,6 +10,22 @@ from pathlib import Path
 from devplatform.launcher import DEFAULT_RUN_DIR, ROOT, LaunchError, Platform
 
 
+def print_cameras(ingest_http: str) -> None:
+    """One line per camera from ingest's /cameras: state, rates, drops and the last error."""
+    import httpx
+
+    try:
+        cameras = httpx.get(ingest_http + "/cameras", timeout=3).json()["cameras"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"      (cameras unavailable: {exc})")
+        return
+    for camera_id, cam in cameras.items():
+        age = "never" if cam["last_frame_age_s"] is None else f"{cam['last_frame_age_s']:.1f}s ago"
+        dropped = sum(cam["dropped"].values())
+        print(f"      camera {camera_id:<16} {cam['state']:<12} {cam['fps']:>5.1f} fps in, {cam['sent_fps']:>5.1f} sent, "
+              f"last frame {age}, {dropped} dropped{'  ' + cam['last_error'] if cam['last_error'] and cam['state'] != 'connected' else ''}")
+
+
 def _platform(args: argparse.Namespace) -> Platform:
     return Platform(run_dir=args.run_dir, store_config=args.store_config, api_port=args.api_port, ingest_pace=args.pace)
 
@@ -60,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                     where = comp.get("http") or comp.get("bootstrap_servers") or comp.get("url") or comp.get("address") or ""
                     state = "ready" if comp["ready"] else ("running, not ready" if comp["alive"] else "DEAD")
                     print(f"  {name:<13} pid {comp['pid']:<7} {state:<18} {where}")
+                    if name == "ingest" and comp["ready"]:
+                        print_cameras(comp["http"])
                 return 0 if status and all(c["ready"] for c in status.values()) else 1
         elif args.command == "sample-store":
             from devplatform import samplestore
