@@ -9,12 +9,14 @@ frame. Then the same clip, a mostly static aisle that a person crosses for a ten
 through the service with the motion gate on: the JSON says how many bytes that saved.
 
     make bench-ingest ARGS="--seconds 60 --repeats 3"
+    make bench-ingest ARGS="--live-cameras 64"   # many RTSP cameras in one process instead
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devplatform.launcher import Platform  # noqa: E402
+from devplatform.launcher import ROOT, Platform, free_port  # noqa: E402
 from services.ingest.service import IngestOptions, IngestService  # noqa: E402
+from services.ingest.sources import ffmpeg_capture_options  # noqa: E402
 from services.shared.kafka import make_producer  # noqa: E402
 from services.shared.storeconfig import StoreConfig  # noqa: E402
 
@@ -111,11 +114,61 @@ def through_service(path: Path, bootstrap: str, gate: bool, topic: str) -> tuple
     return camera, elapsed
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def live_cameras(count: int, seconds: float) -> dict:
+    """`count` RTSP cameras (640x360, 10 fps, H.264 from GStreamer's RTSP server) in one ingest
+    process: how long they take to connect, each camera's frame rate, and the cores ingest uses."""
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", ffmpeg_capture_options("tcp"))
+    port = free_port()
+    server = subprocess.Popen(["/usr/bin/python3", str(ROOT / "devplatform" / "rtsp_server.py"), f"--port={port}",
+                               "--width=640", "--height=360", "--fps=10"], stdout=subprocess.PIPE)
+    try:
+        server.stdout.readline()  # "ready ..."
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            platform = Platform(run_dir=Path(tmp))
+            try:
+                platform.start_broker()
+                cameras = [{"id": f"cam-{i:02d}", "source": f"rtsp://127.0.0.1:{port}/cam", "fps": 10, "width": 640, "height": 360}
+                           for i in range(count)]
+                config = StoreConfig(chain="bench", stores=[{"id": "store-bench", "timezone": "UTC", "cameras": cameras}])
+                service = IngestService(make_producer(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]), IngestOptions()).start(config)
+                started = time.monotonic()
+                while not all(c["state"] == "connected" for c in service.cameras().values()):
+                    if time.monotonic() - started > 5 + count * 3:
+                        raise SystemExit(f"cameras did not all connect: {service.cameras()}")
+                    time.sleep(0.25)
+                connect_s = time.monotonic() - started
+                time.sleep(6)  # let every camera's 5 s rate window fill
+                cpu0, t0 = time.process_time(), time.monotonic()
+                time.sleep(seconds)
+                cores = (time.process_time() - cpu0) / (time.monotonic() - t0)
+                status = service.cameras()
+                service.stop()
+            finally:
+                platform.down(echo=lambda *_: None)
+    finally:
+        server.terminate()
+        server.wait()
+    fps = [c["fps"] for c in status.values()]
+    return {"cameras": count, "all_connected_s": round(connect_s, 1), "fps_min": min(fps), "fps_max": max(fps),
+            "ingest_cores": round(cores, 2), "dropped": sum(sum(c["dropped"].values()) for c in status.values()),
+            "camera": "RTSP H.264 640x360 10 fps, motion gate on"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated clip at 15 fps")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--live-cameras", type=int, default=0,
+                        help="instead: this many live RTSP cameras in one process; prints their frame rates and CPU as JSON")
     args = parser.parse_args(argv)
+    if args.live_cameras:
+        print(json.dumps(live_cameras(args.live_cameras, seconds=10.0)))
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         clip = Path(tmp) / "aisle-720p.mp4"

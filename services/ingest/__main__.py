@@ -79,7 +79,7 @@ def main() -> int:
     def status() -> dict:
         return {"cameras": service.cameras(), "store_config": str(settings.store_config), "config_error": watcher.error}
 
-    health = HealthServer(settings.http_host, settings.http_port, ready=lambda: True, details=status, routes={"/cameras": status}).start()
+    health = HealthServer(settings.http_host, settings.http_port, ready=service.sending, details=status, routes={"/cameras": status}).start()
     log.info("started", extra={"cameras": sorted(service.cameras()), "http_port": health.port})
     next_poll = time.monotonic() + settings.ingest_config_poll_s
     while not stop.wait(0.25):

@@ -185,8 +185,13 @@ class CameraWorker:
         return source_kind(self.source) == "file"
 
     def run(self) -> None:
+        try:
+            processor = FrameProcessor(self.camera)
+        except (RuntimeError, cv2.error) as exc:  # e.g. blur_faces with an OpenCV build lacking the cascade
+            self._fail(f"camera {self.camera.id}: {exc}")
+            return
         handoff = Handoff()
-        processing = threading.Thread(target=self._process, args=(handoff,), name=f"process-{self.camera.id}", daemon=True)
+        processing = threading.Thread(target=self._process, args=(processor, handoff), name=f"process-{self.camera.id}", daemon=True)
         processing.start()
         try:
             self._read(handoff)
@@ -198,8 +203,7 @@ class CameraWorker:
         elif self.stop.is_set() and self.stats.state != "failed":
             self.stats.state = "stopped"
 
-    def _process(self, handoff: Handoff) -> None:
-        processor = FrameProcessor(self.camera)
+    def _process(self, processor: FrameProcessor, handoff: Handoff) -> None:
         while (item := handoff.get()) is not None:
             try:
                 self._publish(processor, *item)

@@ -107,6 +107,10 @@ class IngestService:
         self._running[camera.id] = _Running(worker, thread)
         thread.start()
 
+    def sending(self) -> bool:
+        """Whether the sender thread runs: without it nothing reaches Kafka (readiness says so)."""
+        return self._sender.is_alive()
+
     def cameras(self) -> dict[str, dict]:
         """Every camera's state and counters, for the status endpoint."""
         with self._lock:
