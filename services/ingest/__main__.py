@@ -88,9 +88,12 @@ def main() -> int:
             continue
         reload_now.clear()
         next_poll = time.monotonic() + settings.ingest_config_poll_s
-        changed = watcher.poll()
-        if changed is not None:
-            service.apply(changed)
+        try:
+            changed = watcher.poll()
+            if changed is not None:
+                service.apply(changed)
+        except Exception:  # a reload must never take the running cameras down with it
+            log.exception("store config reload failed; the running cameras carry on")
     undelivered = service.stop()
     health.stop()
     log.info("stopped", extra={"undelivered": undelivered})

@@ -71,11 +71,11 @@ class Handoff:
 
     def __init__(self, size: int = 2) -> None:
         self.size = size
-        self._items: deque[tuple[np.ndarray, int]] = deque()
+        self._items: deque[tuple[np.ndarray, int, int]] = deque()
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, item: tuple[np.ndarray, int], wait_unless: threading.Event | None) -> bool:
+    def put(self, item: tuple[np.ndarray, int, int], wait_unless: threading.Event | None) -> bool:
         """Hand over a frame. Full: wait (with `wait_unless`, for files) or drop the oldest (returns False)."""
         with self._cond:
             while wait_unless is not None and len(self._items) >= self.size and not wait_unless.is_set():
@@ -87,7 +87,7 @@ class Handoff:
             self._cond.notify_all()
             return kept
 
-    def get(self) -> tuple[np.ndarray, int] | None:
+    def get(self) -> tuple[np.ndarray, int, int] | None:
         """The next frame; None once closed and empty."""
         with self._cond:
             while not self._items and not self._closed:
@@ -223,6 +223,14 @@ class CameraWorker:
                     return
                 backoff = self._wait_before_reconnect(str(exc), backoff)
                 continue
+            except Exception as exc:  # never let a surprise end the camera thread; no text that may hold a password
+                log.exception("opening the source failed unexpectedly", extra={"camera": self.camera.id})
+                error = f"camera {self.camera.id}: cannot open source {redact(self.source)}: {type(exc).__name__}"
+                backoff = self._wait_before_reconnect(error, backoff)
+                continue
+            if self.stop.is_set():  # stopped while the open was under way
+                cap.release()
+                break
             self.stats.state = "connected"
             self.stats.connected_since_ms = int(time.time() * 1000)
             log.info("camera connected", extra={"camera": self.camera.id, "source": redact(self.source)})
@@ -272,6 +280,7 @@ class CameraWorker:
         tolerance_ms = 500.0 / native_fps
         gap_s = max(MIN_GAP_S, GAP_FRAME_INTERVALS / native_fps)
         anchor_ms = time.time() * 1000.0
+        anchor_monotonic_ms = time.monotonic() * 1000.0
         next_due_ms: float | None = None
         index = 0
         bad_frames = 0
@@ -289,8 +298,10 @@ class CameraWorker:
                 self.stats.gaps += 1
                 self.stats.gap_seconds += now - last_read
             last_read = self.stats.last_read_monotonic = now
-            # Files carry their own clock; live sources are stamped when read.
-            offset_ms = index * 1000.0 / native_fps if self.is_file else time.time() * 1000.0 - anchor_ms
+            # Files carry their own clock. Live sources are sampled on the monotonic clock (a clock
+            # step must not stop sampling) and stamped with the wall clock when read.
+            offset_ms = index * 1000.0 / native_fps if self.is_file else time.monotonic() * 1000.0 - anchor_monotonic_ms
+            capture_ms = int(anchor_ms + offset_ms) if self.is_file else int(time.time() * 1000)
             index += 1
             if next_due_ms is None:
                 next_due_ms = offset_ms
@@ -315,19 +326,20 @@ class CameraWorker:
             self.stats.frames_sampled += 1
             self.stats.sampled_rate.tick()
             # A live camera never waits for processing: if it falls behind, the oldest frame goes.
-            if not handoff.put((image, int(anchor_ms + offset_ms)), wait_unless=self.stop if self.is_file else None):
+            if not handoff.put((image, capture_ms, int(anchor_monotonic_ms + offset_ms)), wait_unless=self.stop if self.is_file else None):
                 self.stats.dropped["processing_behind"] += 1
         return ""
 
-    def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int) -> None:
+    def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int, clock_ms: int) -> None:
         stats = self.stats
+        blurred_before = processor.faces_blurred
         try:
-            encoded = processor.process(image, capture_ms)
+            encoded = processor.process(image, clock_ms)
         except FrameTooLarge as exc:
             stats.dropped["too_large"] += 1
             log.warning("frame too large, dropped", extra={"camera": self.camera.id, "error": str(exc)})
             return
-        stats.faces_blurred = processor.faces_blurred
+        stats.faces_blurred += processor.faces_blurred - blurred_before
         if encoded is None:
             stats.frames_gated += 1
             return

@@ -131,8 +131,11 @@ class FrameProcessor:
         self._last_motion_ms: int | None = None
         self.faces_blurred = 0
 
-    def process(self, image: np.ndarray, capture_ms: int) -> EncodedFrame | None:
-        """The frame to send, or None when the motion gate holds it back."""
+    def process(self, image: np.ndarray, clock_ms: int) -> EncodedFrame | None:
+        """The frame to send, or None when the motion gate holds it back.
+
+        `clock_ms` times the gate (keyframes, hold): the file's clock, or a monotonic one for live.
+        """
         cam = self.camera
         if image.shape[1] != cam.width or image.shape[0] != cam.height:
             image = cv2.resize(image, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
@@ -141,16 +144,18 @@ class FrameProcessor:
         score = self._motion.score(image)
         keyframe = False
         gate = cam.motion
+        if self._last_sent_ms is not None and clock_ms < self._last_sent_ms:
+            self._last_sent_ms = self._last_motion_ms = None  # the clock went back (a file looped): start afresh
         if gate.enabled:
             if score >= gate.threshold and self._last_sent_ms is not None:  # the first frame is a keyframe
-                self._last_motion_ms = capture_ms
-            moving = self._last_motion_ms is not None and capture_ms - self._last_motion_ms <= gate.hold_s * 1000
-            due = self._last_sent_ms is None or capture_ms - self._last_sent_ms >= gate.keyframe_interval_s * 1000
+                self._last_motion_ms = clock_ms
+            moving = self._last_motion_ms is not None and clock_ms - self._last_motion_ms <= gate.hold_s * 1000
+            due = self._last_sent_ms is None or clock_ms - self._last_sent_ms >= gate.keyframe_interval_s * 1000
             if not moving and not due:
                 return None
             keyframe = not moving
         if self._faces is not None:
             self.faces_blurred += self._faces.blur(image)
         jpeg, quality = encode_jpeg(image, cam.jpeg_quality, cam.min_jpeg_quality, cam.max_jpeg_bytes)
-        self._last_sent_ms = capture_ms
+        self._last_sent_ms = clock_ms
         return EncodedFrame(jpeg, image.shape[1], image.shape[0], score, quality, keyframe)

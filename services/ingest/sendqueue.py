@@ -41,6 +41,8 @@ class SendQueue:
         self._queues: OrderedDict[str, deque[Outgoing]] = OrderedDict()
         self._in_flight: Counter[str] = Counter()
         self._cond = threading.Condition()
+        self._drain_deadline: float | None = None
+        self.discarded = 0
 
     def put(self, item: Outgoing, wait_unless: threading.Event | None = None) -> Outgoing | None:
         """Queue a frame; returns the frame it pushed out when the camera's queue was full.
@@ -55,7 +57,7 @@ class SendQueue:
                 queue = self._queues.setdefault(item.camera_id, queue)
             dropped = queue.popleft() if len(queue) >= self.max_frames else None
             queue.append(item)
-            self._cond.notify()
+            self._cond.notify_all()
         if dropped is not None:
             dropped.on_done("queue_full")
         return dropped
@@ -88,17 +90,22 @@ class SendQueue:
         with self._cond:
             return sum(len(q) for q in self._queues.values()), sum(self._in_flight.values())
 
+    def _draining_past_deadline(self, stop: threading.Event) -> bool:
+        if not stop.is_set():
+            return False
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.drain_s
+        return time.monotonic() > self._drain_deadline
+
     def run(self, stop: threading.Event) -> None:
         """The sender loop. Once `stop` is set it drains what is queued, until `drain_s` runs out."""
-        drain_deadline: float | None = None
         while True:
             items = self._take()
             for item in items:
-                self._produce(item, drain_deadline)
+                self._produce(item, stop)
             queued, in_flight = self._waiting()
             if stop.is_set():
-                drain_deadline = drain_deadline or time.monotonic() + self.drain_s
-                if not queued or time.monotonic() > drain_deadline:
+                if not queued or self._draining_past_deadline(stop):
                     self._discard("shutdown")
                     return
             if in_flight:
@@ -107,7 +114,7 @@ class SendQueue:
                 with self._cond:
                     self._cond.wait(0.1)
 
-    def _produce(self, item: Outgoing, drain_deadline: float | None) -> None:
+    def _produce(self, item: Outgoing, stop: threading.Event) -> None:
         def on_delivery(err: KafkaError | None, _msg: object) -> None:
             with self._cond:
                 self._in_flight[item.camera_id] -= 1
@@ -119,7 +126,7 @@ class SendQueue:
                 return
             except BufferError:
                 # librdkafka's own buffer is full (many cameras, broker slow): wait for room.
-                if drain_deadline is not None and time.monotonic() > drain_deadline:
+                if self._draining_past_deadline(stop):
                     self._not_sent(item, "shutdown")
                     return
                 self.producer.poll(0.05)
@@ -131,6 +138,7 @@ class SendQueue:
     def _not_sent(self, item: Outgoing, reason: str) -> None:
         with self._cond:
             self._in_flight[item.camera_id] -= 1
+            self.discarded += reason == "shutdown"
         item.on_done(reason)
 
     def _discard(self, reason: str) -> None:
@@ -138,5 +146,6 @@ class SendQueue:
             left = [item for queue in self._queues.values() for item in queue]
             for queue in self._queues.values():
                 queue.clear()
+            self.discarded += len(left)
         for item in left:
             item.on_done(reason)

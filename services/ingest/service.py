@@ -24,6 +24,10 @@ from services.shared.storeconfig import Camera, StoreConfig
 log = logging.getLogger(__name__)
 
 
+# Camera fields only inference reads: editing them must not reconnect the camera.
+NOT_INGEST_FIELDS = {"zones", "presence_model", "anomaly_model", "detector_model", "detector_min_score"}
+
+
 @dataclass(frozen=True)
 class IngestOptions:
     pace: Pace = "realtime"
@@ -51,6 +55,8 @@ class IngestService:
         self.queue = SendQueue(producer, topic, options.send_queue_frames, options.drain_s)
         self._running: dict[str, _Running] = {}
         self._stats: dict[str, CameraStats] = {}
+        # Next sequence number of cameras that were removed, in case they come back.
+        self._retired_sequences: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sender_stop = threading.Event()
         self._sender = threading.Thread(target=self.queue.run, args=(self._sender_stop,), name="sender", daemon=True)
@@ -59,6 +65,11 @@ class IngestService:
         self._sender.start()
         self.apply(config)
         return self
+
+    @staticmethod
+    def _capture_settings(store_id: str, camera: Camera, source: str) -> tuple:
+        """What ingest does with a camera; zones and model names (inference's business) are left out."""
+        return store_id, source, camera.model_dump(exclude=NOT_INGEST_FIELDS)
 
     def _wanted(self, config: StoreConfig) -> dict[str, tuple[str, Camera, str]]:
         return {
@@ -74,7 +85,8 @@ class IngestService:
         with self._lock:
             current = {cid: (r.worker.store_id, r.worker.camera, r.worker.source) for cid, r in self._running.items()}
             removed = sorted(set(current) - set(wanted))
-            changed = sorted(cid for cid in set(current) & set(wanted) if current[cid] != wanted[cid])
+            changed = sorted(cid for cid in set(current) & set(wanted)
+                             if self._capture_settings(*current[cid]) != self._capture_settings(*wanted[cid]))
             added = sorted(set(wanted) - set(current))
             stopping = [self._running.pop(cid) for cid in removed + changed]
         for running in stopping:
@@ -83,13 +95,14 @@ class IngestService:
             running.thread.join()
         with self._lock:
             for cid in removed:
-                self._stats.pop(cid, None)
+                self._retired_sequences[cid] = self._stats.pop(cid).next_sequence
             for cid in changed + added:
                 store_id, camera, source = wanted[cid]
                 stats = self._stats.get(cid)
                 if stats is None or stats.source != source or stats.store_id != store_id:
                     # A new source is a new stream, but sequence numbers go on: they identify frames.
-                    stats = CameraStats(store_id, source, next_sequence=stats.next_sequence if stats else 0)
+                    sequence = stats.next_sequence if stats else self._retired_sequences.pop(cid, 0)
+                    stats = CameraStats(store_id, source, next_sequence=sequence)
                 stats.state = "starting"
                 self._stats[cid] = stats
                 self._start(store_id, camera, source, stats)
@@ -127,16 +140,23 @@ class IngestService:
         return not any(t.is_alive() for t in threads)
 
     def stop(self) -> int:
-        """Stop every camera, deliver what is queued (within the drain time); returns frames not delivered."""
+        """Stop every camera, deliver what is queued within the drain time; returns frames not delivered.
+
+        A camera blocked in a source open or read notices the stop when that call times out; it is
+        not waited for beyond that (its thread is a daemon), so SIGTERM ends within about the
+        open timeout plus the drain time.
+        """
         with self._lock:
             stopping = list(self._running.values())
         for running in stopping:
             running.worker.stop.set()
+        deadline = time.monotonic() + max(self.options.open_timeout_s, self.options.read_timeout_s) + 1
         for running in stopping:
-            running.thread.join()
+            running.thread.join(max(0.0, deadline - time.monotonic()))
+        deadline = time.monotonic() + self.options.drain_s
         self._sender_stop.set()
-        self._sender.join()
-        return self.producer.flush(self.options.drain_s)
+        self._sender.join(self.options.drain_s + 1)
+        return self.queue.discarded + self.producer.flush(max(0.0, deadline - time.monotonic()))
 
 
 class IngestCollector:

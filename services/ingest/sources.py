@@ -39,8 +39,17 @@ def source_kind(source: str) -> SourceKind:
 
 
 def redact(source: str) -> str:
-    """The source with any password in its URL replaced, for logs, errors and the status endpoint."""
-    return re.sub(r"^([a-z]+://[^:/@]+):[^@/]*@", r"\1:***@", source)
+    """The source with any password in its URL replaced, for logs, errors and the status endpoint.
+
+    Everything up to the last @ counts as user info, so a password holding an unencoded / or @
+    is still hidden (a path with an @ in it is hidden too: safe rather than sorry).
+    """
+    scheme, sep, rest = source.partition("://")
+    userinfo, at, host_and_path = rest.rpartition("@")
+    if not sep or not at:
+        return source
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{scheme}://{user}:***@{host_and_path}" if user else f"{scheme}://***@{host_and_path}"
 
 
 def ffmpeg_capture_options(rtsp_transport: str) -> str:

@@ -11,6 +11,7 @@ import re
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -91,6 +92,14 @@ class Camera(_Strict):
     def _known_scheme(cls, source: str) -> str:
         if not re.match(r"^(file:|rtsp://|https?://|device:\d+$)", source):
             raise ValueError("must start with file:, rtsp://, http://, https:// or be device:N")
+        if "://" in source:
+            try:
+                url = urlsplit(source)
+                url.port  # noqa: B018 (raises on a port that is not a number)
+            except ValueError:
+                raise ValueError("is not a valid URL (characters such as / ? # @ in a password must be percent-encoded)") from None
+            if not url.hostname:
+                raise ValueError("has no host name")
         return source
 
     @model_validator(mode="after")
@@ -198,13 +207,17 @@ class StoreConfigError(ValueError):
 def load_store_config(path: Path | str) -> StoreConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise StoreConfigError(f"store config {path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise StoreConfigError(f"store config {path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise StoreConfigError(f"store config {path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise StoreConfigError(f"store config {path}: top level must be a mapping")
+    if not all(isinstance(key, str) for key in raw):
+        raise StoreConfigError(f"store config {path}: top-level keys must be names")
     try:
         return StoreConfig(**raw, base_dir=path.resolve().parent)
     except ValidationError as exc:
@@ -226,9 +239,9 @@ class StoreConfigWatcher:
         self.error = ""
         self._text = self._read_text()
 
-    def _read_text(self) -> str | None:
+    def _read_text(self) -> bytes | None:
         try:
-            return self.path.read_text()
+            return self.path.read_bytes()
         except OSError:
             return None
 

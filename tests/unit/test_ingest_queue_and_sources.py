@@ -13,7 +13,7 @@ import yaml
 from services.ingest.camera import RateMeter
 from services.ingest.sendqueue import Outgoing, SendQueue
 from services.ingest.sources import SourceError, diagnose, open_capture, redact
-from services.shared.storeconfig import StoreConfigWatcher, load_store_config
+from services.shared.storeconfig import StoreConfigError, StoreConfigWatcher, load_store_config
 
 
 class RecordingProducer:
@@ -178,3 +178,46 @@ def test_rate_meter_counts_events_per_second_over_its_window():
         meter.tick(now=1000 + i * 0.1)  # 10 per second for 10 s
     assert meter.rate(now=1010) == pytest.approx(10, abs=0.3)
     assert meter.rate(now=1030) == 0.0  # a stalled source reads 0
+
+
+def test_passwords_are_hidden_even_when_not_percent_encoded():
+    assert redact("rtsp://admin:se/cret@10.0.0.5/s") == "rtsp://admin:***@10.0.0.5/s"
+    assert redact("rtsp://admin:p@ss@10.0.0.5/s") == "rtsp://admin:***@10.0.0.5/s"
+    assert redact("rtsp://:pw@10.0.0.5/s") == "rtsp://***@10.0.0.5/s"
+
+
+def test_unparseable_urls_and_undecodable_edits_are_config_errors(tmp_path):
+    raw = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "rtsp://admin:se/cret@10.0.0.5/s"}]}]}
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(StoreConfigError, match="stores.0.cameras.0.source.*percent-encoded") as err:
+        load_store_config(path)
+    assert "cret" not in str(err.value)
+    raw["stores"][0]["cameras"][0]["source"] = "device:0"
+    path.write_text(yaml.safe_dump(raw))
+    watcher = StoreConfigWatcher(path, load_store_config(path))
+    path.write_bytes(path.read_bytes().replace(b"chain: c", b"chain: caf\xe9"))  # saved as Latin-1
+    assert watcher.poll() is None and "not UTF-8" in watcher.error
+    path.write_text("1: 2\nchain: c\n")
+    assert watcher.poll() is None and "keys must be names" in watcher.error
+
+
+def test_config_changes_restart_only_what_ingest_uses_and_numbering_goes_on(tmp_path):
+    from services.ingest.service import IngestOptions, IngestService
+    from services.shared.storeconfig import StoreConfig
+
+    def config(*cameras):
+        return StoreConfig(chain="c", stores=[{"id": "s", "timezone": "UTC", "cameras": list(cameras)}])
+
+    zone = {"id": "z", "kind": "aisle", "polygon": [[0, 0], [1, 0], [1, 1]]}
+    service = IngestService(RecordingProducer(), IngestOptions(min_reconnect_backoff_s=5)).start(config({"id": "cam-a", "source": "device:9"}))
+    try:
+        assert service.apply(config({"id": "cam-a", "source": "device:9", "zones": [zone]})) == {"added": [], "changed": [], "removed": []}
+        assert service.apply(config({"id": "cam-a", "source": "device:9", "fps": 5})) == {"added": [], "changed": ["cam-a"], "removed": []}
+        service._stats["cam-a"].next_sequence = 42  # as if 42 frames had been sent
+        service.apply(config({"id": "cam-b", "source": "device:8"}))
+        assert "cam-a" not in service.cameras()
+        service.apply(config({"id": "cam-a", "source": "device:9"}, {"id": "cam-b", "source": "device:8"}))
+        assert service.cameras()["cam-a"]["next_sequence"] == 42
+    finally:
+        service.stop()
