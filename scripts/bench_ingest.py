@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devplatform.launcher import ROOT, Platform, free_port  # noqa: E402
-from services.ingest.service import IngestOptions, IngestService  # noqa: E402
+from services.ingest.camera import IngestOptions  # noqa: E402
+from services.ingest.service import IngestService  # noqa: E402
 from services.ingest.sources import ffmpeg_capture_options  # noqa: E402
 from services.shared.kafka import make_producer  # noqa: E402
 from services.shared.storeconfig import StoreConfig  # noqa: E402

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.ingest.camera import Pace
-from services.ingest.service import IngestCollector, IngestOptions, IngestService
+from services.ingest.camera import IngestOptions, Pace
+from services.ingest.service import IngestCollector, IngestService
 from services.ingest.sources import ffmpeg_capture_options
 from services.shared.health import HealthServer
 from services.shared.kafka import make_producer

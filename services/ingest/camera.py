@@ -165,6 +165,22 @@ class CameraStats:
         }
 
 
+@dataclass(frozen=True)
+class IngestOptions:
+    """How this process reads and sends every camera (from the SW_INGEST_* settings)."""
+
+    pace: Pace = "realtime"
+    loop_files: bool = False
+    # Only these camera ids; empty: every camera of the store config.
+    cameras: frozenset[str] = frozenset()
+    send_queue_frames: int = 30
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    min_reconnect_backoff_s: float = 1.0
+    max_reconnect_backoff_s: float = 30.0
+    drain_s: float = 5.0
+
+
 @dataclass
 class CameraWorker:
     store_id: str
@@ -172,12 +188,7 @@ class CameraWorker:
     source: str
     queue: SendQueue
     stats: CameraStats
-    pace: Pace = "realtime"
-    loop_file: bool = False
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 5.0
-    min_reconnect_backoff_s: float = 1.0
-    max_reconnect_backoff_s: float = 30.0
+    options: IngestOptions = IngestOptions()
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -213,10 +224,10 @@ class CameraWorker:
 
     def _read(self, handoff: Handoff) -> None:
         """Open, read, reconnect; ends when stopped, on a permanent failure, or at the end of a file."""
-        backoff = self.min_reconnect_backoff_s
+        backoff = self.options.min_reconnect_backoff_s
         while not self.stop.is_set():
             try:
-                cap = open_capture(self.camera.id, self.source, self.open_timeout_s, self.read_timeout_s)
+                cap = open_capture(self.camera.id, self.source, self.options.open_timeout_s, self.options.read_timeout_s)
             except SourceError as exc:
                 if exc.permanent:
                     self._fail(str(exc))
@@ -244,7 +255,7 @@ class CameraWorker:
                 cap.release()
             if self.stop.is_set():
                 break
-            if self.is_file and not self.loop_file:
+            if self.is_file and not self.options.loop_files:
                 if error:
                     self._fail(error)
                 else:
@@ -254,7 +265,7 @@ class CameraWorker:
                 continue  # loop the file
             # A stream that keeps dying right after it opens must not reconnect in a tight loop.
             if time.monotonic() - started > 30:
-                backoff = self.min_reconnect_backoff_s
+                backoff = self.options.min_reconnect_backoff_s
             backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
 
     def _fail(self, error: str) -> None:
@@ -270,7 +281,7 @@ class CameraWorker:
         delay = backoff * random.uniform(0.5, 1.0)
         log.warning("camera unreachable, retrying", extra={"camera": self.camera.id, "error": error, "retry_in_s": round(delay, 2)})
         self.stop.wait(delay)
-        return min(backoff * 2, self.max_reconnect_backoff_s)
+        return min(backoff * 2, self.options.max_reconnect_backoff_s)
 
     def _stream(self, cap: cv2.VideoCapture, handoff: Handoff) -> str:
         """Read until the source ends or breaks; returns an error message, or "" for a clean end of file."""
@@ -290,7 +301,7 @@ class CameraWorker:
             if not cap.grab():
                 if self.is_file:
                     return "" if index else f"camera {self.camera.id}: {self.source} has no readable frame (corrupt or truncated)"
-                return f"camera {self.camera.id}: stream from {redact(self.source)} stopped sending (no frame within {self.read_timeout_s:.0f}s, or the connection closed)"
+                return f"camera {self.camera.id}: stream from {redact(self.source)} stopped sending (no frame within {self.options.read_timeout_s:.0f}s, or the connection closed)"
             now = time.monotonic()
             self.stats.frames_read += 1
             self.stats.last_frame_wall_ms = int(time.time() * 1000)
@@ -319,7 +330,7 @@ class CameraWorker:
                     return f"camera {self.camera.id}: {bad_frames} frames in a row could not be decoded"
                 continue
             bad_frames = 0
-            if self.is_file and self.pace == "realtime":
+            if self.is_file and self.options.pace == "realtime":
                 delay = (anchor_ms + offset_ms) / 1000.0 - time.time()
                 if delay > 0 and self.stop.wait(delay):
                     return ""

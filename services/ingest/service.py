@@ -16,7 +16,7 @@ from typing import Iterator
 from confluent_kafka import Producer
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
-from services.ingest.camera import CAMERA_STATES, CameraStats, CameraWorker, Pace
+from services.ingest.camera import CAMERA_STATES, CameraStats, CameraWorker, IngestOptions
 from services.ingest.sendqueue import SendQueue
 from services.shared import topics
 from services.shared.storeconfig import Camera, StoreConfig
@@ -26,20 +26,6 @@ log = logging.getLogger(__name__)
 
 # Camera fields only inference reads: editing them must not reconnect the camera.
 NOT_INGEST_FIELDS = {"zones", "presence_model", "anomaly_model", "detector_model", "detector_min_score"}
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    pace: Pace = "realtime"
-    loop_files: bool = False
-    # Only these camera ids; empty: every camera of the store config.
-    cameras: frozenset[str] = frozenset()
-    send_queue_frames: int = 30
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 5.0
-    min_reconnect_backoff_s: float = 1.0
-    max_reconnect_backoff_s: float = 30.0
-    drain_s: float = 5.0
 
 
 @dataclass
@@ -111,11 +97,7 @@ class IngestService:
         return {"added": added, "changed": changed, "removed": removed}
 
     def _start(self, store_id: str, camera: Camera, source: str, stats: CameraStats) -> None:
-        o = self.options
-        worker = CameraWorker(
-            store_id, camera, source, self.queue, stats, o.pace, o.loop_files,
-            o.open_timeout_s, o.read_timeout_s, o.min_reconnect_backoff_s, o.max_reconnect_backoff_s,
-        )
+        worker = CameraWorker(store_id, camera, source, self.queue, stats, self.options)
         thread = threading.Thread(target=worker.run, name=f"camera-{camera.id}", daemon=True)
         self._running[camera.id] = _Running(worker, thread)
         thread.start()

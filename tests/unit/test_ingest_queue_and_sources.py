@@ -203,7 +203,8 @@ def test_unparseable_urls_and_undecodable_edits_are_config_errors(tmp_path):
 
 
 def test_config_changes_restart_only_what_ingest_uses_and_numbering_goes_on(tmp_path):
-    from services.ingest.service import IngestOptions, IngestService
+    from services.ingest.camera import IngestOptions
+    from services.ingest.service import IngestService
     from services.shared.storeconfig import StoreConfig
 
     def config(*cameras):
