@@ -32,7 +32,8 @@ def main() -> int:
     config = load_store_config(settings.store_config)
     stop = stop_on_signals()
     client = PredictionClient(settings.model_server, settings.model_timeout_s, settings.model_missing_grace_s)
-    analyzer = FrameAnalyzer(config, client, StoreConfigWatcher(settings.store_config, config))
+    # Zones changed and cameras added are taken live, as ingest does; the file is checked every 2 s.
+    analyzer = FrameAnalyzer(config, client, StoreConfigWatcher(settings.store_config, config, interval_s=2.0))
     loop = ConsumeLoop(
         service="inference",
         bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
 # A longer silence than this (camera drop, restart) starts a camera's history afresh.
 HISTORY_MAX_GAP_MS = 5_000
-# How often the store config file is checked for edits (zones changed, cameras added).
-CONFIG_CHECK_S = 2.0
 # COCO label map ids the TF Object Detection API models (and our HOG detector) answer with.
 DETECTOR_LABELS = {1: "person"}
 DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -41,7 +39,6 @@ class FrameAnalyzer:
         self.client = client
         # Cameras added to the store config are picked up live, as ingest does.
         self.watcher = watcher
-        self._next_config_check = 0.0
         self._masks: dict[tuple[str, int, int], list[ZoneMask]] = {}
         # Per camera: the last frames (grey) and the capture time of the newest, for the anomaly model.
         self._history: dict[str, tuple[deque, int]] = {}
@@ -54,11 +51,8 @@ class FrameAnalyzer:
         return self._masks[key]
 
     def refresh_config(self, now: bool = False) -> None:
-        """Take an edited store config (checked every CONFIG_CHECK_S, or at once with `now`)."""
-        if self.watcher is None or (not now and time.monotonic() < self._next_config_check):
-            return
-        self._next_config_check = time.monotonic() + CONFIG_CHECK_S
-        config = self.watcher.poll()
+        """Take an edited store config (as often as the watcher looks, or at once with `now`)."""
+        config = self.watcher.poll(force=now) if self.watcher is not None else None
         if config is not None:
             self.config = config
             self._masks.clear()

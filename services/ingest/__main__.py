@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Literal
 
 from pydantic import Field
@@ -74,22 +73,18 @@ def main() -> int:
     producer = make_producer(settings.kafka_bootstrap_servers, **PRODUCER_OVERRIDES)
     service = IngestService(producer, options).start(config)
     IngestCollector(service).register()
-    watcher = StoreConfigWatcher(settings.store_config, config)
+    watcher = StoreConfigWatcher(settings.store_config, config, settings.ingest_config_poll_s)
 
     def status() -> dict:
         return {"cameras": service.cameras(), "store_config": str(settings.store_config), "config_error": watcher.error}
 
     health = HealthServer(settings.http_host, settings.http_port, ready=service.sending, details=status, routes={"/cameras": status}).start()
     log.info("started", extra={"cameras": sorted(service.cameras()), "http_port": health.port})
-    next_poll = time.monotonic() + settings.ingest_config_poll_s
     while not stop.wait(0.25):
-        due = settings.ingest_config_poll_s > 0 and time.monotonic() >= next_poll
-        if not (due or reload_now.is_set()):
-            continue
+        forced = reload_now.is_set()
         reload_now.clear()
-        next_poll = time.monotonic() + settings.ingest_config_poll_s
         try:
-            changed = watcher.poll()
+            changed = watcher.poll(force=forced)
             if changed is not None:
                 service.apply(changed)
         except Exception:  # a reload must never take the running cameras down with it

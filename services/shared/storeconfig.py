@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -231,12 +232,15 @@ class StoreConfigWatcher:
     Compares the file's text on each poll rather than its mtime: a Kubernetes ConfigMap is updated
     by swapping a symlink, and editors may write a file twice within one mtime tick. An edit that
     fails validation is reported in `error` and the running config stays in force.
+    `interval_s` is how often `poll` looks at the file (0: only when forced).
     """
 
-    def __init__(self, path: Path | str, current: StoreConfig) -> None:
+    def __init__(self, path: Path | str, current: StoreConfig, interval_s: float = 0.0) -> None:
         self.path = Path(path)
         self.config = current
         self.error = ""
+        self.interval_s = interval_s
+        self._next_check = time.monotonic() + interval_s
         self._text = self._read_text()
 
     def _read_text(self) -> bytes | None:
@@ -245,8 +249,12 @@ class StoreConfigWatcher:
         except OSError:
             return None
 
-    def poll(self) -> StoreConfig | None:
-        """The new config when the file changed and is valid; None when unchanged or invalid."""
+    def poll(self, force: bool = False) -> StoreConfig | None:
+        """The new config when the file changed and is valid; None when unchanged, invalid, or not
+        yet due (every `interval_s`, or at once with `force`)."""
+        if not force and (self.interval_s <= 0 or time.monotonic() < self._next_check):
+            return None
+        self._next_check = time.monotonic() + self.interval_s
         text = self._read_text()
         if text == self._text:
             return None

@@ -160,16 +160,27 @@ def test_config_watcher_reloads_edits_and_keeps_the_running_config_on_a_bad_one(
     path = tmp_path / "store.yaml"
     path.write_text(yaml.safe_dump(raw))
     watcher = StoreConfigWatcher(path, load_store_config(path))
-    assert watcher.poll() is None  # unchanged
+    assert watcher.poll(force=True) is None  # unchanged
     raw["stores"][0]["cameras"].append({"id": "cam-b", "source": "device:1", "privacy_masks": [[[0, 0], [0.2, 0], [0.2, 0.2]]]})
     path.write_text(yaml.safe_dump(raw))
-    changed = watcher.poll()
+    changed = watcher.poll(force=True)
     assert [c.id for c in changed.stores[0].cameras] == ["cam-a", "cam-b"]
     raw["stores"][0]["cameras"][1]["privacy_masks"] = [[[0, 0], [1.5, 0], [0.2, 0.2]]]
     path.write_text(yaml.safe_dump(raw))
-    assert watcher.poll() is None
+    assert watcher.poll(force=True) is None
     assert "stores.0.cameras.1.privacy_masks.0" in watcher.error and "outside the frame" in watcher.error
     assert [c.id for c in watcher.config.stores[0].cameras] == ["cam-a", "cam-b"]
+
+
+def test_config_watcher_looks_at_the_file_only_when_due_or_forced(tmp_path):
+    raw = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "device:0"}]}]}
+    path = tmp_path / "store.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    watcher = StoreConfigWatcher(path, load_store_config(path), interval_s=60)
+    raw["stores"][0]["cameras"][0]["fps"] = 5
+    path.write_text(yaml.safe_dump(raw))
+    assert watcher.poll() is None  # not due for a minute
+    assert watcher.poll(force=True).stores[0].cameras[0].fps == 5  # SIGHUP, or a camera inference does not know
 
 
 def test_rate_meter_counts_events_per_second_over_its_window():
@@ -197,9 +208,9 @@ def test_unparseable_urls_and_undecodable_edits_are_config_errors(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     watcher = StoreConfigWatcher(path, load_store_config(path))
     path.write_bytes(path.read_bytes().replace(b"chain: c", b"chain: caf\xe9"))  # saved as Latin-1
-    assert watcher.poll() is None and "not UTF-8" in watcher.error
+    assert watcher.poll(force=True) is None and "not UTF-8" in watcher.error
     path.write_text("1: 2\nchain: c\n")
-    assert watcher.poll() is None and "keys must be names" in watcher.error
+    assert watcher.poll(force=True) is None and "keys must be names" in watcher.error
 
 
 def test_config_changes_restart_only_what_ingest_uses_and_numbering_goes_on(tmp_path):
