@@ -115,11 +115,6 @@ def through_service(path: Path, bootstrap: str, gate: bool, topic: str) -> tuple
     return camera, elapsed
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def live_cameras(count: int, seconds: float) -> dict:
     """`count` RTSP cameras (640x360, 10 fps, H.264 from GStreamer's RTSP server) in one ingest
     process: how long they take to connect, each camera's frame rate, and the cores ingest uses."""

@@ -295,24 +295,24 @@ class CameraWorker:
         next_due_ms: float | None = None
         index = 0
         bad_frames = 0
-        # From the last frame of the previous connection, so an outage counts as a gap too.
-        last_read = self.stats.last_read_monotonic or time.monotonic()
         while not self.stop.is_set():
             if not cap.grab():
                 if self.is_file:
                     return "" if index else f"camera {self.camera.id}: {self.source} has no readable frame (corrupt or truncated)"
                 return f"camera {self.camera.id}: stream from {redact(self.source)} stopped sending (no frame within {self.options.read_timeout_s:.0f}s, or the connection closed)"
-            now = time.monotonic()
+            now, wall_ms = time.monotonic(), int(time.time() * 1000)
             self.stats.frames_read += 1
-            self.stats.last_frame_wall_ms = int(time.time() * 1000)
-            if not self.is_file and now - last_read > gap_s:
+            self.stats.last_frame_wall_ms = wall_ms
+            # Since the last frame of any connection of this camera, so an outage counts as a gap too.
+            since_last = now - (self.stats.last_read_monotonic or now)
+            if not self.is_file and since_last > gap_s:
                 self.stats.gaps += 1
-                self.stats.gap_seconds += now - last_read
-            last_read = self.stats.last_read_monotonic = now
+                self.stats.gap_seconds += since_last
+            self.stats.last_read_monotonic = now
             # Files carry their own clock. Live sources are sampled on the monotonic clock (a clock
             # step must not stop sampling) and stamped with the wall clock when read.
-            offset_ms = index * 1000.0 / native_fps if self.is_file else time.monotonic() * 1000.0 - anchor_monotonic_ms
-            capture_ms = int(anchor_ms + offset_ms) if self.is_file else int(time.time() * 1000)
+            offset_ms = index * 1000.0 / native_fps if self.is_file else now * 1000.0 - anchor_monotonic_ms
+            capture_ms = int(anchor_ms + offset_ms) if self.is_file else wall_ms
             index += 1
             if next_due_ms is None:
                 next_due_ms = offset_ms
@@ -343,18 +343,17 @@ class CameraWorker:
 
     def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int, clock_ms: int) -> None:
         stats = self.stats
-        blurred_before = processor.faces_blurred
         try:
             encoded = processor.process(image, clock_ms)
         except FrameTooLarge as exc:
             stats.dropped["too_large"] += 1
             log.warning("frame too large, dropped", extra={"camera": self.camera.id, "error": str(exc)})
             return
-        stats.faces_blurred += processor.faces_blurred - blurred_before
         if encoded is None:
             stats.frames_gated += 1
             return
         stats.keyframes += encoded.keyframe
+        stats.faces_blurred += encoded.faces_blurred
         frame = Frame(
             store_id=self.store_id,
             camera_id=self.camera.id,

@@ -29,9 +29,9 @@ class EncodedFrame:
     width: int
     height: int
     motion_score: float
-    quality: int
     # True when sent only because the keyframe interval ran out (no motion).
     keyframe: bool
+    faces_blurred: int = 0
 
 
 def polygon_keep_mask(polygons: list[Polygon], width: int, height: int) -> np.ndarray | None:
@@ -129,7 +129,6 @@ class FrameProcessor:
         self._faces = FaceBlurrer() if camera.blur_faces else None
         self._last_sent_ms: int | None = None
         self._last_motion_ms: int | None = None
-        self.faces_blurred = 0
 
     def process(self, image: np.ndarray, clock_ms: int) -> EncodedFrame | None:
         """The frame to send, or None when the motion gate holds it back.
@@ -154,8 +153,7 @@ class FrameProcessor:
             if not moving and not due:
                 return None
             keyframe = not moving
-        if self._faces is not None:
-            self.faces_blurred += self._faces.blur(image)
-        jpeg, quality = encode_jpeg(image, cam.jpeg_quality, cam.min_jpeg_quality, cam.max_jpeg_bytes)
+        faces = self._faces.blur(image) if self._faces is not None else 0
+        jpeg, _ = encode_jpeg(image, cam.jpeg_quality, cam.min_jpeg_quality, cam.max_jpeg_bytes)
         self._last_sent_ms = clock_ms
-        return EncodedFrame(jpeg, image.shape[1], image.shape[0], score, quality, keyframe)
+        return EncodedFrame(jpeg, image.shape[1], image.shape[0], score, keyframe, faces)

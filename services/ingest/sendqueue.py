@@ -44,8 +44,8 @@ class SendQueue:
         self._drain_deadline: float | None = None
         self.discarded = 0
 
-    def put(self, item: Outgoing, wait_unless: threading.Event | None = None) -> Outgoing | None:
-        """Queue a frame; returns the frame it pushed out when the camera's queue was full.
+    def put(self, item: Outgoing, wait_unless: threading.Event | None = None) -> None:
+        """Queue a frame; when the camera's queue is full its oldest frame is dropped ("queue_full").
 
         With `wait_unless`, a full queue makes the caller wait for room instead (until that event is
         set): a file has no live moment to keep up with, so it is slowed down, never thinned out.
@@ -60,7 +60,6 @@ class SendQueue:
             self._cond.notify_all()
         if dropped is not None:
             dropped.on_done("queue_full")
-        return dropped
 
     def depth(self, camera_id: str) -> int:
         """Frames of this camera queued here or waiting for the broker's acknowledgement."""
@@ -106,7 +105,7 @@ class SendQueue:
             queued, in_flight = self._waiting()
             if stop.is_set():
                 if not queued or self._draining_past_deadline(stop):
-                    self._discard("shutdown")
+                    self._discard_queued()
                     return
             if in_flight:
                 self.producer.poll(0.01)  # delivery callbacks free in-flight slots
@@ -141,11 +140,12 @@ class SendQueue:
             self.discarded += reason == "shutdown"
         item.on_done(reason)
 
-    def _discard(self, reason: str) -> None:
+    def _discard_queued(self) -> None:
+        """At the end of the drain time: what is still queued is lost, and counted."""
         with self._cond:
             left = [item for queue in self._queues.values() for item in queue]
             for queue in self._queues.values():
                 queue.clear()
             self.discarded += len(left)
         for item in left:
-            item.on_done(reason)
+            item.on_done("shutdown")

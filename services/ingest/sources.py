@@ -62,29 +62,32 @@ def ffmpeg_capture_options(rtsp_transport: str) -> str:
 def open_capture(camera_id: str, source: str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
     """An opened capture, or SourceError naming the camera, the (redacted) source and the reason."""
     kind = source_kind(source)
+
+    def refused(reason: str) -> SourceError:
+        return SourceError(f"camera {camera_id}: cannot open source {redact(source)}: {reason}", permanent=kind == "file")
+
     if kind == "device":
         index = int(source.split(":", 1)[1])
         if not Path(f"/dev/video{index}").exists():
-            raise SourceError(f"camera {camera_id}: cannot open source {source}: no such device /dev/video{index} (unplugged, or not passed to the container?)")
+            raise refused(f"no such device /dev/video{index} (unplugged, or not passed to the container?)")
         cap = cv2.VideoCapture(index, cv2.CAP_V4L2)
     elif kind == "file":
         if not Path(source).is_file():
-            raise SourceError(f"camera {camera_id}: cannot open source {source}: no such file", permanent=True)
+            raise refused("no such file")
         cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
     else:
         # OpenCV opens FFmpeg streams one at a time in a process (a global lock), so a camera that
         # is down must fail here, before that lock, not hold every other camera's (re)connect.
         sock_or_reason = _connect(source, kind, open_timeout_s)
         if isinstance(sock_or_reason, str):
-            raise SourceError(f"camera {camera_id}: cannot open source {redact(source)}: {sock_or_reason}")
+            raise refused(sock_or_reason)
         sock_or_reason.close()
         timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
         cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, timeouts)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"camera {camera_id}: cannot open source {redact(source)}: {diagnose(source)}", permanent=kind == "file")
+        raise refused(diagnose(source))
     return cap
-
 
 def diagnose(source: str) -> str:
     """Why OpenCV could not open `source`, as far as the source itself tells."""

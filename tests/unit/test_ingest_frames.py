@@ -78,7 +78,7 @@ def test_faces_are_pixelated_before_the_frame_leaves(face_photo):
     processor = FrameProcessor(_camera(blur_faces=True, motion={"enabled": False}))
     out = processor.process(face_photo.copy(), 0)
     sent = cv2.imdecode(np.frombuffer(out.jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert processor.faces_blurred == 1 and blurrer.faces(sent) == []
+    assert out.faces_blurred == 1 and blurrer.faces(sent) == []
     x, y, w, h = faces[0]
     face_before, face_after = face_photo[y:y + h, x:x + w].astype(int), sent[y:y + h, x:x + w].astype(int)
     assert np.abs(face_before - face_after).mean() > 10  # the face is gone
