@@ -5,17 +5,18 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models bench-ingest sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models bench-ingest sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
 
-# Debian packages: redis-server, and GStreamer's RTSP server (a real RTSP camera for the ingest tests;
-# it runs under Debian's own python3, which is where python3-gi lives).
-DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-HAVE_DEBS = command -v redis-server >/dev/null && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
+# Debian packages: redis-server; GStreamer's RTSP server (a real RTSP camera for the ingest tests;
+# it runs under Debian's own python3, which is where python3-gi lives); gst-launch-1.0 with x264enc
+# (the H.264 input of `make bench-ingest`).
+DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+HAVE_DEBS = command -v redis-server >/dev/null && command -v gst-launch-1.0 >/dev/null && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
 
-setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer RTSP server
+setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer (RTSP server, gst-launch-1.0)
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv sync --frozen --quiet
 	@$(HAVE_DEBS) || { \
@@ -27,8 +28,12 @@ setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, 
 demo: setup ## Main job: the sample store through the whole pipeline on the local platform
 	$(SW) demo
 
-test: setup ## All tests: unit, integration (real broker/Redis/model server), end to end
+test: setup lint ## Lint, type check, then all tests: unit, integration (real broker/Redis/model server), end to end
 	$(PYTEST) tests
+
+lint: setup ## ruff and mypy (configured in pyproject.toml)
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 test-unit: setup ## Unit tests only (no infrastructure)
 	$(PYTEST) tests/unit

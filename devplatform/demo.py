@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from confluent_kafka import Consumer
@@ -82,7 +82,7 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, echo=print) -> lis
             time.sleep(wait)
         body = {k: v for k, v in event.items() if k not in ("offset_s", "note")}
         body.update(store_id=script["store_id"], register_id=script["register_id"], currency="GBP", employee_id="emp-042",
-                    event_time=datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat())
+                    event_time=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat())
         response = httpx.post(f"{api}/v1/pos/events", json=body, timeout=10)
         response.raise_for_status()
         echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
@@ -100,15 +100,20 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         comps = platform.components
         api = comps["api"]["http"]
         result.anchor_ms = first_frame_time(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"], script["camera_id"])
-        echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, timezone.utc):%H:%M:%S} UTC); replaying the POS script:")
+        echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, UTC):%H:%M:%S} UTC); replaying the POS script:")
         result.posted = replay_pos_script(api, script, result.anchor_ms, echo)
         refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
         clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
         deadline = max(time.time(), clip_end) + 90
         echo("Waiting for the correlator to decide every refund against the camera...")
+        said = time.monotonic()
         while time.time() < deadline:
-            if metric_total(comps["correlator"]["http"] + "/metrics", "sw_correlator_refunds_decided_total") >= refunds:
+            decided = metric_total(comps["correlator"]["http"] + "/metrics", "sw_correlator_refunds_decided_total")
+            if decided >= refunds:
                 break
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                echo(f"  {decided:.0f} of {refunds} refunds decided; the clip ends at {datetime.fromtimestamp(clip_end, UTC):%H:%M:%S} UTC...")
             time.sleep(0.5)
         else:
             raise LaunchError(f"demo: the correlator did not decide all {refunds} refunds in time (see var/run/logs/correlator.log)")
@@ -146,7 +151,7 @@ def report(result: DemoResult, echo=print) -> list[str]:
     window_after_s = settings_after_s()
     for d in result.deliveries:
         after = (d["received_ms"] - event_times[d["alert_id"]]) / 1000 if d["alert_id"] in event_times else float("nan")
-        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, timezone.utc):%H:%M:%S} UTC, "
+        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, UTC):%H:%M:%S} UTC, "
              f"{after:.1f}s after the refund (its camera window closes {window_after_s:.0f}s after it)")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)

@@ -32,7 +32,7 @@ def test_pattern(index: int, width: int, height: int) -> np.ndarray:
 
 def make_handler(width: int, height: int, fps: float, stop: threading.Event) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             if self.path != "/video":
                 self.send_error(404, "no stream here; the stream is at /video")
                 return
@@ -42,7 +42,7 @@ def make_handler(width: int, height: int, fps: float, stop: threading.Event) -> 
             self.end_headers()
             started, index = time.monotonic(), 0
             while not stop.is_set():
-                ok, jpeg = cv2.imencode(".jpg", test_pattern(index, width, height), [cv2.IMWRITE_JPEG_QUALITY, 80])
+                _, jpeg = cv2.imencode(".jpg", test_pattern(index, width, height), [cv2.IMWRITE_JPEG_QUALITY, 80])
                 part = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg.size}\r\n\r\n".encode() + jpeg.tobytes() + b"\r\n"
                 try:
                     self.wfile.write(part)

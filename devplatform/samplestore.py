@@ -9,6 +9,7 @@ Everything is seeded, so every run produces the same pixels and the same script.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ class Walker:
         first, last = self.waypoints[0], self.waypoints[-1]
         if t < first[0] or t > last[0]:
             return None
-        for (t0, x0, y0), (t1, x1, y1) in zip(self.waypoints, self.waypoints[1:]):
+        for (t0, x0, y0), (t1, x1, y1) in itertools.pairwise(self.waypoints):
             if t0 <= t <= t1:
                 a = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
                 return x0 + a * (x1 - x0), y0 + a * (y1 - y0)
@@ -103,7 +104,7 @@ def clip_frame(t: float, seed: int = 0) -> np.ndarray:
 def _write_video(path: Path, frames: int, walkers: tuple[Walker, ...], seed: int) -> None:
     rng = np.random.default_rng(seed)
     background = _background()
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path} with the mp4v codec")
     try:

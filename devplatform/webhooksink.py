@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             try:
                 payload = json.loads(body)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(json.dumps(entry) + "\n")
             send_json(self, 200, {"ok": True})
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             entries = [json.loads(line) for line in args.record.read_text().splitlines()] if args.record.exists() else []
             send_json(self, 200, {"deliveries": entries})
 

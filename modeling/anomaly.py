@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 
 from modeling.versions import publish
+from services.shared.progress import Progress
+from services.shared.tensorflow_runtime import load_tensorflow
 
 HISTORY = 4
 CELL = 8
@@ -99,7 +101,7 @@ def find_clips(root: Path) -> list[Path]:
 
 def build_predictor(history: int, base: int):
     """U-Net that maps HISTORY frames in [-1, 1] to the next frame, predicted as a change to the last one."""
-    import tensorflow as tf
+    tf = load_tensorflow()
     from tensorflow import keras
     from tensorflow.keras import layers
 
@@ -139,7 +141,7 @@ def _batch(clips: list[np.ndarray], index: np.ndarray, history: int) -> tuple[np
 
 
 def _prediction_loss(target, predicted):
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     intensity = tf.reduce_mean(tf.square(target - predicted))
 
@@ -151,10 +153,11 @@ def _prediction_loss(target, predicted):
     return intensity + edges
 
 
-def train(clips: list[np.ndarray], config: TrainConfig, log=print):
-    """Fit the predictor on normal clips (grey, already at the model's size); returns the Keras model."""
-    import tensorflow as tf
+def train(clips: list[np.ndarray], config: TrainConfig, description: str = "training anomaly model"):
+    """Fit the predictor on normal clips (grey, already at the model's size); returns the Keras model.
 
+    Shows its progress (steps, loss, ETA): a bar on a terminal, a line every 10 s elsewhere."""
+    tf = load_tensorflow()
     tf.keras.utils.set_random_seed(config.seed)
     model = build_predictor(config.history, config.base_channels)
     index = _windows(clips, config.history)
@@ -169,18 +172,19 @@ def train(clips: list[np.ndarray], config: TrainConfig, log=print):
     def step(x, y):
         with tf.GradientTape() as tape:
             loss = _prediction_loss(y, model(x, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
         return loss
 
-    for epoch in range(config.epochs):
-        started, losses = time.time(), []
-        order = rng.permutation(len(index))
-        for b in range(steps):
-            x, y = _batch(clips, index[order[b * config.batch_size : (b + 1) * config.batch_size]], config.history)
-            if rng.random() < 0.5:  # mirror: people walk both ways
-                x, y = x[:, :, ::-1], y[:, :, ::-1]
-            losses.append(float(step(tf.constant(x), tf.constant(y))))
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.5f} ({time.time() - started:.0f} s)")
+    with Progress(f"{description} ({len(index)} windows, {config.epochs} epochs)", steps * config.epochs, "steps") as progress:
+        for epoch in range(config.epochs):
+            losses = []
+            order = rng.permutation(len(index))
+            for b in range(steps):
+                x, y = _batch(clips, index[order[b * config.batch_size : (b + 1) * config.batch_size]], config.history)
+                if rng.random() < 0.5:  # mirror: people walk both ways
+                    x, y = x[:, :, ::-1], y[:, :, ::-1]
+                losses.append(float(step(tf.constant(x), tf.constant(y))))
+                progress.advance(note=f"epoch {epoch + 1}/{config.epochs}, loss {np.mean(losses):.5f}")
     return model
 
 
@@ -188,7 +192,7 @@ class Scorer:
     """The scoring graph shared by calibration, evaluation and the exported SavedModel."""
 
     def __init__(self, model, config: TrainConfig, normal_level: float = 1.0) -> None:
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         self.model = model
         self.config = config
@@ -196,7 +200,7 @@ class Scorer:
 
     def raw_error(self, frames):
         """Patch mean squared prediction error [B, rows, cols] for uint8 frames [B, history+1, H, W, C]."""
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         cfg = self.config
         frames = tf.convert_to_tensor(frames)
@@ -211,7 +215,7 @@ class Scorer:
         return tf.squeeze(tf.nn.avg_pool2d(error, ksize=cfg.patch, strides=CELL, padding="SAME"), -1)
 
     def score(self, frames) -> dict:
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         relative = self.raw_error(frames) / self.normal_level
         return {"anomaly_map": relative, "anomaly_score": tf.reduce_max(relative, axis=[1, 2])}
@@ -235,6 +239,7 @@ def calibrate(scorer: Scorer, clips: list[np.ndarray], batch: int = 32) -> float
 
 
 def export(scorer: Scorer, out_dir: Path) -> None:
+    load_tensorflow()
     import tensorflow as tf
 
     cfg = scorer.config
@@ -255,15 +260,13 @@ def export(scorer: Scorer, out_dir: Path) -> None:
     tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
 
 
-def train_and_export(
-    data: Path, models_dir: Path, name: str = "anomaly", config: TrainConfig | None = None, version: int | None = None, log=print
-) -> tuple[Path, Scorer]:
+def train_and_export(data: Path, models_dir: Path, name: str = "anomaly", config: TrainConfig | None = None, version: int | None = None) -> tuple[Path, Scorer]:
     """Train on the normal clips under `data`, calibrate, and publish `models_dir/name/version/`."""
     config = config or TrainConfig()
     started = time.time()
     sources = find_clips(data)
     clips = [read_clip(p, (config.height, config.width)) for p in sources]
-    model = train(clips, config, log=log)
+    model = train(clips, config, description=f"training {name} model")
     scorer = Scorer(model, config)
     scorer.normal_level.assign(calibrate(scorer, clips))
     metadata = {

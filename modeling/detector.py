@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from modeling.versions import publish
+from services.shared.tensorflow_runtime import load_tensorflow
 
 WINDOW_H, WINDOW_W = 128, 64
 CELL, BLOCK, BINS = 8, 16, 9
@@ -56,7 +57,8 @@ class DetectorConfig:
 
     def scales(self) -> list[float]:
         """Image scale factors, largest first: from 96/min_person_px down to 96/max_person_px."""
-        scales, scale = [], PERSON_IN_WINDOW / self.min_person_px
+        scales: list[float] = []
+        scale = PERSON_IN_WINDOW / self.min_person_px
         while scale >= PERSON_IN_WINDOW / self.max_person_px and len(scales) < 16:
             scales.append(round(scale, 4))
             scale /= self.scale_step
@@ -87,7 +89,7 @@ def block_kernels() -> np.ndarray:
 
 def svm_kernel() -> tuple[np.ndarray, float]:
     """OpenCV's default people SVM as a [15, 7, 36, 1] conv kernel over the block grid, and its bias."""
-    weights = np.asarray(cv2.HOGDescriptor_getDefaultPeopleDetector(), np.float32).ravel()
+    weights = np.asarray(cv2.HOGDescriptor_getDefaultPeopleDetector(), np.float32).ravel()  # type: ignore[attr-defined]  # missing from OpenCV's stubs
     coefficients, bias = weights[:-1], float(weights[-1])
     # OpenCV orders a window's blocks x-major: block (bx, by) sits at (bx * BLOCKS_Y + by) * 36.
     grid = coefficients.reshape(BLOCKS_X, BLOCKS_Y, 4 * BINS).transpose(1, 0, 2)
@@ -98,7 +100,7 @@ class HogGraph:
     """The detector's TensorFlow ops; `descriptor_map` is also what the tests compare with OpenCV."""
 
     def __init__(self, config: DetectorConfig) -> None:
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         self.config = config
         self.block_kernel = tf.constant(block_kernels())
@@ -108,7 +110,7 @@ class HogGraph:
 
     def descriptor_map(self, image):
         """Normalised block histograms [1, rows, cols, 36] for one float image [1, H, W, 3] in 0..255."""
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         gamma = tf.sqrt(image)
         padded = tf.pad(gamma, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
@@ -135,13 +137,13 @@ class HogGraph:
 
     def margins(self, image):
         """SVM margin of every 64x128 window at an 8-pixel stride: [rows, cols]."""
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         return tf.nn.conv2d(self.descriptor_map(image), self.svm_kernel, strides=1, padding="VALID")[0, :, :, 0] + self.bias
 
     def detect(self, image):
         """Boxes (normalised), scores and count for one uint8 image [H, W, 3]."""
-        import tensorflow as tf
+        tf = load_tensorflow()
 
         cfg = self.config
         size = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -172,6 +174,7 @@ class HogGraph:
 
 
 def export(config: DetectorConfig, out_dir: Path) -> None:
+    load_tensorflow()
     import tensorflow as tf
 
     graph = HogGraph(config)

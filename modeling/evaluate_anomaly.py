@@ -25,6 +25,8 @@ import numpy as np
 
 from modeling.anomaly import TrainConfig, find_clips, frame_stacks, read_clip, train_and_export
 from modeling.versions import METADATA_FILE, read_metadata, write_metadata
+from services.shared.progress import Progress
+from services.shared.tensorflow_runtime import load_tensorflow
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucsd-ped2"
 PUBLISHED = {"Conv-AE (Hasan 2016)": 90.0, "MemAE (Gong 2019)": 94.1, "Future-frame prediction (Liu 2018)": 95.4, "MNAD (Park 2020)": 97.0}
@@ -43,7 +45,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         ranks[order[s:e]] = (s + e + 1) / 2.0
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
@@ -62,15 +64,15 @@ def load_labels(data: Path) -> dict[str, np.ndarray]:
 
 def score_clips(model_dir: Path, data: Path, batch: int = 16) -> tuple[dict[str, np.ndarray], float]:
     """Frame scores per test clip from the exported SavedModel, and the frames/s it ran at."""
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     history = int(serve.structured_input_signature[1]["frames"].shape[1]) - 1
     labels = load_labels(data)
     scores, frames, seconds = {}, 0, 0.0
-    for clip_dir in find_clips(data / "testing" / "frames"):
-        if clip_dir.name not in labels:
-            continue
+    clip_dirs = [c for c in find_clips(data / "testing" / "frames") if c.name in labels]
+    progress = Progress(f"scoring {len(clip_dirs)} test clips", sum(len(v) for c, v in labels.items() if c in {d.name for d in clip_dirs}), "frames")
+    for clip_dir in clip_dirs:
         clip = read_clip(clip_dir)
         if len(clip) != len(labels[clip_dir.name]):
             raise ValueError(f"clip {clip_dir.name}: {len(clip)} frames but {len(labels[clip_dir.name])} labels")
@@ -80,9 +82,11 @@ def score_clips(model_dir: Path, data: Path, batch: int = 16) -> tuple[dict[str,
         started = time.perf_counter()
         for i in range(0, len(stacks), batch):
             out.append(serve(frames=tf.constant(stacks[i : i + batch]))["anomaly_score"].numpy())
+            progress.advance(len(out[-1]), note=f"clip {clip_dir.name}")
         seconds += time.perf_counter() - started
         frames += len(stacks)
         scores[clip_dir.name] = np.concatenate(out)
+    progress.close()
     missing = sorted(set(labels) - set(scores))
     if missing:
         raise FileNotFoundError(f"labelled clips without frames under {data / 'testing' / 'frames'}: {missing}")
@@ -114,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model
         if model_dir is None:
             config = TrainConfig(epochs=args.epochs, max_windows=args.max_windows)
-            model_dir, _ = train_and_export(args.data / "training" / "frames", args.out or Path(tmp), name="anomaly", config=config,
-                                            log=lambda m: print(m, flush=True))
+            model_dir, _ = train_and_export(args.data / "training" / "frames", args.out or Path(tmp), name="anomaly", config=config)
         if (model_dir / METADATA_FILE).exists():
             train_seconds = read_metadata(model_dir).get("train_seconds")
         scores, fps = score_clips(model_dir, args.data)

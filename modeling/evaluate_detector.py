@@ -16,11 +16,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from modeling.evaluate_anomaly import DEFAULT_DATA
+from services.shared.tensorflow_runtime import load_tensorflow
 
 LABELS = Path(__file__).resolve().parent / "labels" / "persons.json"
 
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou", type=float, default=0.4)
     parser.add_argument("--min-person-px", type=int, help="export the HOG detector for people this small (default: its own)")
     args = parser.parse_args(argv)
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     labels = json.loads(LABELS.read_text())["frames"]
     if not args.data.exists():
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"precision": round(tp / (tp + fp), 3) if tp + fp else None, "recall": round(tp / (tp + fn), 3) if tp + fn else None,
                 "tp": tp, "fp": fp, "fn": fn}
 
-    result = {source: pr(*counts) for source, counts in totals.items()}
+    result: dict[str, Any] = {source: pr(*counts) for source, counts in totals.items()}
     result["all"] = pr(*(sum(c[i] for c in totals.values()) for i in range(3)))
     result["ms_per_frame"] = round(1000 * float(np.median(latencies)), 1)
     result["score_threshold"], result["iou_threshold"] = args.score, args.iou

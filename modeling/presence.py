@@ -21,13 +21,14 @@ import cv2
 import numpy as np
 
 from modeling.versions import publish
+from services.shared.tensorflow_runtime import load_tensorflow
 
 CELL = 8
 
 
 def read_frames(video: Path, limit: int = 600) -> np.ndarray:
     cap = cv2.VideoCapture(str(video))
-    frames = []
+    frames: list[np.ndarray] = []
     while len(frames) < limit:
         ok, frame = cap.read()
         if not ok:
@@ -49,6 +50,7 @@ def fit(frames: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def export(background: np.ndarray, threshold: float, out_dir: Path) -> None:
+    load_tensorflow()
     import tensorflow as tf
 
     height, width = background.shape[:2]
@@ -80,7 +82,7 @@ def train_and_export(video: Path, models_dir: Path, name: str = "presence", vers
     background, threshold = fit(frames)
     metadata = {
         "kind": "presence/background-difference",
-        "training_data": {"video": str(video), "frames": int(len(frames))},
+        "training_data": {"video": str(video), "frames": len(frames)},
         "hyperparameters": {"cell": CELL, "threshold": threshold},
         "input": {"images": "uint8 [batch, height, width, 3]"},
         "output": {"foreground": f"float32 [batch, height/{CELL}, width/{CELL}] fraction of changed pixels"},

@@ -29,12 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devplatform.launcher import ROOT, Platform, free_port  # noqa: E402
-from services.ingest.camera import IngestOptions  # noqa: E402
-from services.ingest.service import IngestService  # noqa: E402
-from services.ingest.sources import ffmpeg_capture_options  # noqa: E402
-from services.shared.kafka import make_producer  # noqa: E402
-from services.shared.storeconfig import StoreConfig  # noqa: E402
+from devplatform.launcher import ROOT, Platform, free_port
+from services.ingest.camera import IngestOptions
+from services.ingest.service import IngestService
+from services.ingest.sources import ffmpeg_capture_options
+from services.shared.kafka import make_producer
+from services.shared.progress import Progress
+from services.shared.storeconfig import StoreConfig
 
 WIDTH, HEIGHT, FPS = 1280, 720, 15
 OUT_WIDTH, OUT_HEIGHT, QUALITY = 640, 360, 85
@@ -43,7 +44,7 @@ OUT_WIDTH, OUT_HEIGHT, QUALITY = 640, 360, 85
 def aisle_frames(seconds: float):
     """A still shop aisle with sensor noise; a person crosses it during a tenth of the clip."""
     rng = np.random.default_rng(7)
-    background = np.full((HEIGHT, WIDTH, 3), 150, np.uint8)
+    background: np.ndarray = np.full((HEIGHT, WIDTH, 3), 150, np.uint8)
     for shelf in range(4):  # shelves of coloured products, textured like packaging
         y = 60 + shelf * 160
         cv2.rectangle(background, (0, y + 120), (WIDTH, y + 135), (90, 90, 90), -1)
@@ -64,21 +65,30 @@ def aisle_frames(seconds: float):
 
 
 def write_clip(path: Path, seconds: float) -> str:
-    """H.264 through GStreamer's x264enc when present (what cameras send); OpenCV's MPEG-4 otherwise."""
-    if shutil.which("gst-launch-1.0"):
-        pipeline = (f"gst-launch-1.0 -q fdsrc fd=0 ! rawvideoparse width={WIDTH} height={HEIGHT} format=bgr framerate={FPS}/1 "
-                    f"! videoconvert ! x264enc speed-preset=veryfast key-int-max={FPS * 2} ! h264parse ! mp4mux ! filesink location={path}")
-        proc = subprocess.Popen(pipeline.split(), stdin=subprocess.PIPE)
-        for frame in aisle_frames(seconds):
-            proc.stdin.write(frame.tobytes())
-        proc.stdin.close()
-        if proc.wait() == 0:
-            return "h264"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
-    for frame in aisle_frames(seconds):
-        writer.write(frame)
-    writer.release()
-    return "mpeg4"
+    """The benchmark's input: H.264 (what cameras send) from GStreamer's x264enc.
+
+    Without it there is no fair substitute (OpenCV's own MPEG-4 decodes at a different speed), so
+    the benchmark stops and says what to install instead of measuring something else."""
+    if not shutil.which("gst-launch-1.0"):
+        raise SystemExit("bench-ingest: gst-launch-1.0 is missing, so the H.264 input clip cannot be made; "
+                         "`make setup` installs it (Debian: gstreamer1.0-tools, gstreamer1.0-plugins-ugly for x264enc)")
+    pipeline = (f"gst-launch-1.0 -q fdsrc fd=0 ! rawvideoparse width={WIDTH} height={HEIGHT} format=bgr framerate={FPS}/1 "
+                f"! videoconvert ! x264enc speed-preset=veryfast key-int-max={FPS * 2} ! h264parse ! mp4mux ! filesink location={path}")
+    proc = subprocess.Popen(pipeline.split(), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None
+    with Progress(f"encoding the {seconds:.0f} s 720p H.264 input clip", int(seconds * FPS), "frames") as progress:
+        try:
+            for frame in aisle_frames(seconds):
+                proc.stdin.write(frame.tobytes())
+                progress.advance()
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # GStreamer stopped reading: its error is read below
+    errors = proc.stderr.read().decode(errors="replace").strip()
+    if proc.wait() != 0 or not path.exists() or path.stat().st_size == 0:
+        raise SystemExit(f"bench-ingest: GStreamer could not encode the H.264 input clip (exit {proc.returncode}): {errors or 'no message'}; "
+                         "`make setup` installs gstreamer1.0-tools and gstreamer1.0-plugins-ugly (x264enc)")
+    return "h264"
 
 
 def bare_loop(path: Path) -> tuple[int, float]:
@@ -123,6 +133,7 @@ def live_cameras(count: int, seconds: float) -> dict:
     server = subprocess.Popen(["/usr/bin/python3", str(ROOT / "devplatform" / "rtsp_server.py"), f"--port={port}",
                                "--width=640", "--height=360", "--fps=10"], stdout=subprocess.PIPE)
     try:
+        assert server.stdout is not None
         server.stdout.readline()  # "ready ..."
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             platform = Platform(run_dir=Path(tmp))
@@ -173,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             platform.start_broker()
             bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
-            bare_fps, service_fps = [], []
+            bare_fps: list[float] = []
+            service_fps: list[float] = []
+            print(f"measuring: {args.repeats} runs of the bare OpenCV loop and of the ingest service, then the motion gate", flush=True)
             for repeat in range(args.repeats):
                 frames, seconds = bare_loop(clip)
                 bare_fps.append(frames / seconds)
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 service_fps.append(frames / seconds)
                 ungated_bytes = camera["bytes_published"]
                 print(f"run {repeat + 1}: bare OpenCV {bare_fps[-1]:.1f} frames/s, service into the broker {service_fps[-1]:.1f} frames/s", flush=True)
+            print("motion gate run...", flush=True)
             gated, _ = through_service(clip, bootstrap, gate=True, topic="sw.frames.v1")
         finally:
             platform.down(echo=lambda *_: None)

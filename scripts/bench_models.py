@@ -20,15 +20,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devplatform import samplestore  # noqa: E402
-from devplatform.launcher import Platform  # noqa: E402
-from modeling.anomaly import HISTORY, TrainConfig, frame_stacks, read_clip, train_and_export  # noqa: E402
-from modeling.detector import build_and_export  # noqa: E402
+from devplatform import samplestore
+from devplatform.launcher import Platform
+from modeling.anomaly import HISTORY, TrainConfig, frame_stacks, read_clip, train_and_export
+from modeling.detector import build_and_export
+from services.shared.progress import Progress
+from services.shared.tensorflow_runtime import load_tensorflow
 
 CONFIG = """model_config_list {
   config { name: "anomaly" base_path: "/models/anomaly" model_platform: "tensorflow" }
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="frames per Predict call")
     parser.add_argument("--clients", type=int, default=1, help="concurrent callers (both paths)")
     args = parser.parse_args(argv)
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     from services.inference.client import PredictionClient
 
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         models = tmp / "models"
         models.mkdir()
         (models / "models.config").write_text(CONFIG)
-        anomaly_dir, _ = train_and_export(sample["clip"], models, config=TrainConfig(epochs=1, max_windows=16), log=lambda _m: None)
+        anomaly_dir, _ = train_and_export(sample["clip"], models, config=TrainConfig(epochs=1, max_windows=16))
         detector_dir = build_and_export(models)
 
         clip = read_clip(sample["clip"])
@@ -83,20 +86,25 @@ def main(argv: list[str] | None = None) -> int:
             "anomaly": {"frames": frame_stacks(clip[:64], HISTORY)[HISTORY : HISTORY + args.batch]},
             "detector": {"input_tensor": np.repeat(colour[None], args.batch, axis=0)},
         }
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         with tempfile.TemporaryDirectory() as run_dir:
             platform = Platform(run_dir=Path(run_dir), models_dir=models)
             try:
                 platform.start_model_server()
                 client = PredictionClient(platform.env["SW_MODEL_SERVER"], timeout_s=60)
+                progress = Progress("measuring", 4 * args.seconds, "s", every_s=5)
                 for name, folder in (("anomaly", anomaly_dir), ("detector", detector_dir)):
+                    progress.update(progress.done, note=f"{name} in process")
                     serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
                     tensors = {k: tf.constant(v) for k, v in inputs[name].items()}
-                    in_process = rate(lambda: serve(**tensors), args.batch, args.seconds, args.clients)
-                    served = rate(lambda: client.predict(name, inputs[name]), args.batch, args.seconds, args.clients)
+                    in_process = rate(lambda serve=serve, tensors=tensors: serve(**tensors), args.batch, args.seconds, args.clients)
+                    progress.advance(args.seconds, note=f"{name} through the model server")
+                    served = rate(lambda name=name: client.predict(name, inputs[name]), args.batch, args.seconds, args.clients)
+                    progress.advance(args.seconds)
                     shape = "x".join(str(d) for d in next(iter(inputs[name].values())).shape)
                     results[name] = {"in_process_fps": round(in_process, 1), "served_fps": round(served, 1), "ratio": round(served / in_process, 3), "input": shape}
                     print(f"  {name:<9} in process {in_process:8.1f} frames/s   through the model server {served:8.1f} frames/s   ratio {served / in_process:.3f}   ({shape})")
+                progress.close()
             finally:
                 platform.down(echo=lambda *_: None)
     finally:

@@ -5,17 +5,19 @@ keys are its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -87,29 +89,104 @@ def redis_url(tmp_path):
         yield platform.env["SW_REDIS_URL"]
 
 
+class SessionModels:
+    """The sample store's media and models that the collected tests need, made once per test session.
+
+    `pytest_collection_finish` makes them before the first test runs, so no test's timeout includes
+    training (a slow machine trains several times slower than a fast one); the fixtures below only
+    hand them out. Tests that need a model only to have one get quickly trained ones in a session
+    folder; the end-to-end demo gets the real sample models in models/, as `make demo` builds them."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sw-test-session-"))
+        self.sample: dict[str, Path] | None = None
+        self.quick_models: Path | None = None
+
+    def sample_assets(self) -> dict[str, Path]:
+        """The sample store's media, and a store config pointing at its clip."""
+        if self.sample is None:
+            from devplatform import samplestore
+
+            out = self.root / "sample"
+            paths = samplestore.generate(out)
+            raw = yaml.safe_load((ROOT / "config" / "sample-store.yaml").read_text())
+            raw["stores"][0]["cameras"][0]["source"] = f"file:{paths['clip']}"
+            config = out / "store.yaml"
+            config.write_text(yaml.safe_dump(raw))
+            self.sample = {**paths, "store_config": config}
+        return self.sample
+
+    def models_dir(self, echo: Callable[[str], object]) -> Path:
+        """A models/ folder with every model of models.config, built from the sample store (anomaly: briefly)."""
+        if self.quick_models is None:
+            from modeling.build import build_sample_models
+
+            out = self.root / "models"
+            out.mkdir()
+            shutil.copy(ROOT / "models" / "models.config", out / "models.config")
+            build_sample_models(out, self.sample_assets(), quick=True, echo=echo)
+            self.quick_models = out
+        return self.quick_models
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_SESSION_MODELS = pytest.StashKey[SessionModels]()
+
+
+def _session_models(config: pytest.Config) -> SessionModels:
+    if _SESSION_MODELS not in config.stash:
+        config.stash[_SESSION_MODELS] = SessionModels()
+    return config.stash[_SESSION_MODELS]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build what the collected tests need before any of them runs (outside every per-test timeout)."""
+    needs = set().union(*(getattr(item, "fixturenames", ()) for item in session.items)) if session.items else set()
+    e2e = any(item.get_closest_marker("e2e") for item in session.items)
+    if not ({"sample_assets", "models_dir", "model_server"} & needs or e2e) or session.config.option.collectonly:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    capture = session.config.pluginmanager.get_plugin("capturemanager")
+
+    def echo(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(line)
+
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        echo("")
+        models = _session_models(session.config)
+        models.sample_assets()
+        if {"models_dir", "model_server"} & needs:
+            models.models_dir(echo)
+        if e2e:
+            from devplatform.demo import ensure_sample_assets
+
+            ensure_sample_assets(echo=echo)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("needs_two_cores")
+    if marker is not None and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip(f"needs two cores: {marker.kwargs.get('reason') or (marker.args[0] if marker.args else 'real-time property')}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _SESSION_MODELS in session.config.stash:
+        session.config.stash[_SESSION_MODELS].close()
+
+
 @pytest.fixture(scope="session")
-def sample_assets(tmp_path_factory):
+def sample_assets(pytestconfig):
     """The sample store's media, generated once per session, and a store config pointing at it."""
-    from devplatform import samplestore
-
-    out = tmp_path_factory.mktemp("sample")
-    paths = samplestore.generate(out)
-    raw = yaml.safe_load((ROOT / "config" / "sample-store.yaml").read_text())
-    raw["stores"][0]["cameras"][0]["source"] = f"file:{paths['clip']}"
-    config = out / "store.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    return {**paths, "store_config": config}
+    return _session_models(pytestconfig).sample_assets()
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory, sample_assets):
-    """A models/ folder with every model of models.config, built from the sample store (anomaly: briefly)."""
-    from modeling.build import build_sample_models
-
-    out = tmp_path_factory.mktemp("models")
-    shutil.copy(ROOT / "models" / "models.config", out / "models.config")
-    build_sample_models(out, sample_assets, quick=True, echo=lambda *_: None)
-    return out
+def models_dir(pytestconfig):
+    """A models/ folder with every model of models.config, built once per session before the tests (anomaly: briefly)."""
+    return _session_models(pytestconfig).models_dir(echo=lambda *_: None)
 
 
 @pytest.fixture(scope="session")
@@ -194,9 +271,7 @@ def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: 
                 last = time.monotonic()
                 if expect is not None and len(messages) >= expect:
                     break
-            elif expect is None and messages and time.monotonic() - last > idle:
-                break
-            elif expect is None and not messages and time.monotonic() - last > idle + 3:
+            elif (expect is None and messages and time.monotonic() - last > idle) or (expect is None and not messages and time.monotonic() - last > idle + 3):
                 break
     finally:
         consumer.close()

@@ -6,7 +6,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import redis
 import uvicorn
@@ -64,8 +64,8 @@ def main() -> int:
     app = create_app(config, producer, store, ready, settings.max_clock_skew_s)
     log.info("started", extra={"port": settings.api_port})
     # SIGTERM stops serving first; then the consumer stops and the producer flushes.
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)
-    _Server(config).run()
+    server_config = uvicorn.Config(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False)
+    _Server(server_config).run()
     stop.set()
     consumer.join(15)
     producer.flush(10)

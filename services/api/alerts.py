@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 import redis
 from confluent_kafka import Message
@@ -47,14 +48,15 @@ class AlertStore:
         pipe.execute()
 
     def latest(self, store_id: str | None, limit: int) -> list[dict]:
-        ids = self.redis.zrevrange(store_index(store_id) if store_id else ALL_BY_TIME, 0, limit - 1)
+        # Without withscores the answer is the plain list of members; redis-py's annotation also covers the scored form.
+        ids = cast("list[bytes | str]", self.redis.zrevrange(store_index(store_id) if store_id else ALL_BY_TIME, 0, limit - 1))
         if not ids:
             return []
         return [json.loads(v) for v in self.redis.hmget(ALERTS_HASH, ids) if v]
 
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
-        outputs = []
+        outputs: list[Output] = []
         for msg in messages:
             try:
                 alert = decode(Alert, msg.value(), required=("alert_id", "store_id"))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 from confluent_kafka import KafkaException, Producer
 from fastapi import FastAPI, Query, Response

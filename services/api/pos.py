@@ -42,7 +42,7 @@ class PosEventIn(BaseModel):
     original_transaction_id: str = Field("", max_length=128)
 
     @model_validator(mode="after")
-    def _refunds_name_money(self) -> "PosEventIn":
+    def _refunds_name_money(self) -> PosEventIn:
         if self.type in ("refund", "return") and self.total_minor == 0 and not self.items:
             raise ValueError("a refund or return needs total_minor or items")
         return self

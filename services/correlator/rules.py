@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
@@ -143,7 +143,7 @@ def timed_out(state: dict, now_ms: int, max_wait_ms: int) -> bool:
 
 
 def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
 
 
 def build_alert(decision: Decision, customer_zones: list[str], raised_ms: int) -> Alert:

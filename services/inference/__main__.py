@@ -6,8 +6,6 @@ import sys
 
 from pydantic import Field
 
-from services.inference.client import PredictionClient
-from services.inference.service import FrameAnalyzer
 from services.shared import topics
 from services.shared.health import HealthServer
 from services.shared.kafka import ConsumeLoop
@@ -15,6 +13,7 @@ from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
 from services.shared.storeconfig import StoreConfigWatcher, load_store_config
+from services.shared.tensorflow_runtime import load_tensorflow
 
 
 class InferenceSettings(ServiceSettings):
@@ -31,6 +30,11 @@ def main() -> int:
     log = configure_logging("inference", settings.log_level)
     config = load_store_config(settings.store_config)
     stop = stop_on_signals()
+    # The TF Serving stubs import TensorFlow: load it first, so its C++ start-up lines stay out of the JSON log.
+    load_tensorflow()
+    from services.inference.client import PredictionClient
+    from services.inference.service import FrameAnalyzer
+
     client = PredictionClient(settings.model_server, settings.model_timeout_s, settings.model_missing_grace_s)
     # Zones changed and cameras added are taken live, as ingest does; the file is checked every 2 s.
     analyzer = FrameAnalyzer(config, client, StoreConfigWatcher(settings.store_config, config, interval_s=2.0))

@@ -83,8 +83,8 @@ class FrameAnalyzer:
         """
         grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[..., None]
         if frame.camera_id not in history and frame.camera_id in self._history:
-            past, last_ms = self._history[frame.camera_id]
-            history[frame.camera_id] = (deque(past, maxlen=ANOMALY_HISTORY), last_ms)
+            kept, kept_ms = self._history[frame.camera_id]
+            history[frame.camera_id] = (deque(kept, maxlen=ANOMALY_HISTORY), kept_ms)
         past, last_ms = history.get(frame.camera_id, (None, 0))
         gap = frame.capture_time_ms - last_ms
         if past is None or not 0 < gap <= HISTORY_MAX_GAP_MS or past[-1].shape != grey.shape:
@@ -127,19 +127,21 @@ class FrameAnalyzer:
             images = np.stack([it[3] for it in group])
             try:
                 presence, presence_version = self._predict(presence_model, {"images": images}, {"foreground": rows})
-                anomaly, anomaly_version = {}, 0
+                anomaly: dict[str, np.ndarray] = {}
+                anomaly_version = 0
                 if anomaly_model:
                     anomaly, anomaly_version = self._predict(
                         anomaly_model, {"frames": np.stack([it[4] for it in group])}, {"anomaly_map": rows, "anomaly_score": rows}
                     )
-                detections, detector_version = {}, 0
+                detections: dict[str, np.ndarray] = {}
+                detector_version = 0
                 if detector_model:
                     detections, detector_version = self._predict(detector_model, {"input_tensor": images}, dict.fromkeys(DETECTION_OUTPUTS, rows))
             except ModelServerError as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
                 outputs.extend(self.loop.dead_letter(it[0], str(exc)) for it in group)
                 continue
-            for i, (msg, frame, camera, _image, _stack) in enumerate(group):
+            for i, (_msg, frame, camera, _image, _stack) in enumerate(group):
                 analysis = self.analyse(frame, camera, presence["foreground"][i], presence_model, presence_version)
                 if anomaly_model:
                     self.add_anomaly(analysis, camera, anomaly["anomaly_map"][i], float(anomaly["anomaly_score"][i]), anomaly_model, anomaly_version)
@@ -171,7 +173,7 @@ class FrameAnalyzer:
     def add_objects(self, analysis: FrameAnalysis, camera: Camera, detections: dict[str, np.ndarray], model: str, version: int) -> None:
         """The detector's boxes at or above the camera's score, best first (boxes are 0..1, ymin first)."""
         count = int(detections["num_detections"])
-        for box, score, label in zip(detections["detection_boxes"][:count], detections["detection_scores"][:count], detections["detection_classes"][:count]):
+        for box, score, label in zip(detections["detection_boxes"][:count], detections["detection_scores"][:count], detections["detection_classes"][:count], strict=True):
             if score < camera.detector_min_score:
                 continue
             ymin, xmin, ymax, xmax = (float(v) for v in box)

@@ -80,7 +80,7 @@ class FaceBlurrer:
     """Pixelates frontal faces found by the Haar cascade that ships inside the opencv-python wheel."""
 
     def __init__(self) -> None:
-        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")  # type: ignore[attr-defined]  # the stubs omit cv2.data
         if self._cascade.empty():
             raise RuntimeError("OpenCV's frontal face cascade is missing: install opencv-python-headless 4.x (5.x wheels do not bundle it)")
 
@@ -91,7 +91,7 @@ class FaceBlurrer:
             grey = cv2.resize(grey, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
         grey = cv2.equalizeHist(grey)
         found = self._cascade.detectMultiScale(grey, scaleFactor=1.15, minNeighbors=4, minSize=(16, 16))
-        return [tuple(int(v / scale) for v in box) for box in found]
+        return [(int(x / scale), int(y / scale), int(w / scale), int(h / scale)) for x, y, w, h in found]
 
     def blur(self, image: np.ndarray) -> int:
         """Pixelate every face in place (with a margin for hair and chin); returns how many."""

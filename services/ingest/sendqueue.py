@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -103,10 +103,9 @@ class SendQueue:
             for item in items:
                 self._produce(item, stop)
             queued, in_flight = self._waiting()
-            if stop.is_set():
-                if not queued or self._draining_past_deadline(stop):
-                    self._discard_queued()
-                    return
+            if stop.is_set() and (not queued or self._draining_past_deadline(stop)):
+                self._discard_queued()
+                return
             if in_flight:
                 self.producer.poll(0.01)  # delivery callbacks free in-flight slots
             elif not items:

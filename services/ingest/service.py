@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from confluent_kafka import Producer
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
@@ -47,7 +47,7 @@ class IngestService:
         self._sender_stop = threading.Event()
         self._sender = threading.Thread(target=self.queue.run, args=(self._sender_stop,), name="sender", daemon=True)
 
-    def start(self, config: StoreConfig) -> "IngestService":
+    def start(self, config: StoreConfig) -> IngestService:
         self._sender.start()
         self.apply(config)
         return self
@@ -175,8 +175,8 @@ class IngestCollector:
             for key, family in gauges.items():
                 if snap[key] is not None:
                     family.add_metric([cid], snap[key])
-            for key, family in counters.items():
-                family.add_metric([cid], snap[key])
+            for key, counter in counters.items():
+                counter.add_metric([cid], snap[key])
             for reason, count in snap["dropped"].items():
                 dropped.add_metric([cid, reason], count)
         yield state
@@ -184,6 +184,6 @@ class IngestCollector:
         yield from counters.values()
         yield dropped
 
-    def register(self) -> "IngestCollector":
+    def register(self) -> IngestCollector:
         REGISTRY.register(self)
         return self

@@ -122,6 +122,8 @@ def _connect(source: str, kind: SourceKind, timeout_s: float) -> socket.socket |
         address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4]
     except socket.gaierror:
         return f"host name {host!r} does not resolve"
+    if not isinstance(address[0], str):  # (int, bytes): an IPv6 answer to a Python built without IPv6
+        return f"{host} resolves to an IPv6 address first, and this Python was built without IPv6"
     try:
         return socket.create_connection(address[:2], timeout=timeout_s)
     except ConnectionRefusedError:

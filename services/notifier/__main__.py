@@ -18,10 +18,15 @@ from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
 
 
+def _log_channel_only() -> list[ChannelConfig]:
+    """A named factory rather than a lambda: mypy cannot infer a lambda's list as the union the field holds."""
+    return [LogChannelConfig()]
+
+
 class NotifierSettings(ServiceSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     # JSON list, e.g. [{"type":"log"},{"type":"webhook","url":"https://hooks.example/lp","secret":"..."}]
-    notifier_channels: list[ChannelConfig] = Field(default_factory=lambda: [LogChannelConfig()])
+    notifier_channels: list[ChannelConfig] = Field(default_factory=_log_channel_only)
     notifier_group_id: str = "sw-notifier"
     notifier_max_attempts: int = Field(5, ge=1, le=20)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
@@ -206,8 +206,9 @@ class ConsumeLoop:
             for msg in self.consumer.consume(self.batch_size, min(0.2, max(0.0, deadline - time.monotonic()))):
                 if msg.error() is None:
                     # From a partition assigned during the outage (not paused): read it again later.
-                    self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-                    self.consumer.pause([TopicPartition(msg.topic(), msg.partition())])
+                    topic, partition, offset = _position(msg)
+                    self.consumer.seek(TopicPartition(topic, partition, offset))
+                    self.consumer.pause([TopicPartition(topic, partition)])
         return not self.stop_event.is_set()
 
     def _produce(self, out: Output) -> None:
@@ -226,16 +227,30 @@ class ConsumeLoop:
         """The DLQ output for a poison message, to be returned among the batch's outputs."""
         MESSAGES_DEAD_LETTERED.labels(self.service, msg.topic()).inc()
         log.warning("poison message sent to DLQ", extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
-        headers = dlq_headers(msg.topic() or "", msg.partition(), msg.offset(), self.service, error)
-        return Output(dlq(msg.topic()), msg.key(), msg.value() or b"", headers)
+        topic, partition, offset = _position(msg)
+        headers = dlq_headers(topic, partition, offset, self.service, error)
+        return Output(dlq(topic), msg.key(), msg.value() or b"", headers)
+
+
+def _position(msg: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message.
+
+    confluent-kafka types them Optional because error events carry none; every message handled
+    here was consumed without an error, so a missing one is a bug, not something to default.
+    """
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"not a consumed message: topic={topic!r} partition={partition!r} offset={offset!r}")
+    return topic, partition, offset
 
 
 def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
     highest: dict[tuple[str, int], int] = {}
     for msg in messages:
-        key = (msg.topic(), msg.partition())
-        highest[key] = max(highest.get(key, -1), msg.offset())
+        topic, partition, offset = _position(msg)
+        key = (topic, partition)
+        highest[key] = max(highest.get(key, -1), offset)
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "make_producer", "produce_and_wait", "dlq_headers"]
+__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "dlq_headers", "make_producer", "produce_and_wait"]

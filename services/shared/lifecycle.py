@@ -23,7 +23,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_consume_service(log: logging.Logger, loop: "ConsumeLoop", health: "HealthServer") -> int:
+def run_consume_service(log: logging.Logger, loop: ConsumeLoop, health: HealthServer) -> int:
     """Run a service's consume loop in this thread until SIGTERM or a failure; returns the exit code."""
     loop.run()
     health.stop()

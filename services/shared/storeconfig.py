@@ -104,7 +104,7 @@ class Camera(_Strict):
         return source
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Camera":
+    def _consistent(self) -> Camera:
         if self.min_jpeg_quality > self.jpeg_quality:
             raise ValueError(f"min_jpeg_quality {self.min_jpeg_quality} is above jpeg_quality {self.jpeg_quality}")
         dupes = _duplicates([z.id for z in self.zones])
@@ -146,7 +146,7 @@ class Store(_Strict):
         return tz
 
     @model_validator(mode="after")
-    def _registers_reference_cameras(self) -> "Store":
+    def _registers_reference_cameras(self) -> Store:
         cameras = {c.id: c for c in self.cameras}
         if len(cameras) != len(self.cameras):
             raise ValueError("duplicate camera ids")
@@ -171,7 +171,7 @@ class StoreConfig(_Strict):
     base_dir: Path = Path(".")
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "StoreConfig":
+    def _unique_ids(self) -> StoreConfig:
         stores = [s.id for s in self.stores]
         cameras = [c.id for s in self.stores for c in s.cameras]
         for kind, ids in (("store", stores), ("camera", cameras)):

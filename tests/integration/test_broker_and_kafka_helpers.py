@@ -67,7 +67,7 @@ def test_consume_loop_commits_after_work_and_dead_letters_poison(broker):
     # Offsets were committed: the same group starts after the processed messages.
     consumer = Consumer({"bootstrap.servers": broker, "group.id": "test-loop", "enable.auto.commit": False})
     consumer.subscribe([topics.FEEDBACK])
-    assert wait_for(lambda: consumer.assignment() or consumer.poll(0.2) and False or consumer.assignment(), 15, "assignment")
+    assert wait_for(lambda: consumer.assignment() or (consumer.poll(0.2) and False) or consumer.assignment(), 15, "assignment")
     committed = consumer.committed(consumer.assignment(), timeout=10)
     assert sum(tp.offset for tp in committed if tp.offset >= 0) == 5
     consumer.close()

@@ -34,7 +34,7 @@ def _publish_clip(broker, clip, seconds, corrupt_at=(), giant_at=()):
     frames = read_frames(clip)
     t0 = 1_800_000_000_000
     for seq, index in enumerate(seconds):
-        ok, jpeg = cv2.imencode(".jpg", frames[index])
+        _, jpeg = cv2.imencode(".jpg", frames[index])
         payload = b"\xff\xd8 not really a jpeg" if seq in corrupt_at else _giant_header_jpeg() if seq in giant_at else jpeg.tobytes()
         frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=t0 + index * 100, sequence=seq,
                       jpeg=payload, width=320, height=240)
@@ -92,6 +92,7 @@ def test_person_boxes_from_the_detector_reach_frame_analysis(broker, model_serve
     config.write_text(yaml.safe_dump(raw))
     start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server, "SW_STORE_CONFIG": str(config)})
     image = cv2.imread(str(ped2))
+    assert image is not None, f"{ped2} does not decode"
     frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=1_800_000_000_000, sequence=0,
                   jpeg=cv2.imencode(".jpg", image)[1].tobytes(), width=image.shape[1], height=image.shape[0])
     producer = make_producer(broker)

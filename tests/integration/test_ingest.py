@@ -63,7 +63,7 @@ def test_file_camera_publishes_every_sampled_frame_in_order(broker, start_servic
     steps = np.diff([f.capture_time_ms for f in frames])
     assert steps.min() >= 99 and steps.max() <= 101  # the file's own 10 fps clock
     image = cv2.imdecode(np.frombuffer(frames[80].jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert image.shape == (240, 320, 3) and (frames[80].width, frames[80].height) == (320, 240)
+    assert image is not None and image.shape == (240, 320, 3) and (frames[80].width, frames[80].height) == (320, 240)
     assert frames[0].motion_score == 1.0 and 0 <= frames[200].motion_score < 0.2
     status = wait_for(lambda: (c := _cameras(ingest))["cam-counter-1"]["state"] == "finished" and c, 20, "finished")
     assert status["cam-counter-1"]["frames"] == 320 and status["cam-counter-1"]["dropped"] == {}

@@ -43,10 +43,10 @@ def test_metadata_and_status(model_server):
 def test_unknown_model_and_bad_input_are_clear_errors(model_server):
     images = {"images": np.zeros((1, 240, 320, 3), np.uint8)}
     # A missing model may still be loading: retried within the grace period, permanent after it.
-    with pytest.raises(RetryableError, match="NOT_FOUND.*nosuchmodel.*still be loading"):
+    with pytest.raises(RetryableError, match=r"NOT_FOUND.*nosuchmodel.*still be loading"):
         PredictionClient(model_server, model_missing_grace_s=60).predict("nosuchmodel", images)
     client = PredictionClient(model_server, model_missing_grace_s=0)
-    with pytest.raises(ModelServerError, match="NOT_FOUND.*nosuchmodel"):
+    with pytest.raises(ModelServerError, match=r"NOT_FOUND.*nosuchmodel"):
         client.predict("nosuchmodel", images)
     with pytest.raises(ModelServerError, match="INVALID_ARGUMENT"):
         client.predict("presence", {"pixels": np.zeros((1, 240, 320, 3), np.uint8)})

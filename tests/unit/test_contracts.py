@@ -12,8 +12,8 @@ def test_generated_code_is_current(tmp_path):
     # A separate process: protoc's bundled libraries crash when TensorFlow is already loaded here.
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(tmp_path)], check=True, capture_output=True)
     committed_dir = ROOT / "services" / "shared" / "contracts"
-    committed = sorted(p.name for p in committed_dir.glob("*_pb2.py"))
-    generated = sorted(p.name for p in tmp_path.glob("*_pb2.py"))
+    committed = sorted(p.name for pattern in ("*_pb2.py", "*_pb2.pyi") for p in committed_dir.glob(pattern))
+    generated = sorted(p.name for pattern in ("*_pb2.py", "*_pb2.pyi") for p in tmp_path.glob(pattern))
     assert generated == committed, "a .proto was added or removed: run `make proto`"
     stale = [name for name in generated if not filecmp.cmp(tmp_path / name, committed_dir / name, shallow=False)]
     assert not stale, f"generated code is stale for {stale}: run `make proto` and commit the result"

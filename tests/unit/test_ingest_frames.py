@@ -6,14 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from services.ingest.frames import FaceBlurrer, FrameProcessor, FrameTooLarge, encode_jpeg
+from services.ingest.frames import EncodedFrame, FaceBlurrer, FrameProcessor, FrameTooLarge, encode_jpeg
 from services.shared.storeconfig import Camera
 
 
 def _scene(t: int, square_x: int | None = None, width: int = 320, height: int = 240) -> np.ndarray:
     """A still shop shelf with a little sensor noise; optionally a 30x60 'person' at square_x."""
     rng = np.random.default_rng(t)
-    image = np.full((height, width, 3), 110, np.uint8)
+    image: np.ndarray = np.full((height, width, 3), 110, np.uint8)
     cv2.rectangle(image, (20, 20), (120, 200), (40, 160, 200), -1)
     cv2.rectangle(image, (200, 40), (300, 120), (180, 60, 60), -1)
     image = cv2.add(image, rng.integers(0, 4, image.shape, dtype=np.uint8))
@@ -26,6 +26,18 @@ def _camera(**fields) -> Camera:
     return Camera(id="cam-t", source="file:x.mp4", fps=10, width=320, height=240, **fields)
 
 
+def _sent(out: EncodedFrame | None) -> EncodedFrame:
+    """The frame the processor sent; fails the test when it held the frame back instead."""
+    assert out is not None, "the processor held back a frame it should have sent"
+    return out
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "the processor sent a JPEG that does not decode"
+    return image
+
+
 def test_static_scene_sends_only_keyframes_and_motion_is_sent_with_hold():
     processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 2.0, "hold_s": 1.0}))
     sent = {}
@@ -35,27 +47,27 @@ def test_static_scene_sends_only_keyframes_and_motion_is_sent_with_hold():
             sent[t] = out
     assert sorted(sent) == [0, 20, 40, 60, 80]  # the first frame, then one every 2 s
     assert all(out.keyframe for t, out in sent.items() if t) and max(out.motion_score for t, out in sent.items() if t) < 0.003
-    outputs = {}
+    outputs: dict[int, EncodedFrame | None] = {}
     for t in range(100, 150):  # someone walks through for 2 s, then the scene is still again
         outputs[t] = processor.process(_scene(t, square_x=10 + (t - 100) * 10 if t < 120 else None), t * 100)
-    assert all(outputs[t] is not None and not outputs[t].keyframe and outputs[t].motion_score > 0.003 for t in range(100, 120))
+    moving = [outputs[t] for t in range(100, 120)]
+    assert all(out is not None and not out.keyframe and out.motion_score > 0.003 for out in moving)
     # Sent on for the hold time (1 s) after the last motion, then gated again.
     assert all(outputs[t] is not None for t in range(120, 130))
-    assert [t for t in range(130, 150) if outputs[t] is not None] == [149] and outputs[149].keyframe  # 2 s after the last
+    last = outputs[149]
+    assert [t for t in range(130, 150) if outputs[t] is not None] == [149] and last is not None and last.keyframe  # 2 s after the last
 
 
 def test_a_disabled_gate_sends_every_frame_with_its_motion_score():
     processor = FrameProcessor(_camera(motion={"enabled": False}))
-    outputs = [processor.process(_scene(t, square_x=t * 5 if t > 10 else None), t * 100) for t in range(30)]
-    assert all(out is not None for out in outputs)
+    outputs = [_sent(processor.process(_scene(t, square_x=t * 5 if t > 10 else None), t * 100)) for t in range(30)]
     assert outputs[0].motion_score == 1.0 and outputs[5].motion_score < 0.003 < outputs[20].motion_score
 
 
 def test_privacy_masks_black_out_the_area_and_motion_there_is_ignored():
     # The left half of the frame is private (a pharmacy counter, say).
     processor = FrameProcessor(_camera(privacy_masks=[[[0, 0], [0.5, 0], [0.5, 1], [0, 1]]], motion={"keyframe_interval_s": 60}))
-    first = processor.process(_scene(0), 0)
-    image = cv2.imdecode(np.frombuffer(first.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    image = _decode(_sent(processor.process(_scene(0), 0)).jpeg)
     assert image[:, :150].max() < 12 and image[:, 170:].mean() > 60
     for t in range(1, 40):  # someone moves inside the masked half only: nothing is sent
         assert processor.process(_scene(t, square_x=20 + t * 2), t * 100) is None
@@ -68,6 +80,7 @@ def face_photo() -> np.ndarray:
     """A real portrait (Grace Hopper) from matplotlib's sample data, a dev dependency."""
     cbook = pytest.importorskip("matplotlib.cbook")
     image = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    assert image is not None, "matplotlib's grace_hopper.jpg does not decode"
     return cv2.resize(image, (320, 375), interpolation=cv2.INTER_AREA)[67:307]  # 320x240 around the face
 
 
@@ -76,8 +89,8 @@ def test_faces_are_pixelated_before_the_frame_leaves(face_photo):
     faces = blurrer.faces(face_photo)
     assert len(faces) == 1
     processor = FrameProcessor(_camera(blur_faces=True, motion={"enabled": False}))
-    out = processor.process(face_photo.copy(), 0)
-    sent = cv2.imdecode(np.frombuffer(out.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    out = _sent(processor.process(face_photo.copy(), 0))
+    sent = _decode(out.jpeg)
     assert out.faces_blurred == 1 and blurrer.faces(sent) == []
     x, y, w, h = faces[0]
     face_before, face_after = face_photo[y:y + h, x:x + w].astype(int), sent[y:y + h, x:x + w].astype(int)
@@ -105,6 +118,6 @@ def test_a_frame_too_large_for_its_bound_is_refused_by_the_processor():
 
 def test_frames_are_resized_to_the_camera_resolution():
     processor = FrameProcessor(_camera(motion={"enabled": False}))
-    out = processor.process(_scene(0, width=1280, height=720), 0)
+    out = _sent(processor.process(_scene(0, width=1280, height=720), 0))
     assert (out.width, out.height) == (320, 240)
-    assert cv2.imdecode(np.frombuffer(out.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
+    assert _decode(out.jpeg).shape == (240, 320, 3)

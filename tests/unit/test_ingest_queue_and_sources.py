@@ -6,9 +6,11 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
 
 import pytest
 import yaml
+from confluent_kafka import Producer
 
 from services.ingest.camera import RateMeter
 from services.ingest.sendqueue import Outgoing, SendQueue
@@ -17,7 +19,10 @@ from services.shared.storeconfig import StoreConfigError, StoreConfigWatcher, lo
 
 
 class RecordingProducer:
-    """Stands in for confluent_kafka.Producer's produce/poll contract: acknowledges on poll when `up`."""
+    """Stands in for confluent_kafka.Producer's produce/poll contract: acknowledges on poll when `up`.
+
+    Not a Producer subclass (that would need a broker config): `as_producer` hands it to the code under test.
+    """
 
     def __init__(self) -> None:
         self.up = False
@@ -41,13 +46,19 @@ class RecordingProducer:
         self.poll(timeout)
         return len(self.pending)
 
+    def as_producer(self) -> Producer:
+        return cast(Producer, self)
 
-def _item(camera: str, seq: int, outcomes: dict) -> Outgoing:
+
+Outcomes = dict[tuple[str, int], str | None]
+
+
+def _item(camera: str, seq: int, outcomes: Outcomes) -> Outgoing:
     return Outgoing(camera, seq, f"{camera}#{seq}".encode(), lambda error: outcomes.__setitem__((camera, seq), error))
 
 
 def test_a_full_camera_queue_drops_its_oldest_frame_and_says_so():
-    queue, outcomes = SendQueue(RecordingProducer(), "t", max_frames=3), {}
+    queue, outcomes = SendQueue(RecordingProducer().as_producer(), "t", max_frames=3), Outcomes()
     for seq in range(5):
         queue.put(_item("cam-a", seq, outcomes))
     assert outcomes == {("cam-a", 0): "queue_full", ("cam-a", 1): "queue_full"}
@@ -55,8 +66,8 @@ def test_a_full_camera_queue_drops_its_oldest_frame_and_says_so():
 
 
 def test_broker_outage_bounds_frames_in_flight_and_recovery_sends_the_newest():
-    producer, outcomes = RecordingProducer(), {}
-    queue, stop = SendQueue(producer, "t", max_frames=2), threading.Event()
+    producer, outcomes = RecordingProducer(), Outcomes()
+    queue, stop = SendQueue(producer.as_producer(), "t", max_frames=2), threading.Event()
     sender = threading.Thread(target=queue.run, args=(stop,))
     sender.start()
     for seq in range(10):
@@ -76,9 +87,9 @@ def test_broker_outage_bounds_frames_in_flight_and_recovery_sends_the_newest():
 
 
 def test_cameras_take_turns_so_a_busy_one_cannot_starve_the_others():
-    producer, outcomes = RecordingProducer(), {}
+    producer, outcomes = RecordingProducer(), Outcomes()
     producer.up = True
-    queue = SendQueue(producer, "t", max_frames=100)
+    queue = SendQueue(producer.as_producer(), "t", max_frames=100)
     for seq in range(6):
         queue.put(_item("cam-busy", seq, outcomes))
     queue.put(_item("cam-quiet", 0, outcomes))
@@ -87,9 +98,9 @@ def test_cameras_take_turns_so_a_busy_one_cannot_starve_the_others():
 
 
 def test_a_file_camera_waits_for_room_instead_of_dropping():
-    producer, outcomes = RecordingProducer(), {}
+    producer, outcomes = RecordingProducer(), Outcomes()
     producer.up = True
-    queue, stop = SendQueue(producer, "t", max_frames=2), threading.Event()
+    queue, stop = SendQueue(producer.as_producer(), "t", max_frames=2), threading.Event()
     sender = threading.Thread(target=queue.run, args=(stop,))
     sender.start()
     camera_stop = threading.Event()
@@ -130,7 +141,7 @@ def test_network_problems_are_named():
     assert diagnose("rtsp://no-such-camera.invalid/stream") == "host name 'no-such-camera.invalid' does not resolve"
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/page":
                 body = b"<html>login</html>"
                 self.send_response(200)
@@ -156,7 +167,7 @@ def test_network_problems_are_named():
 
 
 def test_config_watcher_reloads_edits_and_keeps_the_running_config_on_a_bad_one(tmp_path):
-    raw = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "device:0"}]}]}
+    raw: dict[str, Any] = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "device:0"}]}]}
     path = tmp_path / "store.yaml"
     path.write_text(yaml.safe_dump(raw))
     watcher = StoreConfigWatcher(path, load_store_config(path))
@@ -164,6 +175,7 @@ def test_config_watcher_reloads_edits_and_keeps_the_running_config_on_a_bad_one(
     raw["stores"][0]["cameras"].append({"id": "cam-b", "source": "device:1", "privacy_masks": [[[0, 0], [0.2, 0], [0.2, 0.2]]]})
     path.write_text(yaml.safe_dump(raw))
     changed = watcher.poll(force=True)
+    assert changed is not None, watcher.error
     assert [c.id for c in changed.stores[0].cameras] == ["cam-a", "cam-b"]
     raw["stores"][0]["cameras"][1]["privacy_masks"] = [[[0, 0], [1.5, 0], [0.2, 0.2]]]
     path.write_text(yaml.safe_dump(raw))
@@ -173,14 +185,15 @@ def test_config_watcher_reloads_edits_and_keeps_the_running_config_on_a_bad_one(
 
 
 def test_config_watcher_looks_at_the_file_only_when_due_or_forced(tmp_path):
-    raw = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "device:0"}]}]}
+    raw: dict[str, Any] = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "device:0"}]}]}
     path = tmp_path / "store.yaml"
     path.write_text(yaml.safe_dump(raw))
     watcher = StoreConfigWatcher(path, load_store_config(path), interval_s=60)
     raw["stores"][0]["cameras"][0]["fps"] = 5
     path.write_text(yaml.safe_dump(raw))
     assert watcher.poll() is None  # not due for a minute
-    assert watcher.poll(force=True).stores[0].cameras[0].fps == 5  # SIGHUP, or a camera inference does not know
+    reloaded = watcher.poll(force=True)  # SIGHUP, or a camera inference does not know
+    assert reloaded is not None and reloaded.stores[0].cameras[0].fps == 5
 
 
 def test_rate_meter_counts_events_per_second_over_its_window():
@@ -198,10 +211,10 @@ def test_passwords_are_hidden_even_when_not_percent_encoded():
 
 
 def test_unparseable_urls_and_undecodable_edits_are_config_errors(tmp_path):
-    raw = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "rtsp://admin:se/cret@10.0.0.5/s"}]}]}
+    raw: dict[str, Any] = {"chain": "c", "stores": [{"id": "s", "timezone": "UTC", "cameras": [{"id": "cam-a", "source": "rtsp://admin:se/cret@10.0.0.5/s"}]}]}
     path = tmp_path / "store.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(StoreConfigError, match="stores.0.cameras.0.source.*percent-encoded") as err:
+    with pytest.raises(StoreConfigError, match=r"stores\.0\.cameras\.0\.source.*percent-encoded") as err:
         load_store_config(path)
     assert "cret" not in str(err.value)
     raw["stores"][0]["cameras"][0]["source"] = "device:0"
@@ -222,7 +235,7 @@ def test_config_changes_restart_only_what_ingest_uses_and_numbering_goes_on(tmp_
         return StoreConfig(chain="c", stores=[{"id": "s", "timezone": "UTC", "cameras": list(cameras)}])
 
     zone = {"id": "z", "kind": "aisle", "polygon": [[0, 0], [1, 0], [1, 1]]}
-    service = IngestService(RecordingProducer(), IngestOptions(min_reconnect_backoff_s=5)).start(config({"id": "cam-a", "source": "device:9"}))
+    service = IngestService(RecordingProducer().as_producer(), IngestOptions(min_reconnect_backoff_s=5)).start(config({"id": "cam-a", "source": "device:9"}))
     try:
         assert service.apply(config({"id": "cam-a", "source": "device:9", "zones": [zone]})) == {"added": [], "changed": [], "removed": []}
         assert service.apply(config({"id": "cam-a", "source": "device:9", "fps": 5})) == {"added": [], "changed": ["cam-a"], "removed": []}

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from devplatform.modelserver import ModelEntry, read_model_config
-from modeling.evaluate_anomaly import main as evaluate_anomaly, min_max, roc_auc
+from devplatform.modelserver.server import ModelEntry, read_model_config
+from modeling.evaluate_anomaly import main as evaluate_anomaly
+from modeling.evaluate_anomaly import min_max, roc_auc
 
 
 def test_hog_graph_reproduces_opencv_people_detector():
@@ -20,7 +21,7 @@ def test_hog_graph_reproduces_opencv_people_detector():
     cv2.rectangle(image, (50, 40), (90, 170), (20, 20, 20), -1)
     cv2.circle(image, (70, 30), 12, (200, 200, 200), -1)
     hog = cv2.HOGDescriptor()
-    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+    hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())  # type: ignore[attr-defined]  # in OpenCV, not in its stubs
     locations, weights = hog.detect(image, hitThreshold=-10.0, winStride=(8, 8))
     margins = HogGraph(DetectorConfig()).margins(tf.constant(image[None].astype(np.float32))).numpy()
     assert len(locations) == margins.size  # every window position, same grid

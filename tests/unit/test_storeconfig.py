@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -57,6 +58,7 @@ def test_inference_takes_a_camera_added_to_the_config_without_a_restart(tmp_path
     import cv2
     import numpy as np
 
+    from services.inference.client import PredictionClient
     from services.inference.service import FrameAnalyzer
     from services.shared.contracts.frame_pb2 import Frame
     from services.shared.storeconfig import StoreConfigWatcher
@@ -65,7 +67,8 @@ def test_inference_takes_a_camera_added_to_the_config_without_a_restart(tmp_path
     path = tmp_path / "store.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_store_config(path)
-    analyzer = FrameAnalyzer(config, client=None, watcher=StoreConfigWatcher(path, config))
+    # decode_frame never calls the model server: no client is needed.
+    analyzer = FrameAnalyzer(config, client=cast(PredictionClient, None), watcher=StoreConfigWatcher(path, config))
     raw["stores"][0]["cameras"].append({"id": "cam-new", "source": "rtsp://10.0.0.9/stream"})
     path.write_text(yaml.safe_dump(raw))
     jpeg = cv2.imencode(".jpg", np.zeros((24, 32, 3), np.uint8))[1].tobytes()

@@ -1,3 +1,5 @@
+from typing import cast
+
 import numpy as np
 import pytest
 
@@ -63,10 +65,12 @@ def test_zone_anomaly_is_the_worst_cell_inside_the_polygon(tmp_path):
 
 
 def test_anomaly_input_is_causal_and_restarts_after_a_gap():
+    from services.inference.client import PredictionClient
     from services.inference.service import ANOMALY_HISTORY, FrameAnalyzer
     from services.shared.contracts.frame_pb2 import Frame
 
-    analyzer = FrameAnalyzer(load_store_config(SAMPLE), client=None)
+    # anomaly_input never calls the model server: no client is needed.
+    analyzer = FrameAnalyzer(load_store_config(SAMPLE), client=cast(PredictionClient, None))
     images = [np.full((8, 8, 3), v, np.uint8) for v in range(10, 80, 10)]
 
     def stack(i: int, history: dict, time_ms: int | None = None) -> list[int]:

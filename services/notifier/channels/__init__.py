@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -10,7 +10,7 @@ from services.notifier.channels.base import Channel, DeliveryError, PermanentDel
 from services.notifier.channels.log import LogChannel, LogChannelConfig
 from services.notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
 
-ChannelConfig = Annotated[Union[LogChannelConfig, WebhookChannelConfig], Field(discriminator="type")]
+ChannelConfig = Annotated[LogChannelConfig | WebhookChannelConfig, Field(discriminator="type")]
 
 
 def build_channel(config: LogChannelConfig | WebhookChannelConfig) -> Channel:

@@ -20,11 +20,11 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -124,7 +124,7 @@ def load_version(name: str, version: int, path: Path) -> LoadedModel:
         if not proto.meta_graphs:
             raise ValueError("saved_model.pb holds no MetaGraph")
         loaded = tf.saved_model.load(str(path))
-    except Exception as exc:  # noqa: BLE001 (corrupt files raise anything from DecodeError to tf.errors)
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ValueError(f"model {name} version {version}: cannot load {path}: {type(exc).__name__}: {first}") from None
     signature_defs = {k: v for k, v in proto.meta_graphs[0].signature_def.items() if not k.startswith("__")}
@@ -252,6 +252,12 @@ class ModelRegistry:
             return {name: sorted(self.served.get(name, {}), reverse=True) for name in self.entries}
 
 
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """grpc's `context.abort` ends the call by raising; said here so the type checker knows it."""
+    context.abort(code, message)
+    raise AssertionError("grpc context.abort returned")
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -260,23 +266,23 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, m
         try:
             return self.registry.resolve(spec)
         except LookupError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
 
-    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:  # noqa: N802 (gRPC API)
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         model = self._model(request.model_spec, context)
         signature_name = request.model_spec.signature_name or "serving_default"
         fn = model.signatures.get(signature_name)
         if fn is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature name: \"{signature_name}\" not found in signature def")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature name: \"{signature_name}\" not found in signature def")
         expected = set(model.signature_defs[signature_name].inputs)
         given = set(request.inputs)
         if given != expected:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input names {sorted(given)} do not match the signature's {sorted(expected)}")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"input names {sorted(given)} do not match the signature's {sorted(expected)}")
         try:
             inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
             outputs = fn(**inputs)
         except (tf.errors.InvalidArgumentError, TypeError, ValueError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}".splitlines()[0])
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
@@ -284,11 +290,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, m
         wanted = set(request.output_filter) or set(outputs)
         for key in wanted:
             if key not in outputs:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias {key} not found in signature")
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias {key} not found in signature")
             response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(outputs[key])))
         return response
 
-    def GetModelMetadata(self, request, context):  # noqa: N802 (gRPC API)
+    def GetModelMetadata(self, request, context):
         model = self._model(request.model_spec, context)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = model.name
@@ -299,12 +305,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer, m
         response.metadata["signature_def"].Pack(sig_map)
         return response
 
-    def GetModelStatus(self, request, context):  # noqa: N802 (gRPC API)
+    def GetModelStatus(self, request, context):
         spec = request.model_spec
         try:
             rows = self.registry.status(spec.name, spec.version.value if spec.HasField("version") else None)
         except LookupError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         response = get_model_status_pb2.GetModelStatusResponse()
         for version, state, error in rows:
             status = response.model_version_status.add(version=version, state=state)
@@ -358,11 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(args.poll_seconds):
         try:
             registry.refresh()
-        except Exception:  # noqa: BLE001 (a failed poll must not stop serving what is loaded)
+        except Exception:
             log.exception("model poll failed")
     server.stop(grace=5).wait()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
