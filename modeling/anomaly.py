@@ -175,7 +175,7 @@ def train(clips: list[np.ndarray], config: TrainConfig, description: str = "trai
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
         return loss
 
-    with Progress(f"{description} ({len(index)} windows, {config.epochs} epochs)", steps * config.epochs, "steps") as progress:
+    with Progress(f"{description} ({len(index)} windows, {config.epochs} epoch{'' if config.epochs == 1 else 's'})", steps * config.epochs, "steps") as progress:
         for epoch in range(config.epochs):
             losses = []
             order = rng.permutation(len(index))

@@ -9,10 +9,12 @@ from pathlib import Path
 from modeling.anomaly import TrainConfig
 from services.shared.tensorflow_runtime import load_tensorflow
 
-# The sample store's anomaly model. Its 32 s clip at 10 fps gives ~360 five-frame windows that
-# differ little from their neighbours: 160 of them seen twice predict the clip's frames as well as
-# all of them seen three times did (`make models` figures in the README), at a fifth of the steps.
-SAMPLE_ANOMALY = TrainConfig(epochs=2, max_windows=160)
+# The sample store's anomaly model. Its 32 s synthetic counter clip is simple: a U-Net with a
+# quarter of the default channels, one epoch over every window, predicts the clip's frames better
+# than the default (16 channels, three epochs) did, in a seventh of the training time (mean patch
+# error 0.0006 vs 0.0090, 99th percentile of a frame's worst patch 0.132 vs 0.136; training 9 s vs
+# 62 s on the 2-core VM). Real cameras train with the defaults (`models train-anomaly`).
+SAMPLE_ANOMALY = TrainConfig(epochs=1, base_channels=4)
 # For tests that need an anomaly model only to have one (serving, versions, zone maps).
 QUICK_ANOMALY = TrainConfig(epochs=1, max_windows=32, base_channels=4)
 MODEL_NAMES = ("presence", "detector", "anomaly")
