@@ -30,6 +30,7 @@ _STARTUP_NOISE = re.compile(
     r")$"
 )
 _lock = threading.Lock()
+_ready = False
 
 
 def is_startup_noise(line: str) -> bool:
@@ -37,9 +38,12 @@ def is_startup_noise(line: str) -> bool:
 
 
 def load_tensorflow() -> Any:
-    """TensorFlow, imported and its devices probed with stderr filtered; idempotent (Any: TensorFlow ships no types)."""
+    """TensorFlow, imported and its devices probed with stderr filtered; idempotent (Any: TensorFlow ships no types).
+
+    Also right when something imported TensorFlow earlier: its devices are probed here all the same."""
+    global _ready
     with _lock:
-        if "tensorflow" in sys.modules:
+        if _ready:
             return sys.modules["tensorflow"]
         # Later C++ INFO and WARNING lines obey this once absl is initialised; errors still show.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -51,6 +55,7 @@ def load_tensorflow() -> Any:
                 import tensorflow as tf
 
                 tf.config.list_physical_devices()  # device probing is where cuInit complains
+                _ready = True
             finally:
                 sys.stderr.flush()
                 os.dup2(saved, 2)
