@@ -1,0 +1,126 @@
+"""TF.js graph models convert back to TensorFlow exactly, and a bad model package is refused with the reason."""
+
+import base64
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modeling.packages import PackageError, PackageSource, integrity_of, package_file, unpack
+from modeling.tfjs import TfjsModelError, load_graph_model
+
+
+def _attr_type(dtype: str) -> dict:
+    return {"type": dtype}
+
+
+def _shape(*dims: int) -> dict:
+    return {"dim": [{"size": str(d)} for d in dims]}
+
+
+def write_fused_conv_model(folder: Path, activation: str = "Relu6", quantise: str = "float16") -> tuple[Path, dict[str, np.ndarray]]:
+    """A one-layer TF.js graph model as the TF.js converter writes it: a fused conv + bias + activation,
+    weights in a shard after the JSON, stored quantised."""
+    rng = np.random.default_rng(4)
+    weights = {"conv/filter": rng.normal(0, 0.5, (3, 3, 2, 4)).astype(np.float32), "conv/bias": rng.normal(0, 0.5, 4).astype(np.float32)}
+    nodes = [
+        {"name": "images", "op": "Placeholder", "attr": {"dtype": _attr_type("DT_FLOAT"), "shape": {"shape": _shape(1, 8, 8, 2)}}},
+        {"name": "conv/filter", "op": "Const", "attr": {"dtype": _attr_type("DT_FLOAT"), "value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": _shape(3, 3, 2, 4)}}}},
+        {"name": "conv/bias", "op": "Const", "attr": {"dtype": _attr_type("DT_FLOAT"), "value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": _shape(4)}}}},
+        {"name": "conv", "op": "_FusedConv2D", "input": ["images", "conv/filter", "conv/bias"], "attr": {
+            "T": _attr_type("DT_FLOAT"), "strides": {"list": {"i": ["1", "1", "1", "1"]}}, "padding": {"s": "U0FNRQ=="},  # bytes are base64 in JSON: SAME
+            "data_format": {"s": "TkhXQw=="}, "dilations": {"list": {"i": ["1", "1", "1", "1"]}}, "use_cudnn_on_gpu": {"b": True},
+            "num_args": {"i": "1"}, "epsilon": {"f": 0}, "fused_ops": {"list": {"s": ["Qmlhc0FkZA==", base64.b64encode(activation.encode()).decode()]}},
+        }},
+        {"name": "out", "op": "Identity", "input": ["conv"], "attr": {"T": _attr_type("DT_FLOAT")}},
+    ]
+    manifest_weights, blob = [], b""
+    for name, value in weights.items():
+        entry = {"name": name, "shape": list(value.shape), "dtype": "float32"}
+        if quantise == "float16":
+            entry["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
+            blob += value.astype(np.float16).tobytes()
+        else:
+            lo, hi = float(value.min()), float(value.max())
+            scale = (hi - lo) / 255
+            entry["quantization"] = {"dtype": "uint8", "min": lo, "scale": scale, "original_dtype": "float32"}
+            blob += np.round((value - lo) / scale).astype(np.uint8).tobytes()
+        manifest_weights.append(entry)
+    model = {
+        "format": "graph-model", "generatedBy": "test", "convertedBy": "test",
+        "signature": {"inputs": {"images": {"name": "images:0"}}, "outputs": {"out": {"name": "out:0", "tensorShape": _shape(1, 8, 8, 4)}}},
+        "modelTopology": {"node": nodes, "versions": {"producer": 1}},
+        "weightsManifest": [{"paths": ["model.bin"], "weights": manifest_weights}],
+    }
+    (folder / "model.json").write_text(json.dumps(model))
+    (folder / "model.bin").write_bytes(blob)
+    return folder / "model.json", weights
+
+
+@pytest.mark.parametrize(("activation", "quantise"), [("Relu6", "float16"), ("Relu", "uint8")])
+def test_fused_conv_splits_into_conv_bias_activation_with_the_same_result(tmp_path, activation, quantise):
+    import tensorflow as tf
+
+    model_json, weights = write_fused_conv_model(tmp_path, activation, quantise)
+    model = load_graph_model(model_json)
+    assert {n.op for n in model.graph_def.node} >= {"Conv2D", "BiasAdd", activation} and "_FusedConv2D" not in {n.op for n in model.graph_def.node}
+    assert model.output_shapes == {"out": (1, 8, 8, 4)}
+    images = np.random.default_rng(1).normal(0, 1, (1, 8, 8, 2)).astype(np.float32)
+    [converted] = model.function()(tf.constant(images))
+    reference = tf.nn.conv2d(images, weights["conv/filter"], 1, "SAME") + weights["conv/bias"]
+    reference = tf.nn.relu6(reference) if activation == "Relu6" else tf.nn.relu(reference)
+    tolerance = 2e-2 if quantise == "float16" else 0.1  # the stored weights are rounded
+    np.testing.assert_allclose(converted.numpy(), reference.numpy(), atol=tolerance)
+
+
+def test_truncated_or_missing_weights_are_named(tmp_path):
+    model_json, _ = write_fused_conv_model(tmp_path)
+    blob = (tmp_path / "model.bin").read_bytes()
+    (tmp_path / "model.bin").write_bytes(blob[:-4])  # half of the last weight (4 float16 biases)
+    with pytest.raises(TfjsModelError, match="shards end before weight conv/bias"):
+        load_graph_model(model_json)
+    (tmp_path / "model.bin").unlink()
+    with pytest.raises(TfjsModelError, match=r"weight shard model.bin is missing"):
+        load_graph_model(model_json)
+    with pytest.raises(TfjsModelError, match=r"no such TF.js model file"):
+        load_graph_model(tmp_path / "nothing.json")
+    (tmp_path / "layers.json").write_text(json.dumps({"format": "layers-model"}))
+    with pytest.raises(TfjsModelError, match=r"not a TF.js graph model"):
+        load_graph_model(tmp_path / "layers.json")
+
+
+def test_unsupported_fusion_is_refused_with_the_node_named(tmp_path):
+    model_json, _ = write_fused_conv_model(tmp_path)
+    spec = json.loads(model_json.read_text())
+    spec["modelTopology"]["node"][3]["attr"]["fused_ops"]["list"]["s"] = ["Qmlhc0FkZA==", "UHJlbHU="]  # BiasAdd, Prelu
+    model_json.write_text(json.dumps(spec))
+    with pytest.raises(TfjsModelError, match=r"node conv: _FusedConv2D with fused_ops \['BiasAdd', 'Prelu'\] is not supported"):
+        load_graph_model(model_json)
+
+
+def _tarball(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_package_is_used_only_when_its_hash_matches_the_pin(tmp_path):
+    tarball = _tarball(tmp_path / "pkg.tgz", {"package/models/a.json": b"{}", "package/package.json": b"{}"})
+    source = PackageSource("@example/models", "1.0.0", integrity_of(tarball), "MIT")
+    folder = unpack(tarball, source, tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "example-models-1.0.0" and (folder / "models" / "a.json").read_bytes() == b"{}"
+    assert package_file(folder, "models/a.json", source).is_file()
+    with pytest.raises(PackageError, match=r"models/b.json is missing from the package"):
+        package_file(folder, "models/b.json", source)
+    tampered = _tarball(tmp_path / "evil.tgz", {"package/models/a.json": b"{\"x\": 1}"})
+    with pytest.raises(PackageError, match=r"has integrity sha512-.*pinned sha512-.*refusing to use it"):
+        unpack(tampered, source, tmp_path / "cache")
+    not_a_package = _tarball(tmp_path / "flat.tgz", {"models/a.json": b"{}"})
+    with pytest.raises(PackageError, match="no package/ folder"):
+        unpack(not_a_package, PackageSource("x", "1", integrity_of(not_a_package), "MIT"), tmp_path / "cache")
