@@ -37,9 +37,10 @@ def write_fused_conv_model(folder: Path, activation: str = "Relu6", quantise: st
         }},
         {"name": "out", "op": "Identity", "input": ["conv"], "attr": {"T": _attr_type("DT_FLOAT")}},
     ]
-    manifest_weights, blob = [], b""
+    manifest_weights: list[dict[str, object]] = []
+    blob = b""
     for name, value in weights.items():
-        entry = {"name": name, "shape": list(value.shape), "dtype": "float32"}
+        entry: dict[str, object] = {"name": name, "shape": list(value.shape), "dtype": "float32"}
         if quantise == "float16":
             entry["quantization"] = {"dtype": "float16", "original_dtype": "float32"}
             blob += value.astype(np.float16).tobytes()
