@@ -1,0 +1,150 @@
+"""Multi-object tracking per camera, ByteTrack-style: detections in, stable track ids out.
+
+Rules ask "how long has this person been in the zone", which needs the same id for the same person
+from frame to frame, also when the detector misses them for a moment (a shelf, another shopper, a
+low score). The approach is ByteTrack's (Zhang et al. 2022):
+
+1. every track predicts where its box is now from its own velocity;
+2. confident detections are matched to all tracks by overlap (IoU), best pairs first;
+3. the leftover tracks get a second chance with the low-score detections, which are often the same
+   person half hidden, rather than being dropped;
+4. a confident detection nobody claims starts a tentative track, confirmed after `min_hits` frames;
+5. a track unseen for `max_lost_s` is ended; until then it keeps its id and coasts on its velocity,
+   so a person who walks behind a pillar comes back under the same id.
+
+Pure numpy and no model: unit-tested on synthetic sequences, fed by whatever detector a camera uses.
+Boxes are (x0, y0, x1, y1) in any consistent unit (inference uses 0..1 of the frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: tuple[float, float, float, float]
+    score: float
+    label: int = 1  # COCO id; tracks never switch class
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: np.ndarray  # x0, y0, x1, y1 as last corrected
+    label: int
+    score: float
+    first_seen_ms: int
+    last_seen_ms: int
+    hits: int = 1
+    confirmed: bool = False
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box units per second
+
+    def predicted(self, t_ms: int) -> np.ndarray:
+        dt = max(0.0, (t_ms - self.last_seen_ms) / 1000)
+        return self.box + self.velocity * dt
+
+
+@dataclass
+class TrackerConfig:
+    high_score: float = 0.5  # detections that may start or extend a track in the first pass
+    low_score: float = 0.1  # below this a detection is ignored; between the two: second pass only
+    match_iou: float = 0.3  # first pass
+    low_match_iou: float = 0.5  # second pass: a low-score box must overlap well to be trusted
+    min_hits: int = 2  # frames before a new track is reported
+    max_lost_s: float = 2.0  # a track not seen this long is ended
+    velocity_smoothing: float = 0.5  # weight of the newest velocity estimate
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a [N, 4] and b [M, 4] (x0, y0, x1, y1)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """(row, column) pairs, highest IoU first, each row and column used once, IoU at least `threshold`."""
+    pairs: list[tuple[int, int]] = []
+    if iou.size == 0:
+        return pairs
+    rows, cols = np.nonzero(iou >= threshold)
+    used_rows: set[int] = set()
+    used_cols: set[int] = set()
+    for k in np.argsort(-iou[rows, cols], kind="stable"):
+        r, c = int(rows[k]), int(cols[k])
+        if r not in used_rows and c not in used_cols:
+            pairs.append((r, c))
+            used_rows.add(r)
+            used_cols.add(c)
+    return pairs
+
+
+class Tracker:
+    """One camera's tracks. `update()` takes one frame's detections and returns the confirmed tracks seen in it."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def _correct(self, track: Track, detection: Detection, t_ms: int) -> None:
+        box = np.asarray(detection.box, float)
+        dt = (t_ms - track.last_seen_ms) / 1000
+        if dt > 0:
+            alpha = self.config.velocity_smoothing
+            track.velocity = alpha * (box - track.box) / dt + (1 - alpha) * track.velocity
+        track.box, track.score, track.last_seen_ms = box, detection.score, t_ms
+        track.hits += 1
+        track.confirmed = track.confirmed or track.hits >= self.config.min_hits
+
+    def update(self, detections: list[Detection], t_ms: int) -> list[Track]:
+        cfg = self.config
+        kept = [d for d in detections if d.score >= cfg.low_score]
+        high = [d for d in kept if d.score >= cfg.high_score]
+        low = [d for d in kept if d.score < cfg.high_score]
+        predicted = np.array([t.predicted(t_ms) for t in self.tracks]).reshape(-1, 4)
+
+        def boxes(items: list[Detection]) -> np.ndarray:
+            return np.array([d.box for d in items], float).reshape(-1, 4)
+
+        def same_label(track_rows: list[int], items: list[Detection]) -> np.ndarray:
+            return np.array([[self.tracks[r].label == d.label for d in items] for r in track_rows], bool).reshape(len(track_rows), len(items))
+
+        all_rows = list(range(len(self.tracks)))
+        iou = iou_matrix(predicted, boxes(high)) * same_label(all_rows, high)
+        matched_rows: set[int] = set()
+        matched_high: set[int] = set()
+        for r, c in greedy_match(iou, cfg.match_iou):
+            self._correct(self.tracks[r], high[c], t_ms)
+            matched_rows.add(r)
+            matched_high.add(c)
+        # Second chance: tracks seen in the previous frames, against the low-score boxes.
+        rest = [r for r in all_rows if r not in matched_rows]
+        if rest and low:
+            iou_low = iou_matrix(predicted[rest], boxes(low)) * same_label(rest, low)
+            for i, c in greedy_match(iou_low, cfg.low_match_iou):
+                self._correct(self.tracks[rest[i]], low[c], t_ms)
+                matched_rows.add(rest[i])
+        for c, detection in enumerate(high):
+            if c not in matched_high:
+                self.tracks.append(Track(self._next_id, np.asarray(detection.box, float), detection.label, detection.score, t_ms, t_ms,
+                                         confirmed=cfg.min_hits <= 1))
+                self._next_id += 1
+        # End tracks that have been lost too long, and tentative ones that were not seen again.
+        self.tracks = [t for t in self.tracks if t.last_seen_ms == t_ms or (t.confirmed and t_ms - t.last_seen_ms <= cfg.max_lost_s * 1000)]
+        return [t for t in self.tracks if t.confirmed and t.last_seen_ms == t_ms]
+
+    def reset(self) -> None:
+        """Forget every track (a camera replayed, or a long gap in its frames); ids keep counting up."""
+        self.tracks = []
