@@ -11,7 +11,7 @@ import time
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from services.shared.kafka import RetryableError
 
@@ -38,6 +38,18 @@ class PredictionClient:
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
+    def _error(self, model: str, exc: grpc.RpcError) -> Exception:
+        """Retryable for an outage or a model still loading (within the grace period), permanent otherwise."""
+        code = exc.code()
+        message = f"model server {self.address}: {code.name} {exc.details()}"
+        if code in TRANSIENT:
+            return RetryableError(message)
+        if code == grpc.StatusCode.NOT_FOUND:
+            since = self._missing_since.setdefault(model, time.monotonic())
+            if time.monotonic() - since < self.model_missing_grace_s:
+                return RetryableError(message + " (model may still be loading)")
+        return ModelServerError(message)
+
     def predict(
         self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", version: int | None = None
     ) -> tuple[dict[str, np.ndarray], int]:
@@ -52,18 +64,28 @@ class PredictionClient:
         try:
             response = self._stub.Predict(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            code = exc.code()
-            message = f"model server {self.address}: {code.name} {exc.details()}"
-            if code in TRANSIENT:
-                raise RetryableError(message) from None
-            if code == grpc.StatusCode.NOT_FOUND:
-                since = self._missing_since.setdefault(model, time.monotonic())
-                if time.monotonic() - since < self.model_missing_grace_s:
-                    raise RetryableError(message + " (model may still be loading)") from None
-            raise ModelServerError(message) from None
+            raise self._error(model, exc) from None
         self._missing_since.pop(model, None)
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         return outputs, response.model_spec.version.value
+
+    def input_shapes(self, model: str, signature: str = "serving_default") -> tuple[dict[str, list[int]], int]:
+        """The signature's input shapes (-1: any) from GetModelMetadata, and the version that answered,
+        so a stage can size its inputs from the served model instead of from training code."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model
+        try:
+            response = self._stub.GetModelMetadata(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(model, exc) from None
+        self._missing_since.pop(model, None)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        if signature not in signatures.signature_def:
+            raise ModelServerError(f"model {model} has no signature {signature!r}")
+        inputs = signatures.signature_def[signature].inputs
+        shapes = {name: [int(d.size) for d in info.tensor_shape.dim] for name, info in inputs.items()}
+        return shapes, response.model_spec.version.value
 
     def close(self) -> None:
         self._channel.close()

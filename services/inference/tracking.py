@@ -145,6 +145,10 @@ class Tracker:
         self.tracks = [t for t in self.tracks if t.last_seen_ms == t_ms or (t.confirmed and t_ms - t.last_seen_ms <= cfg.max_lost_s * 1000)]
         return [t for t in self.tracks if t.confirmed and t.last_seen_ms == t_ms]
 
+    def coast(self, t_ms: int) -> list[tuple[Track, np.ndarray]]:
+        """Confirmed tracks and where their motion puts them at `t_ms`, for frames the detector skips."""
+        return [(t, t.predicted(t_ms)) for t in self.tracks if t.confirmed and t_ms - t.last_seen_ms <= self.config.max_lost_s * 1000]
+
     def reset(self) -> None:
         """Forget every track (a camera replayed, or a long gap in its frames); ids keep counting up."""
         self.tracks = []

@@ -57,3 +57,20 @@ def zone_occupancy(foreground: np.ndarray, masks: list[ZoneMask]) -> list[tuple[
 def zone_maxima(score_map: np.ndarray, masks: list[ZoneMask]) -> list[tuple[Zone, float]]:
     """(zone, worst cell) for one frame's anomaly map: a zone is as anomalous as its worst patch."""
     return [(zm.zone, float(score_map[zm.mask].max()) if zm.mask.any() else 0.0) for zm in masks]
+
+
+def anchor_point(box: tuple[float, float, float, float], anchor: str) -> tuple[float, float]:
+    """The point of a box (x0, y0, x1, y1, 0..1) that says where a person stands: the feet by default,
+    the centre for cameras that look straight down."""
+    x0, y0, x1, y1 = box
+    return ((x0 + x1) / 2, y1 if anchor == "foot" else (y0 + y1) / 2)
+
+
+def zones_at(point: tuple[float, float], zones: list[Zone]) -> list[Zone]:
+    """The zones whose polygon holds `point` (normalised coordinates; the edge counts as inside)."""
+    inside = []
+    for zone in zones:
+        contour = np.array(zone.polygon, np.float32).reshape(-1, 1, 2)
+        if cv2.pointPolygonTest(contour, (float(point[0]), float(point[1])), False) >= 0:
+            inside.append(zone)
+    return inside

@@ -24,10 +24,6 @@ from services.shared.storeconfig import Camera, StoreConfig
 log = logging.getLogger(__name__)
 
 
-# Camera fields only inference reads: editing them must not reconnect the camera.
-NOT_INGEST_FIELDS = {"zones", "presence_model", "anomaly_model", "detector_model", "detector_min_score"}
-
-
 @dataclass
 class _Running:
     worker: CameraWorker
@@ -54,8 +50,9 @@ class IngestService:
 
     @staticmethod
     def _capture_settings(store_id: str, camera: Camera, source: str) -> tuple:
-        """What ingest does with a camera; zones and model names (inference's business) are left out."""
-        return store_id, source, camera.model_dump(exclude=NOT_INGEST_FIELDS)
+        """What ingest does with a camera; the fields only inference reads (zones, stages) are left out,
+        so editing them never reconnects the camera."""
+        return store_id, source, camera.model_dump(exclude=Camera.inference_fields())
 
     def _wanted(self, config: StoreConfig) -> dict[str, tuple[str, Camera, str]]:
         return {

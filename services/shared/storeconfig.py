@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,13 +18,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.config import JsonDict
+
+from services.shared.coco import coco_names
 
 ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exit", "staff_only", "aisle"]
 log = logging.getLogger(__name__)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-def _duplicates(ids: list[str]) -> list[str]:
+def _duplicates(ids: Sequence[str]) -> list[str]:
     return sorted({i for i in ids if ids.count(i) > 1})
 
 
@@ -62,6 +66,77 @@ class MotionGate(_Strict):
     hold_s: float = Field(1.0, ge=0, le=60)
 
 
+class PresenceStage(_Strict):
+    """Background difference against the empty scene: a cheap cue, no identities (needs an empty-scene clip)."""
+
+    kind: Literal["presence"]
+    model: str = "presence"
+
+
+class AnomalyStage(_Strict):
+    """The camera's own anomaly model (trained on its normal footage): a score per frame and per zone."""
+
+    kind: Literal["anomaly"]
+    model: str
+
+
+class TileGrid(_Strict):
+    """Overlapping tiles at the detector's own input size, so far and small people are found."""
+
+    rows: int = Field(2, ge=1, le=4)
+    cols: int = Field(2, ge=1, le=4)
+    # Fraction of a tile shared with its neighbour, so a person on a seam is whole in one tile.
+    overlap: float = Field(0.2, ge=0, lt=0.5)
+    # Also run on the whole frame, for people too large for one tile.
+    whole_frame: bool = True
+
+
+# COCO classes that matter at a counter or a shelf; other detections are dropped.
+DEFAULT_OBJECTS = ["backpack", "handbag", "suitcase", "umbrella", "bottle", "wine_glass", "cup", "cell_phone", "book", "laptop",
+                   "scissors", "remote", "keyboard", "mouse", "teddy_bear", "clock", "vase", "sports_ball", "knife"]
+
+
+class DetectorStage(_Strict):
+    """Persons and objects with the TF Object Detection API signature, tracked between frames."""
+
+    kind: Literal["detector"]
+    model: str = "detector"
+    # Persons and objects below this score are not reported; the tracker also uses down to a quarter of it.
+    min_score: float = Field(0.4, gt=0, le=1)
+    # Run the detector at most this often per second (None: every frame); the tracker carries people between.
+    detect_fps: float | None = Field(None, gt=0, le=60)
+    tiles: TileGrid | None = None
+    # Which point of a box decides the zone: the feet (cameras at an angle) or the centre (cameras overhead).
+    anchor: Literal["foot", "center"] = "foot"
+    objects: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTS))
+
+    @field_validator("objects")
+    @classmethod
+    def _coco_names(cls, names: list[str]) -> list[str]:
+        known = set(coco_names().values())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown COCO class(es) {unknown}; names are like {sorted(known)[:6]}...")
+        return names
+    # A person unseen this long is a new person when seen again.
+    track_max_lost_s: float = Field(2.0, gt=0, le=60)
+
+
+class PoseStage(_Strict):
+    """Keypoints per tracked person (needs a detector stage): hands to waist or bag, crouching."""
+
+    kind: Literal["pose"]
+    model: str = "pose"
+    # Persons shorter than this (pixels of the sent frame) are too small for keypoints.
+    min_person_px: int = Field(48, ge=16)
+
+
+Stage = Annotated[PresenceStage | AnomalyStage | DetectorStage | PoseStage, Field(discriminator="kind")]
+# Marks the camera fields only inference reads (ingest neither reconnects nor restarts for them).
+_FOR_INFERENCE: JsonDict = {"read_by": "inference"}
+_OLD_MODEL_FIELDS = ("presence_model", "anomaly_model", "detector_model", "detector_min_score")
+
+
 class Camera(_Strict):
     id: str = Field(pattern=_ID)
     # file:PATH (relative to the config file), rtsp://, http(s):// or device:N.
@@ -80,13 +155,17 @@ class Camera(_Strict):
     # Pixelate frontal faces (OpenCV's Haar cascade, shipped in the opencv-python wheel). Best effort:
     # a turned or small face can be missed; privacy_masks are the guarantee.
     blur_faces: bool = False
-    presence_model: str = "presence"
-    # The anomaly model trained on this camera's normal footage (models.config name); none: no anomaly scores.
-    anomaly_model: str | None = None
-    # A person detector with the TF Object Detection API signature; its boxes go in FrameAnalysis.objects.
-    detector_model: str | None = None
-    detector_min_score: float = Field(0.5, ge=0, le=1)
-    zones: list[Zone] = []
+    # The models inference runs on this camera's frames (each names its models.config model), at most one of each kind.
+    stages: list[Stage] = Field([], json_schema_extra=_FOR_INFERENCE)
+    zones: list[Zone] = Field([], json_schema_extra=_FOR_INFERENCE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_model_fields(cls, raw: object) -> object:
+        if isinstance(raw, dict) and any(key in raw for key in _OLD_MODEL_FIELDS):
+            old = [key for key in _OLD_MODEL_FIELDS if key in raw]
+            raise ValueError(f"{', '.join(old)} were replaced by `stages`, e.g. stages: [{{kind: detector, model: detector}}, {{kind: anomaly, model: anomaly}}]")
+        return raw
 
     @field_validator("source")
     @classmethod
@@ -110,7 +189,20 @@ class Camera(_Strict):
         dupes = _duplicates([z.id for z in self.zones])
         if dupes:
             raise ValueError(f"duplicate zone id(s) {dupes}")
+        kinds = [s.kind for s in self.stages]
+        if _duplicates(kinds):
+            raise ValueError(f"more than one {_duplicates(kinds)[0]} stage: a camera runs each kind of stage at most once")
+        if "pose" in kinds and "detector" not in kinds:
+            raise ValueError("a pose stage needs a detector stage (keypoints are found on tracked persons)")
         return self
+
+    @classmethod
+    def inference_fields(cls) -> set[str]:
+        """The fields only inference reads, from the model's own declarations."""
+        return {name for name, info in cls.model_fields.items() if info.json_schema_extra == _FOR_INFERENCE}
+
+    def stage(self, kind: str) -> PresenceStage | AnomalyStage | DetectorStage | PoseStage | None:
+        return next((s for s in self.stages if s.kind == kind), None)
 
     def zone(self, zone_id: str) -> Zone:
         return next(z for z in self.zones if z.id == zone_id)

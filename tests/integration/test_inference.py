@@ -81,27 +81,32 @@ def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sam
 
 
 def test_person_boxes_from_the_detector_reach_frame_analysis(broker, model_server, start_service, sample_assets, tmp_path):
-    """A camera with a detector gets the people it finds as objects, boxes normalised to the frame."""
+    """A camera with a detector stage gets the people it finds as tracked persons, boxes normalised to the frame, placed in zones."""
     ped2 = DEFAULT_DATA / "testing" / "frames" / "06" / "120.jpg"
     if not ped2.exists():
         pytest.skip(f"UCSD Ped2 is not at {DEFAULT_DATA}")
     raw = yaml.safe_load(sample_assets["store_config"].read_text())
     camera = raw["stores"][0]["cameras"][0]
-    camera.update(detector_model="detector", detector_min_score=0.5)
+    camera["stages"] = [*camera["stages"], {"kind": "detector", "model": "detector", "min_score": 0.5}]
+    camera["zones"].append({"id": "whole-view", "kind": "aisle", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]})
     config = tmp_path / "store.yaml"
     config.write_text(yaml.safe_dump(raw))
     start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server, "SW_STORE_CONFIG": str(config)})
     image = cv2.imread(str(ped2))
     assert image is not None, f"{ped2} does not decode"
-    frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=1_800_000_000_000, sequence=0,
-                  jpeg=cv2.imencode(".jpg", image)[1].tobytes(), width=image.shape[1], height=image.shape[0])
     producer = make_producer(broker)
-    producer.produce(topics.FRAMES, key="cam-counter-1", value=frame.SerializeToString())
+    for seq in range(2):  # a track is reported once it was seen twice
+        frame = Frame(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=1_800_000_000_000 + 100 * seq, sequence=seq,
+                      jpeg=cv2.imencode(".jpg", image)[1].tobytes(), width=image.shape[1], height=image.shape[0])
+        producer.produce(topics.FRAMES, key="cam-counter-1", value=frame.SerializeToString())
     producer.flush(10)
-    [message] = consume_all(broker, topics.DETECTIONS, expect=1, timeout=60)
-    analysis = FrameAnalysis.FromString(message.value())
-    assert [m.name for m in analysis.models] == ["presence", "anomaly", "detector"]
-    assert analysis.objects and all(o.label == "person" and o.score >= 0.5 for o in analysis.objects)
+    messages = consume_all(broker, topics.DETECTIONS, expect=2, timeout=60)
+    first, analysis = sorted((FrameAnalysis.FromString(m.value()) for m in messages), key=lambda a: a.frame_sequence)
+    assert [m.name for m in analysis.models] == ["presence", "detector", "anomaly"]
+    assert not first.persons and analysis.persons and all(p.score >= 0.5 and p.detected and p.track_id >= 1 for p in analysis.persons)
+    whole = next(z for z in analysis.zones if z.zone_id == "whole-view")
+    assert whole.person_present and whole.person_count == len(analysis.persons) and sorted(whole.track_ids) == sorted(p.track_id for p in analysis.persons)
+    assert whole.max_dwell_ms == 100  # entered with the first frame, 100 ms earlier
     labelled = next(e for e in json.loads(LABELS.read_text())["frames"] if e.get("path") == "testing/frames/06/120.jpg")["persons"]
     height, width = image.shape[:2]
 
@@ -109,4 +114,4 @@ def test_person_boxes_from_the_detector_reach_frame_analysis(broker, model_serve
         cx, cy = (box.xmin + box.xmax) / 2 * width, (box.ymin + box.ymax) / 2 * height
         return any(x0 <= cx <= x1 and y0 <= cy <= y1 for x0, y0, x1, y1 in labelled)
 
-    assert any(on_a_person(o.box) for o in analysis.objects)  # at least one box sits on a hand-labelled person
+    assert any(on_a_person(p.box) for p in analysis.persons)  # at least one box sits on a hand-labelled person

@@ -1,4 +1,3 @@
-from typing import cast
 
 import numpy as np
 import pytest
@@ -65,23 +64,33 @@ def test_zone_anomaly_is_the_worst_cell_inside_the_polygon(tmp_path):
 
 
 def test_anomaly_input_is_causal_and_restarts_after_a_gap():
-    from services.inference.client import PredictionClient
-    from services.inference.service import ANOMALY_HISTORY, FrameAnalyzer
+    from services.inference.stages import BatchContext, CameraState, FrameWork
+    from services.inference.stages.anomaly import AnomalyPlugin, history_length
     from services.shared.contracts.frame_pb2 import Frame
+    from services.shared.storeconfig import AnomalyStage
 
-    # anomaly_input never calls the model server: no client is needed.
-    analyzer = FrameAnalyzer(load_store_config(SAMPLE), client=cast(PredictionClient, None))
+    camera = load_store_config(SAMPLE).stores[0].cameras[0]
+    plugin = AnomalyPlugin(AnomalyStage(kind="anomaly", model="anomaly"))
+    history = history_length({"frames": [-1, 5, -1, -1, -1]}, "anomaly")  # from the served model's signature
+    assert history == 4
+    with pytest.raises(ValueError, match=r"input `frames` should be"):
+        history_length({"images": [-1, -1, -1, 3]}, "anomaly")
+    committed: dict[str, CameraState] = {}
     images = [np.full((8, 8, 3), v, np.uint8) for v in range(10, 80, 10)]
 
-    def stack(i: int, history: dict, time_ms: int | None = None) -> list[int]:
-        frame = Frame(camera_id="cam", capture_time_ms=1000 + 100 * i if time_ms is None else time_ms)
-        return [int(f[0, 0, 0]) for f in analyzer.anomaly_input(frame, images[i], history)]
+    def context() -> BatchContext:  # a new batch: working copies of the committed state
+        return BatchContext(predict=None, input_shapes=None, masks_for=None, committed=committed)  # type: ignore[arg-type]
 
-    kept: dict = {}
-    assert analyzer.anomaly_input(Frame(camera_id="cam", capture_time_ms=1000), images[0], kept).shape == (ANOMALY_HISTORY + 1, 8, 8, 1)
-    assert [stack(i, kept) for i in range(1, 5)][-1] == [10, 20, 30, 40, 50]
-    analyzer._history.update(kept)  # what handle() does once a batch succeeded
+    def stack(i: int, ctx: BatchContext, time_ms: int | None = None) -> list[int]:
+        frame = Frame(camera_id="cam", capture_time_ms=1000 + 100 * i if time_ms is None else time_ms)
+        item = FrameWork(None, frame, camera, images[i], None)  # type: ignore[arg-type]
+        return [int(f[0, 0, 0]) for f in plugin.stack(item, ctx, history)]
+
+    ctx = context()
+    assert stack(0, ctx) == [10] * 5
+    assert [stack(i, ctx) for i in range(1, 5)][-1] == [10, 20, 30, 40, 50]
+    committed.update(ctx.working)  # what handle() does once a batch succeeded
     # A batch that failed (model server down) and is retried sees the same past both times.
-    assert stack(5, {}) == stack(5, {}) == [20, 30, 40, 50, 60]
-    assert stack(6, {}, time_ms=60_000) == [70] * 5  # after a 59 s gap: no stale past
-    assert stack(6, {}, time_ms=500) == [70] * 5  # older than the history (a replay): start afresh
+    assert stack(5, context()) == stack(5, context()) == [20, 30, 40, 50, 60]
+    assert stack(6, context(), time_ms=60_000) == [70] * 5  # after a 59 s gap: no stale past
+    assert stack(6, context(), time_ms=500) == [70] * 5  # older than the history (a replay): start afresh

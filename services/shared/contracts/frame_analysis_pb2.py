@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shrinkwatch/v1/frame_analysis.proto\x12\x0eshrinkwatch.v1\"E\n\x0b\x42oundingBox\x12\x0c\n\x04ymin\x18\x01 \x01(\x02\x12\x0c\n\x04xmin\x18\x02 \x01(\x02\x12\x0c\n\x04ymax\x18\x03 \x01(\x02\x12\x0c\n\x04xmax\x18\x04 \x01(\x02\"X\n\x0e\x44\x65tectedObject\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x1b.shrinkwatch.v1.BoundingBox\"w\n\x0fZoneObservation\x12\x0f\n\x07zone_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\ranomaly_score\x18\x03 \x01(\x02\x12\x16\n\x0eperson_present\x18\x04 \x01(\x08\x12\x16\n\x0epresence_score\x18\x05 \x01(\x02\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x87\x02\n\rFrameAnalysis\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rame_sequence\x18\x04 \x01(\x04\x12\x15\n\ranomaly_score\x18\x05 \x01(\x02\x12/\n\x07objects\x18\x06 \x03(\x0b\x32\x1e.shrinkwatch.v1.DetectedObject\x12.\n\x05zones\x18\x07 \x03(\x0b\x32\x1f.shrinkwatch.v1.ZoneObservation\x12(\n\x06models\x18\x08 \x03(\x0b\x32\x18.shrinkwatch.v1.ModelRefb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#shrinkwatch/v1/frame_analysis.proto\x12\x0eshrinkwatch.v1\"E\n\x0b\x42oundingBox\x12\x0c\n\x04ymin\x18\x01 \x01(\x02\x12\x0c\n\x04xmin\x18\x02 \x01(\x02\x12\x0c\n\x04ymax\x18\x03 \x01(\x02\x12\x0c\n\x04xmax\x18\x04 \x01(\x02\"0\n\tZoneVisit\x12\x0f\n\x07zone_id\x18\x01 \x01(\t\x12\x12\n\nentered_ms\x18\x02 \x01(\x03\"=\n\x08Keypoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x02\x12\t\n\x01y\x18\x03 \x01(\x02\x12\r\n\x05score\x18\x04 \x01(\x02\"\xbd\x01\n\x0e\x44\x65tectedObject\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12(\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x1b.shrinkwatch.v1.BoundingBox\x12\x10\n\x08\x63lass_id\x18\x04 \x01(\x05\x12\x10\n\x08track_id\x18\x05 \x01(\x04\x12\x15\n\rfirst_seen_ms\x18\x06 \x01(\x03\x12(\n\x05zones\x18\x07 \x03(\x0b\x32\x19.shrinkwatch.v1.ZoneVisit\"\xde\x01\n\x11PersonObservation\x12\x10\n\x08track_id\x18\x01 \x01(\x04\x12(\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x1b.shrinkwatch.v1.BoundingBox\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x15\n\rfirst_seen_ms\x18\x04 \x01(\x03\x12(\n\x05zones\x18\x05 \x03(\x0b\x32\x19.shrinkwatch.v1.ZoneVisit\x12+\n\tkeypoints\x18\x06 \x03(\x0b\x32\x18.shrinkwatch.v1.Keypoint\x12\x10\n\x08\x64\x65tected\x18\x07 \x01(\x08\"\xcc\x01\n\x0fZoneObservation\x12\x0f\n\x07zone_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x15\n\ranomaly_score\x18\x03 \x01(\x02\x12\x16\n\x0eperson_present\x18\x04 \x01(\x08\x12\x16\n\x0epresence_score\x18\x05 \x01(\x02\x12\x14\n\x0cperson_count\x18\x06 \x01(\r\x12\x11\n\ttrack_ids\x18\x07 \x03(\x04\x12\x14\n\x0cmax_dwell_ms\x18\x08 \x01(\x03\x12\x14\n\x0cobject_count\x18\t \x01(\r\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xbb\x02\n\rFrameAnalysis\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x16\n\x0e\x66rame_sequence\x18\x04 \x01(\x04\x12\x15\n\ranomaly_score\x18\x05 \x01(\x02\x12/\n\x07objects\x18\x06 \x03(\x0b\x32\x1e.shrinkwatch.v1.DetectedObject\x12.\n\x05zones\x18\x07 \x03(\x0b\x32\x1f.shrinkwatch.v1.ZoneObservation\x12(\n\x06models\x18\x08 \x03(\x0b\x32\x18.shrinkwatch.v1.ModelRef\x12\x32\n\x07persons\x18\t \x03(\x0b\x32!.shrinkwatch.v1.PersonObservationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BOUNDINGBOX']._serialized_start=55
   _globals['_BOUNDINGBOX']._serialized_end=124
-  _globals['_DETECTEDOBJECT']._serialized_start=126
-  _globals['_DETECTEDOBJECT']._serialized_end=214
-  _globals['_ZONEOBSERVATION']._serialized_start=216
-  _globals['_ZONEOBSERVATION']._serialized_end=335
-  _globals['_MODELREF']._serialized_start=337
-  _globals['_MODELREF']._serialized_end=378
-  _globals['_FRAMEANALYSIS']._serialized_start=381
-  _globals['_FRAMEANALYSIS']._serialized_end=644
+  _globals['_ZONEVISIT']._serialized_start=126
+  _globals['_ZONEVISIT']._serialized_end=174
+  _globals['_KEYPOINT']._serialized_start=176
+  _globals['_KEYPOINT']._serialized_end=237
+  _globals['_DETECTEDOBJECT']._serialized_start=240
+  _globals['_DETECTEDOBJECT']._serialized_end=429
+  _globals['_PERSONOBSERVATION']._serialized_start=432
+  _globals['_PERSONOBSERVATION']._serialized_end=654
+  _globals['_ZONEOBSERVATION']._serialized_start=657
+  _globals['_ZONEOBSERVATION']._serialized_end=861
+  _globals['_MODELREF']._serialized_start=863
+  _globals['_MODELREF']._serialized_end=904
+  _globals['_FRAMEANALYSIS']._serialized_start=907
+  _globals['_FRAMEANALYSIS']._serialized_end=1222
 # @@protoc_insertion_point(module_scope)

@@ -19,29 +19,83 @@ class BoundingBox(_message.Message):
     xmax: float
     def __init__(self, ymin: _Optional[float] = ..., xmin: _Optional[float] = ..., ymax: _Optional[float] = ..., xmax: _Optional[float] = ...) -> None: ...
 
+class ZoneVisit(_message.Message):
+    __slots__ = ("zone_id", "entered_ms")
+    ZONE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_MS_FIELD_NUMBER: _ClassVar[int]
+    zone_id: str
+    entered_ms: int
+    def __init__(self, zone_id: _Optional[str] = ..., entered_ms: _Optional[int] = ...) -> None: ...
+
+class Keypoint(_message.Message):
+    __slots__ = ("name", "x", "y", "score")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    x: float
+    y: float
+    score: float
+    def __init__(self, name: _Optional[str] = ..., x: _Optional[float] = ..., y: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
+
 class DetectedObject(_message.Message):
-    __slots__ = ("label", "score", "box")
+    __slots__ = ("label", "score", "box", "class_id", "track_id", "first_seen_ms", "zones")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
     label: str
     score: float
     box: BoundingBox
-    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ...) -> None: ...
+    class_id: int
+    track_id: int
+    first_seen_ms: int
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneVisit]
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ..., class_id: _Optional[int] = ..., track_id: _Optional[int] = ..., first_seen_ms: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[ZoneVisit, _Mapping]]] = ...) -> None: ...
+
+class PersonObservation(_message.Message):
+    __slots__ = ("track_id", "box", "score", "first_seen_ms", "zones", "keypoints", "detected")
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_FIELD_NUMBER: _ClassVar[int]
+    track_id: int
+    box: BoundingBox
+    score: float
+    first_seen_ms: int
+    zones: _containers.RepeatedCompositeFieldContainer[ZoneVisit]
+    keypoints: _containers.RepeatedCompositeFieldContainer[Keypoint]
+    detected: bool
+    def __init__(self, track_id: _Optional[int] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ..., score: _Optional[float] = ..., first_seen_ms: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[ZoneVisit, _Mapping]]] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ..., detected: _Optional[bool] = ...) -> None: ...
 
 class ZoneObservation(_message.Message):
-    __slots__ = ("zone_id", "kind", "anomaly_score", "person_present", "presence_score")
+    __slots__ = ("zone_id", "kind", "anomaly_score", "person_present", "presence_score", "person_count", "track_ids", "max_dwell_ms", "object_count")
     ZONE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
     PERSON_PRESENT_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TRACK_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DWELL_MS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     zone_id: str
     kind: str
     anomaly_score: float
     person_present: bool
     presence_score: float
-    def __init__(self, zone_id: _Optional[str] = ..., kind: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., person_present: _Optional[bool] = ..., presence_score: _Optional[float] = ...) -> None: ...
+    person_count: int
+    track_ids: _containers.RepeatedScalarFieldContainer[int]
+    max_dwell_ms: int
+    object_count: int
+    def __init__(self, zone_id: _Optional[str] = ..., kind: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., person_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., person_count: _Optional[int] = ..., track_ids: _Optional[_Iterable[int]] = ..., max_dwell_ms: _Optional[int] = ..., object_count: _Optional[int] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")
@@ -52,7 +106,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FrameAnalysis(_message.Message):
-    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models")
+    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models", "persons")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +115,7 @@ class FrameAnalysis(_message.Message):
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     camera_id: str
     capture_time_ms: int
@@ -69,4 +124,5 @@ class FrameAnalysis(_message.Message):
     objects: _containers.RepeatedCompositeFieldContainer[DetectedObject]
     zones: _containers.RepeatedCompositeFieldContainer[ZoneObservation]
     models: _containers.RepeatedCompositeFieldContainer[ModelRef]
-    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ...) -> None: ...
+    persons: _containers.RepeatedCompositeFieldContainer[PersonObservation]
+    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[PersonObservation, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,31 @@
+"""Inference stage plugins, one file per kind; a camera's `stages` in the store config say which run.
+
+`plugins_for(camera)` builds the camera's plugins in the order their inputs need: presence, then the
+detector (tracks and zones), pose (on the detector's persons), anomaly.
+"""
+
+from __future__ import annotations
+
+from services.inference.stages.anomaly import AnomalyPlugin
+from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin
+from services.inference.stages.detector import DetectorPlugin
+from services.inference.stages.pose import PosePlugin
+from services.inference.stages.presence import PresencePlugin
+from services.shared.storeconfig import AnomalyStage, Camera, DetectorStage, PoseStage, PresenceStage
+
+
+def build_plugin(stage: PresenceStage | AnomalyStage | DetectorStage | PoseStage) -> StagePlugin:
+    if isinstance(stage, PresenceStage):
+        return PresencePlugin(stage)
+    if isinstance(stage, DetectorStage):
+        return DetectorPlugin(stage)
+    if isinstance(stage, PoseStage):
+        return PosePlugin(stage)
+    return AnomalyPlugin(stage)
+
+
+def plugins_for(camera: Camera) -> list[StagePlugin]:
+    return sorted((build_plugin(stage) for stage in camera.stages), key=lambda plugin: plugin.ORDER)
+
+
+__all__ = ["BatchContext", "CameraState", "FrameWork", "StagePlugin", "build_plugin", "plugins_for"]

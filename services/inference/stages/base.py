@@ -1,0 +1,84 @@
+"""What every inference stage plugin gets: the batch's frames, model calls, and per-camera state.
+
+A stage plugin (one file per kind: presence, detector, pose, anomaly) turns one batch of frames of
+cameras that share its settings into fields of their FrameAnalysis. State that carries from frame
+to frame (the anomaly model's history, the tracker) lives in `CameraState`; a batch works on copies
+that the analyzer keeps only once every stage of the batch succeeded, so a batch retried after a
+model-server outage sees the same past again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from confluent_kafka import Message
+
+from services.inference.tracking import Tracker
+from services.inference.zones import ZoneMask
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+from services.shared.contracts.frame_pb2 import Frame
+from services.shared.storeconfig import Camera
+
+
+@dataclass
+class CameraState:
+    """What a camera's stages remember between frames."""
+
+    anomaly_history: deque | None = None
+    anomaly_last_ms: int = 0
+    tracker: Tracker | None = None
+    # (track id, zone id) -> capture time the track's anchor entered the zone.
+    visits: dict[tuple[int, str], int] = field(default_factory=dict)
+    last_detect_ms: int = -(1 << 62)
+
+
+@dataclass
+class FrameWork:
+    """One frame on its way through the stages."""
+
+    msg: Message
+    frame: Frame
+    camera: Camera
+    image: np.ndarray  # BGR, as decoded
+    analysis: FrameAnalysis
+    # Set by the detector stage for the pose stage: (track id, box x0, y0, x1, y1 in 0..1, detected this frame).
+    persons: list[tuple[int, tuple[float, float, float, float], bool]] = field(default_factory=list)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        return self.image[..., ::-1]
+
+
+Predict = Callable[[str, dict[str, np.ndarray], dict[str, int]], tuple[dict[str, np.ndarray], int]]
+
+
+class BatchContext:
+    """Model calls, zone masks and working copies of camera state for one batch."""
+
+    def __init__(self, predict: Predict, input_shapes: Callable[[str], dict[str, list[int]]], masks_for: Callable[[Camera, int, int], list[ZoneMask]],
+                 committed: dict[str, CameraState]) -> None:
+        self.predict = predict
+        self.input_shapes = input_shapes
+        self.masks_for = masks_for
+        self._committed = committed
+        self.working: dict[str, CameraState] = {}
+
+    def state(self, camera_id: str) -> CameraState:
+        if camera_id not in self.working:
+            self.working[camera_id] = copy.deepcopy(self._committed.get(camera_id, CameraState()))
+        return self.working[camera_id]
+
+
+class StagePlugin:
+    """Base of the stage plugins; `ORDER` runs presence, then detector, pose, anomaly."""
+
+    KIND: ClassVar[str]
+    ORDER: ClassVar[int]
+
+    def run(self, items: list[FrameWork], ctx: BatchContext) -> None:
+        raise NotImplementedError

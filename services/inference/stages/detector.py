@@ -1,0 +1,172 @@
+"""Detector stage: persons and objects, tracked, placed in zones, with how long each has been there.
+
+The detector has the TF Object Detection API signature (RGB uint8 in; boxes, scores, COCO class
+ids out), so any such model serves. Per camera:
+- it runs at most `detect_fps` times a second; between runs the tracker carries people on their
+  motion (reported with `detected = false`), which is how a 2-core store box keeps up;
+- with `tiles`, each frame is also cut into overlapping tiles at the same size, all sent in one
+  request, and the boxes are merged back with per-class non-maximum suppression, so people far
+  from the camera are large enough for the detector;
+- tracks (ByteTrack-style, `services/inference/tracking.py`) give each person an id, and the
+  person's anchor point (feet, or centre) says which zones they are in and since when.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin
+from services.inference.tracking import Detection, Tracker, TrackerConfig, iou_matrix
+from services.inference.zones import anchor_point, zones_at
+from services.shared.coco import PERSON, coco_names
+from services.shared.storeconfig import DetectorStage, TileGrid
+
+OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+MERGE_IOU = 0.5
+
+
+def tile_windows(width: int, height: int, grid: TileGrid) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) pixel windows of equal size covering the frame, neighbours overlapping by `overlap`."""
+    tile_w = round(width / (grid.cols - (grid.cols - 1) * grid.overlap))
+    tile_h = round(height / (grid.rows - (grid.rows - 1) * grid.overlap))
+    windows = []
+    for r in range(grid.rows):
+        for c in range(grid.cols):
+            # The last column and row sit on the frame's edge, whatever the rounding.
+            x0 = width - tile_w if c == grid.cols - 1 else min(round(c * tile_w * (1 - grid.overlap)), width - tile_w)
+            y0 = height - tile_h if r == grid.rows - 1 else min(round(r * tile_h * (1 - grid.overlap)), height - tile_h)
+            windows.append((x0, y0, x0 + tile_w, y0 + tile_h))
+    return windows
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = MERGE_IOU) -> list[int]:
+    """Indices kept by per-class non-maximum suppression, best first (boxes x0, y0, x1, y1)."""
+    keep: list[int] = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        overlaps = iou_matrix(boxes[idx], boxes[idx])
+        suppressed = np.zeros(len(idx), bool)
+        for i in range(len(idx)):
+            if not suppressed[i]:
+                keep.append(int(idx[i]))
+                suppressed |= overlaps[i] > iou
+    return sorted(keep, key=lambda k: -scores[k])
+
+
+class DetectorPlugin(StagePlugin):
+    KIND = "detector"
+    ORDER = 1
+
+    def __init__(self, stage: DetectorStage) -> None:
+        self.stage = stage
+        names = coco_names()
+        self.wanted = {PERSON} | {cid for cid, name in names.items() if name in stage.objects}
+        self.names = names
+
+    def _due(self, item: FrameWork, ctx: BatchContext) -> bool:
+        if self.stage.detect_fps is None:
+            return True
+        state = ctx.state(item.frame.camera_id)
+        if item.frame.capture_time_ms - state.last_detect_ms >= 1000 / self.stage.detect_fps or item.frame.capture_time_ms < state.last_detect_ms:
+            state.last_detect_ms = item.frame.capture_time_ms
+            return True
+        return False
+
+    def detect(self, items: list[FrameWork], ctx: BatchContext) -> tuple[list[list[Detection]], int]:
+        """Each frame's detections (boxes 0..1 of the frame), whole frame and tiles in as few requests as shapes allow."""
+        crops: dict[tuple[int, ...], list[tuple[int, tuple[int, int, int, int], np.ndarray]]] = {}
+        for i, item in enumerate(items):
+            height, width = item.image.shape[:2]
+            windows = [(0, 0, width, height)]
+            if self.stage.tiles is not None:
+                windows = tile_windows(width, height, self.stage.tiles) + (windows if self.stage.tiles.whole_frame else [])
+            for window in windows:
+                x0, y0, x1, y1 = window
+                crop = np.ascontiguousarray(item.rgb[y0:y1, x0:x1])
+                crops.setdefault(crop.shape, []).append((i, window, crop))
+        found: list[tuple[list, list, list]] = [([], [], []) for _ in items]
+        version = 0
+        for group in crops.values():
+            result, version = ctx.predict(self.stage.model, {"input_tensor": np.stack([c[2] for c in group])}, dict.fromkeys(OUTPUTS, len(group)))
+            for (i, (x0, y0, x1, y1), _crop), boxes, scores, classes, count in zip(
+                    group, result["detection_boxes"], result["detection_scores"], result["detection_classes"], result["num_detections"], strict=True):
+                height, width = items[i].image.shape[:2]
+                n = int(count)
+                keep = (scores[:n] >= self.stage.min_score / 4) & np.isin(classes[:n].astype(int), list(self.wanted))
+                ymin, xmin, ymax, xmax = boxes[:n][keep].T
+                frame_boxes = np.stack([(x0 + xmin * (x1 - x0)) / width, (y0 + ymin * (y1 - y0)) / height,
+                                        (x0 + xmax * (x1 - x0)) / width, (y0 + ymax * (y1 - y0)) / height], -1)
+                found[i][0].extend(frame_boxes)
+                found[i][1].extend(scores[:n][keep])
+                found[i][2].extend(classes[:n][keep].astype(int))
+        detections: list[list[Detection]] = []
+        for boxes, scores, labels in found:
+            if not boxes:
+                detections.append([])
+                continue
+            b, s, lab = np.array(boxes, float), np.array(scores, float), np.array(labels, int)
+            detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k])) for k in nms(b, s, lab)])
+        return detections, version
+
+    def run(self, items: list[FrameWork], ctx: BatchContext) -> None:
+        due = [item for item in items if self._due(item, ctx)]
+        detections, version = self.detect(due, ctx) if due else ([], 0)
+        by_item = {id(item): found for item, found in zip(due, detections, strict=True)}
+        for item in items:
+            state = ctx.state(item.frame.camera_id)
+            if state.tracker is None or state.tracker.config.max_lost_s != self.stage.track_max_lost_s:
+                state.tracker = Tracker(TrackerConfig(high_score=self.stage.min_score, low_score=self.stage.min_score / 4,
+                                                      max_lost_s=self.stage.track_max_lost_s))
+            t_ms = item.frame.capture_time_ms
+            if id(item) in by_item:
+                seen = [(track, track.box, True) for track in state.tracker.update(by_item[id(item)], t_ms)]
+            else:
+                seen = [(track, box, False) for track, box in state.tracker.coast(t_ms)]
+            self.fill(item, state, seen, t_ms)
+            if id(item) in by_item:
+                item.analysis.models.add(name=self.stage.model, version=version)
+
+    def fill(self, item: FrameWork, state: CameraState, seen: list, t_ms: int) -> None:
+        """Persons, objects and per-zone counts and dwell from this frame's tracks."""
+        zones = {z.zone_id: z for z in item.analysis.zones}
+        reported: set[int] = set()
+        for track, box, detected in seen:
+            box = tuple(float(np.clip(v, 0.0, 1.0)) for v in box)
+            inside = zones_at(anchor_point(box, self.stage.anchor), item.camera.zones)
+            here = {zone.id for zone in inside}
+            for key in [k for k in state.visits if k[0] == track.track_id and k[1] not in here]:
+                del state.visits[key]
+            # A track's first report is its second sighting: its visits began when it was first seen.
+            first_report = track.hits == state.tracker.config.min_hits and not any(k[0] == track.track_id for k in state.visits) if state.tracker else False
+            start = track.first_seen_ms if first_report else t_ms
+            visits = [(zone_id, state.visits.setdefault((track.track_id, zone_id), start)) for zone_id in sorted(here)]
+            reported.add(track.track_id)
+            x0, y0, x1, y1 = box
+            bbox = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
+            if track.label == PERSON:
+                item.analysis.persons.add(track_id=track.track_id, box=bbox, score=track.score, first_seen_ms=track.first_seen_ms, detected=detected,
+                                          zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
+                item.persons.append((track.track_id, box, detected))
+            else:
+                item.analysis.objects.add(label=self.names.get(track.label, f"class-{track.label}"), score=track.score, box=bbox, class_id=track.label,
+                                          track_id=track.track_id, first_seen_ms=track.first_seen_ms,
+                                          zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
+            for zone_id, since in visits:
+                zone = zones[zone_id]
+                if track.label == PERSON:
+                    zone.person_count += 1
+                    zone.track_ids.append(track.track_id)
+                    zone.max_dwell_ms = max(zone.max_dwell_ms, t_ms - since)
+                    zone.person_present = True
+                    zone.presence_score = max(zone.presence_score, track.score)
+                else:
+                    zone.object_count += 1
+        # A person the tracker gave up on leaves every zone.
+        alive = {track.track_id for track in state.tracker.tracks} if state.tracker is not None else set()
+        for key in [k for k in state.visits if k[0] not in alive]:
+            del state.visits[key]
+        # With a detector, its people decide presence: a zone nobody is tracked in is empty.
+        for zone in zones.values():
+            if zone.person_count == 0:
+                zone.person_present, zone.presence_score = False, 0.0

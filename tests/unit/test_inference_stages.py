@@ -1,0 +1,154 @@
+"""Inference stage plugins without a model server: tiling and merging, tracks in zones with dwell, detection rate, pose crops."""
+
+import numpy as np
+import pytest
+
+from services.inference.stages import BatchContext, CameraState, FrameWork, plugins_for
+from services.inference.stages.detector import DetectorPlugin, nms, tile_windows
+from services.inference.stages.pose import square_crop
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+from services.shared.contracts.frame_pb2 import Frame
+from services.shared.storeconfig import Camera, DetectorStage, StoreConfigError, TileGrid
+
+WIDTH, HEIGHT = 320, 240
+ZONES = [
+    {"id": "counter", "kind": "counter_customer", "polygon": [[0.0, 0.5], [0.5, 0.5], [0.5, 1.0], [0.0, 1.0]]},
+    {"id": "shelf", "kind": "high_value", "polygon": [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]},
+]
+
+
+def _camera(**stage) -> Camera:
+    return Camera(id="cam", source="device:0", zones=ZONES, stages=[{"kind": "detector", "model": "det", **stage}])
+
+
+class FakeDetector:
+    """Answers Predict like an Object Detection API model: `people(crop_shape)` -> [(box in frame pixels, score, class)]."""
+
+    def __init__(self, people) -> None:
+        self.people = people
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, model, inputs, expect):
+        crops = inputs["input_tensor"]
+        self.calls.append(crops.shape)
+        boxes, scores, classes, counts = [], [], [], []
+        for crop in crops:
+            found = self.people(crop)
+            rows = [[y0 / crop.shape[0], x0 / crop.shape[1], y1 / crop.shape[0], x1 / crop.shape[1]] for (x0, y0, x1, y1), _, _ in found]
+            boxes.append((rows + [[0, 0, 0, 0]] * 5)[:5])
+            scores.append(([s for _, s, _ in found] + [0.0] * 5)[:5])
+            classes.append(([c for _, _, c in found] + [1] * 5)[:5])
+            counts.append(len(found))
+        return {"detection_boxes": np.array(boxes, np.float32), "detection_scores": np.array(scores, np.float32),
+                "detection_classes": np.array(classes, np.float32), "num_detections": np.array(counts, np.float32)}, 3
+
+
+def _frames(camera: Camera, count: int, step_ms: int = 100) -> list[FrameWork]:
+    items = []
+    for i in range(count):
+        frame = Frame(store_id="s", camera_id=camera.id, capture_time_ms=1_000_000 + i * step_ms, sequence=i)
+        analysis = FrameAnalysis(camera_id=camera.id, capture_time_ms=frame.capture_time_ms)
+        for zone in camera.zones:
+            analysis.zones.add(zone_id=zone.id, kind=zone.kind)
+        items.append(FrameWork(None, frame, camera, np.zeros((HEIGHT, WIDTH, 3), np.uint8), analysis))  # type: ignore[arg-type]
+    return items
+
+
+def _context(predict, committed=None) -> BatchContext:
+    return BatchContext(predict, input_shapes=None, masks_for=None, committed={} if committed is None else committed)  # type: ignore[arg-type]
+
+
+def test_tiles_cover_the_frame_with_overlap_and_equal_size():
+    windows = tile_windows(320, 240, TileGrid(rows=2, cols=2, overlap=0.2))
+    assert len({(x1 - x0, y1 - y0) for x0, y0, x1, y1 in windows}) == 1  # one shape: one request
+    assert min(w[0] for w in windows) == 0 and max(w[2] for w in windows) == 320 and max(w[3] for w in windows) == 240
+    (ax0, _, ax1, _), (bx0, _, _, _) = windows[0], windows[1]
+    assert bx0 < ax1 and (ax1 - bx0) / (ax1 - ax0) == pytest.approx(0.2, abs=0.02)
+
+
+def test_nms_merges_the_same_person_seen_in_two_tiles_per_class():
+    boxes = np.array([[0.10, 0.10, 0.20, 0.40], [0.11, 0.10, 0.21, 0.41], [0.10, 0.10, 0.20, 0.40], [0.6, 0.1, 0.7, 0.4]])
+    keep = nms(boxes, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 31, 1]))
+    assert keep == [0, 2, 3]  # the second person box is the same person; the handbag (31) is its own class
+
+
+def test_a_small_person_found_in_a_tile_lands_in_frame_coordinates():
+    person = (250, 20, 262, 50)  # 30 px tall, far away, top right
+
+    def people(crop):
+        # Only a tile (smaller than the frame) shows the person large enough to be found.
+        if crop.shape[1] == WIDTH:
+            return []
+        x0 = 320 - crop.shape[1]  # the right-hand column of tiles
+        return [((person[0] - x0, person[1], person[2] - x0, person[3]), 0.8, 1)] if crop[0, 0, 0] == 1 else []
+
+    camera = _camera(tiles={"rows": 2, "cols": 2, "overlap": 0.2})
+    items = _frames(camera, 2)
+    fake = FakeDetector(people)
+    for item in items:
+        windows = tile_windows(WIDTH, HEIGHT, camera.stages[0].tiles)  # type: ignore[union-attr]
+        x0, y0, _, _ = windows[1]  # mark the top-right tile's corner so the fake knows which tile it was given
+        item.image[y0, x0] = (1, 1, 1)
+    DetectorPlugin(camera.stages[0]).run(items, _context(fake))  # type: ignore[arg-type]
+    assert {shape[1:] for shape in fake.calls} == {(HEIGHT, WIDTH, 3), (int(HEIGHT / 1.8 + 0.5), int(WIDTH / 1.8 + 0.5), 3)}
+    [seen] = items[1].analysis.persons
+    assert (seen.box.xmin * WIDTH, seen.box.ymin * HEIGHT, seen.box.xmax * WIDTH, seen.box.ymax * HEIGHT) == pytest.approx(person, abs=1)
+
+
+def test_tracks_enter_zones_by_their_feet_with_dwell_and_leave_them():
+    # A person walks from the counter (feet at y 0.9, x 0.2) to the shelf (x 0.8) over 2 s; a handbag lies on the counter.
+    def people(crop):
+        return [(walker_box, 0.9, 1), ((40, 200, 60, 230), 0.7, 31)]
+
+    camera = _camera(min_score=0.5)
+    plugin = DetectorPlugin(camera.stages[0])  # type: ignore[arg-type]
+    committed: dict[str, CameraState] = {}
+    counter_dwell, places = [], []
+    for i, item in enumerate(_frames(camera, 21)):
+        x = 0.2 + 0.03 * i
+        walker_box = (int((x - 0.05) * WIDTH), int(0.5 * HEIGHT), int((x + 0.05) * WIDTH), int(0.9 * HEIGHT))
+        ctx = _context(FakeDetector(people), committed)
+        plugin.run([item], ctx)
+        committed.update(ctx.working)
+        zones = {z.zone_id: z for z in item.analysis.zones}
+        counter_dwell.append(zones["counter"].max_dwell_ms)
+        places.append(tuple(sorted(v.zone_id for p in item.analysis.persons for v in p.zones)))
+        assert zones["counter"].object_count == (1 if i else 0)  # the handbag, from its second sighting
+        assert zones["shelf"].person_present == ("shelf" in places[-1])
+    assert places[0] == () and places[1] == ("counter",) and places[-1] == ("shelf",)
+    assert counter_dwell[1] == 100  # first reported on its second sighting; the visit began at the first
+    assert counter_dwell[9] == 900 and counter_dwell[-1] == 0
+    [person] = item.analysis.persons
+    [bag] = item.analysis.objects
+    assert person.track_id != bag.track_id and bag.label == "handbag" and bag.class_id == 31 and person.zones[0].entered_ms > 1_000_000
+
+
+def test_between_detections_the_tracker_carries_people_on():
+    camera = _camera(detect_fps=2)  # every 500 ms; frames come every 100 ms
+    fake = FakeDetector(lambda crop: [((100, 120, 130, 220), 0.9, 1)])
+    items = _frames(camera, 12)
+    DetectorPlugin(camera.stages[0]).run(items, _context(fake))  # type: ignore[arg-type]
+    assert sum(shape[0] for shape in fake.calls) == 3  # frames 0, 5 and 10, in one request
+    detected = [[p.detected for p in item.analysis.persons] for item in items]
+    assert detected[5] == [True] and detected[6] == [False] and detected[10] == [True]
+    assert [m.name for m in items[5].analysis.models] == ["det"] and not items[6].analysis.models
+
+
+def test_stages_are_validated_and_ordered():
+    camera = Camera(id="c", source="device:0", stages=[{"kind": "anomaly", "model": "a"}, {"kind": "pose"}, {"kind": "detector"}])
+    assert [p.KIND for p in plugins_for(camera)] == ["detector", "pose", "anomaly"]
+    with pytest.raises(ValueError, match="pose stage needs a detector stage"):
+        Camera(id="c", source="device:0", stages=[{"kind": "pose"}])
+    with pytest.raises(ValueError, match="more than one detector stage"):
+        Camera(id="c", source="device:0", stages=[{"kind": "detector"}, {"kind": "detector", "model": "other"}])
+    with pytest.raises(ValueError, match=r"unknown COCO class\(es\) \['purse'\]"):
+        DetectorStage(kind="detector", objects=["handbag", "purse"])
+    with pytest.raises(ValueError, match="were replaced by `stages`"):
+        Camera(id="c", source="device:0", detector_model="detector")  # type: ignore[call-arg]
+    assert Camera.inference_fields() == {"stages", "zones"}
+    assert StoreConfigError  # the loader turns these into messages naming the field (tests/unit/test_storeconfig.py)
+
+
+def test_pose_crops_are_square_around_the_person():
+    x0, y0, side = square_crop((0.4, 0.2, 0.5, 0.8), WIDTH, HEIGHT)  # 32 x 144 px
+    assert side == round(144 * 1.3) and x0 + side / 2 == pytest.approx(0.45 * WIDTH, abs=1) and y0 + side / 2 == pytest.approx(0.5 * HEIGHT, abs=1)
