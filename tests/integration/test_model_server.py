@@ -81,3 +81,16 @@ def test_exported_models_round_trip_through_the_server(model_server, models_dir,
     assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[..., 2] >= boxes[..., 0]).all()
     for n, scores, classes in zip(detections["num_detections"], detections["detection_scores"], detections["detection_classes"], strict=True):
         assert ((classes[: int(n)] == 1) & (scores[: int(n)] >= 0.4)).any()  # the cashier, a real person, behind the counter
+
+    # Pose: the served keypoints equal the SavedModel's own; a crop of the customer has her head above her ankles.
+    from devplatform.samplestore import clip_frame
+    from services.inference.stages.pose import cut, square_crop
+
+    x0, y0, side = square_crop((0.39, 0.48, 0.52, 0.98), 320, 240)  # the customer at the counter, 8 s in
+    crops = np.stack([cut(np.ascontiguousarray(clip_frame(8.0)[..., ::-1]), x0, y0, side, 192)] * 2)
+    pose, _ = client.predict("pose", {"images": crops})
+    local_pose = tf.saved_model.load(str(max((models_dir / "pose").glob("[0-9]*")))).signatures["serving_default"](images=tf.constant(crops))
+    assert pose["keypoints"].shape == (2, 17, 3)
+    np.testing.assert_allclose(pose["keypoints"], local_pose["keypoints"].numpy(), atol=1e-5)
+    nose, left_ankle = pose["keypoints"][0][0], pose["keypoints"][0][15]
+    assert nose[0] < left_ankle[0] and nose[2] > 0.3

