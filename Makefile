@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e up status down models eval-anomaly eval-detector bench-models bench-ingest sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -61,8 +61,11 @@ models: setup ## Train and export the models the sample store needs into models/
 eval-anomaly: setup ## Train the anomaly CNN on UCSD Ped2 and print its frame AUCs (ARGS="--data DIR --epochs N")
 	$(PY) -m modeling.evaluate_anomaly $(ARGS)
 
-eval-detector: setup ## Precision, recall and latency of the person detector on the hand-labelled frames
+eval-detector: setup ## Precision, recall and latency of the person detectors (HOG, NanoDet) on hand-labelled real frames (ARGS="--tiles 2x2")
 	$(PY) -m modeling.evaluate_detector $(ARGS)
+
+eval-tracking: setup ## Id switches and zone occupancy against the sample clip's ground truth, through inference's detector stage
+	$(PY) -m modeling.evaluate_tracking $(ARGS)
 
 bench-models: setup ## Model frames/s in process and through the model server, same run (last line JSON, ratio)
 	$(PY) scripts/bench_models.py $(ARGS)

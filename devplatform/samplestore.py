@@ -154,6 +154,24 @@ def _draw_person(img: np.ndarray, walker: Walker, t: float) -> None:
            clip_below=COUNTER_BOTTOM if walker.behind_counter else None)
 
 
+def visible_box(walker: Walker, t: float) -> tuple[float, float, float, float] | None:
+    """Where `walker` shows at `t`: (x0, y0, x1, y1) in 0..1 of the frame, or None when out of view.
+    The ground truth of the tracking evaluation (the counter hides the cashier below its top)."""
+    pos = walker.position(t)
+    if pos is None:
+        return None
+    _, (bx0, by0, bx1, by1) = SPRITES[walker.sprite]
+    width = walker.height_px * (bx1 - bx0) / (by1 - by0)
+    x0, x1 = pos[0] * WIDTH - width / 2, pos[0] * WIDTH + width / 2
+    y1 = min(pos[1] * HEIGHT, COUNTER_TOP if walker.behind_counter else HEIGHT)
+    y0 = pos[1] * HEIGHT - walker.height_px
+    box = (max(0.0, x0) / WIDTH, max(0.0, y0) / HEIGHT, min(WIDTH, x1) / WIDTH, min(HEIGHT, y1) / HEIGHT)
+    return box if box[2] - box[0] > 0.02 and box[3] - box[1] > 0.05 else None
+
+
+WALKERS = {"cashier": CASHIER, "customer": CUSTOMER, "passer_by": PASSER_BY}
+
+
 def _draw_counter(img: np.ndarray) -> None:
     cv2.rectangle(img, (int(0.12 * WIDTH), COUNTER_TOP), (int(0.80 * WIDTH), COUNTER_BOTTOM), (40, 70, 110), -1)
     cv2.rectangle(img, (int(0.55 * WIDTH), 88), (int(0.65 * WIDTH), COUNTER_TOP), (50, 50, 50), -1)  # register
