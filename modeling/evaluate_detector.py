@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from modeling.evaluate_anomaly import DEFAULT_DATA
-from services.inference.stages.detector import nms, tile_windows
+from services.inference.stages.detector import nms, tile_windows, to_frame
 from services.shared.coco import PERSON
 from services.shared.progress import Progress
 from services.shared.storeconfig import TileGrid
@@ -97,16 +97,16 @@ def scene_of(entry: dict) -> str:
 
 
 def detect(serve, image_rgb: np.ndarray, tiles: TileGrid | None, tf) -> tuple[np.ndarray, np.ndarray]:
-    """Person boxes (x0, y0, x1, y1 pixels) and scores, whole frame and tiles merged like inference does."""
+    """Person boxes (x0, y0, x1, y1 pixels) and scores, whole frame and tiles merged as inference merges them."""
     height, width = image_rgb.shape[:2]
     windows = [(0, 0, width, height)] + (tile_windows(width, height, tiles) if tiles else [])
     boxes, scores = [], []
     for x0, y0, x1, y1 in windows:
         out = serve(input_tensor=tf.constant(np.ascontiguousarray(image_rgb[y0:y1, x0:x1])[None]))
         n = int(out["num_detections"][0])
-        keep = out["detection_classes"][0].numpy()[:n].astype(int) == PERSON
-        b = out["detection_boxes"][0].numpy()[:n][keep]
-        boxes += [[x0 + bx0 * (x1 - x0), y0 + by0 * (y1 - y0), x0 + bx1 * (x1 - x0), y0 + by1 * (y1 - y0)] for by0, bx0, by1, bx1 in b]
+        frame_boxes, whole = to_frame((x0, y0, x1, y1), width, height, out["detection_boxes"][0].numpy()[:n])
+        keep = whole & (out["detection_classes"][0].numpy()[:n].astype(int) == PERSON)
+        boxes += list(frame_boxes[keep] * [width, height, width, height])
         scores += list(out["detection_scores"][0].numpy()[:n][keep])
     if not boxes:
         return np.zeros((0, 4)), np.zeros(0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from services.inference.stages import BatchContext, CameraState, FrameWork, plugins_for
-from services.inference.stages.detector import DetectorPlugin, nms, tile_windows
+from services.inference.stages.detector import DetectorPlugin, nms, tile_windows, to_frame
 from services.inference.stages.pose import square_crop
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
@@ -152,3 +152,16 @@ def test_stages_are_validated_and_ordered():
 def test_pose_crops_are_square_around_the_person():
     x0, y0, side = square_crop((0.4, 0.2, 0.5, 0.8), WIDTH, HEIGHT)  # 32 x 144 px
     assert side == round(144 * 1.3) and x0 + side / 2 == pytest.approx(0.45 * WIDTH, abs=1) and y0 + side / 2 == pytest.approx(0.5 * HEIGHT, abs=1)
+
+
+def test_a_person_cut_by_a_tile_edge_is_left_to_the_neighbour_or_the_whole_frame():
+    window = (100, 0, 278, 133)  # a tile in the middle of the top row: its left, right and bottom edges are shared
+    boxes = np.array([[0.2, 0.0, 0.6, 0.2],   # touches the left edge: cut in two
+                      [0.2, 0.3, 0.6, 0.5],   # inside
+                      [0.0, 0.3, 0.5, 0.5],   # touches the top edge, which is the frame's own: kept
+                      [0.5, 0.6, 1.0, 0.8]])  # touches the bottom edge, shared with the tile below: cut
+    frame, keep = to_frame(window, 320, 240, boxes)
+    assert keep.tolist() == [False, True, True, False]
+    assert frame[1] == pytest.approx([(100 + 0.3 * 178) / 320, 0.2 * 133 / 240, (100 + 0.5 * 178) / 320, 0.6 * 133 / 240])
+    _, keep_whole = to_frame((0, 0, 320, 240), 320, 240, boxes)
+    assert keep_whole.all()  # the whole frame has no neighbours

@@ -39,6 +39,19 @@ def tile_windows(width: int, height: int, grid: TileGrid) -> list[tuple[int, int
     return windows
 
 
+def to_frame(window: tuple[int, int, int, int], width: int, height: int, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Detector boxes (ymin, xmin, ymax, xmax in 0..1 of the crop `window`) as x0, y0, x1, y1 in 0..1 of
+    the frame, and which to keep: a box touching an edge the tile shares with a neighbour is a person
+    cut in two, left to the neighbouring tile (they overlap) or to the whole frame."""
+    x0, y0, x1, y1 = window
+    ymin, xmin, ymax, xmax = boxes.T if len(boxes) else np.zeros((4, 0))
+    frame = np.stack([(x0 + xmin * (x1 - x0)) / width, (y0 + ymin * (y1 - y0)) / height,
+                      (x0 + xmax * (x1 - x0)) / width, (y0 + ymax * (y1 - y0)) / height], -1).reshape(-1, 4)
+    edge = 0.01
+    cut = ((xmin < edge) & (x0 > 0)) | ((ymin < edge) & (y0 > 0)) | ((xmax > 1 - edge) & (x1 < width)) | ((ymax > 1 - edge) & (y1 < height))
+    return frame, ~cut
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = MERGE_IOU) -> list[int]:
     """Indices kept by per-class non-maximum suppression, best first (boxes x0, y0, x1, y1)."""
     keep: list[int] = []
@@ -93,11 +106,9 @@ class DetectorPlugin(StagePlugin):
                     group, result["detection_boxes"], result["detection_scores"], result["detection_classes"], result["num_detections"], strict=True):
                 height, width = items[i].image.shape[:2]
                 n = int(count)
-                keep = (scores[:n] >= self.stage.min_score / 4) & np.isin(classes[:n].astype(int), list(self.wanted))
-                ymin, xmin, ymax, xmax = boxes[:n][keep].T
-                frame_boxes = np.stack([(x0 + xmin * (x1 - x0)) / width, (y0 + ymin * (y1 - y0)) / height,
-                                        (x0 + xmax * (x1 - x0)) / width, (y0 + ymax * (y1 - y0)) / height], -1)
-                found[i][0].extend(frame_boxes)
+                frame_boxes, whole = to_frame((x0, y0, x1, y1), width, height, boxes[:n])
+                keep = whole & (scores[:n] >= self.stage.min_score / 4) & np.isin(classes[:n].astype(int), list(self.wanted))
+                found[i][0].extend(frame_boxes[keep])
                 found[i][1].extend(scores[:n][keep])
                 found[i][2].extend(classes[:n][keep].astype(int))
         detections: list[list[Detection]] = []
