@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from devplatform.progress import Progress
 from modeling.versions import publish
-from services.shared.progress import Progress
 from services.shared.tensorflow_runtime import load_tensorflow
 
 HISTORY = 4

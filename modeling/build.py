@@ -8,6 +8,7 @@ from pathlib import Path
 
 from devplatform.samplestore import SAMPLE_VERSION
 from modeling.anomaly import TrainConfig
+from modeling.nanodet import HUMAN_MODELS
 from modeling.versions import read_metadata, write_metadata
 from services.shared.tensorflow_runtime import load_tensorflow
 
@@ -37,7 +38,11 @@ def is_current(models_dir: Path, name: str) -> bool:
         metadata = read_metadata(versions[-1])
     except (OSError, ValueError):
         return False
-    return metadata.get("kind") == EXPECTED_KIND[name] and (name in PACKAGED or metadata.get("sample_version") == SAMPLE_VERSION)
+    if metadata.get("kind") != EXPECTED_KIND[name]:
+        return False
+    if name in PACKAGED:  # converted from the package version this code pins
+        return metadata.get("provenance", {}).get("integrity") == HUMAN_MODELS.integrity
+    return metadata.get("sample_version") == SAMPLE_VERSION
 
 
 def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool = False, echo: Callable[[str], object] = print) -> dict[str, Path]:
@@ -61,7 +66,7 @@ def build_sample_models(models_dir: Path, sample: dict[str, Path], quick: bool =
             echo("  presence: fitting the empty store's background...")
             built[name] = fit_presence(sample["empty"], models_dir)
         elif name == "detector":
-            from modeling.nanodet import HUMAN_MODELS, build_and_export
+            from modeling.nanodet import build_and_export
 
             echo(f"  detector: NanoDet from the npm package {HUMAN_MODELS.spec} (fetched once, checked against its pinned hash)...")
             built[name] = build_and_export(models_dir)

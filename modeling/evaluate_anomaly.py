@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from devplatform.progress import Progress
 from modeling.anomaly import TrainConfig, find_clips, frame_stacks, read_clip, train_and_export
 from modeling.versions import METADATA_FILE, read_metadata, write_metadata
-from services.shared.progress import Progress
 from services.shared.tensorflow_runtime import load_tensorflow
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ucsd-ped2"

@@ -26,11 +26,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from devplatform.progress import Progress
 from modeling.evaluate_anomaly import DEFAULT_DATA
-from services.inference.stages.detector import nms, tile_windows, to_frame
+from services.inference.stages import BatchContext, FrameWork
+from services.inference.stages.detector import DetectorPlugin
 from services.shared.coco import PERSON
-from services.shared.progress import Progress
-from services.shared.storeconfig import TileGrid
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+from services.shared.contracts.frame_pb2 import Frame
+from services.shared.storeconfig import DetectorStage, TileGrid
 from services.shared.tensorflow_runtime import load_tensorflow
 
 LABELS = Path(__file__).resolve().parent / "labels" / "persons.json"
@@ -96,35 +99,32 @@ def scene_of(entry: dict) -> str:
     return entry["source"]
 
 
-def detect(serve, image_rgb: np.ndarray, tiles: TileGrid | None, tf) -> tuple[np.ndarray, np.ndarray]:
-    """Person boxes (x0, y0, x1, y1 pixels) and scores, whole frame and tiles merged as inference merges them."""
-    height, width = image_rgb.shape[:2]
-    windows = [(0, 0, width, height)] + (tile_windows(width, height, tiles) if tiles else [])
-    boxes, scores = [], []
-    for x0, y0, x1, y1 in windows:
-        out = serve(input_tensor=tf.constant(np.ascontiguousarray(image_rgb[y0:y1, x0:x1])[None]))
-        n = int(out["num_detections"][0])
-        frame_boxes, whole = to_frame((x0, y0, x1, y1), width, height, out["detection_boxes"][0].numpy()[:n])
-        keep = whole & (out["detection_classes"][0].numpy()[:n].astype(int) == PERSON)
-        boxes += list(frame_boxes[keep] * [width, height, width, height])
-        scores += list(out["detection_scores"][0].numpy()[:n][keep])
-    if not boxes:
-        return np.zeros((0, 4)), np.zeros(0)
-    b_arr, s_arr = np.array(boxes), np.array(scores)
-    keep_idx = nms(b_arr, s_arr, np.ones(len(s_arr), int))
-    return b_arr[keep_idx], s_arr[keep_idx]
+def detect(plugin: DetectorPlugin, serve, image_bgr: np.ndarray, tf) -> tuple[np.ndarray, np.ndarray]:
+    """Person boxes (x0, y0, x1, y1 pixels) and scores, through inference's own detector stage code
+    (whole frame and tiles, cut boxes dropped, NMS), with the SavedModel called in process."""
+
+    def predict(_model: str, inputs: dict[str, np.ndarray], _expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+        return {k: v.numpy() for k, v in serve(input_tensor=tf.constant(inputs["input_tensor"])).items()}, 1
+
+    item = FrameWork(None, Frame(), None, image_bgr, FrameAnalysis())  # type: ignore[arg-type]
+    [found], _ = plugin.detect([item], BatchContext(predict, None, None, {}))  # type: ignore[arg-type]
+    people = [d for d in found if d.label == PERSON]
+    height, width = image_bgr.shape[:2]
+    boxes = np.array([d.box for d in people], float).reshape(-1, 4) * [width, height, width, height]
+    return boxes, np.array([d.score for d in people], float)
 
 
 def evaluate(name: str, model_dir: Path, frames: list[dict], args: argparse.Namespace, tf) -> dict[str, Any]:
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    plugin = DetectorPlugin(DetectorStage(kind="detector", model=name, min_score=args.score, tiles=args.tiles, objects=[]))
     totals: dict[str, list[int]] = {}
     latencies = []
     with Progress(f"evaluating {name}", len(frames), "frames", every_s=10) as progress:
         for entry in frames:
-            image = load_frame(entry, args.data)[..., ::-1]
-            detect(serve, image, args.tiles, tf)  # warm-up: the first call of each frame size traces the graph
+            image = load_frame(entry, args.data)
+            detect(plugin, serve, image, tf)  # warm-up: the first call of each frame size traces the graph
             started = time.perf_counter()
-            boxes, scores = detect(serve, image, args.tiles, tf)
+            boxes, scores = detect(plugin, serve, image, tf)
             latencies.append(time.perf_counter() - started)
             detections = [b for b, s in zip(boxes, scores, strict=True) if s >= args.score]
             persons = [np.asarray(p, float) for p in entry["persons"]]

@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 
 from devplatform import samplestore
+from devplatform.progress import Progress
 from services.inference.stages import BatchContext, CameraState, FrameWork
 from services.inference.stages.detector import DetectorPlugin
-from services.inference.tracking import iou_matrix
+from services.inference.tracking import greedy_match, iou_matrix
 from services.inference.zones import anchor_point, zones_at
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
-from services.shared.progress import Progress
 from services.shared.storeconfig import DetectorStage, load_store_config
 from services.shared.tensorflow_runtime import load_tensorflow
 
@@ -89,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             committed.update(ctx.working)
             boxes = np.array([[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax] for p in analysis.persons]).reshape(-1, 4)
             truly_in: set[str] = set()
-            for name, walker in people.items():
-                box = samplestore.visible_box(walker, t)
-                if box is None:
-                    continue
-                overlap = iou_matrix(np.array([box]), boxes)[0]
-                covered[name].append(analysis.persons[int(np.argmax(overlap))].track_id if overlap.size and overlap.max() >= args.iou else None)
+            visible = {name: box for name, walker in people.items() if (box := samplestore.visible_box(walker, t)) is not None}
+            # Each track covers at most one person (best overlaps first).
+            pairs = dict(greedy_match(iou_matrix(np.array(list(visible.values())).reshape(-1, 4), boxes), args.iou))
+            for row, (name, box) in enumerate(visible.items()):
+                covered[name].append(analysis.persons[pairs[row]].track_id if row in pairs else None)
                 # The zone rule applied to the true box: its anchor (feet, or the bottom of what shows).
                 truly_in |= {z.id for z in zones_at(anchor_point(box, stage.anchor), camera.zones)}
             for zone in analysis.zones:

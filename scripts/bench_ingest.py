@@ -30,11 +30,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devplatform.launcher import ROOT, Platform, free_port
+from devplatform.progress import Progress
 from services.ingest.camera import IngestOptions
 from services.ingest.service import IngestService
 from services.ingest.sources import ffmpeg_capture_options
 from services.shared.kafka import make_producer
-from services.shared.progress import Progress
 from services.shared.storeconfig import StoreConfig
 
 WIDTH, HEIGHT, FPS = 1280, 720, 15

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devplatform import samplestore
 from devplatform.launcher import Platform
+from devplatform.progress import Progress
 from modeling import detector as hog
 from modeling import movenet, nanodet
 from modeling.anomaly import HISTORY, TrainConfig, frame_stacks, read_clip, train_and_export
-from services.shared.progress import Progress
 from services.shared.tensorflow_runtime import load_tensorflow
 
 CONFIG = """model_config_list {

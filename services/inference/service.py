@@ -39,14 +39,14 @@ class FrameAnalyzer:
         self.client = client
         # Cameras added to the store config are picked up live, as ingest does.
         self.watcher = watcher
-        self._masks: dict[tuple[str, int, int], list[ZoneMask]] = {}
+        self._masks: dict[tuple[str, str, int, int], list[ZoneMask]] = {}
         # Per camera: what its stages carry from frame to frame (anomaly history, tracks, zone visits).
         self.states: dict[str, CameraState] = {}
-        self._input_shapes: dict[str, dict[str, list[int]]] = {}
+        self._input_shapes: dict[str, tuple[dict[str, list[int]], int]] = {}
         self.loop: ConsumeLoop | None = None
 
     def _masks_for(self, camera: Camera, rows: int, cols: int) -> list[ZoneMask]:
-        key = (camera.id, rows, cols)
+        key = (camera.id, camera.model_dump_json(include={"zones"}), rows, cols)  # an edit mid-batch never mixes old and new zones
         if key not in self._masks:
             self._masks[key] = zone_masks(camera, rows, cols)
         return self._masks[key]
@@ -79,18 +79,24 @@ class FrameAnalyzer:
     def _predict(self, model: str, inputs: dict[str, np.ndarray], expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
         """Predict, and check the answer has each `expect`ed output with one row per input."""
         started = time.perf_counter()
-        result, version = self.client.predict(model, inputs)
+        try:
+            result, version = self.client.predict(model, inputs)
+        except ModelServerError:
+            self._input_shapes.pop(model, None)  # the model may have changed under us: ask for its signature again
+            raise
         PREDICT_SECONDS.labels(model).observe(time.perf_counter() - started)
+        if model in self._input_shapes and self._input_shapes[model][1] != version:
+            del self._input_shapes[model]  # a new version was swapped in: its signature is read before the next batch
         for name, rows in expect.items():
             if name not in result or len(result[name]) != rows:
                 raise ModelServerError(f"model {model} v{version} answered {sorted(result)}; expected `{name}` with {rows} rows")
         return result, version
 
     def _shapes(self, model: str) -> dict[str, list[int]]:
-        """A model's input shapes from the server (cached; a new version with another signature needs a restart)."""
+        """A model's input shapes from the server, cached until another version answers."""
         if model not in self._input_shapes:
-            self._input_shapes[model], _ = self.client.input_shapes(model)
-        return self._input_shapes[model]
+            self._input_shapes[model] = self.client.input_shapes(model)
+        return self._input_shapes[model][0]
 
     @staticmethod
     def new_analysis(frame: Frame, camera: Camera) -> FrameAnalysis:

@@ -93,10 +93,10 @@ def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
 class Tracker:
     """One camera's tracks. `update()` takes one frame's detections and returns the confirmed tracks seen in it."""
 
-    def __init__(self, config: TrackerConfig | None = None) -> None:
+    def __init__(self, config: TrackerConfig | None = None, first_id: int = 1) -> None:
         self.config = config or TrackerConfig()
         self.tracks: list[Track] = []
-        self._next_id = 1
+        self.next_id = first_id
 
     def _correct(self, track: Track, detection: Detection, t_ms: int) -> None:
         box = np.asarray(detection.box, float)
@@ -138,9 +138,9 @@ class Tracker:
                 matched_rows.add(rest[i])
         for c, detection in enumerate(high):
             if c not in matched_high:
-                self.tracks.append(Track(self._next_id, np.asarray(detection.box, float), detection.label, detection.score, t_ms, t_ms,
+                self.tracks.append(Track(self.next_id, np.asarray(detection.box, float), detection.label, detection.score, t_ms, t_ms,
                                          confirmed=cfg.min_hits <= 1))
-                self._next_id += 1
+                self.next_id += 1
         # End tracks that have been lost too long, and tentative ones that were not seen again.
         self.tracks = [t for t in self.tracks if t.last_seen_ms == t_ms or (t.confirmed and t_ms - t.last_seen_ms <= cfg.max_lost_s * 1000)]
         return [t for t in self.tracks if t.confirmed and t.last_seen_ms == t_ms]
@@ -148,7 +148,3 @@ class Tracker:
     def coast(self, t_ms: int) -> list[tuple[Track, np.ndarray]]:
         """Confirmed tracks and where their motion puts them at `t_ms`, for frames the detector skips."""
         return [(t, t.predicted(t_ms)) for t in self.tracks if t.confirmed and t_ms - t.last_seen_ms <= self.config.max_lost_s * 1000]
-
-    def reset(self) -> None:
-        """Forget every track (a camera replayed, or a long gap in its frames); ids keep counting up."""
-        self.tracks = []

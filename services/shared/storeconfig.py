@@ -101,7 +101,8 @@ class DetectorStage(_Strict):
 
     kind: Literal["detector"]
     model: str = "detector"
-    # Persons and objects below this score are not reported; the tracker also uses down to a quarter of it.
+    # Detections below this score never start a track; a tracked person half hidden keeps their track on
+    # detections down to a quarter of it (reported with that lower score).
     min_score: float = Field(0.4, gt=0, le=1)
     # Run the detector at most this often per second (None: every frame); the tracker carries people between.
     detect_fps: float | None = Field(None, gt=0, le=60)
@@ -249,6 +250,8 @@ class Store(_Strict):
             cam = cameras.get(reg.camera)
             if cam is None:
                 raise ValueError(f"register {reg.id}: camera {reg.camera!r} is not defined in this store")
+            if not {"detector", "presence"} & {s.kind for s in cam.stages}:
+                raise ValueError(f"register {reg.id}: camera {cam.id} has no detector or presence stage, so nobody could ever be seen at the counter")
             zone_ids = {z.id for z in cam.zones}
             for zone in reg.customer_zones + reg.merchandise_zones:
                 if zone not in zone_ids:

@@ -48,18 +48,22 @@ def _customer_zone(analysis: FrameAnalysis):
 
 def test_frames_become_zone_presence_and_corrupt_frames_go_to_dlq(broker, model_server, start_service, sample_assets):
     start_service("inference", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_MODEL_SERVER": model_server})
-    # 2 s and 2.5 s empty counter, 6 s and 8 s customer, 10 s corrupt, 25 s and 30 s empty, 31 s corrupt.
-    indexes = [20, 25, 60, 80, 100, 250, 300, 310]
-    _publish_clip(broker, sample_assets["clip"], indexes, corrupt_at={4}, giant_at={7})
-    results = [FrameAnalysis.FromString(m.value()) for m in consume_all(broker, topics.DETECTIONS, expect=6, timeout=60)]
+    # 2 s and 2.5 s empty counter, 6 s and 8 s customer, 10 s corrupt, then (after 14 s of silence) 24, 25 and 30 s empty, 31 s corrupt.
+    indexes = [20, 25, 60, 80, 100, 240, 250, 300, 310]
+    _publish_clip(broker, sample_assets["clip"], indexes, corrupt_at={4}, giant_at={8})
+    results = [FrameAnalysis.FromString(m.value()) for m in consume_all(broker, topics.DETECTIONS, expect=7, timeout=60)]
     by_seq = {a.frame_sequence: a for a in results}
-    assert sorted(by_seq) == [0, 1, 2, 3, 5, 6]
+    assert sorted(by_seq) == [0, 1, 2, 3, 5, 6, 7]
     # The detector's tracks decide presence; a track is reported from its second sighting.
-    assert [_customer_zone(by_seq[s]).person_present for s in (1, 3, 5, 6)] == [False, True, False, False]
-    staff = next(z for z in by_seq[5].zones if z.zone_id == "counter-1-staff")
+    assert [_customer_zone(by_seq[s]).person_present for s in (1, 3, 6, 7)] == [False, True, False, False]
+    staff = next(z for z in by_seq[6].zones if z.zone_id == "counter-1-staff")
     assert staff.person_present and staff.person_count == 1  # the cashier never leaves
-    [cashier] = [p for p in by_seq[6].persons if "counter-1-staff" in [v.zone_id for v in p.zones]]
-    assert cashier.track_id == next(p.track_id for p in by_seq[1].persons)  # the same track all along
+
+    def cashier(seq: int) -> int:
+        return next(p.track_id for p in by_seq[seq].persons if "counter-1-staff" in [v.zone_id for v in p.zones])
+
+    assert cashier(1) == cashier(2) == cashier(3)  # one track while frames keep coming
+    assert cashier(6) > cashier(3)  # after the silence the tracker starts afresh, with a new id
     assert by_seq[3].models[0].name == "detector" and by_seq[3].models[0].version >= 1
     # The anomaly model scores every frame and every zone (its worst cell), from the camera's history.
     assert [m.name for m in by_seq[3].models] == ["detector", "pose", "anomaly"]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.shared.progress import Progress
+from devplatform.progress import Progress
 from services.shared.tensorflow_runtime import is_startup_noise
 
 ROOT = Path(__file__).resolve().parents[2]

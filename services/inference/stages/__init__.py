@@ -6,6 +6,8 @@ detector (tracks and zones), pose (on the detector's persons), anomaly.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from services.inference.stages.anomaly import AnomalyPlugin
 from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin
 from services.inference.stages.detector import DetectorPlugin
@@ -15,13 +17,16 @@ from services.shared.storeconfig import AnomalyStage, Camera, DetectorStage, Pos
 
 
 def build_plugin(stage: PresenceStage | AnomalyStage | DetectorStage | PoseStage) -> StagePlugin:
-    if isinstance(stage, PresenceStage):
-        return PresencePlugin(stage)
-    if isinstance(stage, DetectorStage):
-        return DetectorPlugin(stage)
-    if isinstance(stage, PoseStage):
-        return PosePlugin(stage)
-    return AnomalyPlugin(stage)
+    match stage:
+        case PresenceStage():
+            return PresencePlugin(stage)
+        case DetectorStage():
+            return DetectorPlugin(stage)
+        case PoseStage():
+            return PosePlugin(stage)
+        case AnomalyStage():
+            return AnomalyPlugin(stage)
+    assert_never(stage)
 
 
 def plugins_for(camera: Camera) -> list[StagePlugin]:

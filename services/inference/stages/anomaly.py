@@ -11,12 +11,9 @@ from collections import deque
 import cv2
 import numpy as np
 
-from services.inference.stages.base import BatchContext, FrameWork, StagePlugin
+from services.inference.stages.base import CAMERA_SILENCE_RESET_MS, BatchContext, FrameWork, StagePlugin
 from services.inference.zones import zone_maxima
 from services.shared.storeconfig import AnomalyStage
-
-# A longer silence than this (camera drop, restart) starts a camera's history afresh.
-HISTORY_MAX_GAP_MS = 5_000
 
 
 def history_length(input_shapes: dict[str, list[int]], model: str) -> int:
@@ -40,7 +37,7 @@ class AnomalyPlugin(StagePlugin):
         state = ctx.state(item.frame.camera_id)
         past = state.anomaly_history
         gap = item.frame.capture_time_ms - state.anomaly_last_ms
-        if past is None or past.maxlen != history or not 0 < gap <= HISTORY_MAX_GAP_MS or past[-1].shape != grey.shape:
+        if past is None or past.maxlen != history or not 0 < gap <= CAMERA_SILENCE_RESET_MS or past[-1].shape != grey.shape:
             past = deque([grey] * history, maxlen=history)
         stack = np.stack([*past, grey])
         past.append(grey)

@@ -17,12 +17,18 @@ from typing import ClassVar
 
 import numpy as np
 from confluent_kafka import Message
+from prometheus_client import Counter
 
 from services.inference.tracking import Tracker
 from services.inference.zones import ZoneMask
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import Camera
+
+STAGE_FAILURES = Counter("sw_inference_stage_failures_total", "Persons or frames an optional stage could not enrich (model refused)", ["stage"])
+# A camera silent longer than this (a drop, a restart), or whose time went backwards, starts its
+# stages' memory afresh: the anomaly model's frame history and the tracker.
+CAMERA_SILENCE_RESET_MS = 5_000
 
 
 @dataclass
@@ -35,6 +41,7 @@ class CameraState:
     # (track id, zone id) -> capture time the track's anchor entered the zone.
     visits: dict[tuple[int, str], int] = field(default_factory=dict)
     last_detect_ms: int = -(1 << 62)
+    last_frame_ms: int = -(1 << 62)
 
 
 @dataclass

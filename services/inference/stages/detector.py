@@ -13,9 +13,11 @@ ids out), so any such model serves. Per camera:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin
+from services.inference.stages.base import CAMERA_SILENCE_RESET_MS, BatchContext, CameraState, FrameWork, StagePlugin
 from services.inference.tracking import Detection, Tracker, TrackerConfig, iou_matrix
 from services.inference.zones import anchor_point, zones_at
 from services.shared.coco import PERSON, coco_names
@@ -27,8 +29,8 @@ MERGE_IOU = 0.5
 
 def tile_windows(width: int, height: int, grid: TileGrid) -> list[tuple[int, int, int, int]]:
     """(x0, y0, x1, y1) pixel windows of equal size covering the frame, neighbours overlapping by `overlap`."""
-    tile_w = round(width / (grid.cols - (grid.cols - 1) * grid.overlap))
-    tile_h = round(height / (grid.rows - (grid.rows - 1) * grid.overlap))
+    tile_w = min(width, math.ceil(width / (grid.cols - (grid.cols - 1) * grid.overlap)))
+    tile_h = min(height, math.ceil(height / (grid.rows - (grid.rows - 1) * grid.overlap)))
     windows = []
     for r in range(grid.rows):
         for c in range(grid.cols):
@@ -107,6 +109,8 @@ class DetectorPlugin(StagePlugin):
                 height, width = items[i].image.shape[:2]
                 n = int(count)
                 frame_boxes, whole = to_frame((x0, y0, x1, y1), width, height, boxes[:n])
+                if self.stage.tiles is not None and not self.stage.tiles.whole_frame:
+                    whole[:] = True  # no whole-frame pass to fall back on: keep halves, NMS merges what overlaps
                 keep = whole & (scores[:n] >= self.stage.min_score / 4) & np.isin(classes[:n].astype(int), list(self.wanted))
                 found[i][0].extend(frame_boxes[keep])
                 found[i][1].extend(scores[:n][keep])
@@ -120,20 +124,33 @@ class DetectorPlugin(StagePlugin):
             detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k])) for k in nms(b, s, lab)])
         return detections, version
 
+    def tracker_for(self, state: CameraState, t_ms: int) -> Tracker:
+        """The camera's tracker, started afresh after a silence or when time went backwards (a replay):
+        a person seen before an outage is not assumed to be the one seen after it. Ids keep counting up,
+        from the capture time of the camera's first tracker, so they never repeat across restarts."""
+        config = TrackerConfig(high_score=self.stage.min_score, low_score=self.stage.min_score / 4, max_lost_s=self.stage.track_max_lost_s)
+        silent = not 0 <= t_ms - state.last_frame_ms <= CAMERA_SILENCE_RESET_MS
+        if state.tracker is None or state.tracker.config != config or silent:
+            first_id = state.tracker.next_id if state.tracker is not None else max(1, t_ms) * 100
+            state.tracker = Tracker(config, first_id=first_id)
+            state.visits.clear()
+        state.last_frame_ms = t_ms
+        return state.tracker
+
     def run(self, items: list[FrameWork], ctx: BatchContext) -> None:
         due = [item for item in items if self._due(item, ctx)]
         detections, version = self.detect(due, ctx) if due else ([], 0)
         by_item = {id(item): found for item, found in zip(due, detections, strict=True)}
         for item in items:
             state = ctx.state(item.frame.camera_id)
-            if state.tracker is None or state.tracker.config.max_lost_s != self.stage.track_max_lost_s:
-                state.tracker = Tracker(TrackerConfig(high_score=self.stage.min_score, low_score=self.stage.min_score / 4,
-                                                      max_lost_s=self.stage.track_max_lost_s))
             t_ms = item.frame.capture_time_ms
+            tracker = self.tracker_for(state, t_ms)
+            seen = []
             if id(item) in by_item:
-                seen = [(track, track.box, True) for track in state.tracker.update(by_item[id(item)], t_ms)]
-            else:
-                seen = [(track, box, False) for track, box in state.tracker.coast(t_ms)]
+                seen = [(track, track.box, True) for track in tracker.update(by_item[id(item)], t_ms)]
+            matched = {track.track_id for track, _, _ in seen}
+            # Confirmed tracks missed this frame (or not looked for) are carried on their motion until lost.
+            seen += [(track, box, False) for track, box in tracker.coast(t_ms) if track.track_id not in matched]
             self.fill(item, state, seen, t_ms)
             if id(item) in by_item:
                 item.analysis.models.add(name=self.stage.model, version=version)
@@ -149,7 +166,8 @@ class DetectorPlugin(StagePlugin):
             for key in [k for k in state.visits if k[0] == track.track_id and k[1] not in here]:
                 del state.visits[key]
             # A track's first report is its second sighting: its visits began when it was first seen.
-            first_report = track.hits == state.tracker.config.min_hits and not any(k[0] == track.track_id for k in state.visits) if state.tracker else False
+            first_report = detected and state.tracker is not None and track.hits == state.tracker.config.min_hits \
+                and not any(k[0] == track.track_id for k in state.visits)
             start = track.first_seen_ms if first_report else t_ms
             visits = [(zone_id, state.visits.setdefault((track.track_id, zone_id), start)) for zone_id in sorted(here)]
             reported.add(track.track_id)

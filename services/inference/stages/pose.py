@@ -9,12 +9,16 @@ FrameAnalysis entry in 0..1 of the frame, so rules can look at hands against hip
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 
-from services.inference.stages.base import BatchContext, FrameWork, StagePlugin
+from services.inference.client import ModelServerError
+from services.inference.stages.base import STAGE_FAILURES, BatchContext, FrameWork, StagePlugin
 from services.shared.storeconfig import PoseStage
 
+log = logging.getLogger(__name__)
 KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
              "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 MARGIN = 0.15
@@ -59,7 +63,13 @@ class PosePlugin(StagePlugin):
                     jobs.append((item, track_id, x0, y0, side, cut(item.rgb, x0, y0, side, size)))
         if not jobs:
             return
-        result, version = ctx.predict(self.stage.model, {"images": np.stack([j[5] for j in jobs])}, {"keypoints": len(jobs)})
+        try:
+            result, version = ctx.predict(self.stage.model, {"images": np.stack([j[5] for j in jobs])}, {"keypoints": len(jobs)})
+        except ModelServerError as exc:
+            # Keypoints enrich the persons; without them the frames still say who is where.
+            STAGE_FAILURES.labels(self.KIND).inc(len(jobs))
+            log.warning("pose model failed; persons published without keypoints", extra={"model": self.stage.model, "error": str(exc)})
+            return
         for (item, track_id, x0, y0, side, _crop), points in zip(jobs, result["keypoints"], strict=True):
             height, width = item.image.shape[:2]
             person = next(p for p in item.analysis.persons if p.track_id == track_id)
