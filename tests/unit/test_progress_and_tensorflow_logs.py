@@ -1,6 +1,7 @@
 """Long work says how far along it is; TensorFlow's start-up noise is dropped but its real errors are not."""
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,24 @@ def test_load_tensorflow_prints_nothing_on_a_healthy_start_but_keeps_later_stder
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3"
     assert done.stderr.strip() == "a real problem"
+
+
+def test_lines_written_while_tensorflow_loads_pass_through_unless_they_are_noise(tmp_path):
+    """A stand-in `tensorflow` package writes noise and a real error to fd 2 while it is imported."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os, types\n"
+        "os.write(2, b'I0000 00:00:1.0  1 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'E0000 00:00:1.0  1 loader.cc:12] libcudnn.so.9: cannot open shared object file\\n')\n"
+        "if os.environ.get('FAIL'):\n"
+        "    raise ImportError('broken install')\n"
+        "config = types.SimpleNamespace(list_physical_devices=lambda: [])\n"
+    )
+    code = "from services.shared.tensorflow_runtime import load_tensorflow; load_tensorflow(); print('loaded')"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded"
+    assert "libcudnn.so.9: cannot open" in done.stderr and "oneDNN" not in done.stderr
+    failed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "FAIL": "1"})
+    assert failed.returncode != 0 and "libcudnn.so.9" in failed.stderr and "ImportError: broken install" in failed.stderr
