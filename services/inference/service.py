@@ -7,6 +7,7 @@ batched together into one request per model.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import defaultdict
@@ -120,14 +121,19 @@ class FrameAnalyzer:
             groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(FrameWork(msg, frame, camera, image, self.new_analysis(frame, camera)))
         ctx = BatchContext(self._predict, self._shapes, self._masks_for, self.states)
         for group in groups.values():
+            cameras = {item.frame.camera_id for item in group}
+            before = {cid: copy.deepcopy(ctx.working[cid]) for cid in cameras if cid in ctx.working}
             try:
                 for plugin in plugins_for(group[0].camera):
                     plugin.run(group, ctx)
             except (ModelServerError, ValueError) as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
                 outputs.extend(self.loop.dead_letter(item.msg, str(exc)) for item in group)
-                for item in group:  # what the stages half-learnt from frames now in the DLQ is not kept
-                    ctx.working.pop(item.frame.camera_id, None)
+                for cid in cameras:  # what the stages half-learnt from frames now in the DLQ is not kept
+                    if cid in before:
+                        ctx.working[cid] = before[cid]
+                    else:
+                        ctx.working.pop(cid, None)
                 continue
             outputs.extend(Output(topics.DETECTIONS, item.frame.camera_id, encode(item.analysis)) for item in group)
         # Every stage of the batch is done (a retryable failure raised before here): keep what the stages learnt.

@@ -259,3 +259,63 @@ def test_a_failing_pose_model_leaves_persons_without_keypoints_instead_of_losing
 
     PosePlugin(PoseStage(kind="pose")).run([item], BatchContext(refuse, lambda model: {"images": [-1, 192, 192, 3]}, None, {}))  # type: ignore[arg-type]
     assert [p.track_id for p in item.analysis.persons] == [7] and not item.analysis.persons[0].keypoints
+
+
+class FakeMessage:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FlakyClient:
+    """A model server that is down for the first `outages` calls, then answers like FakeDetector."""
+
+    def __init__(self, outages: int) -> None:
+        self.outages = outages
+        self.detector = FakeDetector(lambda crop: [((20, 150, 60, 230), 0.9, 1)])
+
+    def predict(self, model, inputs, signature="serving_default", version=None):
+        from services.shared.kafka import RetryableError
+
+        if self.outages:
+            self.outages -= 1
+            raise RetryableError("model server down")
+        return self.detector(model, inputs, {})
+
+    def input_shapes(self, model, signature="serving_default"):
+        return {}, 3
+
+
+def test_a_batch_retried_after_an_outage_leaves_the_same_state_as_one_that_never_failed():
+    import cv2
+
+    from services.inference.service import FrameAnalyzer
+    from services.shared.kafka import RetryableError
+    from services.shared.storeconfig import StoreConfig
+
+    config = StoreConfig(chain="c", stores=[{"id": "s", "timezone": "UTC", "cameras": [_camera().model_dump()]}])
+    jpeg = cv2.imencode(".jpg", np.zeros((HEIGHT, WIDTH, 3), np.uint8))[1].tobytes()
+
+    def batch(start: int) -> list:
+        return [FakeMessage(Frame(store_id="s", camera_id="cam", capture_time_ms=1_000_000 + 100 * i, sequence=i, jpeg=jpeg).SerializeToString())
+                for i in range(start, start + 3)]
+
+    def run(outages: int) -> tuple[list[bytes], dict]:
+        analyzer = FrameAnalyzer(config, client=FlakyClient(outages))  # type: ignore[arg-type]
+        analyzer.loop = object()  # type: ignore[assignment]  # no poison messages here: the DLQ is never asked for
+        outputs = []
+        for start in (0, 3):
+            while True:
+                try:
+                    outputs += [o.value for o in analyzer.handle(batch(start))]
+                    break
+                except RetryableError:
+                    continue  # what ConsumeLoop does: the same batch again, nothing committed
+        state = analyzer.states["cam"]
+        return outputs, {"tracks": [(t.track_id, t.hits, t.last_seen_ms) for t in state.tracker.tracks], "visits": dict(state.visits)}  # type: ignore[union-attr]
+
+    clean, flaky = run(outages=0), run(outages=2)
+    assert clean == flaky  # same FrameAnalysis bytes, same track ids, hits and zone visits
+    assert clean[1]["tracks"] and clean[1]["visits"]
