@@ -21,18 +21,20 @@ def _shape(*dims: int) -> dict:
     return {"dim": [{"size": str(d)} for d in dims]}
 
 
-def write_fused_conv_model(folder: Path, activation: str = "Relu6", quantise: str = "float16") -> tuple[Path, dict[str, np.ndarray]]:
-    """A one-layer TF.js graph model as the TF.js converter writes it: a fused conv + bias + activation,
-    weights in a shard after the JSON, stored quantised."""
+def write_fused_conv_model(folder: Path, activation: str = "Relu6", quantise: str = "float16", op: str = "_FusedConv2D") -> tuple[Path, dict[str, np.ndarray]]:
+    """A one-layer TF.js graph model as the TF.js converter writes it: a fused conv (or depthwise conv,
+    channel multiplier 2) + bias + activation, weights in a shard after the JSON, stored quantised."""
     rng = np.random.default_rng(4)
-    weights = {"conv/filter": rng.normal(0, 0.5, (3, 3, 2, 4)).astype(np.float32), "conv/bias": rng.normal(0, 0.5, 4).astype(np.float32)}
+    filter_shape = (3, 3, 2, 4) if op == "_FusedConv2D" else (3, 3, 2, 2)
+    weights = {"conv/filter": rng.normal(0, 0.5, filter_shape).astype(np.float32), "conv/bias": rng.normal(0, 0.5, 4).astype(np.float32)}
+    conv_only = {"use_cudnn_on_gpu": {"b": True}} if op == "_FusedConv2D" else {}
     nodes = [
         {"name": "images", "op": "Placeholder", "attr": {"dtype": _attr_type("DT_FLOAT"), "shape": {"shape": _shape(1, 8, 8, 2)}}},
-        {"name": "conv/filter", "op": "Const", "attr": {"dtype": _attr_type("DT_FLOAT"), "value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": _shape(3, 3, 2, 4)}}}},
+        {"name": "conv/filter", "op": "Const", "attr": {"dtype": _attr_type("DT_FLOAT"), "value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": _shape(*filter_shape)}}}},
         {"name": "conv/bias", "op": "Const", "attr": {"dtype": _attr_type("DT_FLOAT"), "value": {"tensor": {"dtype": "DT_FLOAT", "tensorShape": _shape(4)}}}},
-        {"name": "conv", "op": "_FusedConv2D", "input": ["images", "conv/filter", "conv/bias"], "attr": {
+        {"name": "conv", "op": op, "input": ["images", "conv/filter", "conv/bias"], "attr": {
             "T": _attr_type("DT_FLOAT"), "strides": {"list": {"i": ["1", "1", "1", "1"]}}, "padding": {"s": "U0FNRQ=="},  # bytes are base64 in JSON: SAME
-            "data_format": {"s": "TkhXQw=="}, "dilations": {"list": {"i": ["1", "1", "1", "1"]}}, "use_cudnn_on_gpu": {"b": True},
+            "data_format": {"s": "TkhXQw=="}, "dilations": {"list": {"i": ["1", "1", "1", "1"]}}, **conv_only,
             "num_args": {"i": "1"}, "epsilon": {"f": 0}, "fused_ops": {"list": {"s": ["Qmlhc0FkZA==", base64.b64encode(activation.encode()).decode()]}},
         }},
         {"name": "out", "op": "Identity", "input": ["conv"], "attr": {"T": _attr_type("DT_FLOAT")}},
@@ -61,17 +63,22 @@ def write_fused_conv_model(folder: Path, activation: str = "Relu6", quantise: st
     return folder / "model.json", weights
 
 
-@pytest.mark.parametrize(("activation", "quantise"), [("Relu6", "float16"), ("Relu", "uint8")])
-def test_fused_conv_splits_into_conv_bias_activation_with_the_same_result(tmp_path, activation, quantise):
+@pytest.mark.parametrize(("activation", "quantise", "op"), [("Relu6", "float16", "_FusedConv2D"), ("Relu", "uint8", "_FusedConv2D"),
+                                                          ("Relu6", "float16", "FusedDepthwiseConv2dNative")])
+def test_fused_conv_splits_into_conv_bias_activation_with_the_same_result(tmp_path, activation, quantise, op):
     import tensorflow as tf
 
-    model_json, weights = write_fused_conv_model(tmp_path, activation, quantise)
+    model_json, weights = write_fused_conv_model(tmp_path, activation, quantise, op)
     model = load_graph_model(model_json)
-    assert {n.op for n in model.graph_def.node} >= {"Conv2D", "BiasAdd", activation} and "_FusedConv2D" not in {n.op for n in model.graph_def.node}
+    base = "Conv2D" if op == "_FusedConv2D" else "DepthwiseConv2dNative"
+    assert {n.op for n in model.graph_def.node} >= {base, "BiasAdd", activation} and op not in {n.op for n in model.graph_def.node}
     assert model.output_shapes == {"out": (1, 8, 8, 4)}
     images = np.random.default_rng(1).normal(0, 1, (1, 8, 8, 2)).astype(np.float32)
     [converted] = model.function()(tf.constant(images))
-    reference = tf.nn.conv2d(images, weights["conv/filter"], 1, "SAME") + weights["conv/bias"]
+    if op == "_FusedConv2D":
+        reference = tf.nn.conv2d(images, weights["conv/filter"], 1, "SAME") + weights["conv/bias"]
+    else:
+        reference = tf.nn.depthwise_conv2d(images, weights["conv/filter"], [1, 1, 1, 1], "SAME") + weights["conv/bias"]
     reference = tf.nn.relu6(reference) if activation == "Relu6" else tf.nn.relu(reference)
     tolerance = 2e-2 if quantise == "float16" else 0.1  # the stored weights are rounded
     np.testing.assert_allclose(converted.numpy(), reference.numpy(), atol=tolerance)
