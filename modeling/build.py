@@ -8,7 +8,7 @@ from pathlib import Path
 
 from devplatform.samplestore import SAMPLE_VERSION
 from modeling.anomaly import TrainConfig
-from modeling.nanodet import HUMAN_MODELS
+from modeling.packages import HUMAN_MODELS
 from modeling.versions import read_metadata, write_metadata
 from services.shared.tensorflow_runtime import load_tensorflow
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from devplatform.progress import Progress
 from modeling.evaluate_anomaly import DEFAULT_DATA
-from services.inference.stages import BatchContext, FrameWork
+from services.inference.stages import BatchContext, FrameWork, saved_model_predict
 from services.inference.stages.detector import DetectorPlugin
 from services.shared.coco import PERSON
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
@@ -102,12 +102,8 @@ def scene_of(entry: dict) -> str:
 def detect(plugin: DetectorPlugin, serve, image_bgr: np.ndarray, tf) -> tuple[np.ndarray, np.ndarray]:
     """Person boxes (x0, y0, x1, y1 pixels) and scores, through inference's own detector stage code
     (whole frame and tiles, cut boxes dropped, NMS), with the SavedModel called in process."""
-
-    def predict(_model: str, inputs: dict[str, np.ndarray], _expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
-        return {k: v.numpy() for k, v in serve(input_tensor=tf.constant(inputs["input_tensor"])).items()}, 1
-
     item = FrameWork(None, Frame(), None, image_bgr, FrameAnalysis())  # type: ignore[arg-type]
-    [found], _ = plugin.detect([item], BatchContext(predict, None, None, {}))  # type: ignore[arg-type]
+    [found], _ = plugin.detect([item], BatchContext(saved_model_predict(serve, tf), None, None, {}))  # type: ignore[arg-type]
     people = [d for d in found if d.label == PERSON]
     height, width = image_bgr.shape[:2]
     boxes = np.array([d.box for d in people], float).reshape(-1, 4) * [width, height, width, height]

@@ -25,11 +25,10 @@ import numpy as np
 
 from devplatform import samplestore
 from devplatform.progress import Progress
-from services.inference.stages import BatchContext, CameraState, FrameWork
+from services.inference.stages import BatchContext, CameraState, FrameWork, new_analysis, saved_model_predict
 from services.inference.stages.detector import DetectorPlugin
 from services.inference.tracking import greedy_match, iou_matrix
 from services.inference.zones import anchor_point, zones_at
-from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import DetectorStage, load_store_config
 from services.shared.tensorflow_runtime import load_tensorflow
@@ -66,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             images.append(image)
         capture.release()
 
-    def predict(_model: str, inputs: dict[str, np.ndarray], _expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
-        return {k: v.numpy() for k, v in serve(input_tensor=tf.constant(inputs["input_tensor"])).items()}, 1
-
+    predict = saved_model_predict(serve, tf)
     plugin = DetectorPlugin(stage)
     committed: dict[str, CameraState] = {}
     people = samplestore.WALKERS
@@ -81,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for index, image in enumerate(images):
             t = index / samplestore.FPS
             frame = Frame(store_id="store-001", camera_id=camera.id, capture_time_ms=index * frame_ms, sequence=index)
-            analysis = FrameAnalysis(camera_id=camera.id, capture_time_ms=frame.capture_time_ms)
-            for zone in camera.zones:
-                analysis.zones.add(zone_id=zone.id, kind=zone.kind)
+            analysis = new_analysis(frame, camera)
             ctx = BatchContext(predict, None, None, committed)  # type: ignore[arg-type]
             plugin.run([FrameWork(None, frame, camera, image, analysis)], ctx)  # type: ignore[arg-type]
             committed.update(ctx.working)

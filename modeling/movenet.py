@@ -10,13 +10,11 @@ square and asks for 17 COCO keypoints. Fetched, checked and converted like the d
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
-from modeling.nanodet import HUMAN_MODELS, PACKAGE_CACHE
-from modeling.packages import fetch, package_file
-from modeling.tfjs import GraphModel, TfjsModelError, load_graph_model
+from modeling.packages import HUMAN_MODELS, packaged_graph_model
+from modeling.tfjs import GraphModel, TfjsModelError, load_graph_model, save_serving_module
 from modeling.versions import publish
 from services.shared.tensorflow_runtime import load_tensorflow
 
@@ -53,22 +51,15 @@ def build_serving_module(model: GraphModel):
 def build_and_export(models_dir: Path, name: str = "pose", cache_dir: Path | None = None, version: int | None = None) -> Path:
     """Fetch the pinned package, convert MoveNet Lightning, and publish `models_dir/name/version/` with its provenance."""
     started = time.time()
-    folder = fetch(HUMAN_MODELS, cache_dir or PACKAGE_CACHE)
-    model_json = package_file(folder, MODEL_FILE, HUMAN_MODELS)
-    weights = package_file(folder, MODEL_FILE.replace(".json", ".bin"), HUMAN_MODELS)
+    model_json, provenance = packaged_graph_model(HUMAN_MODELS, MODEL_FILE, cache_dir)
     module = build_serving_module(load_graph_model(model_json))
     metadata = {
         "kind": "pose/movenet-singlepose",
-        "provenance": {"package": HUMAN_MODELS.spec, "registry": "npm", "integrity": HUMAN_MODELS.integrity, "package_licence": HUMAN_MODELS.licence,
-                       "file": MODEL_FILE, "file_sha256": hashlib.sha256(model_json.read_bytes() + weights.read_bytes()).hexdigest(), **UPSTREAM},
+        "provenance": {**provenance, **UPSTREAM},
         "licence": UPSTREAM["licence"],
         "signature": {"inputs": {"images": f"uint8 [batch, {INPUT_SIZE}, {INPUT_SIZE}, 3] RGB person crops"},
                       "outputs": {"keypoints": "float32 [batch, 17, 3]: y, x in 0..1 of the crop, score (COCO keypoint order)"}},
         "build_seconds": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-    def export(out: Path) -> None:
-        load_tensorflow().saved_model.save(module, str(out), signatures={"serving_default": module.serve})
-
-    return publish(models_dir, name, export, metadata, version)
+    return publish(models_dir, name, lambda out: save_serving_module(module, out), metadata, version)

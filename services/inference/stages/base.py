@@ -13,7 +13,7 @@ import copy
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from confluent_kafka import Message
@@ -59,6 +59,23 @@ class FrameWork:
     @property
     def rgb(self) -> np.ndarray:
         return self.image[..., ::-1]
+
+
+def new_analysis(frame: Frame, camera: Camera) -> FrameAnalysis:
+    """The FrameAnalysis a frame's stages fill in: the frame's identity, and one entry per zone of its camera."""
+    analysis = FrameAnalysis(store_id=frame.store_id, camera_id=frame.camera_id, capture_time_ms=frame.capture_time_ms, frame_sequence=frame.sequence)
+    for zone in camera.zones:
+        analysis.zones.add(zone_id=zone.id, kind=zone.kind)
+    return analysis
+
+
+def saved_model_predict(serve: Callable, tf: Any) -> Predict:
+    """`BatchContext.predict` over a detector SavedModel called in process (evaluations run the stage code this way)."""
+
+    def predict(_model: str, inputs: dict[str, np.ndarray], _expect: dict[str, int]) -> tuple[dict[str, np.ndarray], int]:
+        return {k: v.numpy() for k, v in serve(input_tensor=tf.constant(inputs["input_tensor"])).items()}, 1
+
+    return predict
 
 
 Predict = Callable[[str, dict[str, np.ndarray], dict[str, int]], tuple[dict[str, np.ndarray], int]]

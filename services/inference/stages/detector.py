@@ -158,7 +158,6 @@ class DetectorPlugin(StagePlugin):
     def fill(self, item: FrameWork, state: CameraState, seen: list, t_ms: int) -> None:
         """Persons, objects and per-zone counts and dwell from this frame's tracks."""
         zones = {z.zone_id: z for z in item.analysis.zones}
-        reported: set[int] = set()
         for track, box, detected in seen:
             box = tuple(float(np.clip(v, 0.0, 1.0)) for v in box)
             inside = zones_at(anchor_point(box, self.stage.anchor), item.camera.zones)
@@ -170,7 +169,6 @@ class DetectorPlugin(StagePlugin):
                 and not any(k[0] == track.track_id for k in state.visits)
             start = track.first_seen_ms if first_report else t_ms
             visits = [(zone_id, state.visits.setdefault((track.track_id, zone_id), start)) for zone_id in sorted(here)]
-            reported.add(track.track_id)
             x0, y0, x1, y1 = box
             bbox = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
             if track.label == PERSON:
