@@ -30,21 +30,20 @@ def _fake_torch(monkeypatch) -> dict:
 
     _rebuild_tensor_v2.__module__ = "torch._utils"
     _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-    torch.HalfStorage = type("HalfStorage", (), {"__module__": "torch", "__qualname__": "HalfStorage"})
-    torch._utils = utils
-    tasks.PoseModel = type("PoseModel", (), {"__module__": "ultralytics.nn.tasks", "__qualname__": "PoseModel"})
+    vars(utils)["_rebuild_tensor_v2"] = _rebuild_tensor_v2
+    vars(torch).update(HalfStorage=type("HalfStorage", (), {"__module__": "torch", "__qualname__": "HalfStorage"}), _utils=utils)
+    vars(tasks)["PoseModel"] = type("PoseModel", (), {"__module__": "ultralytics.nn.tasks", "__qualname__": "PoseModel"})
     for name, module in (("torch", torch), ("torch._utils", utils), ("ultralytics", types.ModuleType("ultralytics")),
                          ("ultralytics.nn", types.ModuleType("ultralytics.nn")), ("ultralytics.nn.tasks", tasks)):
         monkeypatch.setitem(sys.modules, name, module)
-    return {"torch": torch, "rebuild": _rebuild_tensor_v2, "PoseModel": tasks.PoseModel}
+    return {"torch": torch, "rebuild": _rebuild_tensor_v2, "PoseModel": vars(tasks)["PoseModel"]}
 
 
 def _write_checkpoint(path: Path, obj, storages: list[_Storage], fake: dict, reduce_tensors: dict) -> None:
     class Writer(pickle.Pickler):
         def persistent_id(self, o):
             if isinstance(o, _Storage):
-                return ("storage", fake["torch"].HalfStorage, o.key, "cpu", o.data.size)
+                return ("storage", vars(fake["torch"])["HalfStorage"], o.key, "cpu", o.data.size)
             return None
 
         def reducer_override(self, o):
