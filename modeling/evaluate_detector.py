@@ -9,7 +9,8 @@ Labels (boxes [x0, y0, x1, y1] in pixels, labelled by hand, sources in the files
 
 Each detector is an exported SavedModel with the Object Detection API signature, run in process
 through its serving signature on RGB frames: by default the HOG detector and NanoDet (exported to a
-temporary folder), or `--model DIR` (repeatable). `--tiles RxC` also runs each frame as overlapping
+temporary folder), with `--yolo11n-pose` also the opt-in AGPL-3.0 profile (its weights are fetched
+only then), or `--model DIR` (repeatable). `--tiles RxC` also runs each frame as overlapping
 tiles (merged as inference merges them). Persons shorter than `--min-person-px` count as
 "ambiguous": a detection on them is neither right nor wrong, as is one on a labelled ambiguous box.
 A detection matches a person at IoU >= --iou. The last line printed is one JSON object.
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou", type=float, default=0.4)
     parser.add_argument("--min-person-px", type=int, default=48, help="labelled persons shorter than this count as ambiguous")
     parser.add_argument("--tiles", type=parse_tiles, help="also run overlapping tiles, e.g. 2x2")
+    parser.add_argument("--yolo11n-pose", action="store_true", help="also the opt-in YOLO11n-pose profile (AGPL-3.0 weights, fetched only with this flag)")
     args = parser.parse_args(argv)
     tf = load_tensorflow()
     frames = labelled_frames(args.data)
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
             models["hog"] = hog.build_and_export(Path(tmp), name="hog")
             models["nanodet"] = nanodet.build_and_export(Path(tmp), name="nanodet")
+        if args.yolo11n_pose:
+            from modeling import yolo_pose
+
+            models["yolo11n-pose"] = yolo_pose.build_and_export(Path(tmp), name="yolo11n-pose")
         for name, model_dir in models.items():
             results[name] = evaluate(name, model_dir, frames, args, tf)
             line = "  ".join(f"{scene} P {r['precision']} R {r['recall']}" for scene, r in results[name].items() if isinstance(r, dict))

@@ -52,6 +52,9 @@ class Zone(_Strict):
     polygon: Polygon
     # Fraction of the zone that must be covered by a person before it counts as occupied.
     min_occupancy: float = Field(0.03, gt=0, le=1)
+    # An object counts as new in the zone for this long after it arrived (FrameAnalysis
+    # new_object_count); what lies there longer (a card reader, a display) is part of the scene.
+    new_object_s: float = Field(300.0, gt=0, le=86400)
 
 
 class MotionGate(_Strict):

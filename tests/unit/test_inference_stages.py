@@ -124,6 +124,27 @@ def test_tracks_enter_zones_by_their_feet_with_dwell_and_leave_them():
     assert [(v.zone_id, v.entered_ms) for v in person.zones] == [("shelf", 1_000_000 + 10 * 100)]
 
 
+def test_an_object_new_on_the_counter_is_told_apart_from_one_that_lies_there():
+    # A card reader lies on the counter all along; 3 s in, a bottle is put down beside it. Objects are new for 2 s.
+    zones = [{**ZONES[0], "new_object_s": 2.0}, ZONES[1]]
+    camera = Camera(id="cam", source="device:0", zones=zones, stages=[{"kind": "detector", "model": "det", "min_score": 0.5, "objects": ["cell_phone", "bottle"]}])
+    plugin = DetectorPlugin(camera.stages[0])  # type: ignore[arg-type]
+    committed: dict[str, CameraState] = {}
+    seen = []
+    for i, item in enumerate(_frames(camera, 60)):  # 6 s at 10 frames/s
+        found = [((40, 200, 60, 230), 0.8, 77)] + ([((80, 200, 95, 235), 0.8, 44)] if i >= 30 else [])
+
+        ctx = _context(FakeDetector(lambda crop, found=found: found), committed)
+        plugin.run([item], ctx)
+        committed.update(ctx.working)
+        counter = next(z for z in item.analysis.zones if z.zone_id == "counter")
+        seen.append((counter.object_count, counter.new_object_count, counter.newest_object_entered_ms))
+    start = 1_000_000
+    assert seen[10] == (1, 1, start) and seen[25] == (1, 0, start)  # the reader is new for 2 s, then part of the scene
+    assert seen[31] == (2, 1, start + 3000)  # the bottle, from its second sighting, entered when first seen
+    assert seen[59] == (2, 0, start + 3000)  # and is no longer new 2 s later; the newest arrival is still told
+
+
 def test_between_detections_the_tracker_carries_people_on():
     camera = _camera(detect_fps=2)  # every 500 ms; frames come every 100 ms
     fake = FakeDetector(lambda crop: [((100, 120, 130, 220), 0.9, 1)])

@@ -158,6 +158,7 @@ class DetectorPlugin(StagePlugin):
     def fill(self, item: FrameWork, state: CameraState, seen: list, t_ms: int) -> None:
         """Persons, objects and per-zone counts and dwell from this frame's tracks."""
         zones = {z.zone_id: z for z in item.analysis.zones}
+        new_within_ms = {z.id: z.new_object_s * 1000 for z in item.camera.zones}
         for track, box, detected in seen:
             box = tuple(float(np.clip(v, 0.0, 1.0)) for v in box)
             inside = zones_at(anchor_point(box, self.stage.anchor), item.camera.zones)
@@ -189,6 +190,9 @@ class DetectorPlugin(StagePlugin):
                     zone.presence_score = max(zone.presence_score, track.score)
                 else:
                     zone.object_count += 1
+                    zone.newest_object_entered_ms = max(zone.newest_object_entered_ms, since)
+                    if t_ms - since <= new_within_ms[zone_id]:
+                        zone.new_object_count += 1
         # A person the tracker gave up on leaves every zone.
         alive = {track.track_id for track in state.tracker.tracks} if state.tracker is not None else set()
         for key in [k for k in state.visits if k[0] not in alive]:

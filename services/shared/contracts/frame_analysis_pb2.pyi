@@ -76,7 +76,7 @@ class PersonObservation(_message.Message):
     def __init__(self, track_id: _Optional[int] = ..., box: _Optional[_Union[BoundingBox, _Mapping]] = ..., score: _Optional[float] = ..., first_seen_ms: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[ZoneVisit, _Mapping]]] = ..., keypoints: _Optional[_Iterable[_Union[Keypoint, _Mapping]]] = ..., detected: _Optional[bool] = ...) -> None: ...
 
 class ZoneObservation(_message.Message):
-    __slots__ = ("zone_id", "kind", "anomaly_score", "person_present", "presence_score", "person_count", "track_ids", "max_dwell_ms", "object_count")
+    __slots__ = ("zone_id", "kind", "anomaly_score", "person_present", "presence_score", "person_count", "track_ids", "max_dwell_ms", "object_count", "newest_object_entered_ms", "new_object_count")
     ZONE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,8 @@ class ZoneObservation(_message.Message):
     TRACK_IDS_FIELD_NUMBER: _ClassVar[int]
     MAX_DWELL_MS_FIELD_NUMBER: _ClassVar[int]
     OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_OBJECT_ENTERED_MS_FIELD_NUMBER: _ClassVar[int]
+    NEW_OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     zone_id: str
     kind: str
     anomaly_score: float
@@ -95,7 +97,9 @@ class ZoneObservation(_message.Message):
     track_ids: _containers.RepeatedScalarFieldContainer[int]
     max_dwell_ms: int
     object_count: int
-    def __init__(self, zone_id: _Optional[str] = ..., kind: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., person_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., person_count: _Optional[int] = ..., track_ids: _Optional[_Iterable[int]] = ..., max_dwell_ms: _Optional[int] = ..., object_count: _Optional[int] = ...) -> None: ...
+    newest_object_entered_ms: int
+    new_object_count: int
+    def __init__(self, zone_id: _Optional[str] = ..., kind: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., person_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., person_count: _Optional[int] = ..., track_ids: _Optional[_Iterable[int]] = ..., max_dwell_ms: _Optional[int] = ..., object_count: _Optional[int] = ..., newest_object_entered_ms: _Optional[int] = ..., new_object_count: _Optional[int] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")
