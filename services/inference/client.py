@@ -13,14 +13,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from services.inference.stages.base import ModelServerError
 from services.shared.kafka import RetryableError
+
+__all__ = ["ModelServerError", "PredictionClient"]
 
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-class ModelServerError(RuntimeError):
-    """The model server rejected the request itself (unknown model, bad input): retrying will not help."""
 
 
 class PredictionClient:

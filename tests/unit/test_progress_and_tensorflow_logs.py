@@ -93,3 +93,12 @@ def test_lines_written_while_tensorflow_loads_pass_through_unless_they_are_noise
     assert "libcudnn.so.9: cannot open" in done.stderr and "oneDNN" not in done.stderr
     failed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "FAIL": "1"})
     assert failed.returncode != 0 and "libcudnn.so.9" in failed.stderr and "ImportError: broken install" in failed.stderr
+
+
+def test_stages_and_evaluations_import_without_tensorflow():
+    """TensorFlow is loaded through load_tensorflow() (which quiets its start-up), never as a side effect of an import."""
+    code = ("import sys, services.inference.stages, modeling.evaluate_detector, modeling.evaluate_tracking, modeling.build, devplatform.cli; "
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False" and done.stderr == ""

@@ -25,6 +25,14 @@ from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import Camera
 
+
+class ModelServerError(RuntimeError):
+    """The model server rejected the request itself (unknown model, bad input): retrying will not help.
+
+    Defined here, not beside the gRPC client, so that stages (and the evaluation scripts that run
+    them in process) can name it without importing TensorFlow's serving stubs."""
+
+
 STAGE_FAILURES = Counter("sw_inference_stage_failures_total", "Persons or frames an optional stage could not enrich (model refused)", ["stage"])
 # A camera silent longer than this (a drop, a restart), or whose time went backwards, starts its
 # stages' memory afresh: the anomaly model's frame history and the tracker.

@@ -14,8 +14,7 @@ import logging
 import cv2
 import numpy as np
 
-from services.inference.client import ModelServerError
-from services.inference.stages.base import STAGE_FAILURES, BatchContext, FrameWork, StagePlugin
+from services.inference.stages.base import STAGE_FAILURES, BatchContext, FrameWork, ModelServerError, StagePlugin
 from services.shared.storeconfig import PoseStage
 
 log = logging.getLogger(__name__)
