@@ -5,8 +5,9 @@ directly); the served figure adds what production adds: tensor serialisation, gR
 thread pool. ratio = served frames/s over in-process frames/s (the worst model's, on the last line).
 Models are exported fresh into a temporary folder: NanoDet (detector) and MoveNet (pose) from their
 pinned package, the HOG detector for comparison, and the anomaly CNN with its real architecture but
-barely trained (speed does not depend on the weights). Each at batch 1 and 8 by default. With a GPU visible to TensorFlow, both sides
-run on it and the JSON says so.
+barely trained (speed does not depend on the weights); with `--yolo11n-pose`, the opt-in AGPL-3.0
+detector too (its weights are fetched only then). Each at batch 1 and 8 by default. With a GPU
+visible to TensorFlow, both sides run on it and the JSON says so.
 
     make bench-models ARGS="--seconds 10 --batches 1,8 --clients 2"
 """
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per model, batch size and path")
     parser.add_argument("--batches", default="1,8", help="frames per Predict call, comma-separated")
     parser.add_argument("--clients", type=int, default=1, help="concurrent callers (both paths)")
+    parser.add_argument("--yolo11n-pose", action="store_true", help="also the opt-in YOLO11n-pose detector (AGPL-3.0 weights, fetched only with this flag)")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     tf = load_tensorflow()
@@ -82,16 +84,25 @@ def main(argv: list[str] | None = None) -> int:
         sample = samplestore.generate(tmp / "sample")
         models = tmp / "models"
         models.mkdir()
-        (models / "models.config").write_text(CONFIG)
+        config = CONFIG
+        if args.yolo11n_pose:
+            config = config.rstrip().removesuffix("}") + '  config { name: "yolo11n-pose" base_path: "/models/yolo11n-pose" model_platform: "tensorflow" }\n}\n'
+        (models / "models.config").write_text(config)
         folders = {
             "anomaly": train_and_export(sample["clip"], models, config=TrainConfig(epochs=1, max_windows=16))[0],
             "detector": nanodet.build_and_export(models),
             "pose": movenet.build_and_export(models),
             "hog": hog.build_and_export(models, name="hog"),
         }
+        if args.yolo11n_pose:
+            from modeling import yolo_pose
+
+            folders["yolo11n-pose"] = yolo_pose.build_and_export(models, name="yolo11n-pose")
         clip = read_clip(sample["clip"])
         colour = np.ascontiguousarray(samplestore.clip_frame(8.0)[..., ::-1])  # RGB; cashier and customer in view
-        x0, y0, side = square_crop((0.39, 0.48, 0.52, 0.98), samplestore.WIDTH, samplestore.HEIGHT)  # the customer
+        customer = samplestore.visible_box(samplestore.CUSTOMER, 8.0)
+        assert customer is not None, "the customer is at the counter 8 s in"
+        x0, y0, side = square_crop(customer, samplestore.WIDTH, samplestore.HEIGHT)
         crop = cut(colour, x0, y0, side, movenet.INPUT_SIZE)
 
         def inputs(name: str, batch: int) -> dict[str, np.ndarray]:

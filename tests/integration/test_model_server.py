@@ -84,10 +84,12 @@ def test_exported_models_round_trip_through_the_server(model_server, models_dir,
         assert ((classes[: int(n)] == 1) & (scores[: int(n)] >= 0.4)).any()  # the cashier, a real person, behind the counter
 
     # Pose: the served keypoints equal the SavedModel's own; a crop of the customer has her head above her ankles.
-    from devplatform.samplestore import clip_frame
+    from devplatform.samplestore import CUSTOMER, HEIGHT, WIDTH, clip_frame, visible_box
     from services.inference.stages.pose import cut, square_crop
 
-    x0, y0, side = square_crop((0.39, 0.48, 0.52, 0.98), 320, 240)  # the customer at the counter, 8 s in
+    customer = visible_box(CUSTOMER, 8.0)  # at the counter
+    assert customer is not None
+    x0, y0, side = square_crop(customer, WIDTH, HEIGHT)
     crops = np.stack([cut(np.ascontiguousarray(clip_frame(8.0)[..., ::-1]), x0, y0, side, 192)] * 2)
     pose, _ = client.predict("pose", {"images": crops})
     local_pose = tf.saved_model.load(str(max((models_dir / "pose").glob("[0-9]*")))).signatures["serving_default"](images=tf.constant(crops))
