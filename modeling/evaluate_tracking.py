@@ -165,7 +165,10 @@ def evaluate(clip: Clip, predict: Callable, iou: float) -> dict[str, Any]:
     for name, ids in covered.items():
         matched = [i for i in ids if i is not None]
         switches = sum(1 for a, b in itertools.pairwise(matched) if a != b)
-        result["persons"][name] = {"frames_visible": len(ids), "frames_tracked": len(matched), "track_ids": len(set(matched)), "id_switches": switches}
+        # Of those, the ones across a gap (a labelled frame where nobody tracked them: out of view, hidden or missed).
+        after_gap = switches_after_a_gap(ids)
+        result["persons"][name] = {"frames_visible": len(ids), "frames_tracked": len(matched), "track_ids": len(set(matched)), "id_switches": switches,
+                                   "id_switches_after_a_gap": after_gap}
     for zone_id in zone_ids:
         people = sorted({name for name, z in own_truth_s if z == zone_id})
         dwell = {name: {"truth_s": round(own_truth_s[(name, zone_id)], 1), "measured_s": round(own_seen_s.get((name, zone_id), 0.0), 1)} for name in people}
@@ -175,14 +178,30 @@ def evaluate(clip: Clip, predict: Callable, iou: float) -> dict[str, Any]:
                                     "mean_dwell_error_s": round(float(np.mean(errors)), 2) if errors else None}
     persons = result["persons"].values()
     result["id_switches"] = sum(p["id_switches"] for p in persons)
+    result["id_switches_after_a_gap"] = sum(p["id_switches_after_a_gap"] for p in persons)
     result["coverage"] = round(sum(p["frames_tracked"] for p in persons) / max(1, sum(p["frames_visible"] for p in persons)), 3)
     result["detect_fps"] = stage.detect_fps
     return result
 
 
+def switches_after_a_gap(ids: list[int | None]) -> int:
+    """Id changes where the person went untracked in between (out of view, hidden, or missed): a re-entry
+    under a new id, which only appearance re-identification could avoid, rather than a swap in view."""
+    count, last, gap = 0, None, False
+    for track_id in ids:
+        if track_id is None:
+            gap = gap or last is not None
+            continue
+        if last is not None and track_id != last and gap:
+            count += 1
+        last, gap = track_id, False
+    return count
+
+
 def report(name: str, result: dict[str, Any]) -> None:
     print(f"{name}: {result['frames_scored']} frames with ground truth; {len(result['persons'])} people, "
-          f"{result['coverage']:.1%} of their sightings tracked, {result['id_switches']} id switch(es), {result['false_tracks']} false track sighting(s)")
+          f"{result['coverage']:.1%} of their sightings tracked, {result['id_switches']} id switch(es) ({result['id_switches_after_a_gap']} after a gap), "
+          f"{result['false_tracks']} false track sighting(s)")
     if len(result["persons"]) <= 5:
         for person, r in result["persons"].items():
             print(f"  {person:<10} visible {r['frames_visible']:3d} frames, tracked in {r['frames_tracked']:3d}, {r['track_ids']} track id(s), {r['id_switches']} id switch(es)")

@@ -4,7 +4,9 @@ Rules ask "how long has this person been in the zone", which needs the same id f
 from frame to frame, also when the detector misses them for a moment (a shelf, another shopper, a
 low score). The approach is ByteTrack's (Zhang et al. 2022):
 
-1. every track predicts where its box is now from its own velocity;
+1. every track predicts where its box is now from the velocity of its centre (the box keeps its last
+   measured size: a size "velocity" from one cut-off or half-hidden detection would grow or invert
+   the box within a second of coasting);
 2. confident detections are matched to all tracks by overlap (IoU), best pairs first;
 3. the leftover tracks get a second chance with the low-score detections, which are often the same
    person half hidden, rather than being dropped;
@@ -40,11 +42,11 @@ class Track:
     last_seen_ms: int
     hits: int = 1
     confirmed: bool = False
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # box units per second
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # of the box's centre, box units per second
 
     def predicted(self, t_ms: int) -> np.ndarray:
         dt = max(0.0, (t_ms - self.last_seen_ms) / 1000)
-        return self.box + self.velocity * dt
+        return self.box + np.tile(self.velocity * dt, 2)
 
 
 @dataclass
@@ -103,7 +105,8 @@ class Tracker:
         dt = (t_ms - track.last_seen_ms) / 1000
         if dt > 0:
             alpha = self.config.velocity_smoothing
-            track.velocity = alpha * (box - track.box) / dt + (1 - alpha) * track.velocity
+            moved = (box[:2] + box[2:]) / 2 - (track.box[:2] + track.box[2:]) / 2
+            track.velocity = alpha * moved / dt + (1 - alpha) * track.velocity
         track.box, track.score, track.last_seen_ms = box, detection.score, t_ms
         track.hits += 1
         track.confirmed = track.confirmed or track.hits >= self.config.min_hits

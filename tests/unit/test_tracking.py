@@ -89,3 +89,17 @@ def test_classes_never_swap_tracks():
         tracker.update([Detection(_box(0.5, 0.5), 0.9, label=1)], frame * 100)
     seen = tracker.update([Detection(_box(0.5, 0.5), 0.9, label=31)], 300)  # a handbag in the same place
     assert seen == [] and {t.label for t in tracker.tracks} == {1, 31}
+
+
+def test_a_coasting_box_moves_with_its_centre_and_keeps_its_size():
+    # A person walking right is seen half-hidden (a shrinking box) just before being lost: the coasted box
+    # keeps the last measured size and moves at the centre's speed; it never grows, shrinks or inverts.
+    tracker = Tracker(TrackerConfig(min_hits=1, max_lost_s=2.0))
+    boxes = [_box(0.2 + 0.02 * i, 0.5) for i in range(5)] + [_box(0.3, 0.53, w=0.04, h=0.14)]
+    for i, box in enumerate(boxes):
+        [track] = tracker.update([Detection(box, 0.9)], i * 100)
+    for t_ms in range(600, 2500, 100):
+        [(_, coasted)] = tracker.coast(t_ms)
+        x0, y0, x1, y1 = coasted
+        assert abs((x1 - x0) - 0.04) < 1e-9 and abs((y1 - y0) - 0.14) < 1e-9
+        assert (x0 + x1) / 2 > 0.3  # still heading right
