@@ -97,7 +97,7 @@ def test_a_coasting_box_moves_with_its_centre_and_keeps_its_size():
     tracker = Tracker(TrackerConfig(min_hits=1, max_lost_s=2.0))
     boxes = [_box(0.2 + 0.02 * i, 0.5) for i in range(5)] + [_box(0.3, 0.53, w=0.04, h=0.14)]
     for i, box in enumerate(boxes):
-        [track] = tracker.update([Detection(box, 0.9)], i * 100)
+        assert len(tracker.update([Detection(box, 0.9)], i * 100)) == 1  # one track throughout
     for t_ms in range(600, 2500, 100):
         [(_, coasted)] = tracker.coast(t_ms)
         x0, y0, x1, y1 = coasted
