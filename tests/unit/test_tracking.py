@@ -103,3 +103,51 @@ def test_a_coasting_box_moves_with_its_centre_and_keeps_its_size():
         x0, y0, x1, y1 = coasted
         assert abs((x1 - x0) - 0.04) < 1e-9 and abs((y1 - y0) - 0.14) < 1e-9
         assert (x0 + x1) / 2 > 0.3  # still heading right
+
+
+def _look(colour: int) -> np.ndarray:
+    """A colour histogram that is all one bin: two different `colour`s look nothing alike."""
+    hist = np.zeros(128)
+    hist[colour] = 1.0
+    return hist
+
+
+def _meet_and_part(with_appearance: bool) -> tuple[set[int], set[int]]:
+    """Two people walk up to the same spot, stand there together, and part the other way round each time;
+    returns the track ids that followed each of them."""
+    tracker = Tracker(TrackerConfig(min_hits=1))
+    ids: tuple[set[int], set[int]] = (set(), set())
+    path_a = [0.3 + 0.02 * i for i in range(10)] + [0.5] * 5 + [0.5 - 0.02 * i for i in range(1, 10)]  # left, stays, back left
+    path_b = [0.7 - 0.02 * i for i in range(10)] + [0.5] * 5 + [0.5 + 0.02 * i for i in range(1, 10)]
+    for i, (xa, xb) in enumerate(zip(path_a, path_b, strict=True)):
+        # Detections arrive in an order that says nothing about who is who.
+        found = [Detection(_box(xb, 0.5), 0.9, appearance=_look(2) if with_appearance else None),
+                 Detection(_box(xa, 0.5), 0.9, appearance=_look(1) if with_appearance else None)]
+        tracks = tracker.update(found if i % 2 else found[::-1], i * 100)
+        for track in tracks:
+            centre = (track.box[0] + track.box[2]) / 2
+            if i >= 15:  # apart again: a is left of centre, b right
+                ids[0 if centre < 0.5 else 1].add(track.track_id)
+    return ids
+
+
+def test_people_who_stood_together_keep_their_ids_by_how_they_look():
+    a, b = _meet_and_part(with_appearance=True)
+    assert len(a) == 1 and len(b) == 1 and a != b
+    # By boxes alone, standing still on the same spot, who is who is lost: here the ids swap.
+    assert _meet_and_part(with_appearance=False) == (b, a)
+
+
+def test_a_person_whose_box_jumps_is_taken_back_by_the_track_that_lost_them():
+    tracker = Tracker(TrackerConfig(min_hits=1))
+    for i in range(5):
+        [track] = tracker.update([Detection(_box(0.2 + 0.01 * i, 0.5), 0.9, appearance=_look(3))], i * 100)
+    # The detector now boxes them a body-width to the right (half hidden, then found whole): no overlap with the prediction.
+    [again] = tracker.update([Detection(_box(0.31, 0.5), 0.9, appearance=_look(3))], 500)
+    assert again.track_id == track.track_id
+    # Someone who looks different, appearing there instead, gets a new id.
+    stranger_tracker = Tracker(TrackerConfig(min_hits=1))
+    for i in range(5):
+        [first] = stranger_tracker.update([Detection(_box(0.2 + 0.01 * i, 0.5), 0.9, appearance=_look(3))], i * 100)
+    [stranger] = stranger_tracker.update([Detection(_box(0.31, 0.5), 0.9, appearance=_look(4))], 500)
+    assert stranger.track_id != first.track_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from services.inference.stages.base import CAMERA_SILENCE_RESET_MS, BatchContext, CameraState, FrameWork, StagePlugin
@@ -52,6 +53,19 @@ def to_frame(window: tuple[int, int, int, int], width: int, height: int, boxes: 
     edge = 0.01
     cut = ((xmin < edge) & (x0 > 0)) | ((ymin < edge) & (y0 > 0)) | ((xmax > 1 - edge) & (x1 < width)) | ((ymax > 1 - edge) & (y1 < height))
     return frame, ~cut
+
+
+def appearance_of(image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """A person's colour histogram (HSV, 8x4x4 bins, normalised) over the torso: the middle of the box,
+    away from the background at its sides and the floor and hair at its ends."""
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = box * [width, height, width, height]
+    w, h = x1 - x0, y1 - y0
+    crop = image[int(max(0, y0 + 0.15 * h)):int(min(height, y0 + 0.6 * h)), int(max(0, x0 + 0.2 * w)):int(min(width, x1 - 0.2 * w))]
+    if crop.size < 3 * 16:
+        return None
+    hist = cv2.calcHist([cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)], [0, 1, 2], None, [8, 4, 4], [0, 180, 0, 256, 0, 256]).ravel()
+    return hist / max(float(hist.sum()), 1e-9)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = MERGE_IOU) -> list[int]:
@@ -121,7 +135,9 @@ class DetectorPlugin(StagePlugin):
                 detections.append([])
                 continue
             b, s, lab = np.array(boxes, float), np.array(scores, float), np.array(labels, int)
-            detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k])) for k in nms(b, s, lab)])
+            image = items[len(detections)].image
+            detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k]),
+                                         appearance_of(image, b[k]) if lab[k] == PERSON else None) for k in nms(b, s, lab)])
         return detections, version
 
     def tracker_for(self, state: CameraState, t_ms: int) -> Tracker:
