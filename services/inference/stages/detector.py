@@ -130,12 +130,12 @@ class DetectorPlugin(StagePlugin):
                 found[i][1].extend(scores[:n][keep])
                 found[i][2].extend(classes[:n][keep].astype(int))
         detections: list[list[Detection]] = []
-        for boxes, scores, labels in found:
+        for item, (boxes, scores, labels) in zip(items, found, strict=True):
             if not boxes:
                 detections.append([])
                 continue
             b, s, lab = np.array(boxes, float), np.array(scores, float), np.array(labels, int)
-            image = items[len(detections)].image
+            image = item.image
             detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k]),
                                          appearance_of(image, b[k]) if lab[k] == PERSON else None) for k in nms(b, s, lab)])
         return detections, version
