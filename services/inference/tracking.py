@@ -36,6 +36,7 @@ class Detection:
     score: float
     label: int = 1  # COCO id; tracks never switch class
     appearance: np.ndarray | None = None  # a normalised colour histogram (`appearance_of`), when the caller has the image
+    keypoints: np.ndarray | None = None  # [17, 3] x, y, score, when the detector is a pose detector (carried, not used)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Track:
     confirmed: bool = False
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # of the box's centre, box units per second
     appearance: np.ndarray | None = None  # running average of its detections' colour histograms
+    keypoints: np.ndarray | None = None  # from its latest detection, when the detector gives them
 
     def predicted(self, t_ms: int) -> np.ndarray:
         dt = max(0.0, (t_ms - self.last_seen_ms) / 1000)
@@ -129,7 +131,7 @@ class Tracker:
             alpha = self.config.velocity_smoothing
             moved = (box[:2] + box[2:]) / 2 - (track.box[:2] + track.box[2:]) / 2
             track.velocity = alpha * moved / dt + (1 - alpha) * track.velocity
-        track.box, track.score, track.last_seen_ms = box, detection.score, t_ms
+        track.box, track.score, track.last_seen_ms, track.keypoints = box, detection.score, t_ms, detection.keypoints
         if detection.appearance is not None:
             beta = self.config.appearance_smoothing
             track.appearance = detection.appearance if track.appearance is None else (1 - beta) * track.appearance + beta * detection.appearance
@@ -185,7 +187,7 @@ class Tracker:
         for c, detection in enumerate(high):
             if c not in matched_high:
                 self.tracks.append(Track(self.next_id, np.asarray(detection.box, float), detection.label, detection.score, t_ms, t_ms,
-                                         confirmed=cfg.min_hits <= 1, appearance=detection.appearance))
+                                         confirmed=cfg.min_hits <= 1, appearance=detection.appearance, keypoints=detection.keypoints))
                 self.next_id += 1
         # End tracks that have been lost too long, and tentative ones that were not seen again.
         self.tracks = [t for t in self.tracks if t.last_seen_ms == t_ms or (t.confirmed and t_ms - t.last_seen_ms <= cfg.max_lost_s * 1000)]

@@ -20,6 +20,9 @@ CONTIGUOUS_TO_COCO_ID = (
     80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )
 PERSON = 1
+# COCO's 17 person keypoints, in the order pose models answer them.
+KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+             "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 
 
 def coco_names() -> dict[int, str]:

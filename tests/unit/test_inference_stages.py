@@ -253,6 +253,40 @@ def test_pose_keypoints_land_in_frame_coordinates_and_small_people_are_skipped()
     assert (eye.x, eye.y) == (pytest.approx(x0 / WIDTH), pytest.approx(y0 / HEIGHT)) and not small_person.keypoints
 
 
+def test_a_pose_detector_fills_keypoints_and_the_pose_stage_leaves_those_persons_alone():
+    """The opt-in YOLO11n-pose profile answers keypoints with each person: they land in frame
+    coordinates, and the pose stage does not crop and ask for them again."""
+    from services.inference.stages.pose import PosePlugin
+    from services.shared.storeconfig import PoseStage
+
+    def with_keypoints(model, inputs, expect):
+        result, version = FakeDetector(lambda crop: [((128, 72, 192, 216), 0.9, 1)])(model, inputs, expect)
+        n = len(inputs["input_tensor"])
+        points = np.zeros((n, 5, 17, 2), np.float32)
+        points[:, 0, 0] = (0.2, 0.5)  # nose: y 0.2, x 0.5 of the detector's input
+        result["detection_keypoints"], result["detection_keypoint_scores"] = points, np.full((n, 5, 17), 0.7, np.float32)
+        return result, version
+
+    camera = Camera(id="cam", source="device:0", zones=ZONES, stages=[{"kind": "detector", "model": "det", "min_score": 0.5}, {"kind": "pose"}])
+    plugin = DetectorPlugin(camera.stages[0])  # type: ignore[arg-type]
+    committed: dict[str, CameraState] = {}
+    pose_calls = []
+    for item in _frames(camera, 2):
+        ctx = BatchContext(with_keypoints, lambda model: {"images": [-1, 192, 192, 3]}, None, committed)  # type: ignore[arg-type]
+        plugin.run([item], ctx)
+        committed.update(ctx.working)
+
+        def pose_predict(model, inputs, expect):
+            pose_calls.append(len(inputs["images"]))
+            return {"keypoints": np.zeros((len(inputs["images"]), 17, 3), np.float32)}, 1
+
+        PosePlugin(PoseStage(kind="pose")).run([item], BatchContext(pose_predict, ctx.input_shapes, None, {}))  # type: ignore[arg-type]
+    [person] = item.analysis.persons  # reported from its second sighting
+    nose = person.keypoints[0]
+    assert len(person.keypoints) == 17 and (nose.name, nose.x, nose.y, nose.score) == ("nose", 0.5, pytest.approx(0.2), pytest.approx(0.7))
+    assert pose_calls == []
+
+
 def test_a_register_needs_a_camera_that_can_see_people():
     from services.shared.storeconfig import Store
 

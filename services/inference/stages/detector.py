@@ -21,7 +21,7 @@ import numpy as np
 from services.inference.stages.base import CAMERA_SILENCE_RESET_MS, BatchContext, CameraState, FrameWork, StagePlugin
 from services.inference.tracking import Detection, Tracker, TrackerConfig, iou_matrix
 from services.inference.zones import anchor_point, zones_at
-from services.shared.coco import PERSON, coco_names
+from services.shared.coco import KEYPOINTS, PERSON, coco_names
 from services.shared.storeconfig import DetectorStage, TileGrid
 
 OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -114,12 +114,14 @@ class DetectorPlugin(StagePlugin):
                 x0, y0, x1, y1 = window
                 crop = np.ascontiguousarray(item.rgb[y0:y1, x0:x1])
                 crops.setdefault(crop.shape, []).append((i, window, crop))
-        found: list[tuple[list, list, list]] = [([], [], []) for _ in items]
+        found: list[tuple[list, list, list, list]] = [([], [], [], []) for _ in items]
         version = 0
         for group in crops.values():
             result, version = ctx.predict(self.stage.model, {"input_tensor": np.stack([c[2] for c in group])}, dict.fromkeys(OUTPUTS, len(group)))
-            for (i, (x0, y0, x1, y1), _crop), boxes, scores, classes, count in zip(
-                    group, result["detection_boxes"], result["detection_scores"], result["detection_classes"], result["num_detections"], strict=True):
+            # A pose detector (the opt-in YOLO11n-pose profile) also answers keypoints per detection: y, x in 0..1 of its input.
+            points, point_scores = result.get("detection_keypoints"), result.get("detection_keypoint_scores")
+            for j, ((i, (x0, y0, x1, y1), _crop), boxes, scores, classes, count) in enumerate(zip(
+                    group, result["detection_boxes"], result["detection_scores"], result["detection_classes"], result["num_detections"], strict=True)):
                 height, width = items[i].image.shape[:2]
                 n = int(count)
                 frame_boxes, whole = to_frame((x0, y0, x1, y1), width, height, boxes[:n])
@@ -129,15 +131,20 @@ class DetectorPlugin(StagePlugin):
                 found[i][0].extend(frame_boxes[keep])
                 found[i][1].extend(scores[:n][keep])
                 found[i][2].extend(classes[:n][keep].astype(int))
+                if points is not None and point_scores is not None:
+                    kx = (x0 + points[j][:n][keep][..., 1] * (x1 - x0)) / width
+                    ky = (y0 + points[j][:n][keep][..., 0] * (y1 - y0)) / height
+                    found[i][3].extend(np.stack([kx, ky, point_scores[j][:n][keep]], -1))
+                else:
+                    found[i][3].extend([None] * int(keep.sum()))
         detections: list[list[Detection]] = []
-        for item, (boxes, scores, labels) in zip(items, found, strict=True):
+        for item, (boxes, scores, labels, keypoints) in zip(items, found, strict=True):
             if not boxes:
                 detections.append([])
                 continue
             b, s, lab = np.array(boxes, float), np.array(scores, float), np.array(labels, int)
-            image = item.image
             detections.append([Detection((float(b[k, 0]), float(b[k, 1]), float(b[k, 2]), float(b[k, 3])), float(s[k]), int(lab[k]),
-                                         appearance_of(image, b[k]) if lab[k] == PERSON else None) for k in nms(b, s, lab)])
+                                         appearance_of(item.image, b[k]) if lab[k] == PERSON else None, keypoints[k]) for k in nms(b, s, lab)])
         return detections, version
 
     def tracker_for(self, state: CameraState, t_ms: int) -> Tracker:
@@ -189,8 +196,11 @@ class DetectorPlugin(StagePlugin):
             x0, y0, x1, y1 = box
             bbox = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
             if track.label == PERSON:
-                item.analysis.persons.add(track_id=track.track_id, box=bbox, score=track.score, first_seen_ms=track.first_seen_ms, detected=detected,
-                                          zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
+                person = item.analysis.persons.add(track_id=track.track_id, box=bbox, score=track.score, first_seen_ms=track.first_seen_ms, detected=detected,
+                                                   zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
+                if detected and track.keypoints is not None:  # from a pose detector, this frame
+                    for name, (x, y, score) in zip(KEYPOINTS, track.keypoints, strict=True):
+                        person.keypoints.add(name=name, x=float(x), y=float(y), score=float(score))
                 item.persons.append((track.track_id, box, detected))
             else:
                 item.analysis.objects.add(label=self.names.get(track.label, f"class-{track.label}"), score=track.score, box=bbox, class_id=track.label,

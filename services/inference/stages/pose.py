@@ -15,11 +15,10 @@ import cv2
 import numpy as np
 
 from services.inference.stages.base import STAGE_FAILURES, BatchContext, FrameWork, ModelServerError, StagePlugin
+from services.shared.coco import KEYPOINTS
 from services.shared.storeconfig import PoseStage
 
 log = logging.getLogger(__name__)
-KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-             "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle")
 MARGIN = 0.15
 
 
@@ -56,8 +55,9 @@ class PosePlugin(StagePlugin):
         jobs = []
         for item in items:
             height, width = item.image.shape[:2]
+            posed = {p.track_id for p in item.analysis.persons if p.keypoints}  # a pose detector answered already
             for track_id, box, detected in item.persons:
-                if detected and (box[3] - box[1]) * height >= self.stage.min_person_px:
+                if detected and track_id not in posed and (box[3] - box[1]) * height >= self.stage.min_person_px:
                     x0, y0, side = square_crop(box, width, height)
                     jobs.append((item, track_id, x0, y0, side, cut(item.rgb, x0, y0, side, size)))
         if not jobs:
