@@ -172,14 +172,11 @@ class Tracker:
         orphans = [c for c in range(len(high)) if c not in matched_high and high[c].appearance is not None]
         lost = [r for r in all_rows if r not in matched_rows and self.tracks[r].confirmed and self.tracks[r].appearance is not None]
         if orphans and lost:
-            near = np.zeros((len(lost), len(orphans)))
-            for i, r in enumerate(lost):
-                track, box = self.tracks[r], predicted[r]
-                reach = cfg.reattach_reach * (box[3] - box[1])
-                for j, c in enumerate(orphans):
-                    centre = (np.asarray(high[c].box[:2]) + np.asarray(high[c].box[2:])) / 2
-                    close = np.linalg.norm(centre - (box[:2] + box[2:]) / 2) <= reach and high[c].label == track.label
-                    near[i, j] = looks[r, orphans[j]] if close else 0.0
+            expected = predicted[lost]
+            found = boxes([high[c] for c in orphans])
+            distance = np.linalg.norm(((found[:, :2] + found[:, 2:]) / 2)[None] - ((expected[:, :2] + expected[:, 2:]) / 2)[:, None], axis=-1)
+            close = (distance <= cfg.reattach_reach * (expected[:, 3:4] - expected[:, 1:2])) & same_label(lost, [high[c] for c in orphans])
+            near = np.where(close, looks[np.ix_(lost, orphans)], 0.0)
             for i, j in greedy_match(near, cfg.reattach_similarity):
                 self._correct(self.tracks[lost[i]], high[orphans[j]], t_ms)
                 matched_rows.add(lost[i])
