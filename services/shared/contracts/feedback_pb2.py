@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshrinkwatch/v1/feedback.proto\x12\x0eshrinkwatch.v1\"\x88\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x10\n\x08store_id\x18\x02 \x01(\t\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.shrinkwatch.v1.Verdict\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0f\n\x07time_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t*l\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_CONFIRMED\x10\x01\x12\x17\n\x13VERDICT_FALSE_ALARM\x10\x02\x12\x18\n\x14VERDICT_ACKNOWLEDGED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshrinkwatch/v1/feedback.proto\x12\x0eshrinkwatch.v1\"\x96\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x10\n\x08store_id\x18\x02 \x01(\t\x12(\n\x07verdict\x18\x03 \x01(\x0e\x32\x17.shrinkwatch.v1.Verdict\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0f\n\x07time_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t*l\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_CONFIRMED\x10\x01\x12\x17\n\x13VERDICT_FALSE_ALARM\x10\x02\x12\x18\n\x14VERDICT_ACKNOWLEDGED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shrinkwatch.v1.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERDICT']._serialized_start=188
-  _globals['_VERDICT']._serialized_end=296
+  _globals['_VERDICT']._serialized_start=202
+  _globals['_VERDICT']._serialized_end=310
   _globals['_FEEDBACK']._serialized_start=50
-  _globals['_FEEDBACK']._serialized_end=186
+  _globals['_FEEDBACK']._serialized_end=200
 # @@protoc_insertion_point(module_scope)

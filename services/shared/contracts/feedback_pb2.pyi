@@ -18,17 +18,19 @@ VERDICT_FALSE_ALARM: Verdict
 VERDICT_ACKNOWLEDGED: Verdict
 
 class Feedback(_message.Message):
-    __slots__ = ("alert_id", "store_id", "verdict", "user", "time_ms", "comment")
+    __slots__ = ("alert_id", "store_id", "verdict", "user", "time_ms", "comment", "rule")
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
     alert_id: str
     store_id: str
     verdict: Verdict
     user: str
     time_ms: int
     comment: str
-    def __init__(self, alert_id: _Optional[str] = ..., store_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., user: _Optional[str] = ..., time_ms: _Optional[int] = ..., comment: _Optional[str] = ...) -> None: ...
+    rule: str
+    def __init__(self, alert_id: _Optional[str] = ..., store_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., user: _Optional[str] = ..., time_ms: _Optional[int] = ..., comment: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...

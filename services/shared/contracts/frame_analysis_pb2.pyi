@@ -110,7 +110,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FrameAnalysis(_message.Message):
-    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models", "persons")
+    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models", "persons", "heartbeat")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class FrameAnalysis(_message.Message):
     ZONES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     PERSONS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     camera_id: str
     capture_time_ms: int
@@ -129,4 +130,5 @@ class FrameAnalysis(_message.Message):
     zones: _containers.RepeatedCompositeFieldContainer[ZoneObservation]
     models: _containers.RepeatedCompositeFieldContainer[ModelRef]
     persons: _containers.RepeatedCompositeFieldContainer[PersonObservation]
-    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[PersonObservation, _Mapping]]] = ...) -> None: ...
+    heartbeat: bool
+    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[PersonObservation, _Mapping]]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...

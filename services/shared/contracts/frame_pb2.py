@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashrinkwatch/v1/frame.proto\x12\x0eshrinkwatch.v1\"\x9a\x01\n\x05\x46rame\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0c\n\x04jpeg\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x14\n\x0cmotion_score\x18\x08 \x01(\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashrinkwatch/v1/frame.proto\x12\x0eshrinkwatch.v1\"\xad\x01\n\x05\x46rame\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x03 \x01(\x03\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0c\n\x04jpeg\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x14\n\x0cmotion_score\x18\x08 \x01(\x02\x12\x11\n\theartbeat\x18\t \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shrinkwatch.v1.frame_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FRAME']._serialized_start=47
-  _globals['_FRAME']._serialized_end=201
+  _globals['_FRAME']._serialized_end=220
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Frame(_message.Message):
-    __slots__ = ("store_id", "camera_id", "capture_time_ms", "sequence", "jpeg", "width", "height", "motion_score")
+    __slots__ = ("store_id", "camera_id", "capture_time_ms", "sequence", "jpeg", "width", "height", "motion_score", "heartbeat")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class Frame(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     MOTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     camera_id: str
     capture_time_ms: int
@@ -23,4 +24,5 @@ class Frame(_message.Message):
     width: int
     height: int
     motion_score: float
-    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., sequence: _Optional[int] = ..., jpeg: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., motion_score: _Optional[float] = ...) -> None: ...
+    heartbeat: bool
+    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., sequence: _Optional[int] = ..., jpeg: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., motion_score: _Optional[float] = ..., heartbeat: _Optional[bool] = ...) -> None: ...

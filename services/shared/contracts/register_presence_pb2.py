@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shrinkwatch/v1/register_presence.proto\x12\x0eshrinkwatch.v1\"\xbd\x01\n\x10RegisterPresence\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x13\n\x0bregister_id\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x04 \x01(\x03\x12\x18\n\x10\x63ustomer_present\x18\x05 \x01(\x08\x12\x16\n\x0epresence_score\x18\x06 \x01(\x02\x12\x16\n\x0e\x66rame_sequence\x18\x07 \x01(\x04\x12\x0c\n\x04tick\x18\x08 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shrinkwatch/v1/register_presence.proto\x12\x0eshrinkwatch.v1\"\xf8\x01\n\x10RegisterPresence\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12\x13\n\x0bregister_id\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63\x61pture_time_ms\x18\x04 \x01(\x03\x12\x18\n\x10\x63ustomer_present\x18\x05 \x01(\x08\x12\x16\n\x0epresence_score\x18\x06 \x01(\x02\x12\x16\n\x0e\x66rame_sequence\x18\x07 \x01(\x04\x12\x0c\n\x04tick\x18\x08 \x01(\x08\x12\x1c\n\x14merchandise_observed\x18\t \x01(\x08\x12\x1b\n\x13merchandise_present\x18\n \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shrinkwatch.v1.register_pre
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERPRESENCE']._serialized_start=59
-  _globals['_REGISTERPRESENCE']._serialized_end=248
+  _globals['_REGISTERPRESENCE']._serialized_end=307
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterPresence(_message.Message):
-    __slots__ = ("store_id", "register_id", "camera_id", "capture_time_ms", "customer_present", "presence_score", "frame_sequence", "tick")
+    __slots__ = ("store_id", "register_id", "camera_id", "capture_time_ms", "customer_present", "presence_score", "frame_sequence", "tick", "merchandise_observed", "merchandise_present")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,8 @@ class RegisterPresence(_message.Message):
     PRESENCE_SCORE_FIELD_NUMBER: _ClassVar[int]
     FRAME_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TICK_FIELD_NUMBER: _ClassVar[int]
+    MERCHANDISE_OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    MERCHANDISE_PRESENT_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     register_id: str
     camera_id: str
@@ -23,4 +25,6 @@ class RegisterPresence(_message.Message):
     presence_score: float
     frame_sequence: int
     tick: bool
-    def __init__(self, store_id: _Optional[str] = ..., register_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., customer_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., frame_sequence: _Optional[int] = ..., tick: _Optional[bool] = ...) -> None: ...
+    merchandise_observed: bool
+    merchandise_present: bool
+    def __init__(self, store_id: _Optional[str] = ..., register_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., customer_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., frame_sequence: _Optional[int] = ..., tick: _Optional[bool] = ..., merchandise_observed: _Optional[bool] = ..., merchandise_present: _Optional[bool] = ...) -> None: ...
