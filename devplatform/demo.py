@@ -140,9 +140,14 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
 
 
 def settings_after_s() -> float:
+    """When the refund rule's window closes after the refund: its `after_s` plus the POS clock skew."""
     from services.correlator.settings import CorrelatorSettings
+    from services.shared.storeconfig import load_store_config
 
-    return CorrelatorSettings().refund_presence_after_s
+    script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
+    config = load_store_config(CorrelatorSettings().store_config)
+    rules = config.rules_for(config.stores[0].id, register_id=script.get("register_id", config.stores[0].registers[0].id))
+    return rules.refund_without_customer.after_s + rules.timing.pos_clock_skew_s
 
 
 def report(result: DemoResult, echo=print) -> list[str]:

@@ -5,21 +5,37 @@ from __future__ import annotations
 import sys
 
 import faust
+import mode.loop
 
-from services.correlator import agents  # noqa: F401  (registers the agents on the app)
-from services.correlator.app import app, settings
+from services.correlator.agents import Correlator
+from services.correlator.settings import CorrelatorSettings
 from services.shared.health import HealthServer
 from services.shared.logs import configure_logging, logging_dict_config
+from services.shared.settings import load_settings
+from services.shared.storeconfig import StoreConfigError
 
 
 def main() -> int:
+    settings = load_settings(CorrelatorSettings)
     configure_logging("correlator", settings.log_level)
+    try:
+        correlator = Correlator(settings)
+    except StoreConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    app = correlator.app
+    # uvloop: 10-20 % more messages per second for the same core (DESIGN.md, measured on the dev broker).
+    mode.loop.use("uvloop")
 
     def ready() -> bool:
         consumer = app.consumer if app.consumer is not None and app.started else None
         return bool(consumer and consumer.assignment()) and not app.rebalancing
 
-    health = HealthServer(settings.http_host, settings.http_port, ready=ready).start()
+    def details() -> dict:
+        return {"config_error": correlator.watcher.error} if correlator.watcher.error else {}
+
+    health = HealthServer(settings.http_host, settings.http_port, ready=ready, details=details,
+                          routes={"/v1/rules/precision": correlator.precision_report}).start()
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.lower(),

@@ -1,179 +1,338 @@
-"""Faust agents: detections -> register presence, and POS + presence -> alerts."""
+"""Faust agents: cameras and POS in, alerts out.
+
+- detections (key: camera): the camera rules (after hours, loitering, concealment) with a camera
+  table, and each watched register's presence forwarded on change and every heartbeat.
+- register events (key: store:register, POS and presence in one partition): the refund rules,
+  decided when the camera's event time passes their windows, and the rules decided on arrival
+  (post-void, own card, no-sale rate); returns go on by token, sales and refunds by transaction.
+- returns by token: chain-wide return abuse. transactions: refunds by the employee who rang the sale.
+- feedback (key: store): verdicts into per-store rule precision and threshold factors.
+
+State is written after the alerts it led to are acknowledged by the broker, so a crash in between
+decides again (same alert id), never forgets.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from prometheus_client import Counter
+import faust
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.correlator import rules
-from services.correlator.app import app, settings
-from services.correlator.streams import alerts_topic, detections_topic, dlq_topic, register_events_topic, register_presence_topic, register_state
+from services.correlator.app import create_app
+from services.correlator.chain import ChainIndex, register_key
+from services.correlator.settings import CorrelatorSettings
+from services.correlator.state import CameraState, FeedbackState, RegisterState, TokenState, TransactionState
+from services.correlator.streams import Streams
 from services.shared import topics
+from services.shared.contracts.alert_pb2 import Alert
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.register_presence_pb2 import RegisterPresence
 from services.shared.kafka import dlq_headers
+from services.shared.rulesconfig import RULE_NAMES
 from services.shared.serde import PoisonMessage, decode, encode
-from services.shared.storeconfig import load_store_config
+from services.shared.storeconfig import StoreConfigWatcher, load_store_config
 
 log = logging.getLogger("correlator")
-store_config = load_store_config(settings.store_config)
-rule_settings = rules.RuleSettings(
-    before_ms=int(settings.refund_presence_before_s * 1000),
-    after_ms=int(settings.refund_presence_after_s * 1000),
-    max_gap_ms=3 * settings.presence_heartbeat_ms,
-    retention_ms=int((settings.refund_max_wait_s + settings.refund_presence_before_s + settings.refund_presence_after_s + 300) * 1000),
-)
-MAX_WAIT_MS = int(settings.refund_max_wait_s * 1000)
-MAX_SKEW_MS = int(settings.max_clock_skew_s * 1000)
 
 ALERTS_RAISED = Counter("sw_correlator_alerts_total", "Alerts raised", ["rule", "store"])
 REFUNDS_DECIDED = Counter("sw_correlator_refunds_decided_total", "Refunds and returns checked against the camera", ["outcome"])
+RULE_OUTCOMES = Counter("sw_correlator_refund_rule_outcomes_total", "Each refund rule's outcome per refund", ["rule", "outcome"])
 DEAD_LETTERED = Counter("sw_correlator_dead_lettered_total", "Poison messages sent to a DLQ", ["topic"])
+RULE_PRECISION = Gauge("sw_correlator_rule_precision", "Confirmed over judged alerts, per rule and store (from feedback)", ["rule", "store"])
+RULE_FACTOR = Gauge("sw_correlator_rule_threshold_factor", "Feedback's multiplier on a rule's threshold, per store", ["rule", "store"])
+DECISION_DELAY = Histogram("sw_correlator_decision_delay_seconds", "Wall time from a refund rule's window closing to its decision (live data)",
+                           buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0))
 
-# Last presence forwarded per register: (present, capture time). In memory only; after a restart the
-# first sample of each register is simply sent again.
-_last_forwarded: dict[str, tuple[bool, int]] = {}
+FEEDBACK_REFRESH_S = 2.0
+TICK_INTERVAL_S = 5.0
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _not_in_future(what: str, time_ms: int) -> None:
-    ahead = time_ms - _now_ms()
-    if ahead > MAX_SKEW_MS:
-        raise PoisonMessage(f"{what} is {ahead / 1000:.0f}s in the future (clock skew over {MAX_SKEW_MS / 1000:.0f}s?)")
+class Correlator:
+    """One correlator worker: its app, topics, tables, agents and the store config it follows."""
 
+    def __init__(self, settings: CorrelatorSettings, app: faust.App | None = None) -> None:
+        self.settings = settings
+        self.app = app or create_app(settings)
+        self.streams = Streams.create(self.app)
+        config = load_store_config(settings.store_config)
+        self.watcher = StoreConfigWatcher(settings.store_config, config, interval_s=settings.config_poll_s)
+        self.index = ChainIndex.build(config)
+        self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
+        # Last presence forwarded per register: (customer, merchandise, capture time). In memory only;
+        # after a restart the first sample of each register is simply sent again.
+        self.last_forwarded: dict[str, tuple[bool, int, int]] = {}
+        self.feedback: dict[str, FeedbackState] = {}
+        self._feedback_read_at = 0.0
+        self.app.agent(self.streams.detections, name="sw-correlator.detections")(self.detections_agent)
+        self.app.agent(self.streams.register_events, name="sw-correlator.registers")(self.registers_agent)
+        self.app.agent(self.streams.returns_by_token, name="sw-correlator.tokens")(self.tokens_agent)
+        self.app.agent(self.streams.transactions, name="sw-correlator.transactions")(self.transactions_agent)
+        self.app.agent(self.streams.feedback, name="sw-correlator.feedback")(self.feedback_agent)
+        self.app.timer(interval=TICK_INTERVAL_S)(self.send_ticks)
+        self.app.timer(interval=FEEDBACK_REFRESH_S)(self.publish_precision)
 
-async def _dead_letter(event, error: str) -> None:
-    message = event.message
-    DEAD_LETTERED.labels(message.topic).inc()
-    log.warning("poison message sent to DLQ", extra={"topic": message.topic, "partition": message.partition, "offset": message.offset, "error": error})
-    headers = dlq_headers(message.topic, message.partition, message.offset, "correlator", error)
-    fut = await dlq_topic(message.topic).send(key=event.key, value=event.value or b"", headers=headers)
-    await fut
+    # --- shared helpers ----------------------------------------------------------------------------
 
+    def refresh_config(self, force: bool = False) -> None:
+        """Take an edited store config (a new register, changed rules) without a restart."""
+        config = self.watcher.poll(force=force)
+        if config is not None:
+            self.index = ChainIndex.build(config)
+            self.last_forwarded.clear()
 
-def register_key(store_id: str, register_id: str) -> str:
-    return f"{store_id}:{register_id}"
+    def feedback_for(self, store_id: str) -> FeedbackState | None:
+        if time.monotonic() - self._feedback_read_at > FEEDBACK_REFRESH_S:
+            self._feedback_read_at = time.monotonic()
+            self.feedback = {key: value for key, value in self.streams.feedback_state.items() if value is not None}
+        return self.feedback.get(store_id)
 
+    async def publish_precision(self) -> None:
+        """Precision and factors as metrics, from the feedback table every worker holds whole."""
+        self._feedback_read_at = 0.0
+        self.feedback_for("")
+        for store_id, state in self.feedback.items():
+            for rule, stats in state.rules.items():
+                RULE_PRECISION.labels(rule, store_id).set(rules.precision(stats) or 0.0)
+                RULE_FACTOR.labels(rule, store_id).set(stats.factor)
 
-@app.agent(detections_topic)
-async def detections_to_registers(stream):
-    """Reduce each camera frame to customer presence per register the camera watches."""
-    async for event in stream.events():
+    def precision_report(self) -> dict[str, Any]:
+        """Per store and rule: confirmed, false alarms, precision, threshold factor (the API's view)."""
+        report: dict[str, Any] = {}
+        for store_id, state in sorted(self.feedback.items()):
+            report[store_id] = {
+                rule: {"confirmed": s.confirmed, "false_alarm": s.false_alarm, "judged": s.confirmed + s.false_alarm,
+                       "precision": rules.precision(s), "threshold_factor": s.factor}
+                for rule, s in sorted(state.rules.items())
+            }
+        return {"stores": report}
+
+    def _not_in_future(self, what: str, time_ms: int) -> None:
+        ahead = time_ms - _now_ms()
+        if ahead > self.max_skew_ms:
+            raise PoisonMessage(f"{what} is {ahead / 1000:.0f}s in the future (clock skew over {self.max_skew_ms / 1000:.0f}s?)")
+
+    async def dead_letter(self, event: Any, error: str) -> None:
+        message = event.message
+        DEAD_LETTERED.labels(message.topic).inc()
+        log.warning("poison message sent to DLQ", extra={"topic": message.topic, "partition": message.partition, "offset": message.offset, "error": error})
+        headers = dlq_headers(message.topic, message.partition, message.offset, "correlator", error)
+        fut = await self.streams.dlq(message.topic).send(key=event.key, value=event.value or b"", headers=headers)
+        await fut
+
+    async def raise_alerts(self, alerts: list[Alert]) -> None:
+        """Send and wait for the broker's acknowledgement of each."""
+        for alert in alerts:
+            fut = await self.streams.alerts.send(key=alert.store_id.encode(), value=encode(alert))
+            await fut
+            ALERTS_RAISED.labels(alert.rule, alert.store_id).inc()
+            log.info("alert raised", extra={"alert_id": alert.alert_id, "rule": alert.rule, "store": alert.store_id,
+                                            "camera": alert.camera_id, "register": alert.register_id})
+
+    async def _guarded(self, event: Any, work: Callable[[Any], Awaitable[None]]) -> None:
+        """Run one event's work; bad input and bugs go to the DLQ rather than stopping the partition."""
         try:
-            analysis = decode(FrameAnalysis, event.value, required=("store_id", "camera_id", "capture_time_ms"))
-            _not_in_future(f"capture time of {analysis.camera_id}#{analysis.frame_sequence}", analysis.capture_time_ms)
+            await work(event)
         except PoisonMessage as exc:
-            await _dead_letter(event, str(exc))
-            continue
+            await self.dead_letter(event, str(exc))
+        except Exception as exc:  # a bug must not stop every key behind this message
+            log.exception("unexpected error on an event", extra={"topic": event.message.topic})
+            await self.dead_letter(event, f"unexpected {type(exc).__name__}: {exc}")
+
+    # --- detections: camera rules and register presence ---------------------------------------------
+
+    async def detections_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            self.refresh_config()
+            await self._guarded(event, self.on_detections)
+
+    async def on_detections(self, event: Any) -> None:
+        analysis = decode(FrameAnalysis, event.value, required=("store_id", "camera_id", "capture_time_ms"))
+        self._not_in_future(f"capture time of {analysis.camera_id}#{analysis.frame_sequence}", analysis.capture_time_ms)
+        await self.forward_presence(analysis)
+        camera = self.index.cameras.get(analysis.camera_id)
+        if camera is None or not analysis.persons:
+            return
+        if not any(camera.zone_kinds.get(v.zone_id) in ("high_value", "exit") for p in analysis.persons for v in p.zones) \
+                and rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is None:
+            return  # nothing a camera rule looks at: the common case costs no table read
+        table = self.streams.camera_state
+        state = table.get(analysis.camera_id) or CameraState()
+        camera = dataclasses.replace(camera, feedback=self.feedback_for(camera.store_id))
+        alerts, changed = rules.camera_rules(state, camera, analysis, _now_ms())
+        await self.raise_alerts(alerts)
+        if changed:
+            table[analysis.camera_id] = state
+
+    async def forward_presence(self, analysis: FrameAnalysis) -> None:
+        """Reduce a frame to presence per register the camera watches; send it on change and heartbeat."""
         zones = {z.zone_id: z for z in analysis.zones}
-        for store, register in store_config.registers_watched_by(analysis.camera_id):
-            observed = [zones[z] for z in register.customer_zones if z in zones]
+        for watched in self.index.registers_by_camera.get(analysis.camera_id, ()):
+            observed = [zones[z] for z in watched.customer_zones if z in zones]
             if not observed:
                 # The analysis says nothing about this register's zones: coverage unknown, not "nobody".
                 continue
-            present = any(z.person_present for z in observed)
-            key = register_key(store.id, register.id)
-            last = _last_forwarded.get(key)
-            if last and last[0] == present and analysis.capture_time_ms - last[1] < settings.presence_heartbeat_ms:
+            customer = any(z.person_present or z.person_count > 0 for z in observed)
+            goods = [zones[z] for z in watched.merchandise_zones if z in zones]
+            merchandise = -1 if not goods else int(any(z.new_object_count > 0 for z in goods))
+            last = self.last_forwarded.get(watched.key)
+            if last and (last[0], last[1]) == (customer, merchandise) and analysis.capture_time_ms - last[2] < self.settings.presence_heartbeat_ms:
                 continue
-            _last_forwarded[key] = (present, analysis.capture_time_ms)
+            self.last_forwarded[watched.key] = (customer, merchandise, analysis.capture_time_ms)
             sample = RegisterPresence(
-                store_id=store.id, register_id=register.id, camera_id=analysis.camera_id,
-                capture_time_ms=analysis.capture_time_ms, customer_present=present,
+                store_id=watched.store_id, register_id=watched.register_id, camera_id=analysis.camera_id,
+                capture_time_ms=analysis.capture_time_ms, customer_present=customer,
                 presence_score=max(z.presence_score for z in observed), frame_sequence=analysis.frame_sequence,
+                merchandise_observed=merchandise >= 0, merchandise_present=merchandise == 1,
             )
-            await register_presence_topic.send(key=key.encode(), value=encode(sample))
+            await self.streams.register_presence.send(key=watched.key.encode(), value=encode(sample))
 
+    # --- registers: POS events and presence ------------------------------------------------------------
 
-@app.timer(interval=5.0)
-async def tick_silent_registers():
-    await send_ticks()
+    async def registers_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            self.refresh_config()
+            await self._guarded(event, self.on_register_event)
 
+    def _decode_pos(self, event: Any) -> PosEvent:
+        pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
+        if pos.type == PosEventType.POS_EVENT_TYPE_UNSPECIFIED:
+            raise PoisonMessage("shrinkwatch.v1.PosEvent: missing required field(s) type")
+        expected_key = register_key(pos.store_id, pos.register_id).encode()
+        if event.key != expected_key:
+            # Another key would put this register's events on another partition than its state.
+            raise PoisonMessage(f"key {event.key!r} is not {expected_key!r} (store:register); events of one register must share a partition")
+        self._not_in_future(f"event_time of {pos.event_id}", pos.event_time_ms)
+        return pos
 
-async def send_ticks() -> None:
-    """Registers whose camera went silent get no events; a tick lets their refunds time out.
+    def register_context(self, key: str, store_id: str, register_id: str) -> rules.RegisterContext:
+        ctx = self.index.registers.get(key)
+        if ctx is None:  # a register the config does not know: POS-only rules still apply, with the store's rules
+            ctx = rules.RegisterContext(store_id, register_id, "UTC", (), (), self.index.rules_at(store_id))
+        return dataclasses.replace(ctx, feedback=self.feedback_for(store_id))
 
-    A timer may read the table but not write it, so it sends a tick through the register's own
-    topic partition and the agent does the deciding.
-    """
-    now = _now_ms()
-    for key, state in list(register_state.items()):
-        if state and rules.timed_out(state, now, MAX_WAIT_MS):
-            store_id, _, register_id = key.partition(":")
-            tick = RegisterPresence(store_id=store_id, register_id=register_id, capture_time_ms=now, tick=True)
-            await register_presence_topic.send(key=key.encode(), value=encode(tick))
-
-
-def _decode_pos(event) -> PosEvent:
-    pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
-    if pos.type == PosEventType.POS_EVENT_TYPE_UNSPECIFIED:
-        raise PoisonMessage("shrinkwatch.v1.PosEvent: missing required field(s) type")
-    expected_key = register_key(pos.store_id, pos.register_id).encode()
-    if event.key != expected_key:
-        # Another key would put this register's events on another partition than its state.
-        raise PoisonMessage(f"key {event.key!r} is not {expected_key!r} (store:register); events of one register must share a partition")
-    _not_in_future(f"event_time of {pos.event_id}", pos.event_time_ms)
-    return pos
-
-
-@app.agent(register_events_topic)
-async def correlate_registers(stream):
-    """Hold each register's presence history and pending refunds; raise alerts when decided."""
-    async for event in stream.events():
+    async def on_register_event(self, event: Any) -> None:
         key = event.key.decode(errors="replace") if event.key else ""
         now_ms = _now_ms()
+        table = self.streams.register_state
+        alerts: list[Alert] = []
+        if event.message.topic == topics.POS:
+            pos = self._decode_pos(event)
+            ctx = self.register_context(key, pos.store_id, pos.register_id)
+            state = table.get(key) or RegisterState()
+            if pos.type in rules.REFUND_TYPES:
+                rules.add_pending(state, ctx, pos, now_ms)
+                alerts += rules.employee_own_card(state, ctx, pos, self.index.employee_tokens, now_ms)
+                await self.route_refund(pos)
+            elif pos.type == PosEventType.POS_EVENT_TYPE_SALE and pos.transaction_id:
+                await self.streams.transactions.send(key=f"{pos.store_id}:{pos.transaction_id}".encode(), value=event.value)
+            alerts += rules.no_sale_rate(state, ctx, pos, now_ms)
+            alerts += rules.post_void(state, ctx, pos, now_ms)
+        else:
+            sample = decode(RegisterPresence, event.value, required=("store_id", "register_id", "capture_time_ms"))
+            ctx = self.register_context(key, sample.store_id, sample.register_id)
+            state = table.get(key) or RegisterState()
+            if not sample.tick:
+                merchandise = -1 if not sample.merchandise_observed else int(sample.merchandise_present)
+                rules.add_sample(state, rules.Sample(sample.capture_time_ms, sample.frame_sequence, sample.camera_id, sample.customer_present, merchandise),
+                                 self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000))
+        decided, outcomes, taken = rules.decide_refunds(state, ctx, now_ms, now_ms)
         try:
-            if event.message.topic == topics.POS:
-                pos = _decode_pos(event)
-                if pos.type not in rules.REFUND_TYPES:
-                    continue
-                state = register_state.get(key) or rules.new_state()
-                rules.add_pending(state, pos, now_ms)
-            else:
-                sample = decode(RegisterPresence, event.value, required=("store_id", "register_id", "capture_time_ms"))
-                state = register_state.get(key) or rules.new_state()
-                if not sample.tick:
-                    rules.add_presence(state, sample.capture_time_ms, sample.customer_present, sample.camera_id, rule_settings)
-        except PoisonMessage as exc:
-            await _dead_letter(event, str(exc))
-            continue
-        except Exception as exc:  # a bug must not stop every register behind this message
-            log.exception("unexpected error on a register event")
-            await _dead_letter(event, f"unexpected {type(exc).__name__}: {exc}")
-            continue
-        for decision in rules.decide_ready(state, rule_settings, now_ms, MAX_WAIT_MS):
-            try:
-                await _act_on(decision, now_ms)
-            except Exception:
-                # Keep it pending: the register's next event (or tick) decides it again, and the
-                # deterministic alert id makes a second attempt harmless.
-                log.exception("could not act on a decided refund; kept pending", extra={"event_id": decision.event.event_id})
-                rules.restore_pending(state, decision)
+            await self.raise_alerts(alerts + decided)
+        except Exception:
+            # Keep them pending: the register's next event (or tick) decides again, and the
+            # deterministic alert ids make a second attempt harmless.
+            log.exception("could not send alerts; refunds kept pending", extra={"register": key})
+            rules.restore_pending(state, taken)
+            table[key] = state
+            return
+        for outcome in outcomes:
+            RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
+            if outcome.rule == rules.REFUND_WITHOUT_CUSTOMER:
+                REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
+            if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
+                DECISION_DELAY.observe(outcome.delay_ms / 1000)
         # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
-        register_state[key] = state
+        table[key] = state
 
+    async def route_refund(self, pos: PosEvent) -> None:
+        """Returns go on to the chain-wide token table and to their original sale's transaction."""
+        value = encode(pos)
+        for token in dict.fromkeys(t for t in (pos.card_token, pos.customer_token) if t):
+            await self.streams.returns_by_token.send(key=token.encode(), value=value)
+        if pos.original_transaction_id:
+            await self.streams.transactions.send(key=f"{pos.store_id}:{pos.original_transaction_id}".encode(), value=value)
 
-async def _act_on(decision: rules.Decision, now_ms: int) -> None:
-    pos = decision.event
-    if decision.customer_present is None:
-        REFUNDS_DECIDED.labels("no_camera_coverage").inc()
-        log.warning("refund not verifiable: the camera did not cover its window", extra={"event_id": pos.event_id, "register": pos.register_id})
-        return
-    if decision.customer_present:
-        REFUNDS_DECIDED.labels("customer_present").inc()
-        log.info("refund with customer present", extra={"event_id": pos.event_id, "register": pos.register_id})
-        return
-    store = next((s for s in store_config.stores if s.id == pos.store_id), None)
-    register = next((r for r in store.registers if r.id == pos.register_id), None) if store else None
-    alert = rules.build_alert(decision, register.customer_zones if register else ["the customer zone"], now_ms)
-    fut = await alerts_topic.send(key=alert.store_id.encode(), value=encode(alert))
-    await fut
-    REFUNDS_DECIDED.labels("no_customer").inc()
-    ALERTS_RAISED.labels(alert.rule, alert.store_id).inc()
-    log.info("alert raised", extra={"alert_id": alert.alert_id, "rule": alert.rule, "register": alert.register_id, "event_id": pos.event_id})
+    async def send_ticks(self) -> None:
+        """Registers whose camera went silent get no events; a tick lets their refunds time out.
+
+        A timer may read a table but not write it, so it sends a tick through the register's own
+        topic partition and the agent does the deciding.
+        """
+        now = _now_ms()
+        for key, state in list(self.streams.register_state.items()):
+            ctx = self.index.registers.get(key)
+            max_wait_ms = int((ctx.rules if ctx else self.index.rules_at(key.partition(":")[0])).timing.max_wait_s * 1000)
+            if state and rules.timed_out(state, now, max_wait_ms):
+                store_id, _, register_id = key.partition(":")
+                tick = RegisterPresence(store_id=store_id, register_id=register_id, capture_time_ms=now, tick=True)
+                await self.streams.register_presence.send(key=key.encode(), value=encode(tick))
+
+    # --- chain-wide returns, transactions, feedback -----------------------------------------------------
+
+    async def tokens_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            self.refresh_config()
+            await self._guarded(event, self.on_token_return)
+
+    async def on_token_return(self, event: Any) -> None:
+        token = event.key.decode(errors="replace") if event.key else ""
+        pos = decode(PosEvent, event.value, required=("event_id", "store_id", "event_time_ms"))
+        if not token:
+            raise PoisonMessage("return without a token key")
+        state = self.streams.token_state.get(token) or TokenState()
+        alerts = rules.return_abuse(state, token, pos, self.index.rules_at(pos.store_id), self.feedback_for(pos.store_id), _now_ms())
+        await self.raise_alerts(alerts)
+        self.streams.token_state[token] = state
+
+    async def transactions_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            self.refresh_config()
+            await self._guarded(event, self.on_transaction)
+
+    async def on_transaction(self, event: Any) -> None:
+        key = event.key.decode(errors="replace") if event.key else ""
+        pos = decode(PosEvent, event.value, required=("event_id", "store_id", "event_time_ms"))
+        table = self.streams.transaction_state
+        state = table.get(key) or TransactionState()
+        settings = self.index.rules_at(pos.store_id)
+        refunds = rules.record_sale(state, pos) if pos.type == PosEventType.POS_EVENT_TYPE_SALE else [pos]
+        alerts = [a for refund in refunds for a in rules.employee_own_sale(state, refund, settings, _now_ms())]
+        await self.raise_alerts(alerts)
+        table[key] = state
+
+    async def feedback_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            self.refresh_config()
+            await self._guarded(event, self.on_feedback)
+
+    async def on_feedback(self, event: Any) -> None:
+        verdict = decode(Feedback, event.value, required=("alert_id", "store_id", "verdict"))
+        if verdict.verdict in (Verdict.VERDICT_CONFIRMED, Verdict.VERDICT_FALSE_ALARM) and verdict.rule not in RULE_NAMES:
+            raise PoisonMessage(f"feedback on alert {verdict.alert_id}: unknown rule {verdict.rule!r} (one of {', '.join(RULE_NAMES)})")
+        table = self.streams.feedback_state
+        state = table.get(verdict.store_id) or FeedbackState()
+        if rules.apply_feedback(state, verdict, self.index.rules_at(verdict.store_id).tuning):
+            table[verdict.store_id] = state
+            self.feedback[verdict.store_id] = state

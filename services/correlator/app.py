@@ -5,25 +5,24 @@ from __future__ import annotations
 import faust
 
 from services.correlator.settings import CorrelatorSettings
-from services.shared.settings import load_settings
 from services.shared.topics import PARTITIONS
 
-settings = load_settings(CorrelatorSettings)
 
-app = faust.App(
-    settings.correlator_app_id,
-    broker=f"kafka://{settings.kafka_bootstrap_servers}",
-    store="memory://",
-    datadir=str(settings.correlator_data_dir),
-    # Topics are created by the platform (the dev broker has no CreateTopics; production uses IaC).
-    topic_allow_declare=False,
-    topic_disable_leader=True,
-    topic_partitions=PARTITIONS,
-    # Short sessions so a restarted worker rejoins in seconds rather than a minute.
-    broker_session_timeout=6.0,
-    broker_heartbeat_interval=1.0,
-    producer_linger=0.01,
-    consumer_auto_offset_reset="earliest",
-    web_enabled=False,
-    autodiscover=False,
-)
+def create_app(settings: CorrelatorSettings) -> faust.App:
+    return faust.App(
+        settings.correlator_app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store=f"{settings.table_store}://",
+        datadir=str(settings.correlator_data_dir),
+        # Topics are created by the platform (the dev broker has no CreateTopics; production uses IaC).
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        topic_partitions=PARTITIONS,
+        # Short sessions so a restarted worker rejoins in seconds rather than a minute.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        producer_linger=0.01,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        autodiscover=False,
+    )

@@ -1,173 +1,723 @@
 """Rule logic of the correlator, free of Faust so it can be tested on its own.
 
-Rule `refund_without_customer`: a refund or return at a register while nobody was in that
-register's customer zone at any moment of [event time - before, event time + after]. Decided only
-once the register's camera has reported past the end of that window (event time, not arrival
-time), so a POS event that arrives before the video that covers it waits for it.
+Every function takes a rule's typed state (services/correlator/state.py), the input and the rule
+settings in force, updates the state and returns the alerts to raise. Time is event time
+throughout: capture times for cameras, POS event times for POS events; the wall clock is only used
+to give up on a camera that stays silent (Timing.max_wait_s).
+
+Alert ids are derived from the rule and the input that triggered it (never from arrival order or the
+wall clock), so a replay or a restarted worker produces the same id again.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+from services.correlator.state import (
+    CameraState,
+    Change,
+    Coverage,
+    DrawerOpen,
+    FeedbackState,
+    PendingRefund,
+    RegisterState,
+    RuleFeedback,
+    TokenReturn,
+    TokenState,
+    TransactionState,
+    Visit,
+)
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis, PersonObservation
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.rulesconfig import RulesConfig, Tuning
+from services.shared.storeconfig import OpeningHours
 
-RULE_REFUND_WITHOUT_CUSTOMER = "refund_without_customer"
+REFUND_WITHOUT_CUSTOMER = "refund_without_customer"
+REFUND_WITHOUT_MERCHANDISE = "refund_without_merchandise"
+CONCEALMENT = "concealment"
+AFTER_HOURS = "after_hours"
+LOITERING = "loitering"
+RETURN_ABUSE = "return_abuse"
+EMPLOYEE_OWN_CARD = "employee_own_card"
+EMPLOYEE_OWN_SALE = "employee_own_sale"
+NO_SALE_RATE = "no_sale_rate"
+POST_VOID = "post_void"
+
 REFUND_TYPES = {PosEventType.POS_EVENT_TYPE_REFUND, PosEventType.POS_EVENT_TYPE_RETURN}
+DRAWER_TYPES = {PosEventType.POS_EVENT_TYPE_NO_SALE, PosEventType.POS_EVENT_TYPE_DRAWER_OPEN}
+BAG_LABELS = {"backpack", "handbag", "suitcase"}
+DECIDED_KEPT = 256
+DAY_MS = 86_400_000
 
 
-@dataclass(frozen=True)
-class RuleSettings:
-    before_ms: int = 5000
-    after_ms: int = 5000
-    # A sample vouches for the state it reports for this long; a longer silence is a coverage gap.
-    max_gap_ms: int = 3000
-    # History kept per register; older changes and coverage are dropped.
-    retention_ms: int = 10 * 60 * 1000
-
-
-def alert_id(rule: str, store_id: str, register_id: str, source_event_id: str) -> str:
+def alert_id(rule: str, *parts: str) -> str:
     """Same rule and same triggering input give the same id, so replays never page twice."""
-    digest = hashlib.sha256(f"{rule}|{store_id}|{register_id}|{source_event_id}".encode()).hexdigest()
+    digest = hashlib.sha256("|".join((rule, *parts)).encode()).hexdigest()
     return f"al-{digest[:24]}"
 
 
-def new_state() -> dict:
-    """A register's state: presence changes, camera coverage intervals, watermark, pending refunds.
+def _clock(ms: int, tz: str = "UTC") -> str:
+    return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).strftime("%H:%M:%S")
 
-    Only changes and merged coverage intervals are kept (not every heartbeat), so the state stays
-    small although it is written to the table's changelog on every sample. JSON-friendly, because
-    it lives in a Faust table.
+
+def _money(minor: int, currency: str) -> str:
+    return f"{minor / 100:.2f} {currency}".strip()
+
+
+def _kind(event: PosEvent) -> str:
+    return PosEventType.Name(event.type).removeprefix("POS_EVENT_TYPE_").lower()
+
+
+def _pos_evidence(alert: Alert, event: PosEvent) -> None:
+    alert.evidence.append(EvidenceRef(kind="pos_event", ref=event.event_id, time_ms=event.event_time_ms))
+    if event.transaction_id:
+        alert.evidence.append(EvidenceRef(kind="pos_transaction", ref=event.transaction_id, time_ms=event.event_time_ms))
+
+
+def _alert(rule: str, severity: Severity, score: float, explanation: str, store_id: str, event_time_ms: int, raised_ms: int,
+           facts: dict[str, object], *id_parts: str, camera_id: str = "", register_id: str = "") -> Alert:
+    alert = Alert(
+        alert_id=alert_id(rule, store_id, *id_parts), rule=rule, severity=severity, score=round(min(max(score, 0.0), 1.0), 3),
+        explanation=explanation, store_id=store_id, camera_id=camera_id, register_id=register_id,
+        event_time_ms=event_time_ms, raised_time_ms=raised_ms,
+    )
+    for name, value in facts.items():
+        alert.facts[name] = str(value)
+    return alert
+
+
+def _remember(decided: list[str], event_id: str) -> None:
+    decided.append(event_id)
+    del decided[:-DECIDED_KEPT]
+
+
+# --- feedback -------------------------------------------------------------------------------------
+
+def factor(feedback: FeedbackState | None, rule: str) -> float:
+    """How much feedback has scaled this rule's threshold at this store (1: as configured)."""
+    if feedback is None or rule not in feedback.rules:
+        return 1.0
+    return feedback.rules[rule].factor
+
+
+VERDICTS_KEPT = 5000
+
+
+def apply_feedback(state: FeedbackState, verdict: Feedback, tuning: Tuning) -> bool:
+    """Count a verdict once per alert (a changed verdict moves its count) and nudge the factor.
+
+    A false alarm raises the rule's threshold factor by `step`, a confirmation lowers it by half a
+    step (a confirmed alert says the threshold may be a little too strict), both within bounds.
+    Returns False when it changes nothing (a replay, an acknowledgement).
     """
-    return {"changes": [], "covered": [], "watermark": 0, "camera_id": "", "pending": []}
-
-
-def add_presence(state: dict, time_ms: int, present: bool, camera_id: str, settings: RuleSettings) -> bool:
-    """Record one presence sample; returns False for a sample at or before the watermark (a replay).
-
-    Samples of one register come from one camera, in capture order (one partition), so anything not
-    newer than the watermark has been seen already.
-    """
-    if time_ms <= state["watermark"]:
+    if verdict.verdict not in (Verdict.VERDICT_CONFIRMED, Verdict.VERDICT_FALSE_ALARM) or not verdict.rule:
         return False
-    covered, changes = state["covered"], state["changes"]
-    after_gap = not covered or time_ms > covered[-1][1]
-    if after_gap:
-        covered.append([time_ms, time_ms + settings.max_gap_ms])
+    previous = state.verdicts.get(verdict.alert_id)
+    if previous == verdict.verdict:
+        return False
+    stats = state.rules.setdefault(verdict.rule, RuleFeedback())
+    if previous == Verdict.VERDICT_CONFIRMED:
+        stats.confirmed -= 1
+    elif previous == Verdict.VERDICT_FALSE_ALARM:
+        stats.false_alarm -= 1
+    if verdict.verdict == Verdict.VERDICT_CONFIRMED:
+        stats.confirmed += 1
+        change = -tuning.step / 2
     else:
-        covered[-1][1] = time_ms + settings.max_gap_ms
-    # After a gap the state is unknown, so the first sample is always recorded as a change.
-    if after_gap or changes[-1][1] != int(present):
-        changes.append([time_ms, int(present)])
-    state["watermark"] = time_ms
-    state["camera_id"] = camera_id
-    _prune(state, time_ms - settings.retention_ms)
+        stats.false_alarm += 1
+        change = tuning.step
+    if tuning.enabled:
+        stats.factor = round(min(max(stats.factor + change, tuning.min_factor), tuning.max_factor), 4)
+    state.verdicts.pop(verdict.alert_id, None)
+    state.verdicts[verdict.alert_id] = verdict.verdict
+    while len(state.verdicts) > VERDICTS_KEPT:
+        del state.verdicts[next(iter(state.verdicts))]
     return True
 
 
-def _prune(state: dict, cutoff: int) -> None:
-    state["covered"] = [c for c in state["covered"] if c[1] >= cutoff]
-    changes = state["changes"]
+def precision(stats: RuleFeedback) -> float | None:
+    judged = stats.confirmed + stats.false_alarm
+    return stats.confirmed / judged if judged else None
+
+
+# --- register: presence, coverage and watermark -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Sample:
+    """One reduced observation of a register's zones (a RegisterPresence)."""
+
+    time_ms: int
+    seq: int
+    camera_id: str
+    customer: bool
+    merchandise: int  # 1 seen, 0 not seen, -1 the camera does not watch merchandise here
+
+
+def add_sample(state: RegisterState, sample: Sample, max_gap_ms: int, retention_ms: int) -> bool:
+    """Record one sample; False for one at or before the watermark (a replay).
+
+    Samples of one register come from one camera in capture order (one partition), so anything not
+    newer than the watermark has been seen already. Only changes and merged coverage are kept.
+    """
+    if sample.time_ms <= state.watermark_ms:
+        return False
+    covered, changes = state.covered, state.changes
+    after_gap = not covered or sample.time_ms > covered[-1].end_ms
+    if after_gap:
+        covered.append(Coverage(sample.time_ms, sample.time_ms + max_gap_ms, sample.seq))
+    else:
+        covered[-1].end_ms = sample.time_ms + max_gap_ms
+    last = changes[-1] if changes else None
+    # After a gap the state is unknown, so the first sample is always recorded as a change.
+    if after_gap or last is None or (last.customer, last.merchandise) != (sample.customer, sample.merchandise):
+        changes.append(Change(sample.time_ms, sample.customer, sample.merchandise, sample.seq))
+    state.watermark_ms, state.watermark_seq, state.camera_id = sample.time_ms, sample.seq, sample.camera_id
+    cutoff = sample.time_ms - retention_ms
+    state.covered = [c for c in covered if c.end_ms >= cutoff]
     # Keep the last change before the cutoff: it is the state in force at the cutoff.
-    first_kept = next((i for i, c in enumerate(changes) if c[0] >= cutoff), len(changes))
+    first_kept = next((i for i, c in enumerate(changes) if c.time_ms >= cutoff), len(changes))
     if first_kept > 1:
         del changes[: first_kept - 1]
+    return True
 
 
-def presence_in_window(state: dict, start_ms: int, end_ms: int) -> bool | None:
-    """True if anyone was seen at any moment of the window, False if the camera covered all of it
-    and saw nobody, None if it did not cover all of it (a gap, a late start, a silent camera)."""
-    in_force = None
-    for t, present in state["changes"]:
-        if t <= start_ms:
-            in_force = present
-        elif t <= end_ms:
-            if present:
-                return True
-        else:
+def seen_in_window(state: RegisterState, start_ms: int, end_ms: int, what: str) -> bool | None:
+    """True if `what` ("customer" or "merchandise") was seen at any moment of the window, False if
+    the camera covered all of it and saw none, None if it did not (a gap, a silent camera, a camera
+    that does not watch merchandise at this register)."""
+    covers_window = any(c.start_ms <= start_ms and end_ms <= c.end_ms for c in state.covered)
+    covers_start = any(c.start_ms <= start_ms <= c.end_ms for c in state.covered)
+    in_force: int | None = None
+    observed = True
+    for change in state.changes:
+        value = int(change.customer) if what == "customer" else change.merchandise
+        if change.time_ms <= start_ms:
+            in_force = value
+            continue
+        if change.time_ms > end_ms:
             break
-    covers_window = any(s <= start_ms and end_ms <= e for s, e in state["covered"])
-    covers_start = any(s <= start_ms <= e for s, e in state["covered"])
-    if in_force and covers_start:
+        if value == 1:
+            return True
+        observed = observed and value >= 0
+    if in_force == 1 and covers_start:
         return True
+    if in_force == -1 or not observed:
+        return None
     return False if covers_window else None
 
 
-def add_pending(state: dict, event: PosEvent, received_ms: int) -> None:
-    if any(p["event_id"] == event.event_id for p in state["pending"]):
-        return
-    state["pending"].append({
-        "event_id": event.event_id,
-        "event_time_ms": event.event_time_ms,
-        "received_ms": received_ms,
-        "event": base64.b64encode(event.SerializeToString()).decode(),
-    })
+def _frames_around(state: RegisterState, start_ms: int) -> int:
+    """Sequence number of a frame at or before `start_ms` (the change or coverage start in force)."""
+    seqs = [c.seq for c in state.changes if c.time_ms <= start_ms] + [c.start_seq for c in state.covered if c.start_ms <= start_ms]
+    return max(seqs) if seqs else 0
+
+
+# --- register: refunds and returns -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RegisterContext:
+    """What a register's rules need to know besides its state: names, rules in force, feedback."""
+
+    store_id: str
+    register_id: str
+    timezone: str
+    customer_zones: tuple[str, ...]
+    merchandise_zones: tuple[str, ...]
+    rules: RulesConfig
+    feedback: FeedbackState | None = None
 
 
 @dataclass(frozen=True)
-class Decision:
-    event: PosEvent
-    customer_present: bool | None  # None: the camera did not cover the whole window
-    window: tuple[int, int]
-    camera_id: str
-    pending: dict  # the entry taken out of the state, to put back if acting on it fails
+class RefundOutcome:
+    """What the camera said about one decided refund (for metrics and logs)."""
+
+    event_id: str
+    rule: str
+    outcome: str  # "alert", "seen", "no_coverage", "below_amount", "disabled"
+    # Wall time from the window's end passing to this decision (0 when decided by waiting it out).
+    delay_ms: int = 0
 
 
-def decide_ready(state: dict, settings: RuleSettings, now_ms: int, max_wait_ms: int) -> list[Decision]:
-    """Take out and decide every pending refund whose window the camera has passed, or that waited
-    longer than max_wait_ms (then whatever was covered decides; usually that is None)."""
-    decisions, still_pending = [], []
-    for pending in state["pending"]:
-        start, end = pending["event_time_ms"] - settings.before_ms, pending["event_time_ms"] + settings.after_ms
-        if state["watermark"] >= end or now_ms - pending["received_ms"] > max_wait_ms:
-            event = PosEvent.FromString(base64.b64decode(pending["event"]))
-            decisions.append(Decision(event, presence_in_window(state, start, end), (start, end), state["camera_id"], pending))
+def _window(event_ms: int, before_s: float, after_s: float, skew_s: float) -> tuple[int, int]:
+    return event_ms - int((before_s + skew_s) * 1000), event_ms + int((after_s + skew_s) * 1000)
+
+
+def refund_window(rule: str, event_ms: int, rules: RulesConfig) -> tuple[int, int]:
+    """[start, end] of event time a refund rule looks at, widened by the POS clock's skew."""
+    settings = rules.refund_without_customer if rule == REFUND_WITHOUT_CUSTOMER else rules.refund_without_merchandise
+    skew_ms = rules.timing.pos_clock_skew_s * 1000
+    return event_ms - int(settings.before_s * 1000 + skew_ms), event_ms + int(settings.after_s * 1000 + skew_ms)
+
+
+def add_pending(state: RegisterState, ctx: RegisterContext, event: PosEvent, received_ms: int) -> bool:
+    """Hold a refund until the camera passes the windows of the refund rules that apply here."""
+    if event.event_id in state.decided or any(p.event_id == event.event_id for p in state.pending):
+        return False
+    applicable = []
+    if ctx.rules.refund_without_customer.enabled:
+        applicable.append(REFUND_WITHOUT_CUSTOMER)
+    if ctx.rules.refund_without_merchandise.enabled and ctx.merchandise_zones:
+        applicable.append(REFUND_WITHOUT_MERCHANDISE)
+    if not applicable:
+        return False
+    encoded = base64.b64encode(event.SerializeToString()).decode()
+    state.pending.append(PendingRefund(event.event_id, event.event_time_ms, received_ms, encoded, applicable))
+    return True
+
+
+def decide_refunds(state: RegisterState, ctx: RegisterContext, now_ms: int, raised_ms: int) -> tuple[list[Alert], list[RefundOutcome], list[PendingRefund]]:
+    """Decide each pending refund rule whose window the camera has passed (or whose refund waited
+    longer than max_wait_s: then what was covered decides, and an uncovered window raises nothing).
+
+    Returns the alerts, the outcomes, and copies of the pending entries as they were before (to put
+    back with `restore_pending` if the alerts cannot be sent).
+    """
+    alerts: list[Alert] = []
+    outcomes: list[RefundOutcome] = []
+    taken: list[PendingRefund] = []
+    max_wait_ms = int(ctx.rules.timing.max_wait_s * 1000)
+    still: list[PendingRefund] = []
+    for pending in state.pending:
+        waited_out = now_ms - pending.received_ms > max_wait_ms
+        due = [r for r in pending.rules if waited_out or state.watermark_ms >= refund_window(r, pending.event_time_ms, ctx.rules)[1]]
+        if not due:
+            still.append(pending)
+            continue
+        taken.append(dataclasses.replace(pending, rules=list(pending.rules)))
+        event = PosEvent.FromString(base64.b64decode(pending.event))
+        for rule in due:
+            start, end = refund_window(rule, pending.event_time_ms, ctx.rules)
+            alert, outcome = _judge_refund(state, ctx, event, rule, start, end, raised_ms)
+            outcomes.append(RefundOutcome(event.event_id, rule, outcome, max(0, now_ms - end) if not waited_out else 0))
+            if alert:
+                alerts.append(alert)
+        pending.rules = [r for r in pending.rules if r not in due]
+        if pending.rules:
+            still.append(pending)
         else:
-            still_pending.append(pending)
-    state["pending"] = still_pending
-    return decisions
+            _remember(state.decided, pending.event_id)
+    state.pending = still
+    return alerts, outcomes, taken
 
 
-def restore_pending(state: dict, decision: Decision) -> None:
-    """Put a decision back, to be decided again on the register's next event."""
-    if all(p["event_id"] != decision.pending["event_id"] for p in state["pending"]):
-        state["pending"].append(decision.pending)
-
-
-def timed_out(state: dict, now_ms: int, max_wait_ms: int) -> bool:
-    return any(now_ms - p["received_ms"] > max_wait_ms for p in state["pending"])
-
-
-def _clock(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S")
-
-
-def build_alert(decision: Decision, customer_zones: list[str], raised_ms: int) -> Alert:
-    event = decision.event
-    kind = PosEventType.Name(event.type).removeprefix("POS_EVENT_TYPE_").lower()
-    amount = f"{event.total_minor / 100:.2f} {event.currency}".strip()
-    start, end = decision.window
+def _judge_refund(state: RegisterState, ctx: RegisterContext, event: PosEvent, rule: str, start: int, end: int, raised_ms: int) -> tuple[Alert | None, str]:
+    settings = ctx.rules.refund_without_customer if rule == REFUND_WITHOUT_CUSTOMER else ctx.rules.refund_without_merchandise
+    if not settings.enabled:
+        return None, "disabled"
+    what = "customer" if rule == REFUND_WITHOUT_CUSTOMER else "merchandise"
+    seen = seen_in_window(state, start, end, what)
+    if seen is None:
+        return None, "no_coverage"
+    if seen:
+        return None, "seen"
+    min_total = settings.min_total * factor(ctx.feedback, rule)
+    if event.total_minor < min_total * 100:
+        return None, "below_amount"
+    zones = ctx.customer_zones if what == "customer" else ctx.merchandise_zones
+    amount = _money(event.total_minor, event.currency)
+    nobody = "nobody" if what == "customer" else "no merchandise newly put"
     explanation = (
-        f"{kind} {event.transaction_id or event.event_id} of {amount} at register {event.register_id} "
-        f"with nobody in {', '.join(customer_zones)} between {_clock(start)} and {_clock(end)} UTC "
-        f"(camera {decision.camera_id}, employee {event.employee_id or 'unknown'})"
+        f"{_kind(event)} {event.transaction_id or event.event_id} of {amount} at register {event.register_id} "
+        f"with {nobody} in {', '.join(zones)} between {_clock(start, ctx.timezone)} and {_clock(end, ctx.timezone)} "
+        f"store time (camera {state.camera_id}, employee {event.employee_id or 'unknown'})"
     )
-    alert = Alert(
-        alert_id=alert_id(RULE_REFUND_WITHOUT_CUSTOMER, event.store_id, event.register_id, event.event_id),
-        rule=RULE_REFUND_WITHOUT_CUSTOMER,
-        severity=Severity.SEVERITY_HIGH,
-        score=1.0,
-        explanation=explanation,
-        store_id=event.store_id,
-        camera_id=decision.camera_id,
-        register_id=event.register_id,
-        event_time_ms=event.event_time_ms,
-        raised_time_ms=raised_ms,
-    )
-    alert.evidence.append(EvidenceRef(kind="pos_event", ref=event.event_id, time_ms=event.event_time_ms))
-    alert.evidence.append(EvidenceRef(kind="camera_window", ref=f"{start}-{end}", camera_id=decision.camera_id, time_ms=event.event_time_ms))
-    return alert
+    # A bigger refund is a likelier loss; the score grows with the amount over the threshold.
+    score = 0.6 + 0.4 * min(1.0, event.total_minor / max(100.0, 4 * min_total * 100 or 20000))
+    alert = _alert(rule, Severity.SEVERITY_HIGH, score, explanation, event.store_id, event.event_time_ms, raised_ms,
+                   {"amount": amount, "employee": event.employee_id, "zones": ",".join(zones), "window_start_ms": start,
+                    "window_end_ms": end, "min_total": f"{min_total:.2f}"},
+                   event.register_id, event.event_id, camera_id=state.camera_id, register_id=event.register_id)
+    _pos_evidence(alert, event)
+    alert.evidence.append(EvidenceRef(kind="camera_window", ref=f"{start}-{end}", camera_id=state.camera_id, time_ms=event.event_time_ms))
+    first = _frames_around(state, start)
+    alert.evidence.append(EvidenceRef(kind="frames", ref=f"{first}-{state.watermark_seq}", camera_id=state.camera_id, time_ms=start))
+    return alert, "alert"
+
+
+def restore_pending(state: RegisterState, taken: Iterable[PendingRefund]) -> None:
+    """Put decisions back as they were, to be decided again on the register's next event."""
+    for pending in taken:
+        if pending.event_id in state.decided:
+            state.decided.remove(pending.event_id)
+        state.pending = [p for p in state.pending if p.event_id != pending.event_id] + [pending]
+
+
+def timed_out(state: RegisterState, now_ms: int, max_wait_ms: int) -> bool:
+    return any(now_ms - p.received_ms > max_wait_ms for p in state.pending)
+
+
+# --- register: decided on arrival ---------------------------------------------------------------------
+
+def post_void(state: RegisterState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
+    """A void after tender (flagged, or naming a completed transaction) above the amount."""
+    settings = ctx.rules.post_void
+    if not settings.enabled or event.type != PosEventType.POS_EVENT_TYPE_VOID:
+        return []
+    if not (event.after_tender or event.original_transaction_id):
+        return []
+    min_total = settings.min_total * factor(ctx.feedback, POST_VOID)
+    if abs(event.total_minor) < min_total * 100 or event.event_id in state.decided:
+        return []
+    _remember(state.decided, event.event_id)
+    amount = _money(abs(event.total_minor), event.currency)
+    explanation = (f"post-void of {event.original_transaction_id or event.transaction_id or event.event_id} ({amount}) at register "
+                   f"{event.register_id} at {_clock(event.event_time_ms, ctx.timezone)} store time by employee {event.employee_id or 'unknown'}, "
+                   f"after the transaction was tendered (threshold {min_total:.2f})")
+    score = 0.5 + 0.5 * min(1.0, abs(event.total_minor) / max(100.0, 4 * min_total * 100))
+    alert = _alert(POST_VOID, Severity.SEVERITY_MEDIUM, score, explanation, event.store_id, event.event_time_ms, raised_ms,
+                   {"amount": amount, "employee": event.employee_id, "voided_transaction": event.original_transaction_id or event.transaction_id,
+                    "min_total": f"{min_total:.2f}"},
+                   event.register_id, event.event_id, register_id=event.register_id)
+    _pos_evidence(alert, event)
+    return [alert]
+
+
+def employee_own_card(state: RegisterState, ctx: RegisterContext, event: PosEvent, employee_tokens: dict[str, set[str]], raised_ms: int) -> list[Alert]:
+    """A refund or return to a card or customer token of the employee who keyed it in."""
+    if not ctx.rules.employee_own_card.enabled or event.type not in REFUND_TYPES or not event.employee_id:
+        return []
+    own = employee_tokens.get(event.employee_id, set())
+    matched = [t for t in (event.card_token, event.customer_token) if t and t in own]
+    key = f"own-card:{event.event_id}"
+    if not matched or key in state.decided:
+        return []
+    _remember(state.decided, key)
+    amount = _money(event.total_minor, event.currency)
+    explanation = (f"{_kind(event)} {event.transaction_id or event.event_id} of {amount} at register {event.register_id} paid out to a card or "
+                   f"customer account of employee {event.employee_id}, who keyed it in")
+    alert = _alert(EMPLOYEE_OWN_CARD, Severity.SEVERITY_CRITICAL, 0.95, explanation, event.store_id, event.event_time_ms, raised_ms,
+                   {"amount": amount, "employee": event.employee_id, "token": matched[0]},
+                   event.register_id, event.event_id, register_id=event.register_id)
+    _pos_evidence(alert, event)
+    return [alert]
+
+
+def no_sale_rate(state: RegisterState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
+    """Drawer opens without a sale by one employee at this register, over `max_per_shift` within a
+    sliding shift; one alert per employee per shift. Late and out-of-order events count where they belong."""
+    settings = ctx.rules.no_sale_rate
+    if event.type not in DRAWER_TYPES or any(d.event_id == event.event_id for d in state.drawer_opens):
+        return []
+    shift_ms = int(settings.shift_h * 3600 * 1000)
+    state.drawer_opens.append(DrawerOpen(event.event_id, event.event_time_ms, event.employee_id))
+    state.drawer_opens.sort(key=lambda d: d.time_ms)
+    newest = state.drawer_opens[-1].time_ms
+    state.drawer_opens = [d for d in state.drawer_opens if d.time_ms > newest - 2 * shift_ms]
+    if not settings.enabled:
+        return []
+    limit = math.ceil(settings.max_per_shift * factor(ctx.feedback, NO_SALE_RATE))
+    mine = [d for d in state.drawer_opens if d.employee_id == event.employee_id and event.event_time_ms - shift_ms < d.time_ms <= event.event_time_ms]
+    if len(mine) <= limit or event.event_time_ms < state.no_sale_quiet_until.get(event.employee_id, 0):
+        return []
+    state.no_sale_quiet_until[event.employee_id] = mine[0].time_ms + shift_ms
+    explanation = (f"{len(mine)} drawer opens without a sale by employee {event.employee_id or 'unknown'} at register {event.register_id} "
+                   f"between {_clock(mine[0].time_ms, ctx.timezone)} and {_clock(event.event_time_ms, ctx.timezone)} store time "
+                   f"(limit {limit} per {settings.shift_h:g} h shift)")
+    alert = _alert(NO_SALE_RATE, Severity.SEVERITY_MEDIUM, min(1.0, 0.5 + 0.1 * (len(mine) - limit)), explanation, event.store_id,
+                   event.event_time_ms, raised_ms,
+                   {"count": len(mine), "limit": limit, "shift_h": settings.shift_h, "employee": event.employee_id},
+                   event.register_id, event.employee_id, event.event_id, register_id=event.register_id)
+    for drawer in mine:
+        alert.evidence.append(EvidenceRef(kind="pos_event", ref=drawer.event_id, time_ms=drawer.time_ms))
+    return [alert]
+
+
+# --- chain-wide: returns per card or customer token -----------------------------------------------
+
+def return_abuse(state: TokenState, token: str, event: PosEvent, rules: RulesConfig, feedback: FeedbackState | None, raised_ms: int) -> list[Alert]:
+    """The same token returning in `min_stores` or more stores, or `min_returns` or more times, within
+    a sliding period (event time). One alert per token per period."""
+    settings = rules.return_abuse
+    if any(r.event_id == event.event_id for r in state.returns):
+        return []
+    period_ms = int(settings.period_days * DAY_MS)
+    state.returns.append(TokenReturn(event.event_id, event.event_time_ms, event.store_id, event.register_id, event.total_minor))
+    state.returns.sort(key=lambda r: r.time_ms)
+    newest = state.returns[-1].time_ms
+    state.returns = [r for r in state.returns if r.time_ms > newest - 2 * period_ms]
+    if not settings.enabled:
+        return []
+    scale = factor(feedback, RETURN_ABUSE)
+    min_stores, min_returns = max(2, math.ceil(settings.min_stores * scale)), max(2, math.ceil(settings.min_returns * scale))
+    recent = [r for r in state.returns if event.event_time_ms - period_ms < r.time_ms <= event.event_time_ms]
+    stores = sorted({r.store_id for r in recent})
+    if (len(stores) < min_stores and len(recent) < min_returns) or event.event_time_ms < state.quiet_until_ms:
+        return []
+    state.quiet_until_ms = recent[0].time_ms + period_ms
+    total = sum(r.total_minor for r in recent)
+    explanation = (f"card or customer token {token[:12]} returned goods {len(recent)} times in {len(stores)} stores "
+                   f"within {settings.period_days:g} days (limits: {min_returns} returns or {min_stores} stores), "
+                   f"{_money(total, event.currency)} in all; latest at {event.store_id} register {event.register_id}")
+    score = min(1.0, 0.5 + 0.5 * max(len(stores) / min_stores, len(recent) / min_returns) - 0.5)
+    alert = _alert(RETURN_ABUSE, Severity.SEVERITY_HIGH, max(score, 0.6), explanation, event.store_id, event.event_time_ms, raised_ms,
+                   {"token": token, "returns": len(recent), "stores": ",".join(stores), "period_days": settings.period_days,
+                    "min_returns": min_returns, "min_stores": min_stores, "total": _money(total, event.currency)},
+                   token, event.event_id, register_id=event.register_id)
+    for r in recent:
+        alert.evidence.append(EvidenceRef(kind="pos_event", ref=r.event_id, time_ms=r.time_ms))
+    return [alert]
+
+
+# --- per transaction: the employee who rang the sale ---------------------------------------------------
+
+def record_sale(state: TransactionState, sale: PosEvent) -> list[PosEvent]:
+    """Remember who rang the sale; returns the refunds that were waiting for it."""
+    state.sale_employee, state.sale_time_ms, state.sale_register, state.sale_seen = sale.employee_id, sale.event_time_ms, sale.register_id, True
+    waiting = [PosEvent.FromString(base64.b64decode(w)) for w in state.waiting]
+    state.waiting = []
+    return waiting
+
+
+def employee_own_sale(state: TransactionState, refund: PosEvent, rules: RulesConfig, raised_ms: int) -> list[Alert]:
+    """A refund keyed in by the employee who rang up the original sale. A refund that arrives before
+    its sale waits in the transaction's state for it."""
+    if not rules.employee_own_sale.enabled or refund.event_id in state.decided:
+        return []
+    if not state.sale_seen:
+        encoded = base64.b64encode(refund.SerializeToString()).decode()
+        if encoded not in state.waiting:
+            state.waiting.append(encoded)
+        return []
+    _remember(state.decided, refund.event_id)
+    if not refund.employee_id or refund.employee_id != state.sale_employee:
+        return []
+    amount = _money(refund.total_minor, refund.currency)
+    explanation = (f"{_kind(refund)} of {amount} at register {refund.register_id} keyed in by employee {refund.employee_id}, who also rang up "
+                   f"the original sale {refund.original_transaction_id} at register {state.sale_register} "
+                   f"({(refund.event_time_ms - state.sale_time_ms) / 3_600_000:.1f} h earlier)")
+    alert = _alert(EMPLOYEE_OWN_SALE, Severity.SEVERITY_MEDIUM, 0.7, explanation, refund.store_id, refund.event_time_ms, raised_ms,
+                   {"amount": amount, "employee": refund.employee_id, "original_transaction": refund.original_transaction_id,
+                    "sale_register": state.sale_register},
+                   refund.register_id, refund.event_id, register_id=refund.register_id)
+    _pos_evidence(alert, refund)
+    alert.evidence.append(EvidenceRef(kind="pos_transaction", ref=refund.original_transaction_id, time_ms=state.sale_time_ms))
+    return [alert]
+
+
+# --- camera: after hours, loitering, concealment ------------------------------------------------------
+
+def closed_period(hours: OpeningHours | None, holidays: Iterable[date], timezone: str, time_ms: int) -> str | None:
+    """The closed period `time_ms` falls in, named by its local date ("2026-12-24" for a night that
+    starts that evening, "holiday 2026-12-25" for a whole day), or None while the store is open or
+    has no opening hours configured. Handles hours past midnight (open 18:00, close 02:00)."""
+    if hours is None:
+        return None
+    local = datetime.fromtimestamp(time_ms / 1000, ZoneInfo(timezone))
+    today, now = local.date(), local.time()
+    if today in set(holidays):
+        return f"holiday {today.isoformat()}"
+    if hours.open <= hours.close:
+        if hours.open <= now < hours.close:
+            return None
+        night_of = today if now >= hours.close else today - timedelta(days=1)
+    else:  # open across midnight: closed between close and open
+        if now >= hours.open or now < hours.close:
+            return None
+        night_of = today
+    return night_of.isoformat()
+
+
+@dataclass(frozen=True)
+class CameraContext:
+    store_id: str
+    camera_id: str
+    timezone: str
+    opening_hours: OpeningHours | None
+    holidays: tuple[date, ...]
+    # zone id -> kind, and the rules in force in each zone (store rules for zone-less rules)
+    zone_kinds: dict[str, str]
+    zone_rules: dict[str, RulesConfig]
+    store_rules: RulesConfig
+    feedback: FeedbackState | None = None
+
+
+def _camera_evidence(alert: Alert, analysis: FrameAnalysis, first_seq: int, first_ms: int) -> None:
+    alert.evidence.append(EvidenceRef(kind="frames", ref=f"{first_seq}-{analysis.frame_sequence}", camera_id=analysis.camera_id, time_ms=first_ms))
+    alert.evidence.append(EvidenceRef(kind="frame", ref=str(analysis.frame_sequence), camera_id=analysis.camera_id, time_ms=analysis.capture_time_ms))
+
+
+def _raise_once(state: CameraState, key: str, time_ms: int) -> bool:
+    if key in state.raised:
+        return False
+    state.raised[key] = time_ms
+    return True
+
+
+def camera_rules(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis, raised_ms: int) -> tuple[list[Alert], bool]:
+    """After hours, loitering and concealment on one analysed frame. Returns the alerts and whether
+    the state changed (only then is it written to the table)."""
+    alerts: list[Alert] = []
+    changed = False
+    now = analysis.capture_time_ms
+    alerts += _after_hours(state, ctx, analysis)
+    alerts += _loitering(state, ctx, analysis)
+    found, visits_changed = _concealment(state, ctx, analysis)
+    alerts += found
+    changed = bool(alerts) or visits_changed
+    stale = [k for k, t in state.raised.items() if now - t > DAY_MS]
+    for key in stale:
+        del state.raised[key]
+    for alert in alerts:
+        alert.raised_time_ms = raised_ms
+    return alerts, changed or bool(stale)
+
+
+def _after_hours(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> list[Alert]:
+    rules = ctx.store_rules.after_hours
+    if not rules.enabled or not analysis.persons:
+        return []
+    period = closed_period(ctx.opening_hours, ctx.holidays, ctx.timezone, analysis.capture_time_ms)
+    if period is None:
+        return []
+    min_ms = rules.min_track_s * 1000 * factor(ctx.feedback, AFTER_HOURS)
+    lasting = [p for p in analysis.persons if analysis.capture_time_ms - p.first_seen_ms >= min_ms]
+    if not lasting or not _raise_once(state, f"{AFTER_HOURS}:{period}", analysis.capture_time_ms):
+        return []
+    person = min(lasting, key=lambda p: p.first_seen_ms)
+    explanation = (f"{len(lasting)} person(s) on camera {ctx.camera_id} at {_clock(analysis.capture_time_ms, ctx.timezone)} store time "
+                   f"while the store is closed ({period}); seen since {_clock(person.first_seen_ms, ctx.timezone)}")
+    alert = _alert(AFTER_HOURS, Severity.SEVERITY_CRITICAL, min(1.0, 0.7 + 0.1 * len(lasting)), explanation, ctx.store_id,
+                   analysis.capture_time_ms, 0, {"persons": len(lasting), "closed_period": period, "track": person.track_id,
+                                                 "timezone": ctx.timezone},
+                   ctx.camera_id, period, camera_id=ctx.camera_id)
+    _camera_evidence(alert, analysis, analysis.frame_sequence, person.first_seen_ms)
+    return [alert]
+
+
+def _loitering(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> list[Alert]:
+    alerts = []
+    for person in analysis.persons:
+        for visit in person.zones:
+            kind = ctx.zone_kinds.get(visit.zone_id)
+            rules = ctx.zone_rules.get(visit.zone_id)
+            if kind not in ("high_value", "exit") or rules is None or not rules.loitering.enabled:
+                continue
+            limit_s = (rules.loitering.high_value_s if kind == "high_value" else rules.loitering.exit_s) * factor(ctx.feedback, LOITERING)
+            dwell_s = (analysis.capture_time_ms - visit.entered_ms) / 1000
+            episode = f"{person.track_id}:{visit.zone_id}:{visit.entered_ms}"
+            if dwell_s < limit_s or not _raise_once(state, f"{LOITERING}:{episode}", analysis.capture_time_ms):
+                continue
+            explanation = (f"person {person.track_id} has stayed {dwell_s:.0f} s in {kind.replace('_', '-')} zone {visit.zone_id} on camera "
+                           f"{ctx.camera_id} since {_clock(visit.entered_ms, ctx.timezone)} store time (limit {limit_s:.0f} s)")
+            alert = _alert(LOITERING, Severity.SEVERITY_LOW if kind == "exit" else Severity.SEVERITY_MEDIUM, min(1.0, 0.5 * dwell_s / limit_s),
+                           explanation, ctx.store_id, analysis.capture_time_ms, 0,
+                           {"track": person.track_id, "zone": visit.zone_id, "zone_kind": kind, "dwell_s": f"{dwell_s:.1f}", "limit_s": f"{limit_s:.0f}"},
+                           ctx.camera_id, episode, camera_id=ctx.camera_id)
+            _camera_evidence(alert, analysis, analysis.frame_sequence, visit.entered_ms)
+            alerts.append(alert)
+    return alerts
+
+
+def _keypoints(person: PersonObservation, min_score: float) -> dict[str, tuple[float, float]]:
+    return {k.name: (k.x, k.y) for k in person.keypoints if k.score >= min_score}
+
+
+def _mid(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+
+
+def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return math.hypot(a[0] - b[0], a[1] - b[1])
+
+
+def hand_cues(person: PersonObservation, bags: list, hand_reach: float, min_score: float) -> tuple[bool, bool]:
+    """(reaching out, hand at waist, pocket or bag) from a person's keypoints.
+
+    Distances are in torso lengths (shoulder centre to hip centre), so the cue does not depend on
+    how far the person stands from the camera. Reaching: a wrist farther than one torso length from
+    the torso centre (an arm stretched to a shelf). Concealing: a wrist within `hand_reach` of a
+    hip, or inside a bag's box.
+    """
+    points = _keypoints(person, min_score)
+    shoulders = [points[n] for n in ("left_shoulder", "right_shoulder") if n in points]
+    hips = [points[n] for n in ("left_hip", "right_hip") if n in points]
+    wrists = [points[n] for n in ("left_wrist", "right_wrist") if n in points]
+    if not shoulders or not hips or not wrists:
+        return False, False
+    shoulder = shoulders[0] if len(shoulders) == 1 else _mid(shoulders[0], shoulders[1])
+    hip = hips[0] if len(hips) == 1 else _mid(hips[0], hips[1])
+    torso = _dist(shoulder, hip)
+    if torso <= 1e-4:
+        return False, False
+    centre = _mid(shoulder, hip)
+    reaching = any(_dist(w, centre) > 1.0 * torso for w in wrists)
+    at_hip = any(_dist(w, h) <= hand_reach * torso for w in wrists for h in hips)
+    in_bag = any(b.box.xmin <= w[0] <= b.box.xmax and b.box.ymin <= w[1] <= b.box.ymax for w in wrists for b in bags)
+    return reaching, at_hip or in_bag
+
+
+def _bits(history: int, hit: bool, n: int) -> int:
+    return ((history << 1) | int(hit)) & ((1 << n) - 1)
+
+
+def _concealment(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> tuple[list[Alert], bool]:
+    """Per person and high_value zone visit: the pose cue after reaching, or the zone's anomaly, in
+    k of the last n frames. Heartbeats repeat an old frame and count for nothing."""
+    alerts: list[Alert] = []
+    changed = False
+    now = analysis.capture_time_ms
+    current: set[str] = set()
+    if not analysis.heartbeat:
+        zone_anomaly = {z.zone_id: z.anomaly_score for z in analysis.zones}
+        bags = [o for o in analysis.objects if o.label in BAG_LABELS]
+        for person in analysis.persons:
+            for zone_visit in person.zones:
+                rules = ctx.zone_rules.get(zone_visit.zone_id)
+                if ctx.zone_kinds.get(zone_visit.zone_id) != "high_value" or rules is None or not rules.concealment.enabled:
+                    continue
+                settings = rules.concealment
+                key = f"{person.track_id}:{zone_visit.zone_id}"
+                current.add(key)
+                visit = state.visits.get(key)
+                if visit is None or visit.entered_ms != zone_visit.entered_ms:
+                    visit = state.visits[key] = Visit(entered_ms=zone_visit.entered_ms, last_ms=now)
+                reaching, concealing = hand_cues(person, bags, settings.hand_reach, settings.min_keypoint_score)
+                visit.reached = visit.reached or reaching
+                pose_hit = visit.reached and concealing and not reaching
+                anomaly_hit = zone_anomaly.get(zone_visit.zone_id, 0.0) >= settings.anomaly_level
+                visit.pose_bits = _bits(visit.pose_bits, pose_hit, settings.pose_n)
+                visit.anomaly_bits = _bits(visit.anomaly_bits, anomaly_hit, settings.anomaly_n)
+                visit.last_ms = now
+                if (pose_hit or anomaly_hit) and not visit.first_cue_seq:
+                    visit.first_cue_seq = analysis.frame_sequence
+                changed = True
+                scale = factor(ctx.feedback, CONCEALMENT)
+                pose_k, anomaly_k = min(settings.pose_n, math.ceil(settings.pose_k * scale)), min(settings.anomaly_n, math.ceil(settings.anomaly_k * scale))
+                pose_count, anomaly_count = bin(visit.pose_bits).count("1"), bin(visit.anomaly_bits).count("1")
+                cue = "pose" if pose_count >= pose_k else "anomaly" if anomaly_count >= anomaly_k else ""
+                episode = f"{person.track_id}:{zone_visit.zone_id}:{zone_visit.entered_ms}"
+                if not cue or not _raise_once(state, f"{CONCEALMENT}:{episode}", now):
+                    continue
+                if cue == "pose":
+                    what = f"reached to the shelf, then hands at waist, pocket or bag in {pose_count} of the last {settings.pose_n} frames"
+                    score = pose_count / settings.pose_n
+                else:
+                    what = f"anomaly above {settings.anomaly_level:g}x the camera's normal level in {anomaly_count} of the last {settings.anomaly_n} frames"
+                    score = anomaly_count / settings.anomaly_n
+                explanation = (f"possible concealment by person {person.track_id} in high-value zone {zone_visit.zone_id} on camera {ctx.camera_id} "
+                               f"at {_clock(now, ctx.timezone)} store time: {what}")
+                alert = _alert(CONCEALMENT, Severity.SEVERITY_HIGH, score, explanation, ctx.store_id, now, 0,
+                               {"track": person.track_id, "zone": zone_visit.zone_id, "cue": cue, "pose_frames": pose_count,
+                                "anomaly_frames": anomaly_count, "pose_k": pose_k, "anomaly_k": anomaly_k,
+                                "anomaly_score": f"{zone_anomaly.get(zone_visit.zone_id, 0.0):.2f}"},
+                               ctx.camera_id, episode, camera_id=ctx.camera_id)
+                _camera_evidence(alert, analysis, visit.first_cue_seq or analysis.frame_sequence, zone_visit.entered_ms)
+                alerts.append(alert)
+    # Visits not seen for a minute are over (the track left or was lost).
+    for key in [k for k, v in state.visits.items() if k not in current and now - v.last_ms > 60_000]:
+        del state.visits[key]
+        changed = True
+    return alerts, changed
+
+
+def utc_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()

@@ -1,8 +1,13 @@
-"""Correlator settings (SW_ prefix), read once when the Faust app is built."""
+"""Correlator settings (SW_ prefix), read when the worker is configured, never at import.
+
+What loss-prevention tunes (rules, windows, thresholds) is in the store config file's `rules:`
+sections (services/shared/rulesconfig.py), taken live; these are the worker's own settings.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -10,13 +15,17 @@ from services.shared.settings import ServiceSettings
 
 
 class CorrelatorSettings(ServiceSettings):
-    # The window around a refund in which someone must have been at the customer side of the counter.
-    refund_presence_before_s: float = Field(5.0, ge=0, le=600)
-    refund_presence_after_s: float = Field(5.0, ge=0, le=600)
-    # A refund whose camera stays silent this long is decided on what it covered (a gap: not alerted).
-    refund_max_wait_s: float = Field(120.0, gt=0)
-    # Presence is forwarded on every change and at least this often (it is also the watermark).
-    presence_heartbeat_ms: int = Field(1000, ge=100, le=60000)
+    # Presence is forwarded on every change and at least this often; each sample is the register's
+    # watermark, so it bounds how late a decision comes after its window closes.
+    presence_heartbeat_ms: int = Field(250, ge=50, le=60000)
+    # How long a presence sample vouches for what it reports; a longer silence is a coverage gap.
+    coverage_gap_ms: int = Field(3000, ge=500, le=60000)
+    # Register history kept for POS events that arrive late.
+    register_retention_s: float = Field(900.0, ge=60, le=86400)
     correlator_app_id: str = "sw-correlator"
-    # Faust's own data folder (it creates one even for in-memory tables).
+    # Faust's data folder: the RocksDB tables live here (rebuilt from their changelogs when lost).
     correlator_data_dir: Path = Path("var/correlator")
+    # rocksdb (production and tests) or memory (quick experiments: state only in the changelog).
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    # How often the store config file is checked for edits (0: only at start).
+    config_poll_s: float = Field(2.0, ge=0, le=3600)

@@ -1,19 +1,66 @@
-"""Topics and tables of the correlator."""
+"""Topics and tables of the correlator, built for one app."""
 
 from __future__ import annotations
 
-from services.correlator.app import app
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from services.correlator.state import CameraState, FeedbackState, RegisterState, StateCodec, TokenState, TransactionState
 from services.shared import topics
 
-detections_topic = app.topic(topics.DETECTIONS, key_serializer="raw", value_serializer="raw")
-# POS events and register presence share keys ("store:register") and partitions, so one agent
-# sees both for a register, in one partition, with that register's state.
-register_events_topic = app.topic(topics.POS, topics.REGISTER_PRESENCE, key_serializer="raw", value_serializer="raw")
-register_presence_topic = app.topic(topics.REGISTER_PRESENCE, key_serializer="raw", value_serializer="raw")
-alerts_topic = app.topic(topics.ALERTS, key_serializer="raw", value_serializer="raw")
 
-register_state = app.Table("register-state", default=None, partitions=topics.PARTITIONS, key_type=str)
+def _raw(app: faust.App, *names: str) -> Any:
+    return app.topic(*names, key_serializer="raw", value_serializer="raw")
 
 
-def dlq_topic(source: str):
-    return app.topic(topics.dlq(source), key_serializer="raw", value_serializer="raw")
+@dataclass
+class Streams:
+    detections: Any
+    # POS events and register presence share keys ("store:register") and partitions, so one agent
+    # sees both for a register, in one partition, with that register's state.
+    register_events: Any
+    register_presence: Any
+    pos: Any
+    returns_by_token: Any
+    transactions: Any
+    feedback: Any
+    alerts: Any
+    register_state: Any
+    camera_state: Any
+    token_state: Any
+    transaction_state: Any
+    feedback_state: Any
+    app: faust.App
+
+    @classmethod
+    def create(cls, app: faust.App) -> Streams:
+        def table(name: str, kind: type, global_table: bool = False) -> Any:
+            make = app.GlobalTable if global_table else app.Table
+            made: Any = make(name, default=None, partitions=topics.PARTITIONS, key_type=str)
+            # Faust derives the serializer from value_type (Records only); its store and changelog
+            # are built later from this attribute, so the dataclass codec goes in here.
+            made.value_serializer = StateCodec(kind)
+            return made
+
+        return cls(
+            detections=_raw(app, topics.DETECTIONS),
+            register_events=_raw(app, topics.POS, topics.REGISTER_PRESENCE),
+            register_presence=_raw(app, topics.REGISTER_PRESENCE),
+            pos=_raw(app, topics.POS),
+            returns_by_token=_raw(app, topics.RETURNS_BY_TOKEN),
+            transactions=_raw(app, topics.TRANSACTIONS),
+            feedback=_raw(app, topics.FEEDBACK),
+            alerts=_raw(app, topics.ALERTS),
+            register_state=table("register-state", RegisterState),
+            camera_state=table("camera-state", CameraState),
+            token_state=table("token-returns", TokenState),
+            transaction_state=table("transactions", TransactionState),
+            # Every worker needs every store's feedback factors (rules run on all partitions).
+            feedback_state=table("store-feedback", FeedbackState, global_table=True),
+            app=app,
+        )
+
+    def dlq(self, source: str) -> Any:
+        return _raw(self.app, topics.dlq(source))

@@ -2,7 +2,8 @@
 
 Each camera's `stages` (store config) say which models run on its frames; each kind of stage is a
 plugin in `services/inference/stages/`. Frames of cameras with the same stages and frame size are
-batched together into one request per model.
+batched together into one request per model. A heartbeat Frame (no image: the scene has not
+changed) is answered without a model, from the camera's last analysis.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import cv2
 import numpy as np
@@ -21,6 +22,7 @@ from services.inference.client import ModelServerError, PredictionClient
 from services.inference.stages import BatchContext, CameraState, FrameWork, new_analysis, plugins_for
 from services.inference.zones import ZoneMask, zone_masks
 from services.shared import topics
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.kafka import ConsumeLoop, Output
 from services.shared.serde import PoisonMessage, decode, encode
@@ -29,6 +31,32 @@ from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
 log = logging.getLogger(__name__)
 
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
+
+
+def heartbeat_analysis(frame: Frame, camera: Camera, state: CameraState) -> FrameAnalysis:
+    """The answer to a heartbeat: the camera's last analysis, still holding at the heartbeat's time.
+
+    Only an analysis that surely still holds is repeated; after a restart, a frame lost or
+    dead-lettered since, time gone backwards or zones edited, the answer has no zones, which the
+    correlator reads as coverage unknown, never as nobody there.
+    """
+    answer = FrameAnalysis(store_id=frame.store_id, camera_id=frame.camera_id, capture_time_ms=frame.capture_time_ms,
+                           frame_sequence=frame.sequence, heartbeat=True)
+    last = state.last_analysis
+    if (last is None or frame.sequence != state.last_sequence + 1 or frame.capture_time_ms < last.capture_time_ms
+            or [(z.zone_id, z.kind) for z in last.zones] != [(z.id, z.kind) for z in camera.zones]):
+        return answer
+    answer.CopyFrom(last)
+    answer.capture_time_ms, answer.frame_sequence, answer.heartbeat = frame.capture_time_ms, frame.sequence, True
+    # Everyone still stands where they stood, for longer; objects may have stopped counting as new.
+    elapsed = frame.capture_time_ms - last.capture_time_ms
+    new_within_ms = {z.id: z.new_object_s * 1000 for z in camera.zones}
+    new_objects = Counter(v.zone_id for o in answer.objects for v in o.zones if frame.capture_time_ms - v.entered_ms <= new_within_ms[v.zone_id])
+    for zone in answer.zones:
+        if zone.person_count:
+            zone.max_dwell_ms += elapsed
+        zone.new_object_count = new_objects[zone.zone_id]
+    return answer
 
 
 class FrameAnalyzer:
@@ -58,8 +86,11 @@ class FrameAnalyzer:
             self.config = config
             self._masks.clear()
 
-    def decode_frame(self, msg: Message) -> tuple[Frame, Camera, np.ndarray]:
-        frame = decode(Frame, msg.value(), required=("store_id", "camera_id", "jpeg"))
+    def decode_frame(self, msg: Message) -> tuple[Frame, Camera, np.ndarray | None]:
+        """The Frame, its camera and its decoded image; a heartbeat has no image (None)."""
+        frame = decode(Frame, msg.value(), required=("store_id", "camera_id"))
+        if not frame.heartbeat and not frame.jpeg:
+            raise PoisonMessage(f"{Frame.DESCRIPTOR.full_name}: missing required field(s) jpeg")
         try:
             _, camera = self.config.camera(frame.camera_id)
         except KeyError:
@@ -68,6 +99,8 @@ class FrameAnalyzer:
                 _, camera = self.config.camera(frame.camera_id)
             except KeyError:
                 raise PoisonMessage(f"camera {frame.camera_id!r} is not in the store config") from None
+        if frame.heartbeat:
+            return frame, camera, None
         try:
             image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error as exc:  # e.g. a header claiming more pixels than OpenCV allows
@@ -101,17 +134,25 @@ class FrameAnalyzer:
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
         self.refresh_config()
-        outputs: list[Output] = []
+        # One answer per message, in the batch's order: a camera's analyses keep their order, and a
+        # heartbeat repeats the analysis published just before it.
+        answers: list[Output | FrameWork | tuple[Frame, Camera]] = []
         # Cameras with the same stages (and frame size) share each model request.
         groups: dict[tuple, list[FrameWork]] = defaultdict(list)
         for msg in messages:
             try:
                 frame, camera, image = self.decode_frame(msg)
             except PoisonMessage as exc:
-                outputs.append(self.loop.dead_letter(msg, str(exc)))
+                answers.append(self.loop.dead_letter(msg, str(exc)))
                 continue
-            groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(FrameWork(msg, frame, camera, image, new_analysis(frame, camera)))
+            if image is None:
+                answers.append((frame, camera))
+                continue
+            item = FrameWork(msg, frame, camera, image, new_analysis(frame, camera))
+            answers.append(item)
+            groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(item)
         ctx = BatchContext(self._predict, self._shapes, self._masks_for, self.states)
+        refused: dict[int, Output] = {}
         for group in groups.values():
             cameras = {item.frame.camera_id for item in group}
             before = {cid: copy.deepcopy(ctx.working[cid]) for cid in cameras if cid in ctx.working}
@@ -120,14 +161,28 @@ class FrameAnalyzer:
                     plugin.run(group, ctx)
             except (ModelServerError, ValueError) as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
-                outputs.extend(self.loop.dead_letter(item.msg, str(exc)) for item in group)
+                refused.update((id(item), self.loop.dead_letter(item.msg, str(exc))) for item in group)
                 for cid in cameras:  # what the stages half-learnt from frames now in the DLQ is not kept
                     if cid in before:
                         ctx.working[cid] = before[cid]
                     else:
                         ctx.working.pop(cid, None)
-                continue
-            outputs.extend(Output(topics.DETECTIONS, item.frame.camera_id, encode(item.analysis)) for item in group)
+        outputs: list[Output] = []
+        for answer in answers:
+            if isinstance(answer, Output):
+                outputs.append(answer)
+            elif isinstance(answer, FrameWork):
+                if id(answer) in refused:
+                    outputs.append(refused[id(answer)])
+                    continue
+                state = ctx.state(answer.frame.camera_id)
+                state.last_analysis, state.last_sequence = answer.analysis, answer.frame.sequence
+                outputs.append(Output(topics.DETECTIONS, answer.frame.camera_id, encode(answer.analysis)))
+            else:
+                frame, camera = answer
+                state = ctx.state(frame.camera_id)
+                outputs.append(Output(topics.DETECTIONS, frame.camera_id, encode(heartbeat_analysis(frame, camera, state))))
+                state.last_sequence = frame.sequence
         # Every stage of the batch is done (a retryable failure raised before here): keep what the stages learnt.
         self.states.update(ctx.working)
         return outputs

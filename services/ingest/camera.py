@@ -18,7 +18,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from services.ingest.frames import FrameProcessor, FrameTooLarge
+from services.ingest.frames import FrameProcessor, FrameTooLarge, Heartbeat
 from services.ingest.sendqueue import Outgoing, SendQueue
 from services.ingest.sources import SourceError, open_capture, redact, source_kind
 from services.shared.contracts.frame_pb2 import Frame
@@ -113,10 +113,12 @@ class CameraStats:
     connected_since_ms: int = 0
     reconnects: int = 0
     # Frames decoded from the source, kept at the target fps, held back by the motion gate, queued.
+    # A sampled frame is either gated (nothing sent) or published: its image, or a heartbeat in its place.
     frames_read: int = 0
     frames_sampled: int = 0
     frames_gated: int = 0
     keyframes: int = 0
+    heartbeats: int = 0
     frames_published: int = 0
     bytes_published: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -154,6 +156,7 @@ class CameraStats:
             "frames_read": self.frames_read,
             "frames_gated": self.frames_gated,
             "keyframes": self.keyframes,
+            "heartbeats": self.heartbeats,
             "frames_published": self.frames_published,
             "bytes_published": self.bytes_published,
             "dropped": dict(self.dropped),
@@ -352,20 +355,18 @@ class CameraWorker:
         if encoded is None:
             stats.frames_gated += 1
             return
-        stats.keyframes += encoded.keyframe
-        stats.faces_blurred += encoded.faces_blurred
-        frame = Frame(
-            store_id=self.store_id,
-            camera_id=self.camera.id,
-            capture_time_ms=capture_ms,
-            sequence=stats.next_sequence,
-            jpeg=encoded.jpeg,
-            width=encoded.width,
-            height=encoded.height,
-            motion_score=encoded.motion_score,
-        )
+        frame = Frame(store_id=self.store_id, camera_id=self.camera.id, capture_time_ms=capture_ms, sequence=stats.next_sequence,
+                      motion_score=encoded.motion_score)
+        if isinstance(encoded, Heartbeat):
+            # Takes a sequence number like any frame, so a gap downstream still means a loss.
+            frame.heartbeat = True
+            stats.heartbeats += 1
+        else:
+            frame.jpeg, frame.width, frame.height = encoded.jpeg, encoded.width, encoded.height
+            stats.keyframes += encoded.keyframe
+            stats.faces_blurred += encoded.faces_blurred
+            stats.sent_rate.tick()
         stats.next_sequence += 1
-        stats.sent_rate.tick()
-        size = len(encoded.jpeg)
+        size = len(frame.jpeg)
         outgoing = Outgoing(self.camera.id, frame.sequence, encode(frame), lambda error: stats.frame_done(size, error))
         self.queue.put(outgoing, wait_unless=self.stop if self.is_file else None)

@@ -34,6 +34,14 @@ class EncodedFrame:
     faces_blurred: int = 0
 
 
+@dataclass(frozen=True)
+class Heartbeat:
+    """No image: the gate held the frame back, but nothing was sent for `motion.heartbeat_s`, so the
+    camera says it is live and its scene unchanged, and event time moves on downstream."""
+
+    motion_score: float
+
+
 def polygon_keep_mask(polygons: list[Polygon], width: int, height: int) -> np.ndarray | None:
     """255 where the image may be kept, 0 inside any privacy polygon; None when there are none."""
     if not polygons:
@@ -129,11 +137,13 @@ class FrameProcessor:
         self._faces = FaceBlurrer() if camera.blur_faces else None
         self._last_sent_ms: int | None = None
         self._last_motion_ms: int | None = None
+        # Last frame or heartbeat sent; keyframes count from the last image only (`_last_sent_ms`).
+        self._last_message_ms: int | None = None
 
-    def process(self, image: np.ndarray, clock_ms: int) -> EncodedFrame | None:
-        """The frame to send, or None when the motion gate holds it back.
+    def process(self, image: np.ndarray, clock_ms: int) -> EncodedFrame | Heartbeat | None:
+        """The frame to send, a heartbeat in its place, or None when the motion gate holds it back.
 
-        `clock_ms` times the gate (keyframes, hold): the file's clock, or a monotonic one for live.
+        `clock_ms` times the gate (keyframes, hold, heartbeats): the file's clock, or a monotonic one for live.
         """
         cam = self.camera
         if image.shape[1] != cam.width or image.shape[0] != cam.height:
@@ -143,17 +153,20 @@ class FrameProcessor:
         score = self._motion.score(image)
         keyframe = False
         gate = cam.motion
-        if self._last_sent_ms is not None and clock_ms < self._last_sent_ms:
-            self._last_sent_ms = self._last_motion_ms = None  # the clock went back (a file looped): start afresh
+        if self._last_message_ms is not None and clock_ms < self._last_message_ms:
+            self._last_sent_ms = self._last_motion_ms = self._last_message_ms = None  # the clock went back (a file looped): start afresh
         if gate.enabled:
             if score >= gate.threshold and self._last_sent_ms is not None:  # the first frame is a keyframe
                 self._last_motion_ms = clock_ms
             moving = self._last_motion_ms is not None and clock_ms - self._last_motion_ms <= gate.hold_s * 1000
             due = self._last_sent_ms is None or clock_ms - self._last_sent_ms >= gate.keyframe_interval_s * 1000
             if not moving and not due:
-                return None
+                if self._last_message_ms is not None and clock_ms - self._last_message_ms < gate.heartbeat_s * 1000:
+                    return None
+                self._last_message_ms = clock_ms
+                return Heartbeat(score)
             keyframe = not moving
         faces = self._faces.blur(image) if self._faces is not None else 0
         jpeg, _ = encode_jpeg(image, cam.jpeg_quality, cam.min_jpeg_quality, cam.max_jpeg_bytes)
-        self._last_sent_ms = clock_ms
+        self._last_sent_ms = self._last_message_ms = clock_ms
         return EncodedFrame(jpeg, image.shape[1], image.shape[0], score, keyframe, faces)

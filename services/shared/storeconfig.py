@@ -10,9 +10,10 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from datetime import date
 from datetime import time as dtime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.config import JsonDict
 
 from services.shared.coco import coco_names
+from services.shared.rulesconfig import RulesConfig, resolve
 
 ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exit", "staff_only", "aisle"]
 log = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ def _inside_frame(polygon: list[tuple[float, float]]) -> list[tuple[float, float
     return polygon
 
 
+def _valid_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    RulesConfig.model_validate(overrides)
+    return overrides
+
+
+# Rule settings that differ here from the level above (see services/shared/rulesconfig.py).
+RuleOverrides = Annotated[dict[str, Any], AfterValidator(_valid_overrides)]
+
+
 # (x, y) vertices normalised to the frame, 0..1, so polygons survive a change of resolution.
 Polygon = Annotated[list[tuple[float, float]], Field(min_length=3), AfterValidator(_inside_frame)]
 
@@ -55,6 +66,8 @@ class Zone(_Strict):
     # An object counts as new in the zone for this long after it arrived (FrameAnalysis
     # new_object_count); what lies there longer (a card reader, a display) is part of the scene.
     new_object_s: float = Field(300.0, gt=0, le=86400)
+    # Loitering and concealment settings for this zone only.
+    rules: RuleOverrides = {}
 
 
 class MotionGate(_Strict):
@@ -67,6 +80,11 @@ class MotionGate(_Strict):
     keyframe_interval_s: float = Field(2.0, gt=0, le=3600)
     # Keep sending this long after motion stops, so models see the scene settle (someone leaving).
     hold_s: float = Field(1.0, ge=0, le=60)
+    # While frames are held back, an imageless heartbeat Frame goes out whenever nothing was sent for
+    # this long: the correlator decides only once the camera's event time passes a window's end, so a
+    # still scene would otherwise hold decisions back by up to a keyframe interval. Keep it at most
+    # 1 s so decisions come within a second of a window closing.
+    heartbeat_s: float = Field(0.5, gt=0, le=60)
 
 
 class PresenceStage(_Strict):
@@ -217,6 +235,7 @@ class Register(_Strict):
     camera: str
     customer_zones: list[str] = Field(min_length=1)
     merchandise_zones: list[str] = []
+    rules: RuleOverrides = {}
 
 
 class OpeningHours(_Strict):
@@ -229,6 +248,9 @@ class Store(_Strict):
     name: str = ""
     timezone: str
     opening_hours: OpeningHours | None = None
+    # Days the store stays closed all day (local dates): anyone seen is there after hours.
+    holidays: list[date] = []
+    rules: RuleOverrides = {}
     cameras: list[Camera] = Field(min_length=1)
     registers: list[Register] = []
 
@@ -262,9 +284,19 @@ class Store(_Strict):
         return self
 
 
+class Employee(_Strict):
+    """An employee's own payment cards and customer accounts, as the same salted hashes the POS sends."""
+
+    id: str = Field(min_length=1)
+    tokens: list[str] = []
+
+
 class StoreConfig(_Strict):
     chain: str
     stores: list[Store] = Field(min_length=1)
+    # The chain's rule settings; stores, registers and zones override them.
+    rules: RuleOverrides = {}
+    employees: list[Employee] = []
     # Where the config was read from; file: sources are relative to it.
     base_dir: Path = Path(".")
 
@@ -276,7 +308,26 @@ class StoreConfig(_Strict):
             dupes = _duplicates(ids)
             if dupes:
                 raise ValueError(f"duplicate {kind} id(s) {dupes}: ids must be unique across the chain")
+        for store in self.stores:  # overrides valid alone can still clash once merged (k above n)
+            for register in store.registers:
+                self.rules_for(store.id, register_id=register.id)
+            for camera in store.cameras:
+                for zone in camera.zones:
+                    self.rules_for(store.id, camera_id=camera.id, zone_id=zone.id)
         return self
+
+    def rules_for(self, store_id: str, register_id: str = "", camera_id: str = "", zone_id: str = "") -> RulesConfig:
+        """The rules in force at a store, or at one of its registers or zones."""
+        store = self.store(store_id)
+        layers = [self.rules, store.rules]
+        if register_id:
+            layers.append(next(r for r in store.registers if r.id == register_id).rules)
+        if camera_id and zone_id:
+            layers.append(next(c for c in store.cameras if c.id == camera_id).zone(zone_id).rules)
+        return resolve(*layers)
+
+    def employee_tokens(self) -> dict[str, set[str]]:
+        return {e.id: set(e.tokens) for e in self.employees}
 
     def store(self, store_id: str) -> Store:
         return next(s for s in self.stores if s.id == store_id)

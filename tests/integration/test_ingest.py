@@ -82,9 +82,12 @@ def test_motion_gate_sends_motion_and_keyframes_only(broker, start_service):
     assert len(frames) == camera["frames_published"] == 320 - camera["frames_gated"]
     # Sequence numbers count sent frames, so a gap would mean a loss; none here.
     assert [f.sequence for f in frames] == list(range(len(frames)))
-    # A static stretch still sends a keyframe at least every 2 s (the correlator's coverage needs it).
-    assert np.diff([f.capture_time_ms for f in frames]).max() <= 2000
+    # A static stretch still sends a keyframe at least every 2 s (the correlator's coverage needs it),
+    # and between them a heartbeat (no image) every 0.5 s, so event time moves on downstream.
+    images = [f for f in frames if not f.heartbeat]
+    assert np.diff([f.capture_time_ms for f in images]).max() <= 2000 and np.diff([f.capture_time_ms for f in frames]).max() <= 500
     assert max(f.motion_score for f in frames[1:]) > 0.003 and camera["keyframes"] >= 2
+    assert camera["heartbeats"] == len(frames) - len(images) > 0 and not any(f.jpeg for f in frames if f.heartbeat)
     metrics = httpx.get(ingest.http + "/metrics").text
     assert 'sw_ingest_frames_gated_total{camera="cam-counter-1"}' in metrics
     assert 'sw_ingest_camera_state{camera="cam-counter-1",state="finished"} 1.0' in metrics

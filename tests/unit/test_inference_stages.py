@@ -370,3 +370,114 @@ def test_a_batch_retried_after_an_outage_leaves_the_same_state_as_one_that_never
     clean, flaky = run(outages=0), run(outages=2)
     assert clean == flaky  # same FrameAnalysis bytes, same track ids, hits and zone visits
     assert clean[1]["tracks"] and clean[1]["visits"]
+
+
+class CountingClient(FlakyClient):
+    """A model server that never fails, counting Predict calls; `refuse` makes it reject requests as the server would a bad one."""
+
+    def __init__(self) -> None:
+        super().__init__(outages=0)
+        self.calls = 0
+        self.refuse = False
+
+    def predict(self, model, inputs, signature="serving_default", version=None):
+        from services.inference.client import ModelServerError
+
+        self.calls += 1
+        if self.refuse:
+            raise ModelServerError("model server: INVALID_ARGUMENT det")
+        return super().predict(model, inputs, signature, version)
+
+
+class FakeLoop:
+    """What FrameAnalyzer needs of a ConsumeLoop: a DLQ output per poison message."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def dead_letter(self, msg, error):
+        from services.shared import topics
+        from services.shared.kafka import Output
+
+        self.errors.append(error)
+        return Output(topics.dlq(topics.FRAMES), "cam", msg.value() or b"")
+
+
+def _analyzer():
+    from services.inference.service import FrameAnalyzer
+    from services.shared.storeconfig import StoreConfig
+
+    config = StoreConfig(chain="c", stores=[{"id": "s", "timezone": "UTC", "cameras": [_camera().model_dump()]}])
+    client, loop = CountingClient(), FakeLoop()
+    analyzer = FrameAnalyzer(config, client=client)  # type: ignore[arg-type]
+    analyzer.loop = loop  # type: ignore[assignment]
+    return analyzer, client, loop
+
+
+def _message(sequence: int, t_ms: int, heartbeat: bool = False, jpeg: bytes | None = None) -> FakeMessage:
+    import cv2
+
+    if jpeg is None and not heartbeat:
+        jpeg = cv2.imencode(".jpg", np.zeros((HEIGHT, WIDTH, 3), np.uint8))[1].tobytes()
+    return FakeMessage(Frame(store_id="s", camera_id="cam", capture_time_ms=t_ms, sequence=sequence, jpeg=jpeg or b"", heartbeat=heartbeat).SerializeToString())
+
+
+def _analyses(outputs) -> list:
+    from services.shared import topics
+    from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
+
+    return [FrameAnalysis.FromString(o.value) for o in outputs if o.topic == topics.DETECTIONS]
+
+
+def test_a_heartbeat_repeats_the_last_analysis_at_its_own_time_without_a_model():
+    analyzer, client, _ = _analyzer()
+    t0 = 1_000_000
+    first = _analyses(analyzer.handle([_message(i, t0 + 100 * i) for i in range(3)] + [_message(3, t0 + 700, heartbeat=True)]))
+    assert [a.frame_sequence for a in first] == [0, 1, 2, 3] and [a.heartbeat for a in first] == [False, False, False, True]
+    last, answer = first[2], first[3]
+    counter = next(z for z in last.zones if z.zone_id == "counter")
+    assert counter.person_count == 1 and last.persons and last.models  # something worth repeating
+    calls, tracks = client.calls, [(t.track_id, t.hits, t.last_seen_ms) for t in analyzer.states["cam"].tracker.tracks]
+    later = _analyses(analyzer.handle([_message(4, t0 + 1400, heartbeat=True)]))[0]
+    assert client.calls == calls  # no model ran
+    assert [(t.track_id, t.hits, t.last_seen_ms) for t in analyzer.states["cam"].tracker.tracks] == tracks
+    for heartbeat, t_ms, sequence in ((answer, t0 + 700, 3), (later, t0 + 1400, 4)):
+        assert heartbeat.heartbeat and heartbeat.capture_time_ms == t_ms and heartbeat.frame_sequence == sequence
+        assert list(heartbeat.persons) == list(last.persons) and list(heartbeat.models) == list(last.models)
+        assert list(heartbeat.objects) == list(last.objects) and heartbeat.anomaly_score == last.anomaly_score
+        # The same zones, with whoever stands in them there for longer.
+        for zone, before in zip(heartbeat.zones, last.zones, strict=True):
+            grown = t_ms - last.capture_time_ms if before.person_count else 0
+            assert (zone.zone_id, zone.person_count, list(zone.track_ids)) == (before.zone_id, before.person_count, list(before.track_ids))
+            assert zone.max_dwell_ms == before.max_dwell_ms + grown
+    # The next image is analysed as usual, and heartbeats repeat it from then on.
+    image = _analyses(analyzer.handle([_message(5, t0 + 1500), _message(6, t0 + 2000, heartbeat=True)]))
+    assert client.calls > calls and not image[0].heartbeat and image[1].heartbeat and list(image[1].persons) == list(image[0].persons)
+
+
+def test_a_heartbeat_with_no_analysis_to_repeat_has_no_zones():
+    analyzer, client, loop = _analyzer()
+    [answer] = _analyses(analyzer.handle([_message(7, 2_000_000, heartbeat=True)]))  # e.g. inference restarted
+    assert (answer.store_id, answer.camera_id, answer.capture_time_ms, answer.frame_sequence, answer.heartbeat) == ("s", "cam", 2_000_000, 7, True)
+    assert not answer.zones and not answer.persons and not answer.models  # coverage unknown, not "nobody"
+    assert client.calls == 0 and loop.errors == []
+
+
+def test_a_dead_lettered_frame_is_never_the_analysis_a_heartbeat_repeats():
+    analyzer, client, loop = _analyzer()
+    t0 = 3_000_000
+    good = _analyses(analyzer.handle([_message(0, t0), _message(1, t0 + 100), _message(2, t0 + 600, heartbeat=True)]))
+    assert good[2].zones and good[2].heartbeat
+    # A corrupt JPEG goes to the DLQ; the heartbeat after it cannot vouch for a scene nobody analysed.
+    answers = _analyses(analyzer.handle([_message(3, t0 + 700, jpeg=b"\xff\xd8 not really a jpeg"), _message(4, t0 + 1200, heartbeat=True)]))
+    assert [a.frame_sequence for a in answers] == [4] and not answers[0].zones
+    # So does a frame the model server refuses.
+    analyzer.handle([_message(5, t0 + 1300)])
+    client.refuse = True
+    outputs = analyzer.handle([_message(6, t0 + 1400), _message(7, t0 + 1900, heartbeat=True)])
+    assert len(outputs) == 2 and not _analyses(outputs)[0].zones
+    assert analyzer.states["cam"].last_analysis.frame_sequence == 5
+    # A frame without an image that is no heartbeat is still bad input.
+    analyzer.handle([FakeMessage(Frame(store_id="s", camera_id="cam", capture_time_ms=t0 + 2000, sequence=8).SerializeToString())])
+    errors = loop.errors
+    assert len(errors) == 3 and "cannot be decoded" in errors[0] and "INVALID_ARGUMENT" in errors[1] and "missing required field(s) jpeg" in errors[2]

@@ -1,4 +1,4 @@
-"""What ingest does to a frame before it leaves the store: motion gate, privacy masks, face blur, JPEG bounds."""
+"""What ingest does to a frame before it leaves the store: motion gate, heartbeats, privacy masks, face blur, JPEG bounds."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from services.ingest.frames import EncodedFrame, FaceBlurrer, FrameProcessor, FrameTooLarge, encode_jpeg
+from services.ingest.camera import CameraStats, CameraWorker
+from services.ingest.frames import EncodedFrame, FaceBlurrer, FrameProcessor, FrameTooLarge, Heartbeat, encode_jpeg
+from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import Camera
 
 
@@ -26,10 +28,15 @@ def _camera(**fields) -> Camera:
     return Camera(id="cam-t", source="file:x.mp4", fps=10, width=320, height=240, **fields)
 
 
-def _sent(out: EncodedFrame | None) -> EncodedFrame:
-    """The frame the processor sent; fails the test when it held the frame back instead."""
-    assert out is not None, "the processor held back a frame it should have sent"
+def _sent(out: EncodedFrame | Heartbeat | None) -> EncodedFrame:
+    """The frame the processor sent; fails the test when it held the image back instead."""
+    assert isinstance(out, EncodedFrame), f"the processor held back a frame it should have sent ({out})"
     return out
+
+
+def _image(out: EncodedFrame | Heartbeat | None) -> EncodedFrame | None:
+    """The frame when its image is sent; None when the gate held it back (a heartbeat or nothing in its place)."""
+    return out if isinstance(out, EncodedFrame) else None
 
 
 def _decode(jpeg: bytes) -> np.ndarray:
@@ -42,20 +49,77 @@ def test_static_scene_sends_only_keyframes_and_motion_is_sent_with_hold():
     processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 2.0, "hold_s": 1.0}))
     sent = {}
     for t in range(100):  # 10 s of a still scene at 10 fps
-        out = processor.process(_scene(t), t * 100)
+        out = _image(processor.process(_scene(t), t * 100))
         if out is not None:
             sent[t] = out
     assert sorted(sent) == [0, 20, 40, 60, 80]  # the first frame, then one every 2 s
     assert all(out.keyframe for t, out in sent.items() if t) and max(out.motion_score for t, out in sent.items() if t) < 0.003
     outputs: dict[int, EncodedFrame | None] = {}
     for t in range(100, 150):  # someone walks through for 2 s, then the scene is still again
-        outputs[t] = processor.process(_scene(t, square_x=10 + (t - 100) * 10 if t < 120 else None), t * 100)
+        outputs[t] = _image(processor.process(_scene(t, square_x=10 + (t - 100) * 10 if t < 120 else None), t * 100))
     moving = [outputs[t] for t in range(100, 120)]
     assert all(out is not None and not out.keyframe and out.motion_score > 0.003 for out in moving)
     # Sent on for the hold time (1 s) after the last motion, then gated again.
     assert all(outputs[t] is not None for t in range(120, 130))
     last = outputs[149]
     assert [t for t in range(130, 150) if outputs[t] is not None] == [149] and last is not None and last.keyframe  # 2 s after the last
+
+
+def test_while_the_gate_holds_frames_back_a_heartbeat_goes_out_every_heartbeat_s():
+    processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 2.0, "hold_s": 1.0, "heartbeat_s": 0.5}))
+    out = {t: processor.process(_scene(t), t * 100) for t in range(45)}  # 4.5 s of a still scene at 10 fps
+    heartbeats = sorted(t for t, o in out.items() if isinstance(o, Heartbeat))
+    images = sorted(t for t, o in out.items() if isinstance(o, EncodedFrame))
+    # Keyframes every 2 s; a heartbeat 0.5 s after any message, image or heartbeat, so never more than 0.5 s of silence.
+    assert images == [0, 20, 40] and heartbeats == [5, 10, 15, 25, 30, 35]
+    assert all(isinstance(o, Heartbeat) and o.motion_score < 0.003 for t, o in out.items() if t in heartbeats)
+    # Motion: images only, then heartbeats again 0.5 s after the last image of the hold time.
+    for t in range(45, 80):
+        out[t] = processor.process(_scene(t, square_x=10 + (t - 45) * 10 if t < 55 else None), t * 100)
+    assert all(isinstance(out[t], EncodedFrame) for t in range(45, 65))
+    assert [t for t in range(65, 80) if out[t] is not None] == [69, 74, 79]
+    assert all(isinstance(out[t], Heartbeat) for t in (69, 74, 79))
+
+
+def test_heartbeats_follow_the_gate_clock_however_frames_are_spaced():
+    processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 60, "heartbeat_s": 0.5}))
+    clocks = [0, 130, 260, 390, 520, 640, 800, 1010, 1020, 1500, 1600, 1700, 1800]
+    kinds = {clock: type(processor.process(_scene(i), clock)).__name__ for i, clock in enumerate(clocks)}
+    assert [c for c, kind in kinds.items() if kind == "Heartbeat"] == [520, 1020, 1600]
+    # The clock going back (a file looped) starts afresh: the next frame is an image again.
+    assert isinstance(processor.process(_scene(20), 100), EncodedFrame)
+
+
+def test_a_heartbeat_no_shorter_than_the_keyframe_interval_never_fires():
+    processor = FrameProcessor(_camera(motion={"keyframe_interval_s": 1.0, "heartbeat_s": 1.0}))
+    assert not any(isinstance(processor.process(_scene(t), t * 100), Heartbeat) for t in range(50))
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def put(self, item, wait_unless=None) -> None:
+        self.frames.append(Frame.FromString(item.value))
+        item.on_done(None)
+
+
+def test_a_heartbeat_is_published_without_an_image_in_the_sequence_of_frames():
+    camera = _camera(motion={"keyframe_interval_s": 2.0, "heartbeat_s": 0.5})
+    queue, stats = _Queue(), CameraStats(store_id="s", source=camera.source)
+    worker = CameraWorker("s", camera, camera.source, queue, stats)  # type: ignore[arg-type]
+    processor = FrameProcessor(camera)
+    for t in range(30):
+        worker._publish(processor, _scene(t), 1_700_000_000_000 + t * 100, t * 100)
+    frames = queue.frames
+    assert [f.sequence for f in frames] == list(range(len(frames)))  # heartbeats take sequence numbers: gaps still mean drops
+    assert [f.capture_time_ms % 10_000 for f in frames if f.heartbeat] == [500, 1000, 1500, 2500]
+    heartbeat = next(f for f in frames if f.heartbeat)
+    assert heartbeat.jpeg == b"" and (heartbeat.width, heartbeat.height) == (0, 0) and heartbeat.store_id == "s" and heartbeat.camera_id == "cam-t"
+    snapshot = stats.snapshot(queue_depth=0)
+    assert snapshot["heartbeats"] == 4 and snapshot["keyframes"] == 2 and snapshot["frames_published"] == len(frames) == 6
+    # Every sampled frame is either gated or published (as its image or a heartbeat).
+    assert snapshot["frames_gated"] + snapshot["frames_published"] == 30 and snapshot["bytes_published"] == sum(len(f.jpeg) for f in frames)
 
 
 def test_a_disabled_gate_sends_every_frame_with_its_motion_score():
@@ -70,7 +134,7 @@ def test_privacy_masks_black_out_the_area_and_motion_there_is_ignored():
     image = _decode(_sent(processor.process(_scene(0), 0)).jpeg)
     assert image[:, :150].max() < 12 and image[:, 170:].mean() > 60
     for t in range(1, 40):  # someone moves inside the masked half only: nothing is sent
-        assert processor.process(_scene(t, square_x=20 + t * 2), t * 100) is None
+        assert _image(processor.process(_scene(t, square_x=20 + t * 2), t * 100)) is None
     out = processor.process(_scene(40, square_x=250), 4000)  # and outside it, it is
     assert out is not None and out.motion_score > 0.003
 

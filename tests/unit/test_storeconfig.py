@@ -74,4 +74,4 @@ def test_inference_takes_a_camera_added_to_the_config_without_a_restart(tmp_path
     jpeg = cv2.imencode(".jpg", np.zeros((24, 32, 3), np.uint8))[1].tobytes()
     message = type("Msg", (), {"value": lambda self: Frame(store_id="store-001", camera_id="cam-new", jpeg=jpeg).SerializeToString()})()
     _, camera, image = analyzer.decode_frame(message)
-    assert camera.id == "cam-new" and image.shape == (24, 32, 3)
+    assert camera.id == "cam-new" and image is not None and image.shape == (24, 32, 3)

@@ -50,6 +50,10 @@ class CameraState:
     visits: dict[tuple[int, str], int] = field(default_factory=dict)
     last_detect_ms: int = -(1 << 62)
     last_frame_ms: int = -(1 << 62)
+    # The analysis last published for an image of this camera, and the sequence number last answered
+    # (image or heartbeat): a heartbeat repeats that analysis only when it follows on with no frame lost.
+    last_analysis: FrameAnalysis | None = None
+    last_sequence: int = -1
 
 
 @dataclass

@@ -34,7 +34,14 @@ class EvidenceRef(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., ref: _Optional[str] = ..., camera_id: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("alert_id", "rule", "severity", "score", "explanation", "store_id", "camera_id", "register_id", "event_time_ms", "raised_time_ms", "evidence")
+    __slots__ = ("alert_id", "rule", "severity", "score", "explanation", "store_id", "camera_id", "register_id", "event_time_ms", "raised_time_ms", "evidence", "facts")
+    class FactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ALERT_ID_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +53,7 @@ class Alert(_message.Message):
     EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     RAISED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     alert_id: str
     rule: str
     severity: Severity
@@ -57,4 +65,5 @@ class Alert(_message.Message):
     event_time_ms: int
     raised_time_ms: int
     evidence: _containers.RepeatedCompositeFieldContainer[EvidenceRef]
-    def __init__(self, alert_id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., explanation: _Optional[str] = ..., store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., register_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., raised_time_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[EvidenceRef, _Mapping]]] = ...) -> None: ...
+    facts: _containers.ScalarMap[str, str]
+    def __init__(self, alert_id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., explanation: _Optional[str] = ..., store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., register_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., raised_time_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[EvidenceRef, _Mapping]]] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -1,0 +1,65 @@
+"""The store config as the correlator looks things up per message: by camera, by register.
+
+Built once per config version (at start and on every accepted edit), so the per-frame path does
+dictionary lookups rather than walking the chain, and rule settings are merged once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.correlator.rules import CameraContext, RegisterContext
+from services.shared.rulesconfig import RulesConfig
+from services.shared.storeconfig import StoreConfig
+
+
+@dataclass(frozen=True)
+class WatchedRegister:
+    """A register a camera watches: where its customer and merchandise zones are."""
+
+    key: str
+    store_id: str
+    register_id: str
+    customer_zones: tuple[str, ...]
+    merchandise_zones: tuple[str, ...]
+
+
+def register_key(store_id: str, register_id: str) -> str:
+    return f"{store_id}:{register_id}"
+
+
+@dataclass
+class ChainIndex:
+    config: StoreConfig
+    registers_by_camera: dict[str, list[WatchedRegister]] = field(default_factory=dict)
+    registers: dict[str, RegisterContext] = field(default_factory=dict)
+    cameras: dict[str, CameraContext] = field(default_factory=dict)
+    store_rules: dict[str, RulesConfig] = field(default_factory=dict)
+    employee_tokens: dict[str, set[str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: StoreConfig) -> ChainIndex:
+        index = cls(config, employee_tokens=config.employee_tokens())
+        for store in config.stores:
+            index.store_rules[store.id] = config.rules_for(store.id)
+            for register in store.registers:
+                key = register_key(store.id, register.id)
+                watched = WatchedRegister(key, store.id, register.id, tuple(register.customer_zones), tuple(register.merchandise_zones))
+                index.registers_by_camera.setdefault(register.camera, []).append(watched)
+                index.registers[key] = RegisterContext(
+                    store.id, register.id, store.timezone, watched.customer_zones, watched.merchandise_zones,
+                    config.rules_for(store.id, register_id=register.id),
+                )
+            for camera in store.cameras:
+                index.cameras[camera.id] = CameraContext(
+                    store.id, camera.id, store.timezone, store.opening_hours, tuple(store.holidays),
+                    {z.id: z.kind for z in camera.zones},
+                    {z.id: config.rules_for(store.id, camera_id=camera.id, zone_id=z.id) for z in camera.zones},
+                    index.store_rules[store.id],
+                )
+        return index
+
+    def rules_at(self, store_id: str) -> RulesConfig:
+        """A store's rules; the chain's own for a store the config does not (yet) know."""
+        known = self.store_rules.get(store_id)
+        return known if known is not None else RulesConfig.model_validate(self.config.rules)

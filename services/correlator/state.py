@@ -1,0 +1,184 @@
+"""Typed state of the correlator's tables: dataclasses, stored as JSON through a Faust codec.
+
+Each table holds one of these per key. Only what a rule needs to decide later is kept (changes, not
+every sample), because every write goes to the table's changelog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import faust
+
+T = TypeVar("T")
+
+
+def _from_plain(kind: Any, value: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: _from_plain(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_from_plain(item, v) for v in value]
+    if origin is dict:
+        _, item = typing.get_args(kind)
+        return {k: _from_plain(item, v) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _from_plain(inner, value)
+    return value
+
+
+def from_plain(kind: type[T], value: dict) -> T:
+    """Rebuild a state dataclass (with nested dataclasses, lists and dicts) from its JSON form."""
+    return typing.cast(T, _from_plain(kind, value))
+
+
+class StateCodec(faust.Codec):
+    """Serialises one state dataclass as compact JSON; a table with it holds typed values."""
+
+    def __init__(self, kind: type, **kwargs: Any) -> None:
+        self.kind = kind
+        super().__init__(kind=kind, **kwargs)
+
+    def _dumps(self, obj: Any) -> bytes:
+        return json.dumps(dataclasses.asdict(obj), separators=(",", ":")).encode()
+
+    def _loads(self, data: bytes) -> Any:
+        return from_plain(self.kind, json.loads(data))
+
+    def clone(self, *children: Any) -> StateCodec:  # faust combines codecs with `|`; keep the kind
+        return type(self)(self.kind, children=(*self.children, *children))
+
+
+# --- register: store:register --------------------------------------------------------------------
+
+@dataclass
+class Change:
+    """What the camera reported from this moment on: customer present, merchandise (-1: not observed)."""
+
+    time_ms: int
+    customer: bool
+    merchandise: int
+    seq: int
+
+
+@dataclass
+class Coverage:
+    """The camera reported continuously over [start_ms, end_ms] (a sample vouches for max_gap_ms)."""
+
+    start_ms: int
+    end_ms: int
+    start_seq: int
+
+
+@dataclass
+class PendingRefund:
+    event_id: str
+    event_time_ms: int
+    received_ms: int
+    # The PosEvent as serialized protobuf, base64: the alert quotes it when decided.
+    event: str
+    # The refund rules still to decide, each when the camera passes its own window.
+    rules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DrawerOpen:
+    event_id: str
+    time_ms: int
+    employee_id: str
+
+
+@dataclass
+class RegisterState:
+    changes: list[Change] = field(default_factory=list)
+    covered: list[Coverage] = field(default_factory=list)
+    watermark_ms: int = 0
+    watermark_seq: int = 0
+    camera_id: str = ""
+    pending: list[PendingRefund] = field(default_factory=list)
+    drawer_opens: list[DrawerOpen] = field(default_factory=list)
+    # Per employee: no further no-sale alert before this event time (one alert per shift).
+    no_sale_quiet_until: dict[str, int] = field(default_factory=dict)
+    # Events already acted on (newest last, bounded): a replayed POS event raises nothing new.
+    decided: list[str] = field(default_factory=list)
+
+
+# --- camera: camera id ---------------------------------------------------------------------------
+
+@dataclass
+class Visit:
+    """A tracked person's visit of a high_value zone, for the concealment rule."""
+
+    entered_ms: int
+    last_ms: int
+    # Whether the person reached out (a wrist away from the body) since entering: the shelf.
+    reached: bool = False
+    # Last n frames as bits (newest lowest): pose cue after reaching, anomaly above level.
+    pose_bits: int = 0
+    anomaly_bits: int = 0
+    first_cue_seq: int = 0
+
+
+@dataclass
+class CameraState:
+    # "track:zone" -> visit
+    visits: dict[str, Visit] = field(default_factory=dict)
+    # Alert keys raised (rule episodes) -> event time, kept a day, so a replay pages nobody twice.
+    raised: dict[str, int] = field(default_factory=dict)
+
+
+# --- chain-wide returns: card or customer token --------------------------------------------------
+
+@dataclass
+class TokenReturn:
+    event_id: str
+    time_ms: int
+    store_id: str
+    register_id: str
+    total_minor: int
+
+
+@dataclass
+class TokenState:
+    returns: list[TokenReturn] = field(default_factory=list)
+    quiet_until_ms: int = 0
+
+
+# --- transactions: store:transaction ---------------------------------------------------------------
+
+@dataclass
+class TransactionState:
+    sale_employee: str = ""
+    sale_time_ms: int = 0
+    sale_register: str = ""
+    sale_seen: bool = False
+    # Refunds of this sale that arrived before it (base64 PosEvents), decided when it comes.
+    waiting: list[str] = field(default_factory=list)
+    decided: list[str] = field(default_factory=list)
+
+
+# --- feedback: store -----------------------------------------------------------------------------
+
+@dataclass
+class RuleFeedback:
+    confirmed: int = 0
+    false_alarm: int = 0
+    # Threshold multiplier from feedback (1: as configured; above: fewer alerts).
+    factor: float = 1.0
+
+
+@dataclass
+class FeedbackState:
+    rules: dict[str, RuleFeedback] = field(default_factory=dict)
+    # Verdict per alert id (bounded, oldest dropped), so a replayed or changed verdict counts once.
+    verdicts: dict[str, int] = field(default_factory=dict)
