@@ -2,15 +2,18 @@
 
 import asyncio
 import time
+from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+import yaml
 
 from services.correlator import agents
-from services.correlator.app import app
-from services.correlator.streams import register_state
+from services.correlator.agents import Correlator
+from services.correlator.settings import CorrelatorSettings
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.register_presence_pb2 import RegisterPresence
@@ -18,6 +21,7 @@ from services.shared.contracts.register_presence_pb2 import RegisterPresence
 pytestmark = pytest.mark.timeout(60)
 T0 = (int(time.time()) - 3600) * 1000  # event times must not lie in the future
 KEY = b"store-001:reg-1"
+SAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "sample-store.yaml"
 
 
 class Recorder:
@@ -33,34 +37,56 @@ class Recorder:
         return done
 
 
+def _config(tmp_path: Path, edit=None) -> Path:
+    raw = yaml.safe_load(SAMPLE_CONFIG.read_text())
+    raw["stores"][0]["cameras"][0]["source"] = "file:unused.mp4"
+    raw["employees"] = [{"id": "emp-7", "tokens": ["tok-emp-7"]}]
+    if edit:
+        edit(raw)
+    path = tmp_path / "stores.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _make(tmp_path: Path, config: Path) -> tuple[Correlator, dict]:
+    settings = CorrelatorSettings(store_config=config, table_store="memory", correlator_data_dir=tmp_path / "data", config_poll_s=0)
+    correlator = Correlator(settings)
+    correlator.app.finalize()
+    correlator.app.flow_control.resume()
+    return correlator, {"alerts": Recorder(), "presence": Recorder(), "dlq": Recorder(), "tokens": Recorder(), "transactions": Recorder()}
+
+
 @pytest.fixture
-def faust_app():
-    app.finalize()
-    app.flow_control.resume()
-    register_state.data.clear()
-    alerts, presence, dlq = Recorder(), Recorder(), Recorder()
-    agents._last_forwarded.clear()
-    with patch.object(agents.alerts_topic, "send", alerts.send), \
-            patch.object(agents.register_presence_topic, "send", presence.send), \
-            patch.object(agents, "dlq_topic", lambda source: dlq), \
-            patch.object(register_state, "_send_changelog", lambda *a, **k: None):
-        yield {"alerts": alerts, "presence": presence, "dlq": dlq}
+def worker(tmp_path):
+    correlator, sent = _make(tmp_path, _config(tmp_path))
+    streams = correlator.streams
+    tables = [streams.register_state, streams.camera_state, streams.token_state, streams.transaction_state, streams.feedback_state]
+    with patch.object(streams.alerts, "send", sent["alerts"].send), \
+            patch.object(streams.register_presence, "send", sent["presence"].send), \
+            patch.object(streams.returns_by_token, "send", sent["tokens"].send), \
+            patch.object(streams.transactions, "send", sent["transactions"].send), \
+            patch.object(streams, "dlq", lambda source: sent["dlq"]):
+        for table in tables:
+            table._send_changelog = lambda *a, **k: None
+        correlator.sent = sent  # type: ignore[attr-defined]
+        yield correlator
 
 
-def _channel(name: str):
-    return app.topic(name, key_serializer="raw", value_serializer="raw")
+def _channel(correlator: Correlator, name: str):
+    return correlator.app.topic(name, key_serializer="raw", value_serializer="raw")
 
 
-async def _put_all(agent_def, topic: str, items):
+async def _put_all(correlator: Correlator, agent_name: str, topic: str, items):
+    agent_def = correlator.app.agents[f"sw-correlator.{agent_name}"]
     async with agent_def.test_context() as agent:
-        # The agent reads a topic pair; tell the test wrapper which topic these events come from.
-        agent.original_channel = _channel(topic)
+        # Some agents read a topic pair; tell the test wrapper which topic these events come from.
+        agent.original_channel = _channel(correlator, topic)
         for key, value in items:
             await agent.put(value, key=key)
 
 
-def _frame(ms: int, present: bool) -> tuple[bytes, bytes]:
-    analysis = FrameAnalysis(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=ms)
+def _frame(ms: int, present: bool, seq: int = 0) -> tuple[bytes, bytes]:
+    analysis = FrameAnalysis(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=ms, frame_sequence=seq)
     analysis.zones.add(zone_id="counter-1-customer", kind="counter_customer", person_present=present, presence_score=0.3 if present else 0)
     analysis.zones.add(zone_id="counter-1-staff", kind="staff_only", person_present=True, presence_score=0.3)
     return b"cam-counter-1", analysis.SerializeToString()
@@ -71,79 +97,160 @@ def _presence(ms: int, present: bool) -> tuple[bytes, bytes]:
     return KEY, sample.SerializeToString()
 
 
-def _refund(event_id: str, ms: int) -> tuple[bytes, bytes]:
-    event = PosEvent(event_id=event_id, type=PosEventType.POS_EVENT_TYPE_REFUND, store_id="store-001", register_id="reg-1",
-                     event_time_ms=ms, total_minor=5000, currency="GBP")
+def _pos(event_id: str, ms: int, kind=PosEventType.POS_EVENT_TYPE_REFUND, **fields) -> tuple[bytes, bytes]:
+    event = PosEvent(event_id=event_id, type=kind, store_id="store-001", register_id="reg-1", event_time_ms=ms, total_minor=5000, currency="GBP", **fields)
     return KEY, event.SerializeToString()
 
 
-async def test_detections_become_register_presence_changes_and_heartbeats(faust_app):
+def _alerts(worker) -> list[Alert]:
+    return [Alert.FromString(s["value"]) for s in worker.sent["alerts"].sent]
+
+
+async def test_detections_become_register_presence_changes_and_heartbeats(worker):
     # 10 fps for 3 s; the customer arrives at 0.5 s. The staff zone does not count as a customer.
-    await _put_all(agents.detections_to_registers, topics.DETECTIONS, [_frame(T0 + i * 100, i >= 5) for i in range(30)])
-    sent = [(s["key"], RegisterPresence.FromString(s["value"])) for s in faust_app["presence"].sent]
+    await _put_all(worker, "detections", topics.DETECTIONS, [_frame(T0 + i * 100, i >= 5, i) for i in range(30)])
+    sent = [(s["key"], RegisterPresence.FromString(s["value"])) for s in worker.sent["presence"].sent]
     assert all(key == KEY for key, _ in sent)
-    assert [(p.capture_time_ms - T0, p.customer_present) for _, p in sent] == [(0, False), (500, True), (1500, True), (2500, True)]
+    # Forwarded on the change and then every presence_heartbeat_ms (250 ms), never per frame.
+    times = [(p.capture_time_ms - T0, p.customer_present) for _, p in sent]
+    assert times[:3] == [(0, False), (300, False), (500, True)] and times[-1] == (2900, True)
+    assert len(sent) == 11 and not sent[0][1].merchandise_observed
 
 
-async def test_refund_waits_for_video_then_alerts_once_when_nobody_was_there(faust_app):
-    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-empty", T0 + 20_000), _refund("r-empty", T0 + 20_000)])
-    assert faust_app["alerts"].sent == []  # no video yet
-    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
-    [sent] = faust_app["alerts"].sent
+async def test_refund_waits_for_video_then_alerts_once_when_nobody_was_there(worker):
+    await _put_all(worker, "registers", topics.POS, [_pos("r-empty", T0 + 20_000), _pos("r-empty", T0 + 20_000)])
+    assert worker.sent["alerts"].sent == []  # no video yet
+    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
+    [sent] = worker.sent["alerts"].sent
     alert = Alert.FromString(sent["value"])
     assert sent["key"] == b"store-001" and alert.rule == "refund_without_customer" and alert.evidence[0].ref == "r-empty"
+    assert alert.facts["amount"] == "50.00 GBP" and {e.kind for e in alert.evidence} >= {"pos_event", "camera_window", "frames"}
+    # The same refund sent again after it was decided raises nothing more.
+    await _put_all(worker, "registers", topics.POS, [_pos("r-empty", T0 + 20_000)])
+    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + 31_000, False)])
+    assert len(worker.sent["alerts"].sent) == 1
 
 
 def _decided(outcome: str) -> float:
     return agents.REFUNDS_DECIDED.labels(outcome)._value.get()
 
 
-async def test_refund_with_customer_in_window_raises_nothing(faust_app):
+async def test_refund_with_customer_in_window_raises_nothing(worker):
     before = _decided("customer_present")
-    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, 17 <= s <= 18) for s in range(1, 30)])
-    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-ok", T0 + 20_000)])
-    assert faust_app["alerts"].sent == []
-    assert register_state["store-001:reg-1"]["pending"] == []
+    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, 17 <= s <= 18) for s in range(1, 30)])
+    await _put_all(worker, "registers", topics.POS, [_pos("r-ok", T0 + 20_000)])
+    assert worker.sent["alerts"].sent == []
+    assert worker.streams.register_state["store-001:reg-1"].pending == []
     assert _decided("customer_present") == before + 1
 
 
-async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(faust_app):
+async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(worker):
     async def broken_send(**kwargs):
         raise ConnectionError("broker unreachable")
 
-    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-retry", T0 + 20_000)])
-    with patch.object(agents.alerts_topic, "send", broken_send):
-        await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
-    assert [p["event_id"] for p in register_state["store-001:reg-1"]["pending"]] == ["r-retry"]
-    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [_presence(T0 + 30_000, False)])
-    [sent] = faust_app["alerts"].sent
+    await _put_all(worker, "registers", topics.POS, [_pos("r-retry", T0 + 20_000)])
+    with patch.object(worker.streams.alerts, "send", broken_send):
+        await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
+    assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-retry"]
+    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + 30_000, False)])
+    [sent] = worker.sent["alerts"].sent
     assert Alert.FromString(sent["value"]).evidence[0].ref == "r-retry"
-    assert register_state["store-001:reg-1"]["pending"] == []
+    assert worker.streams.register_state["store-001:reg-1"].pending == []
 
 
-async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(faust_app, monkeypatch):
+async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(worker):
     before = _decided("no_camera_coverage")
-    await _put_all(agents.correlate_registers, topics.POS, [_refund("r-silent", T0 + 20_000)])
-    monkeypatch.setattr(agents, "MAX_WAIT_MS", -1)  # every pending refund has waited too long
-    await agents.send_ticks()
-    [tick] = faust_app["presence"].sent
+    await _put_all(worker, "registers", topics.POS, [_pos("r-silent", T0 + 20_000)])
+    # It has waited longer than timing.max_wait_s (the in-memory table holds the object itself).
+    worker.streams.register_state["store-001:reg-1"].pending[0].received_ms = 0
+    await worker.send_ticks()
+    [tick] = worker.sent["presence"].sent
     assert RegisterPresence.FromString(tick["value"]).tick and tick["key"] == KEY
-    await _put_all(agents.correlate_registers, topics.REGISTER_PRESENCE, [(tick["key"], tick["value"])])
-    assert register_state["store-001:reg-1"]["pending"] == []
-    assert faust_app["alerts"].sent == [] and _decided("no_camera_coverage") == before + 1
+    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [(tick["key"], tick["value"])])
+    assert worker.streams.register_state["store-001:reg-1"].pending == []
+    assert worker.sent["alerts"].sent == [] and _decided("no_camera_coverage") == before + 1
 
 
-async def test_pos_event_with_a_foreign_key_or_future_time_is_dead_lettered(faust_app):
-    _, value = _refund("r-key", T0)
-    _, future = _refund("r-future", int(time.time() * 1000) + 3600_000)
-    await _put_all(agents.correlate_registers, topics.POS, [(b"store-001", value), (KEY, future)])
-    errors = [dict(d["headers"])["sw-error"] for d in faust_app["dlq"].sent]
+async def test_pos_event_with_a_foreign_key_or_future_time_is_dead_lettered(worker):
+    _, value = _pos("r-key", T0)
+    _, future = _pos("r-future", int(time.time() * 1000) + 3600_000)
+    await _put_all(worker, "registers", topics.POS, [(b"store-001", value), (KEY, future)])
+    errors = [dict(d["headers"])["sw-error"] for d in worker.sent["dlq"].sent]
     assert b"is not b'store-001:reg-1'" in errors[0] and b"in the future" in errors[1]
-    assert register_state.get("store-001:reg-1") is None
+    assert worker.streams.register_state.get("store-001:reg-1") is None
 
 
-async def test_poison_pos_message_is_dead_lettered_and_the_next_one_processed(faust_app):
-    await _put_all(agents.correlate_registers, topics.POS, [(KEY, b"\xff\xfe garbage"), _refund("r-after", T0 + 5_000)])
-    [dead] = faust_app["dlq"].sent
+async def test_poison_messages_are_dead_lettered_and_the_next_one_processed(worker):
+    await _put_all(worker, "registers", topics.POS, [(KEY, b"\xff\xfe garbage"), _pos("r-after", T0 + 5_000)])
+    [dead] = worker.sent["dlq"].sent
     assert dead["value"] == b"\xff\xfe garbage" and b"PosEvent" in dict(dead["headers"])["sw-error"]
-    assert [p["event_id"] for p in register_state["store-001:reg-1"]["pending"]] == ["r-after"]
+    assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-after"]
+    await _put_all(worker, "detections", topics.DETECTIONS, [(b"cam-counter-1", b"\x00\x01 not a frame"), _frame(T0, True)])
+    await _put_all(worker, "feedback", topics.FEEDBACK, [(b"store-001", Feedback(alert_id="al-1", store_id="store-001", verdict=Verdict.VERDICT_CONFIRMED,
+                                                                              rule="no_such_rule").SerializeToString())])
+    assert len(worker.sent["dlq"].sent) == 3 and len(worker.sent["presence"].sent) == 1
+    assert b"unknown rule 'no_such_rule'" in dict(worker.sent["dlq"].sent[2]["headers"])["sw-error"]
+
+
+async def test_refunds_go_on_by_token_and_transaction_and_sales_by_transaction(worker):
+    await _put_all(worker, "registers", topics.POS, [
+        _pos("s-1", T0, PosEventType.POS_EVENT_TYPE_SALE, transaction_id="tx-1", employee_id="emp-1"),
+        _pos("r-1", T0 + 9_000, card_token="card-a", customer_token="cust-b", original_transaction_id="tx-1", employee_id="emp-1"),
+    ])
+    assert [s["key"] for s in worker.sent["tokens"].sent] == [b"card-a", b"cust-b"]
+    assert [s["key"] for s in worker.sent["transactions"].sent] == [b"store-001:tx-1", b"store-001:tx-1"]
+    # The transaction agent: the same employee rang the sale and the refund.
+    await _put_all(worker, "transactions", topics.TRANSACTIONS, [(s["key"], s["value"]) for s in worker.sent["transactions"].sent])
+    [alert] = _alerts(worker)
+    assert alert.rule == "employee_own_sale" and alert.facts["employee"] == "emp-1"
+
+
+async def test_refund_to_the_employees_own_card_and_post_void_alert_on_arrival(worker):
+    await _put_all(worker, "registers", topics.POS, [
+        _pos("r-own", T0, employee_id="emp-7", card_token="tok-emp-7"),
+        _pos("v-1", T0 + 1000, PosEventType.POS_EVENT_TYPE_VOID, after_tender=True, transaction_id="tx-9"),
+        _pos("v-2", T0 + 2000, PosEventType.POS_EVENT_TYPE_VOID),  # an in-transaction void
+    ])
+    assert [a.rule for a in _alerts(worker)] == ["employee_own_card", "post_void"]
+
+
+async def test_return_abuse_across_stores_from_the_token_table(worker):
+    def returned(i: int) -> tuple[bytes, bytes]:
+        event = PosEvent(event_id=f"ret-{i}", type=PosEventType.POS_EVENT_TYPE_RETURN, store_id=f"store-{i:03d}", register_id="reg-1",
+                         event_time_ms=T0 + i * 3600_000, total_minor=2000, currency="GBP", card_token="card-x")
+        return b"card-x", event.SerializeToString()
+
+    await _put_all(worker, "tokens", topics.RETURNS_BY_TOKEN, [returned(i) for i in range(1, 7)])
+    [alert] = _alerts(worker)
+    assert alert.rule == "return_abuse" and alert.facts["returns"] == "5" and alert.store_id == "store-005"
+
+
+async def test_feedback_counts_once_per_alert_and_moves_the_stores_factor(worker):
+    def verdict(alert_id: str, kind) -> tuple[bytes, bytes]:
+        return b"store-001", Feedback(alert_id=alert_id, store_id="store-001", verdict=kind, rule="refund_without_customer").SerializeToString()
+
+    await _put_all(worker, "feedback", topics.FEEDBACK, [
+        verdict("al-1", Verdict.VERDICT_CONFIRMED), verdict("al-1", Verdict.VERDICT_CONFIRMED),
+        verdict("al-2", Verdict.VERDICT_FALSE_ALARM), verdict("al-3", Verdict.VERDICT_FALSE_ALARM), verdict("al-4", Verdict.VERDICT_ACKNOWLEDGED),
+    ])
+    report = worker.precision_report()["stores"]["store-001"]["refund_without_customer"]
+    assert (report["confirmed"], report["false_alarm"], report["judged"]) == (1, 2, 3)
+    assert report["precision"] == pytest.approx(1 / 3) and report["threshold_factor"] == pytest.approx(1.15)
+
+
+async def test_an_edited_store_config_is_taken_live(tmp_path):
+    path = _config(tmp_path)
+    correlator, _ = _make(tmp_path, path)
+    assert "store-001:reg-2" not in correlator.index.registers
+
+    def add_register(raw):
+        raw["stores"][0]["registers"].append({"id": "reg-2", "camera": "cam-counter-1", "customer_zones": ["counter-1-customer"]})
+        raw["stores"][0]["rules"] = {"post_void": {"min_total": 10}}
+
+    _config(tmp_path, add_register)
+    correlator.refresh_config(force=True)
+    assert "store-001:reg-2" in correlator.index.registers
+    assert correlator.index.registers["store-001:reg-2"].rules.post_void.min_total == 10
+    path.write_text("stores: [")  # a broken edit keeps the running config
+    correlator.refresh_config(force=True)
+    assert "store-001:reg-2" in correlator.index.registers and "not valid YAML" in correlator.watcher.error
