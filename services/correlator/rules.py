@@ -15,9 +15,10 @@ import base64
 import dataclasses
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.correlator.state import (
@@ -131,12 +132,12 @@ def apply_feedback(state: FeedbackState, verdict: Feedback, tuning: Tuning) -> b
         stats.false_alarm -= 1
     if verdict.verdict == Verdict.VERDICT_CONFIRMED:
         stats.confirmed += 1
-        change = -tuning.step / 2
     else:
         stats.false_alarm += 1
-        change = tuning.step
     if tuning.enabled:
-        stats.factor = round(min(max(stats.factor + change, tuning.min_factor), tuning.max_factor), 4)
+        # From the counts, not step by step, so a changed verdict moves the factor as its last verdict alone.
+        raw = 1.0 + tuning.step * stats.false_alarm - tuning.step / 2 * stats.confirmed
+        stats.factor = round(min(max(raw, tuning.min_factor), tuning.max_factor), 4)
     state.verdicts.pop(verdict.alert_id, None)
     state.verdicts[verdict.alert_id] = verdict.verdict
     while len(state.verdicts) > VERDICTS_KEPT:
@@ -415,12 +416,13 @@ def no_sale_rate(state: RegisterState, ctx: RegisterContext, event: PosEvent, ra
     if not settings.enabled:
         return []
     limit = math.ceil(settings.max_per_shift * factor(ctx.feedback, NO_SALE_RATE))
-    mine = [d for d in state.drawer_opens if d.employee_id == event.employee_id and event.event_time_ms - shift_ms < d.time_ms <= event.event_time_ms]
-    if len(mine) <= limit or event.event_time_ms < state.no_sale_quiet_until.get(event.employee_id, 0):
+    theirs = [d for d in state.drawer_opens if d.employee_id == event.employee_id]
+    mine = _crowded_window(theirs, event.event_time_ms, shift_ms, limit, lambda d: d.time_ms)
+    if mine is None or mine[0].time_ms < state.no_sale_quiet_until.get(event.employee_id, 0):
         return []
     state.no_sale_quiet_until[event.employee_id] = mine[0].time_ms + shift_ms
     explanation = (f"{len(mine)} drawer opens without a sale by employee {event.employee_id or 'unknown'} at register {event.register_id} "
-                   f"between {_clock(mine[0].time_ms, ctx.timezone)} and {_clock(event.event_time_ms, ctx.timezone)} store time "
+                   f"between {_clock(mine[0].time_ms, ctx.timezone)} and {_clock(mine[-1].time_ms, ctx.timezone)} store time "
                    f"(limit {limit} per {settings.shift_h:g} h shift)")
     alert = _alert(NO_SALE_RATE, Severity.SEVERITY_MEDIUM, min(1.0, 0.5 + 0.1 * (len(mine) - limit)), explanation, event.store_id,
                    event.event_time_ms, raised_ms,
@@ -429,6 +431,19 @@ def no_sale_rate(state: RegisterState, ctx: RegisterContext, event: PosEvent, ra
     for drawer in mine:
         alert.evidence.append(EvidenceRef(kind="pos_event", ref=drawer.event_id, time_ms=drawer.time_ms))
     return [alert]
+
+
+def _crowded_window(items: list, event_ms: int, span_ms: int, limit: int, time_of: Callable[[Any], int],
+                    crowded: Callable[[list], bool] | None = None) -> list | None:
+    """The first window of `span_ms` holding the event at `event_ms` that is crowded (more than
+    `limit` items, or `crowded(window)`), ending at that event or at a later item: so an old event
+    that arrives late still completes the window it belongs to. None if there is none."""
+    ordered = sorted(items, key=time_of)
+    for end in [time_of(i) for i in ordered if event_ms <= time_of(i) < event_ms + span_ms]:
+        window = [i for i in ordered if end - span_ms < time_of(i) <= end]
+        if (crowded(window) if crowded else len(window) > limit):
+            return window
+    return None
 
 
 # --- chain-wide: returns per card or customer token -----------------------------------------------
@@ -448,10 +463,11 @@ def return_abuse(state: TokenState, token: str, event: PosEvent, rules: RulesCon
         return []
     scale = factor(feedback, RETURN_ABUSE)
     min_stores, min_returns = max(2, math.ceil(settings.min_stores * scale)), max(2, math.ceil(settings.min_returns * scale))
-    recent = [r for r in state.returns if event.event_time_ms - period_ms < r.time_ms <= event.event_time_ms]
-    stores = sorted({r.store_id for r in recent})
-    if (len(stores) < min_stores and len(recent) < min_returns) or event.event_time_ms < state.quiet_until_ms:
+    recent = _crowded_window(state.returns, event.event_time_ms, period_ms, 0, lambda r: r.time_ms,
+                             lambda window: len({r.store_id for r in window}) >= min_stores or len(window) >= min_returns)
+    if recent is None or recent[0].time_ms < state.quiet_until_ms:
         return []
+    stores = sorted({r.store_id for r in recent})
     state.quiet_until_ms = recent[0].time_ms + period_ms
     total = sum(r.total_minor for r in recent)
     explanation = (f"card or customer token {token[:12]} returned goods {len(recent)} times in {len(stores)} stores "

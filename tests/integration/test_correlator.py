@@ -9,7 +9,9 @@ from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.kafka import make_producer
-from tests.conftest import consume_all
+from devplatform.demo import metric_total
+from devplatform.launcher import http_ready
+from tests.conftest import consume_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +54,69 @@ def test_poison_pos_message_goes_to_dlq_and_later_refunds_are_still_judged(broke
     assert "missing required field(s)" in errors[0] or "not a valid protobuf" in errors[0]
     assert all(dict(m.headers())["sw-source-topic"] == topics.POS.encode() for m in dead)
     assert len(dead) == 2
+
+
+def _committed_to_end(bootstrap: str, group: str, topic_names: list[str]) -> bool:
+    """Whether `group` has committed every partition of these topics up to its end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(t, p) for t in topic_names for p in range(topics.PARTITIONS)]
+        committed = consumer.committed(parts, timeout=10)
+        for part in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(part.topic, part.partition), timeout=10)
+            if high > 0 and part.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
+def test_worker_killed_mid_window_resumes_with_no_alert_lost_or_duplicated(broker, start_service):
+    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker}
+    first = start_service("correlator", env)
+    producer = make_producer(broker)
+    t0 = int(time.time() * 1000) - 120_000
+    key = "store-001:reg-1"
+    # Windows are 5 s either side plus 2 s of POS clock skew: [1, 15] s and [19, 33] s.
+    producer.produce(topics.POS, key=key, value=_refund("decided-before-kill", t0 + 8_000))
+    producer.produce(topics.POS, key=key, value=_refund("window-spans-kill", t0 + 26_000))
+    producer.flush(10)
+    _frames(producer, t0, 22, present=lambda s: False)
+    producer.flush(10)
+    [before] = consume_all(broker, topics.ALERTS, expect=1, timeout=40)
+    assert Alert.FromString(before.value()).evidence[0].ref == "decided-before-kill"
+    # Everything so far is processed and committed; the second refund's window is still open.
+    wait_for(lambda: _committed_to_end(broker, "sw-correlator", [topics.POS, topics.DETECTIONS, topics.REGISTER_PRESENCE]), 60,
+             "the correlator to commit what it has read", first)
+    first.kill()
+    start_service("correlator", env)  # same data folder: RocksDB state, plus the changelog
+    for i in range(220, 400):
+        analysis = FrameAnalysis(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=t0 + i * 100, frame_sequence=i)
+        analysis.zones.add(zone_id="counter-1-customer", kind="counter_customer", person_present=False)
+        producer.produce(topics.DETECTIONS, key="cam-counter-1", value=analysis.SerializeToString())
+    producer.flush(10)
+    alerts = consume_all(broker, topics.ALERTS, expect=2, timeout=60)
+    alerts += consume_all(broker, topics.ALERTS, timeout=8, idle=5)[2:]  # anything more would be a duplicate
+    refs = sorted(Alert.FromString(m.value()).evidence[0].ref for m in alerts)
+    assert refs == ["decided-before-kill", "window-spans-kill"], refs
+
+
+def test_two_workers_split_the_partitions_and_each_alert_is_raised_once(broker, start_service, tmp_path):
+    # Each worker has its own RocksDB folder, as each pod has its own volume.
+    workers = [start_service("correlator", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_CORRELATOR_DATA_DIR": str(tmp_path / f"worker-{n}")})
+               for n in range(2)]
+    wait_for(lambda: all(http_ready(w.http + "/readyz") for w in workers), 60, "both workers to hold partitions")
+    producer = make_producer(broker)
+    t0 = int(time.time() * 1000) - 60_000
+    for n in range(12):  # post-voids are decided on arrival, on the register's own partition
+        event = PosEvent(event_id=f"pv-{n}", type=PosEventType.POS_EVENT_TYPE_VOID, store_id="store-001", register_id=f"reg-{n}",
+                         event_time_ms=t0 + n, total_minor=9900, currency="GBP", after_tender=True)
+        producer.produce(topics.POS, key=f"store-001:reg-{n}", value=event.SerializeToString())
+    producer.flush(10)
+    alerts = consume_all(broker, topics.ALERTS, expect=12, timeout=60)
+    alerts += consume_all(broker, topics.ALERTS, timeout=6, idle=4)[12:]
+    assert sorted(Alert.FromString(m.value()).evidence[0].ref for m in alerts) == sorted(f"pv-{n}" for n in range(12))
+    raised = [metric_total(w.http + "/metrics", "sw_correlator_alerts_total") for w in workers]
+    assert sum(raised) == 12 and all(r > 0 for r in raised), raised
