@@ -4,13 +4,13 @@ import time
 
 import pytest
 
+from devplatform.demo import metric_total
+from devplatform.launcher import http_ready
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.kafka import make_producer
-from devplatform.demo import metric_total
-from devplatform.launcher import http_ready
 from tests.conftest import consume_all, wait_for
 
 pytestmark = pytest.mark.integration
