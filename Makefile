@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test-integration: setup ## Integration tests (start and stop their own broker, R
 
 test-e2e: setup ## End-to-end test through the launcher
 	$(PYTEST) tests/e2e
+
+scenarios: setup ## Replay the scenarios in scenarios/ through the correlator; precision and recall of its alerts (ARGS="--dir DIR --keep-logs")
+	$(PY) -m devplatform.scenarios $(ARGS)
 
 up: setup ## Start the local platform in the background (shrinkwatch dev up)
 	$(SW) dev up
