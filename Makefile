@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest bench-correlator sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-models: setup ## Model frames/s in process and through the model server, s
 
 bench-ingest: setup ## Ingest frames/s (720p decode-resize-encode into the broker) over bare OpenCV, same run; motion-gate bytes saved
 	$(PY) scripts/bench_ingest.py $(ARGS)
+
+bench-correlator: setup ## One correlator worker's msgs/s over a decode-only Faust app, same run (cameras per worker); live refund decision delay p99
+	$(PY) scripts/bench_correlator.py $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store
