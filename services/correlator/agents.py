@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,7 +28,7 @@ from services.correlator.app import create_app
 from services.correlator.chain import ChainIndex, register_key
 from services.correlator.settings import CorrelatorSettings
 from services.correlator.state import CameraState, FeedbackState, RegisterState, TokenState, TransactionState
-from services.correlator.streams import Streams
+from services.correlator.streams import CachedTable, Streams
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -59,6 +59,16 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _register_signature(state: RegisterState) -> tuple:
+    """What changes only when a register's state learns something a crash must not lose."""
+    return (len(state.changes), len(state.covered), [(p.event_id, len(p.rules)) for p in state.pending],
+            state.decided[-1:], len(state.drawer_opens), len(state.no_sale_quiet_until), state.camera_id)
+
+
+def _camera_signature(state: CameraState) -> tuple:
+    return (sorted(state.visits), len(state.raised), [v.reached for v in state.visits.values()])
+
+
 class Correlator:
     """One correlator worker: its app, topics, tables, agents and the store config it follows."""
 
@@ -74,6 +84,9 @@ class Correlator:
         # after a restart the first sample of each register is simply sent again.
         self.last_forwarded: dict[str, tuple[bool, int, int]] = {}
         self.feedback: dict[str, FeedbackState] = {}
+        self.registers = CachedTable(self.streams.register_state, RegisterState, settings.state_flush_ms)
+        self.cameras = CachedTable(self.streams.camera_state, CameraState, settings.state_flush_ms)
+        self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
         self.app.agent(self.streams.detections, name="sw-correlator.detections")(self.detections_agent)
         self.app.agent(self.streams.register_events, name="sw-correlator.registers")(self.registers_agent)
@@ -84,6 +97,11 @@ class Correlator:
         self.app.timer(interval=FEEDBACK_REFRESH_S)(self.publish_precision)
 
     # --- shared helpers ----------------------------------------------------------------------------
+
+    def _forget_cached(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Partitions move: what this worker cached may be another worker's to change now."""
+        self.registers.forget()
+        self.cameras.forget()
 
     def refresh_config(self, force: bool = False) -> None:
         """Take an edited store config (a new register, changed rules) without a restart."""
@@ -167,13 +185,13 @@ class Correlator:
         if not any(camera.zone_kinds.get(v.zone_id) in ("high_value", "exit") for p in analysis.persons for v in p.zones) \
                 and rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is None:
             return  # nothing a camera rule looks at: the common case costs no table read
-        table = self.streams.camera_state
-        state = table.get(analysis.camera_id) or CameraState()
+        state = self.cameras.get(analysis.camera_id)
+        before = _camera_signature(state)
         camera = dataclasses.replace(camera, feedback=self.feedback_for(camera.store_id))
         alerts, changed = rules.camera_rules(state, camera, analysis, _now_ms())
         await self.raise_alerts(alerts)
         if changed:
-            table[analysis.camera_id] = state
+            self.cameras.put(analysis.camera_id, state, bool(alerts) or _camera_signature(state) != before, analysis.capture_time_ms)
 
     async def forward_presence(self, analysis: FrameAnalysis) -> None:
         """Reduce a frame to presence per register the camera watches; send it on change and heartbeat."""
@@ -225,12 +243,12 @@ class Correlator:
     async def on_register_event(self, event: Any) -> None:
         key = event.key.decode(errors="replace") if event.key else ""
         now_ms = _now_ms()
-        table = self.streams.register_state
         alerts: list[Alert] = []
+        state = self.registers.get(key)
+        before = _register_signature(state)
         if event.message.topic == topics.POS:
             pos = self._decode_pos(event)
             ctx = self.register_context(key, pos.store_id, pos.register_id)
-            state = table.get(key) or RegisterState()
             if pos.type in rules.REFUND_TYPES:
                 rules.add_pending(state, ctx, pos, now_ms)
                 alerts += rules.employee_own_card(state, ctx, pos, self.index.employee_tokens, now_ms)
@@ -242,7 +260,6 @@ class Correlator:
         else:
             sample = decode(RegisterPresence, event.value, required=("store_id", "register_id", "capture_time_ms"))
             ctx = self.register_context(key, sample.store_id, sample.register_id)
-            state = table.get(key) or RegisterState()
             if not sample.tick:
                 merchandise = -1 if not sample.merchandise_observed else int(sample.merchandise_present)
                 rules.add_sample(state, rules.Sample(sample.capture_time_ms, sample.frame_sequence, sample.camera_id, sample.customer_present, merchandise),
@@ -255,7 +272,7 @@ class Correlator:
             # deterministic alert ids make a second attempt harmless.
             log.exception("could not send alerts; refunds kept pending", extra={"register": key})
             rules.restore_pending(state, taken)
-            table[key] = state
+            self.registers.put(key, state, True, state.watermark_ms)
             return
         for outcome in outcomes:
             RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
@@ -264,7 +281,7 @@ class Correlator:
             if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
                 DECISION_DELAY.observe(outcome.delay_ms / 1000)
         # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
-        table[key] = state
+        self.registers.put(key, state, bool(alerts or decided or outcomes) or _register_signature(state) != before, state.watermark_ms)
 
     async def route_refund(self, pos: PosEvent) -> None:
         """Returns go on to the chain-wide token table and to their original sale's transaction."""

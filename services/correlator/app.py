@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.correlator.settings import CorrelatorSettings
 from services.shared.topics import PARTITIONS
 
+_FAUST_CREATE_CONSUMER = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def limit_fetch_wait(wait_ms: int) -> None:
+    """Make Faust's consumer ask for at most `wait_ms` of waiting per fetch.
+
+    Faust hard-codes 1500 ms (faust/transport/drivers/aiokafka.py) and has no setting for it. A real
+    broker answers a fetch as soon as data arrives, but the dev broker waits the full time, so each
+    hop (detections, then register presence) could add 1.5 s to a decision. Applies to the process.
+    """
+
+    def create(thread: Any, transport: Any) -> Any:
+        consumer = _FAUST_CREATE_CONSUMER(thread, transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign,assignment]
+
 
 def create_app(settings: CorrelatorSettings) -> faust.App:
+    limit_fetch_wait(settings.consumer_fetch_wait_ms)
     return faust.App(
         settings.correlator_app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.shared.settings import ServiceSettings
 
@@ -29,3 +29,16 @@ class CorrelatorSettings(ServiceSettings):
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     # How often the store config file is checked for edits (0: only at start).
     config_poll_s: float = Field(2.0, ge=0, le=3600)
+    # State that only extends what is known (coverage, a visit's frames) is written at most this
+    # often (event time); anything a crash must not lose is written at once.
+    state_flush_ms: int = Field(1000, ge=0, le=60000)
+    # Faust waits up to 1.5 s for a fetch to fill; the dev broker always waits the whole time, which
+    # alone would break "decided within a second". A real broker answers as soon as data arrives.
+    consumer_fetch_wait_ms: int = Field(100, ge=10, le=1500)
+
+    @model_validator(mode="after")
+    def _flush_leaves_no_coverage_gap(self) -> CorrelatorSettings:
+        if self.state_flush_ms + self.presence_heartbeat_ms >= self.coverage_gap_ms:
+            raise ValueError(f"state_flush_ms + presence_heartbeat_ms ({self.state_flush_ms + self.presence_heartbeat_ms}) must stay under "
+                             f"coverage_gap_ms ({self.coverage_gap_ms}), or a crash could leave a coverage gap")
+        return self

@@ -7,9 +7,11 @@ every sample), because every write goes to the table's changelog.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,28 +20,35 @@ import faust
 T = TypeVar("T")
 
 
-def _from_plain(kind: Any, value: Any) -> Any:
+@functools.cache
+def _decoder(kind: Any) -> Callable[[Any], Any]:
+    """A function that rebuilds `kind` from its JSON form, made once per type (type hints are
+    resolved here, not on every read: tables are read on the hot path)."""
     origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
         hints = typing.get_type_hints(kind)
-        return kind(**{f.name: _from_plain(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+        fields = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(kind)]
+        cls = kind
+
+        def dataclass_from(value: dict) -> Any:
+            return cls(**{name: decode(value[name]) for name, decode in fields if name in value})
+        return dataclass_from
     if origin is list:
-        (item,) = typing.get_args(kind)
-        return [_from_plain(item, v) for v in value]
+        item = _decoder(typing.get_args(kind)[0])
+        return lambda value: [item(v) for v in value]
     if origin is dict:
-        _, item = typing.get_args(kind)
-        return {k: _from_plain(item, v) for k, v in value.items()}
+        item = _decoder(typing.get_args(kind)[1])
+        return lambda value: {k: item(v) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
         (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
-        return _from_plain(inner, value)
-    return value
+        inner_decode = _decoder(inner)
+        return lambda value: None if value is None else inner_decode(value)
+    return lambda value: value
 
 
 def from_plain(kind: type[T], value: dict) -> T:
     """Rebuild a state dataclass (with nested dataclasses, lists and dicts) from its JSON form."""
-    return typing.cast(T, _from_plain(kind, value))
+    return typing.cast(T, _decoder(typing.cast(Any, kind))(value))
 
 
 class StateCodec(faust.Codec):
@@ -53,7 +62,7 @@ class StateCodec(faust.Codec):
         return json.dumps(dataclasses.asdict(obj), separators=(",", ":")).encode()
 
     def _loads(self, data: bytes) -> Any:
-        return from_plain(self.kind, json.loads(data))
+        return _decoder(self.kind)(json.loads(data))
 
     def clone(self, *children: Any) -> StateCodec:  # faust combines codecs with `|`; keep the kind
         return type(self)(self.kind, children=(*self.children, *children))

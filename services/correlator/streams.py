@@ -64,3 +64,42 @@ class Streams:
 
     def dlq(self, source: str) -> Any:
         return _raw(self.app, topics.dlq(source))
+
+
+class CachedTable:
+    """A table's values kept decoded in this process, and written back only when they matter.
+
+    Reading a RocksDB table decodes the value every time, and every write goes to RocksDB and to the
+    changelog; at a few presence samples a second per register that was most of the correlator's
+    time. A value is written at once when `urgent` (something a crash must not lose: a pending or
+    decided refund, an alert, a presence change, a new coverage interval) and otherwise at most every
+    `flush_ms` of event time. Losing that much of a coverage extension in a crash leaves no gap as
+    long as `flush_ms` plus the presence heartbeat stays under the coverage a sample vouches for
+    (checked by the settings). The cache is dropped whenever partitions move.
+    """
+
+    def __init__(self, table: Any, factory: Any, flush_ms: int) -> None:
+        self.table = table
+        self.factory = factory
+        self.flush_ms = flush_ms
+        self.values: dict[str, Any] = {}
+        self.written_ms: dict[str, int] = {}
+
+    def get(self, key: str) -> Any:
+        value = self.values.get(key)
+        if value is None:
+            value = self.table.get(key)
+            if value is None:
+                value = self.factory()
+            self.values[key] = value
+        return value
+
+    def put(self, key: str, value: Any, urgent: bool, time_ms: int) -> None:
+        self.values[key] = value
+        if urgent or time_ms - self.written_ms.get(key, -self.flush_ms) >= self.flush_ms:
+            self.table[key] = value
+            self.written_ms[key] = time_ms
+
+    def forget(self) -> None:
+        self.values.clear()
+        self.written_ms.clear()
