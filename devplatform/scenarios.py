@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
 import signal
@@ -794,6 +795,17 @@ def load_dir(directory: Path) -> list[Scenario]:
     return scenarios
 
 
+def _exit_status(pid: int) -> str:
+    """How a child process of ours ended, reaping it."""
+    try:
+        _pid, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exit status unknown"
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
 def wait_for_quiet(platform: Platform, collector: _Collector, progress: _Progress, deadline_for_refunds: float, echo: Any,
                    quiet_s: float, limit_s: float) -> None:
     """Until the correlator consumed everything, every refund could be decided, and no alert came for quiet_s."""
@@ -803,7 +815,7 @@ def wait_for_quiet(platform: Platform, collector: _Collector, progress: _Progres
         if now - started > limit_s:
             raise RuntimeError(f"the correlator did not settle within {limit_s:.0f} s")
         if not is_ours(platform.components["correlator"]):
-            raise RuntimeError("the correlator exited while the scenarios were running")
+            raise RuntimeError(f"the correlator exited while the scenarios were running ({_exit_status(platform.components['correlator']['pid'])})")
         if collector.error:
             raise RuntimeError(f"reading alerts failed: {collector.error}")
         behind = progress.lag()
