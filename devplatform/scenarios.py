@@ -29,13 +29,14 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,7 +53,8 @@ DEFAULT_DIR = ROOT / "scenarios"
 STEM = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 # Bags as the concealment rule knows them (services/correlator/rules.py BAG_LABELS).
 BAGS = ("backpack", "handbag", "suitcase")
-POSES = ("standing", "reaching", "hand_at_hip", "hand_in_bag")
+Pose = Literal["standing", "reaching", "hand_at_hip", "hand_in_bag"]
+POSES: tuple[str, ...] = typing.get_args(Pose)
 # What each named pose must read as through the correlator's own hand_cues: (reaching, concealing).
 POSE_CUES = {"standing": (False, False), "reaching": (True, False), "hand_at_hip": (False, True), "hand_in_bag": (False, True)}
 # Inference's tracker forgets a person unseen this long (DetectorStage.track_max_lost_s default).
@@ -123,16 +125,16 @@ ZoneVisits = list[str] | dict[str, float]
 
 class PoseAt(_Strict):
     t: float
-    pose: Literal["standing", "reaching", "hand_at_hip", "hand_in_bag"]
+    pose: Pose
 
 
 class PersonSpec(_Strict):
     track: int = Field(ge=1)
     zones: ZoneVisits = []
     first_seen: float | None = None
-    box: Annotated[Box | None, Field(None)] = None
+    box: Box | None = None
     score: float = Field(0.9, gt=0, le=1)
-    pose: Literal["standing", "reaching", "hand_at_hip", "hand_in_bag"] | None = None
+    pose: Pose | None = None
     poses: list[PoseAt] = []
 
     _box = field_validator("box")(_in_frame)
