@@ -64,7 +64,7 @@ TICK_S = 5.0
 # Detections and POS events not yet consumed, per partition: the dev broker keeps ~5 MiB per partition.
 MAX_UNCONSUMED_BYTES = 2 * 1024 * 1024
 CORRELATOR_GROUP = topics.CORRELATOR_APP_ID
-CONSUMED_TOPICS = (topics.DETECTIONS, topics.POS, topics.REGISTER_PRESENCE, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)
+CONSUMED_TOPICS = (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)
 DLQ_TOPICS = tuple(topics.dlq(t) for t in CONSUMED_TOPICS)
 
 

@@ -1,10 +1,12 @@
 """Faust agents: cameras and POS in, alerts out.
 
-- detections (key: camera): the camera rules (after hours, loitering, concealment) with a camera
-  table, and each watched register's presence forwarded on change and every heartbeat.
-- register events (key: store:register, POS and presence in one partition): the refund rules,
-  decided when the camera's event time passes their windows, and the rules decided on arrival
-  (post-void, own card, no-sale rate); returns go on by token, sales and refunds by transaction.
+- cameras (key: camera id; sw.detections.v1 with the correlator's camera-events topic): the camera
+  rules (after hours, loitering, concealment), and the refund rules of the registers the camera
+  watches: each frame updates their presence and watermark in process (no hop per frame), and a
+  refund routed here is decided once the camera's event time passes its windows.
+- registers (key: store:register, sw.pos.v1): the rules decided on arrival (post-void, own card,
+  no-sale rate); refunds go on to their register's camera, to each of their tokens and to their
+  original sale.
 - returns by token: chain-wide return abuse. transactions: refunds by the employee who rang the sale.
 - feedback (key: store): verdicts into per-store rule precision and threshold factors.
 
@@ -27,14 +29,13 @@ from services.correlator import rules
 from services.correlator.app import create_app
 from services.correlator.chain import ChainIndex, register_key
 from services.correlator.settings import CorrelatorSettings
-from services.correlator.state import CameraState, FeedbackState, RegisterState, TokenState, TransactionState
+from services.correlator.state import CameraState, FeedbackState, RegisterState, TillState, TokenState, TransactionState
 from services.correlator.streams import CachedTable, Streams
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
-from services.shared.contracts.register_presence_pb2 import RegisterPresence
 from services.shared.kafka import dlq_headers
 from services.shared.rulesconfig import RULE_NAMES
 from services.shared.serde import PoisonMessage, decode, encode
@@ -52,6 +53,8 @@ DECISION_DELAY = Histogram("sw_correlator_decision_delay_seconds", "Wall time fr
                            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0))
 
 FEEDBACK_REFRESH_S = 2.0
+# Header telling the messages of the camera-events topic apart: "refund" (a PosEvent) or "tick".
+CAMERA_EVENT_KIND = "sw-kind"
 TICK_INTERVAL_S = 5.0
 
 
@@ -61,8 +64,7 @@ def _now_ms() -> int:
 
 def _register_signature(state: RegisterState) -> tuple:
     """What changes only when a register's state learns something a crash must not lose."""
-    return (len(state.changes), len(state.covered), [(p.event_id, len(p.rules)) for p in state.pending],
-            state.decided[-1:], len(state.drawer_opens), len(state.no_sale_quiet_until), state.camera_id)
+    return (len(state.changes), len(state.covered), [(p.event_id, len(p.rules)) for p in state.pending], state.decided[-1:], state.camera_id)
 
 
 def _camera_signature(state: CameraState) -> tuple:
@@ -80,16 +82,13 @@ class Correlator:
         self.watcher = StoreConfigWatcher(settings.store_config, config, interval_s=settings.config_poll_s)
         self.index = ChainIndex.build(config)
         self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
-        # Last presence forwarded per register: (customer, merchandise, capture time). In memory only;
-        # after a restart the first sample of each register is simply sent again.
-        self.last_forwarded: dict[str, tuple[bool, int, int]] = {}
         self.feedback: dict[str, FeedbackState] = {}
         self.registers = CachedTable(self.streams.register_state, RegisterState, settings.state_flush_ms)
         self.cameras = CachedTable(self.streams.camera_state, CameraState, settings.state_flush_ms)
         self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
-        self.app.agent(self.streams.detections, name="sw-correlator.detections")(self.detections_agent)
-        self.app.agent(self.streams.register_events, name="sw-correlator.registers")(self.registers_agent)
+        self.app.agent(self.streams.camera_inputs, name="sw-correlator.cameras")(self.cameras_agent)
+        self.app.agent(self.streams.pos, name="sw-correlator.registers")(self.registers_agent)
         self.app.agent(self.streams.returns_by_token, name="sw-correlator.tokens")(self.tokens_agent)
         self.app.agent(self.streams.transactions, name="sw-correlator.transactions")(self.transactions_agent)
         self.app.agent(self.streams.feedback, name="sw-correlator.feedback")(self.feedback_agent)
@@ -108,7 +107,6 @@ class Correlator:
         config = self.watcher.poll(force=force)
         if config is not None:
             self.index = ChainIndex.build(config)
-            self.last_forwarded.clear()
 
     def feedback_for(self, store_id: str) -> FeedbackState | None:
         if time.monotonic() - self._feedback_read_at > FEEDBACK_REFRESH_S:
@@ -168,23 +166,26 @@ class Correlator:
             log.exception("unexpected error on an event", extra={"topic": event.message.topic})
             await self.dead_letter(event, f"unexpected {type(exc).__name__}: {exc}")
 
-    # --- detections: camera rules and register presence ---------------------------------------------
+    # --- cameras: frames, and the refunds of the registers they watch ------------------------------
 
-    async def detections_agent(self, stream: Any) -> None:
+    async def cameras_agent(self, stream: Any) -> None:
         async for event in stream.events():
             self.refresh_config()
-            await self._guarded(event, self.on_detections)
+            if event.message.topic == topics.DETECTIONS:
+                await self._guarded(event, self.on_detections)
+            else:
+                await self._guarded(event, self.on_camera_event)
 
     async def on_detections(self, event: Any) -> None:
         analysis = decode(FrameAnalysis, event.value, required=("store_id", "camera_id", "capture_time_ms"))
         self._not_in_future(f"capture time of {analysis.camera_id}#{analysis.frame_sequence}", analysis.capture_time_ms)
-        await self.forward_presence(analysis)
+        await self.observe_registers(analysis)
         camera = self.index.cameras.get(analysis.camera_id)
         if camera is None or not analysis.persons:
             return
         if not any(camera.zone_kinds.get(v.zone_id) in ("high_value", "exit") for p in analysis.persons for v in p.zones) \
                 and rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is None:
-            return  # nothing a camera rule looks at: the common case costs no table read
+            return  # nothing a camera rule looks at: the common case costs no state at all
         state = self.cameras.get(analysis.camera_id)
         before = _camera_signature(state)
         camera = dataclasses.replace(camera, feedback=self.feedback_for(camera.store_id))
@@ -193,35 +194,81 @@ class Correlator:
         if changed:
             self.cameras.put(analysis.camera_id, state, bool(alerts) or _camera_signature(state) != before, analysis.capture_time_ms)
 
-    async def forward_presence(self, analysis: FrameAnalysis) -> None:
-        """Reduce a frame to presence per register the camera watches; send it on change and heartbeat."""
+    async def observe_registers(self, analysis: FrameAnalysis) -> None:
+        """Each register this camera watches: who and what was at its counter, then its refunds."""
         zones = {z.zone_id: z for z in analysis.zones}
+        now_ms = _now_ms()
         for watched in self.index.registers_by_camera.get(analysis.camera_id, ()):
             observed = [zones[z] for z in watched.customer_zones if z in zones]
             if not observed:
                 # The analysis says nothing about this register's zones: coverage unknown, not "nobody".
                 continue
-            customer = any(z.person_present or z.person_count > 0 for z in observed)
             goods = [zones[z] for z in watched.merchandise_zones if z in zones]
-            merchandise = -1 if not goods else int(any(z.new_object_count > 0 for z in goods))
-            last = self.last_forwarded.get(watched.key)
-            if last and (last[0], last[1]) == (customer, merchandise) and analysis.capture_time_ms - last[2] < self.settings.presence_heartbeat_ms:
-                continue
-            self.last_forwarded[watched.key] = (customer, merchandise, analysis.capture_time_ms)
-            sample = RegisterPresence(
-                store_id=watched.store_id, register_id=watched.register_id, camera_id=analysis.camera_id,
-                capture_time_ms=analysis.capture_time_ms, customer_present=customer,
-                presence_score=max(z.presence_score for z in observed), frame_sequence=analysis.frame_sequence,
-                merchandise_observed=merchandise >= 0, merchandise_present=merchandise == 1,
+            sample = rules.Sample(
+                analysis.capture_time_ms, analysis.frame_sequence, analysis.camera_id,
+                customer=any(z.person_present or z.person_count > 0 for z in observed),
+                merchandise=-1 if not goods else int(any(z.new_object_count > 0 for z in goods)),
             )
-            await self.streams.register_presence.send(key=watched.key.encode(), value=encode(sample))
+            state = self.registers.get(watched.key)
+            before = _register_signature(state)
+            if rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000)):
+                state.sample_received_ms = now_ms
+            await self.decide(watched.key, state, before, now_ms)
 
-    # --- registers: POS events and presence ------------------------------------------------------------
+    async def on_camera_event(self, event: Any) -> None:
+        """A refund routed here from its register's POS partition, or a tick for a silent camera."""
+        kind = dict(event.headers or {}).get(CAMERA_EVENT_KIND, b"").decode()
+        now_ms = _now_ms()
+        if kind == "tick":
+            key = event.value.decode(errors="replace")
+            if key in self.registers.values or self.streams.register_state.get(key) is not None:
+                state = self.registers.get(key)
+                await self.decide(key, state, _register_signature(state), now_ms)
+            return
+        pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
+        key = register_key(pos.store_id, pos.register_id)
+        state = self.registers.get(key)
+        before = _register_signature(state)
+        rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
+        await self.decide(key, state, before, now_ms)
+
+    async def decide(self, key: str, state: RegisterState, before: tuple, now_ms: int) -> None:
+        """Decide the register's refunds whose windows the camera has passed, raise, then save."""
+        alerts: list[Alert] = []
+        outcomes: list[rules.RefundOutcome] = []
+        if state.pending:
+            store_id, _, register_id = key.partition(":")
+            alerts, outcomes, taken = rules.decide_refunds(state, self.register_context(key, store_id, register_id), now_ms, now_ms)
+            try:
+                await self.raise_alerts(alerts)
+            except Exception:
+                # Keep them pending: the register's next frame (or tick) decides again, and the
+                # deterministic alert ids make a second attempt harmless.
+                log.exception("could not send alerts; refunds kept pending", extra={"register": key})
+                rules.restore_pending(state, taken)
+                self.registers.put(key, state, True, state.watermark_ms)
+                return
+        for outcome in outcomes:
+            RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
+            if outcome.rule == rules.REFUND_WITHOUT_CUSTOMER:
+                REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
+            if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
+                DECISION_DELAY.observe(outcome.delay_ms / 1000)
+        # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
+        self.registers.put(key, state, bool(outcomes) or _register_signature(state) != before, state.watermark_ms)
+
+    def register_context(self, key: str, store_id: str, register_id: str) -> rules.RegisterContext:
+        ctx = self.index.registers.get(key)
+        if ctx is None:  # a register the config does not know: POS-only rules still apply, with the store's rules
+            ctx = rules.RegisterContext(store_id, register_id, "UTC", (), (), self.index.rules_at(store_id))
+        return dataclasses.replace(ctx, feedback=self.feedback_for(store_id))
+
+    # --- registers: POS events -------------------------------------------------------------------------
 
     async def registers_agent(self, stream: Any) -> None:
         async for event in stream.events():
             self.refresh_config()
-            await self._guarded(event, self.on_register_event)
+            await self._guarded(event, self.on_pos_event)
 
     def _decode_pos(self, event: Any) -> PosEvent:
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
@@ -234,77 +281,49 @@ class Correlator:
         self._not_in_future(f"event_time of {pos.event_id}", pos.event_time_ms)
         return pos
 
-    def register_context(self, key: str, store_id: str, register_id: str) -> rules.RegisterContext:
-        ctx = self.index.registers.get(key)
-        if ctx is None:  # a register the config does not know: POS-only rules still apply, with the store's rules
-            ctx = rules.RegisterContext(store_id, register_id, "UTC", (), (), self.index.rules_at(store_id))
-        return dataclasses.replace(ctx, feedback=self.feedback_for(store_id))
-
-    async def on_register_event(self, event: Any) -> None:
-        key = event.key.decode(errors="replace") if event.key else ""
+    async def on_pos_event(self, event: Any) -> None:
+        """Rules decided on arrival, then refunds on to their camera, their tokens and their sale."""
+        pos = self._decode_pos(event)
+        key = register_key(pos.store_id, pos.register_id)
         now_ms = _now_ms()
-        alerts: list[Alert] = []
-        state = self.registers.get(key)
-        before = _register_signature(state)
-        if event.message.topic == topics.POS:
-            pos = self._decode_pos(event)
-            ctx = self.register_context(key, pos.store_id, pos.register_id)
-            if pos.type in rules.REFUND_TYPES:
-                rules.add_pending(state, ctx, pos, now_ms)
-                alerts += rules.employee_own_card(state, ctx, pos, self.index.employee_tokens, now_ms)
-                await self.route_refund(pos)
-            elif pos.type == PosEventType.POS_EVENT_TYPE_SALE and pos.transaction_id:
-                await self.streams.transactions.send(key=f"{pos.store_id}:{pos.transaction_id}".encode(), value=event.value)
-            alerts += rules.no_sale_rate(state, ctx, pos, now_ms)
-            alerts += rules.post_void(state, ctx, pos, now_ms)
-        else:
-            sample = decode(RegisterPresence, event.value, required=("store_id", "register_id", "capture_time_ms"))
-            ctx = self.register_context(key, sample.store_id, sample.register_id)
-            if not sample.tick:
-                merchandise = -1 if not sample.merchandise_observed else int(sample.merchandise_present)
-                rules.add_sample(state, rules.Sample(sample.capture_time_ms, sample.frame_sequence, sample.camera_id, sample.customer_present, merchandise),
-                                 self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000))
-        decided, outcomes, taken = rules.decide_refunds(state, ctx, now_ms, now_ms)
-        try:
-            await self.raise_alerts(alerts + decided)
-        except Exception:
-            # Keep them pending: the register's next event (or tick) decides again, and the
-            # deterministic alert ids make a second attempt harmless.
-            log.exception("could not send alerts; refunds kept pending", extra={"register": key})
-            rules.restore_pending(state, taken)
-            self.registers.put(key, state, True, state.watermark_ms)
-            return
-        for outcome in outcomes:
-            RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
-            if outcome.rule == rules.REFUND_WITHOUT_CUSTOMER:
-                REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
-            if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
-                DECISION_DELAY.observe(outcome.delay_ms / 1000)
-        # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
-        self.registers.put(key, state, bool(alerts or decided or outcomes) or _register_signature(state) != before, state.watermark_ms)
+        ctx = self.register_context(key, pos.store_id, pos.register_id)
+        state = self.streams.till_state.get(key) or TillState()
+        alerts = rules.employee_own_card(state, ctx, pos, self.index.employee_tokens, now_ms)
+        alerts += rules.no_sale_rate(state, ctx, pos, now_ms)
+        alerts += rules.post_void(state, ctx, pos, now_ms)
+        await self.raise_alerts(alerts)
+        if pos.type in rules.REFUND_TYPES:
+            await self.route_refund(pos, event.value)
+        elif pos.type == PosEventType.POS_EVENT_TYPE_SALE and pos.transaction_id:
+            await self.streams.transactions.send(key=f"{pos.store_id}:{pos.transaction_id}".encode(), value=event.value)
+        if pos.type in rules.DRAWER_TYPES or alerts:
+            self.streams.till_state[key] = state
 
-    async def route_refund(self, pos: PosEvent) -> None:
-        """Returns go on to the chain-wide token table and to their original sale's transaction."""
-        value = encode(pos)
+    async def route_refund(self, pos: PosEvent, value: bytes) -> None:
+        """A refund goes to its register's camera (the refund rules), to the chain-wide table of each
+        of its tokens, and to its original sale's transaction."""
+        camera_id = self.index.camera_of_register.get(register_key(pos.store_id, pos.register_id))
+        if camera_id:
+            await self.streams.camera_events.send(key=camera_id.encode(), value=value, headers={CAMERA_EVENT_KIND: b"refund"})
+        else:
+            REFUNDS_DECIDED.labels("no_camera").inc()
         for token in dict.fromkeys(t for t in (pos.card_token, pos.customer_token) if t):
             await self.streams.returns_by_token.send(key=token.encode(), value=value)
         if pos.original_transaction_id:
             await self.streams.transactions.send(key=f"{pos.store_id}:{pos.original_transaction_id}".encode(), value=value)
 
     async def send_ticks(self) -> None:
-        """Registers whose camera went silent get no events; a tick lets their refunds time out.
+        """Registers whose camera went silent get no frames; a tick lets their refunds time out.
 
-        A timer may read a table but not write it, so it sends a tick through the register's own
-        topic partition and the agent does the deciding.
+        A timer may read a table but not write it, so it sends a tick through the camera's own
+        partition and the agent does the deciding.
         """
         now = _now_ms()
         for key, state in list(self.streams.register_state.items()):
             ctx = self.index.registers.get(key)
             max_wait_ms = int((ctx.rules if ctx else self.index.rules_at(key.partition(":")[0])).timing.max_wait_s * 1000)
-            if state and rules.timed_out(state, now, max_wait_ms):
-                store_id, _, register_id = key.partition(":")
-                tick = RegisterPresence(store_id=store_id, register_id=register_id, capture_time_ms=now, tick=True)
-                await self.streams.register_presence.send(key=key.encode(), value=encode(tick))
+            if state and state.camera_id and rules.timed_out(state, now, max_wait_ms):
+                await self.streams.camera_events.send(key=state.camera_id.encode(), value=key.encode(), headers={CAMERA_EVENT_KIND: b"tick"})
 
     # --- chain-wide returns, transactions, feedback -----------------------------------------------------
 

@@ -35,6 +35,7 @@ class ChainIndex:
     registers: dict[str, RegisterContext] = field(default_factory=dict)
     cameras: dict[str, CameraContext] = field(default_factory=dict)
     store_rules: dict[str, RulesConfig] = field(default_factory=dict)
+    camera_of_register: dict[str, str] = field(default_factory=dict)
     employee_tokens: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
@@ -46,6 +47,7 @@ class ChainIndex:
                 key = register_key(store.id, register.id)
                 watched = WatchedRegister(key, store.id, register.id, tuple(register.customer_zones), tuple(register.merchandise_zones))
                 index.registers_by_camera.setdefault(register.camera, []).append(watched)
+                index.camera_of_register[key] = register.camera
                 index.registers[key] = RegisterContext(
                     store.id, register.id, store.timezone, watched.customer_zones, watched.merchandise_zones,
                     config.rules_for(store.id, register_id=register.id),

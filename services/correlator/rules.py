@@ -30,6 +30,7 @@ from services.correlator.state import (
     PendingRefund,
     RegisterState,
     RuleFeedback,
+    TillState,
     TokenReturn,
     TokenState,
     TransactionState,
@@ -154,7 +155,7 @@ def precision(stats: RuleFeedback) -> float | None:
 
 @dataclass(frozen=True)
 class Sample:
-    """One reduced observation of a register's zones (a RegisterPresence)."""
+    """One frame reduced to a register's zones: customer present, merchandise newly put down."""
 
     time_ms: int
     seq: int
@@ -288,7 +289,8 @@ def decide_refunds(state: RegisterState, ctx: RegisterContext, now_ms: int, rais
     max_wait_ms = int(ctx.rules.timing.max_wait_s * 1000)
     still: list[PendingRefund] = []
     for pending in state.pending:
-        waited_out = now_ms - pending.received_ms > max_wait_ms
+        # Only a camera that went silent makes a refund wait out: video still flowing (a backlog) is awaited.
+        waited_out = now_ms - pending.received_ms > max_wait_ms and now_ms - state.sample_received_ms > max_wait_ms
         due = [r for r in pending.rules if waited_out or state.watermark_ms >= refund_window(r, pending.event_time_ms, ctx.rules)[1]]
         if not due:
             still.append(pending)
@@ -353,12 +355,12 @@ def restore_pending(state: RegisterState, taken: Iterable[PendingRefund]) -> Non
 
 
 def timed_out(state: RegisterState, now_ms: int, max_wait_ms: int) -> bool:
-    return any(now_ms - p.received_ms > max_wait_ms for p in state.pending)
+    return now_ms - state.sample_received_ms > max_wait_ms and any(now_ms - p.received_ms > max_wait_ms for p in state.pending)
 
 
 # --- register: decided on arrival ---------------------------------------------------------------------
 
-def post_void(state: RegisterState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
+def post_void(state: TillState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
     """A void after tender (flagged, or naming a completed transaction) above the amount."""
     settings = ctx.rules.post_void
     if not settings.enabled or event.type != PosEventType.POS_EVENT_TYPE_VOID:
@@ -382,7 +384,7 @@ def post_void(state: RegisterState, ctx: RegisterContext, event: PosEvent, raise
     return [alert]
 
 
-def employee_own_card(state: RegisterState, ctx: RegisterContext, event: PosEvent, employee_tokens: dict[str, set[str]], raised_ms: int) -> list[Alert]:
+def employee_own_card(state: TillState, ctx: RegisterContext, event: PosEvent, employee_tokens: dict[str, set[str]], raised_ms: int) -> list[Alert]:
     """A refund or return to a card or customer token of the employee who keyed it in."""
     if not ctx.rules.employee_own_card.enabled or event.type not in REFUND_TYPES or not event.employee_id:
         return []
@@ -402,7 +404,7 @@ def employee_own_card(state: RegisterState, ctx: RegisterContext, event: PosEven
     return [alert]
 
 
-def no_sale_rate(state: RegisterState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
+def no_sale_rate(state: TillState, ctx: RegisterContext, event: PosEvent, raised_ms: int) -> list[Alert]:
     """Drawer opens without a sale by one employee at this register, over `max_per_shift` within a
     sliding shift; one alert per employee per shift. Late and out-of-order events count where they belong."""
     settings = ctx.rules.no_sale_rate
@@ -470,14 +472,18 @@ def return_abuse(state: TokenState, token: str, event: PosEvent, rules: RulesCon
     stores = sorted({r.store_id for r in recent})
     state.quiet_until_ms = recent[0].time_ms + period_ms
     total = sum(r.total_minor for r in recent)
+    latest = recent[-1]
     explanation = (f"card or customer token {token[:12]} returned goods {len(recent)} times in {len(stores)} stores "
                    f"within {settings.period_days:g} days (limits: {min_returns} returns or {min_stores} stores), "
-                   f"{_money(total, event.currency)} in all; latest at {event.store_id} register {event.register_id}")
+                   f"{_money(total, event.currency)} in all; latest at {latest.store_id} register {latest.register_id}")
     score = min(1.0, 0.5 + 0.5 * max(len(stores) / min_stores, len(recent) / min_returns) - 0.5)
-    alert = _alert(RETURN_ABUSE, Severity.SEVERITY_HIGH, max(score, 0.6), explanation, event.store_id, event.event_time_ms, raised_ms,
+    # The id names the window's first return, not the token or the return that happened to arrive
+    # last: the same returns give the same id whatever their arrival order, and a return that carries
+    # both a card and a customer token gives one alert id through both tokens' tables.
+    alert = _alert(RETURN_ABUSE, Severity.SEVERITY_HIGH, max(score, 0.6), explanation, latest.store_id, latest.time_ms, raised_ms,
                    {"token": token, "returns": len(recent), "stores": ",".join(stores), "period_days": settings.period_days,
                     "min_returns": min_returns, "min_stores": min_stores, "total": _money(total, event.currency)},
-                   token, event.event_id, register_id=event.register_id)
+                   recent[0].event_id, register_id=latest.register_id)
     for r in recent:
         alert.evidence.append(EvidenceRef(kind="pos_event", ref=r.event_id, time_ms=r.time_ms))
     return [alert]

@@ -15,9 +15,6 @@ from services.shared.settings import ServiceSettings
 
 
 class CorrelatorSettings(ServiceSettings):
-    # Presence is forwarded on every change and at least this often; each sample is the register's
-    # watermark, so it bounds how late a decision comes after its window closes.
-    presence_heartbeat_ms: int = Field(250, ge=50, le=60000)
     # How long a presence sample vouches for what it reports; a longer silence is a coverage gap.
     coverage_gap_ms: int = Field(3000, ge=500, le=60000)
     # Register history kept for POS events that arrive late.
@@ -38,7 +35,9 @@ class CorrelatorSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _flush_leaves_no_coverage_gap(self) -> CorrelatorSettings:
-        if self.state_flush_ms + self.presence_heartbeat_ms >= self.coverage_gap_ms:
-            raise ValueError(f"state_flush_ms + presence_heartbeat_ms ({self.state_flush_ms + self.presence_heartbeat_ms}) must stay under "
+        # A live camera sends a frame or a heartbeat at least every second (motion.heartbeat_s <= 1):
+        # after a crash, coverage kept up to state_flush_ms old must still reach the next frame.
+        if self.state_flush_ms + 1000 >= self.coverage_gap_ms:
+            raise ValueError(f"state_flush_ms ({self.state_flush_ms}) plus a second between frames must stay under "
                              f"coverage_gap_ms ({self.coverage_gap_ms}), or a crash could leave a coverage gap")
         return self

@@ -68,7 +68,7 @@ class StateCodec(faust.Codec):
         return type(self)(self.kind, children=(*self.children, *children))
 
 
-# --- register: store:register --------------------------------------------------------------------
+# --- registers: store:register --------------------------------------------------------------------
 
 @dataclass
 class Change:
@@ -109,12 +109,25 @@ class DrawerOpen:
 
 @dataclass
 class RegisterState:
+    """What a register's camera saw, and its refunds waiting for it. Kept by the camera's partition
+    (key store:register), so frames update it in process without another hop."""
+
     changes: list[Change] = field(default_factory=list)
     covered: list[Coverage] = field(default_factory=list)
     watermark_ms: int = 0
     watermark_seq: int = 0
     camera_id: str = ""
+    # Wall time the last sample was taken in: a camera silent this long lets refunds time out.
+    sample_received_ms: int = 0
     pending: list[PendingRefund] = field(default_factory=list)
+    # Refunds already decided (newest last, bounded): a replayed refund raises nothing new.
+    decided: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TillState:
+    """A register's POS-only history (key store:register, on the POS partition)."""
+
     drawer_opens: list[DrawerOpen] = field(default_factory=list)
     # Per employee: no further no-sale alert before this event time (one alert per shift).
     no_sale_quiet_until: dict[str, int] = field(default_factory=dict)

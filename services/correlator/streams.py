@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from services.correlator.state import CameraState, FeedbackState, RegisterState, StateCodec, TokenState, TransactionState
+from services.correlator.state import CameraState, FeedbackState, RegisterState, StateCodec, TillState, TokenState, TransactionState
 from services.shared import topics
 
 
@@ -17,17 +17,17 @@ def _raw(app: faust.App, *names: str) -> Any:
 
 @dataclass
 class Streams:
-    detections: Any
-    # POS events and register presence share keys ("store:register") and partitions, so one agent
-    # sees both for a register, in one partition, with that register's state.
-    register_events: Any
-    register_presence: Any
+    # Frames and the refunds routed to their camera share keys (camera id) and partitions, so one
+    # agent sees both, with the state of the camera and of the registers it watches.
+    camera_inputs: Any
+    camera_events: Any
     pos: Any
     returns_by_token: Any
     transactions: Any
     feedback: Any
     alerts: Any
     register_state: Any
+    till_state: Any
     camera_state: Any
     token_state: Any
     transaction_state: Any
@@ -45,15 +45,17 @@ class Streams:
             return made
 
         return cls(
-            detections=_raw(app, topics.DETECTIONS),
-            register_events=_raw(app, topics.POS, topics.REGISTER_PRESENCE),
-            register_presence=_raw(app, topics.REGISTER_PRESENCE),
+            camera_inputs=_raw(app, topics.DETECTIONS, topics.CAMERA_EVENTS),
+            camera_events=_raw(app, topics.CAMERA_EVENTS),
             pos=_raw(app, topics.POS),
             returns_by_token=_raw(app, topics.RETURNS_BY_TOKEN),
             transactions=_raw(app, topics.TRANSACTIONS),
             feedback=_raw(app, topics.FEEDBACK),
             alerts=_raw(app, topics.ALERTS),
+            # Keyed store:register but written only from its camera's partition (a register is
+            # watched by one camera), so it lives and recovers with that partition.
             register_state=table("register-state", RegisterState),
+            till_state=table("till-state", TillState),
             camera_state=table("camera-state", CameraState),
             token_state=table("token-returns", TokenState),
             transaction_state=table("transactions", TransactionState),

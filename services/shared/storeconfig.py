@@ -82,9 +82,9 @@ class MotionGate(_Strict):
     hold_s: float = Field(1.0, ge=0, le=60)
     # While frames are held back, an imageless heartbeat Frame goes out whenever nothing was sent for
     # this long: the correlator decides only once the camera's event time passes a window's end, so a
-    # still scene would otherwise hold decisions back by up to a keyframe interval. Keep it at most
-    # 1 s so decisions come within a second of a window closing.
-    heartbeat_s: float = Field(0.5, gt=0, le=60)
+    # still scene would otherwise hold decisions back by up to a keyframe interval. At most 1 s, so
+    # decisions come within a second of a window closing and a crash leaves no coverage gap.
+    heartbeat_s: float = Field(0.5, gt=0, le=1)
 
 
 class PresenceStage(_Strict):
@@ -241,6 +241,12 @@ class Register(_Strict):
 class OpeningHours(_Strict):
     open: dtime
     close: dtime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> OpeningHours:
+        if self.open == self.close:
+            raise ValueError(f"open and close are both {self.open}: leave opening_hours out for a store that never closes")
+        return self
 
 
 class Store(_Strict):

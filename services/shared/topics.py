@@ -22,15 +22,16 @@ DETECTIONS = "sw.detections.v1"
 POS = "sw.pos.v1"
 ALERTS = "sw.alerts.v1"
 FEEDBACK = "sw.feedback.v1"
-# Detections re-keyed by "store:register", so they share partitions with sw.pos.v1 in the correlator.
-REGISTER_PRESENCE = "sw.correlator.register-presence.v1"
+# Refunds (and timer ticks) re-keyed by their register's camera, so they share partitions with
+# sw.detections.v1 in the correlator and meet the frames that decide them without a hop per frame.
+CAMERA_EVENTS = "sw.correlator.camera-events.v1"
 # Returns and refunds re-keyed by hashed card or customer token: one chain-wide table per token.
 RETURNS_BY_TOKEN = "sw.correlator.returns-by-token.v1"
 # Sales and the refunds naming them, re-keyed by "store:transaction": who rang the original sale.
 TRANSACTIONS = "sw.correlator.transactions.v1"
 
 CORRELATOR_APP_ID = "sw-correlator"
-CORRELATOR_TABLES = ("register-state", "camera-state", "token-returns", "transactions", "store-feedback")
+CORRELATOR_TABLES = ("register-state", "till-state", "camera-state", "token-returns", "transactions", "store-feedback")
 
 
 def dlq(topic: str) -> str:
@@ -45,6 +46,6 @@ def faust_internal_topics(app_id: str, tables: tuple[str, ...]) -> list[TopicSpe
 
 def all_topics() -> list[TopicSpec]:
     """Every topic to pre-create, data topics and their DLQs first."""
-    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, REGISTER_PRESENCE, RETURNS_BY_TOKEN, TRANSACTIONS]
+    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, CAMERA_EVENTS, RETURNS_BY_TOKEN, TRANSACTIONS]
     specs = [TopicSpec(name) for name in data] + [TopicSpec(dlq(name)) for name in data]
     return specs + faust_internal_topics(CORRELATOR_APP_ID, CORRELATOR_TABLES)

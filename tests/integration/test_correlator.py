@@ -86,7 +86,7 @@ def test_worker_killed_mid_window_resumes_with_no_alert_lost_or_duplicated(broke
     [before] = consume_all(broker, topics.ALERTS, expect=1, timeout=40)
     assert Alert.FromString(before.value()).evidence[0].ref == "decided-before-kill"
     # Everything so far is processed and committed; the second refund's window is still open.
-    wait_for(lambda: _committed_to_end(broker, "sw-correlator", [topics.POS, topics.DETECTIONS, topics.REGISTER_PRESENCE]), 60,
+    wait_for(lambda: _committed_to_end(broker, "sw-correlator", [topics.POS, topics.DETECTIONS, topics.CAMERA_EVENTS]), 60,
              "the correlator to commit what it has read", first)
     first.kill()
     start_service("correlator", env)  # same data folder: RocksDB state, plus the changelog

@@ -16,7 +16,6 @@ from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
-from services.shared.contracts.register_presence_pb2 import RegisterPresence
 
 pytestmark = pytest.mark.timeout(60)
 T0 = (int(time.time()) - 3600) * 1000  # event times must not lie in the future
@@ -53,16 +52,16 @@ def _make(tmp_path: Path, config: Path) -> tuple[Correlator, dict]:
     correlator = Correlator(settings)
     correlator.app.finalize()
     correlator.app.flow_control.resume()
-    return correlator, {"alerts": Recorder(), "presence": Recorder(), "dlq": Recorder(), "tokens": Recorder(), "transactions": Recorder()}
+    return correlator, {"alerts": Recorder(), "camera": Recorder(), "dlq": Recorder(), "tokens": Recorder(), "transactions": Recorder()}
 
 
 @pytest.fixture
 def worker(tmp_path):
     correlator, sent = _make(tmp_path, _config(tmp_path))
     streams = correlator.streams
-    tables = [streams.register_state, streams.camera_state, streams.token_state, streams.transaction_state, streams.feedback_state]
+    tables = [streams.register_state, streams.till_state, streams.camera_state, streams.token_state, streams.transaction_state, streams.feedback_state]
     with patch.object(streams.alerts, "send", sent["alerts"].send), \
-            patch.object(streams.register_presence, "send", sent["presence"].send), \
+            patch.object(streams.camera_events, "send", sent["camera"].send), \
             patch.object(streams.returns_by_token, "send", sent["tokens"].send), \
             patch.object(streams.transactions, "send", sent["transactions"].send), \
             patch.object(streams, "dlq", lambda source: sent["dlq"]):
@@ -81,8 +80,16 @@ async def _put_all(correlator: Correlator, agent_name: str, topic: str, items):
     async with agent_def.test_context() as agent:
         # Some agents read a topic pair; tell the test wrapper which topic these events come from.
         agent.original_channel = _channel(correlator, topic)
-        for key, value in items:
-            await agent.put(value, key=key)
+        for item in items:
+            key, value, headers = item if len(item) == 3 else (*item, None)
+            await agent.put(value, key=key, headers=headers)
+
+
+async def _route_to_cameras(worker) -> None:
+    """What the registers agent sent to the camera-events topic, delivered to the cameras agent."""
+    routed = [(s["key"], s["value"], s["headers"]) for s in worker.sent["camera"].sent]
+    worker.sent["camera"].sent.clear()
+    await _put_all(worker, "cameras", topics.CAMERA_EVENTS, routed)
 
 
 def _frame(ms: int, present: bool, seq: int = 0) -> tuple[bytes, bytes]:
@@ -92,9 +99,9 @@ def _frame(ms: int, present: bool, seq: int = 0) -> tuple[bytes, bytes]:
     return b"cam-counter-1", analysis.SerializeToString()
 
 
-def _presence(ms: int, present: bool) -> tuple[bytes, bytes]:
-    sample = RegisterPresence(store_id="store-001", register_id="reg-1", camera_id="cam-counter-1", capture_time_ms=ms, customer_present=present)
-    return KEY, sample.SerializeToString()
+def _frames(seconds: range, present) -> list[tuple[bytes, bytes]]:
+    """Frames at 2 fps over these seconds after T0; `present(s)` says whether a customer is there."""
+    return [_frame(T0 + half * 500, present(half / 2), half) for half in range(seconds.start * 2, seconds.stop * 2)]
 
 
 def _pos(event_id: str, ms: int, kind=PosEventType.POS_EVENT_TYPE_REFUND, **fields) -> tuple[bytes, bytes]:
@@ -106,28 +113,28 @@ def _alerts(worker) -> list[Alert]:
     return [Alert.FromString(s["value"]) for s in worker.sent["alerts"].sent]
 
 
-async def test_detections_become_register_presence_changes_and_heartbeats(worker):
+async def test_frames_update_the_registers_presence_and_watermark_in_process(worker):
     # 10 fps for 3 s; the customer arrives at 0.5 s. The staff zone does not count as a customer.
-    await _put_all(worker, "detections", topics.DETECTIONS, [_frame(T0 + i * 100, i >= 5, i) for i in range(30)])
-    sent = [(s["key"], RegisterPresence.FromString(s["value"])) for s in worker.sent["presence"].sent]
-    assert all(key == KEY for key, _ in sent)
-    # Forwarded on the change and then every presence_heartbeat_ms (250 ms), never per frame.
-    times = [(p.capture_time_ms - T0, p.customer_present) for _, p in sent]
-    assert times[:3] == [(0, False), (300, False), (500, True)] and times[-1] == (2900, True)
-    assert len(sent) == 11 and not sent[0][1].merchandise_observed
+    await _put_all(worker, "cameras", topics.DETECTIONS, [_frame(T0 + i * 100, i >= 5, i) for i in range(30)])
+    state = worker.registers.get("store-001:reg-1")
+    assert [(c.time_ms - T0, c.customer, c.merchandise) for c in state.changes] == [(0, False, -1), (500, True, -1)]
+    assert state.watermark_ms == T0 + 2900 and state.watermark_seq == 29 and len(state.covered) == 1
+    assert worker.sent["camera"].sent == [] and worker.sent["alerts"].sent == []
 
 
 async def test_refund_waits_for_video_then_alerts_once_when_nobody_was_there(worker):
     await _put_all(worker, "registers", topics.POS, [_pos("r-empty", T0 + 20_000), _pos("r-empty", T0 + 20_000)])
+    await _route_to_cameras(worker)
     assert worker.sent["alerts"].sent == []  # no video yet
-    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
+    await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(1, 30), lambda s: False))
     [sent] = worker.sent["alerts"].sent
     alert = Alert.FromString(sent["value"])
     assert sent["key"] == b"store-001" and alert.rule == "refund_without_customer" and alert.evidence[0].ref == "r-empty"
     assert alert.facts["amount"] == "50.00 GBP" and {e.kind for e in alert.evidence} >= {"pos_event", "camera_window", "frames"}
     # The same refund sent again after it was decided raises nothing more.
     await _put_all(worker, "registers", topics.POS, [_pos("r-empty", T0 + 20_000)])
-    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + 31_000, False)])
+    await _route_to_cameras(worker)
+    await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(30, 31), lambda s: False))
     assert len(worker.sent["alerts"].sent) == 1
 
 
@@ -137,8 +144,9 @@ def _decided(outcome: str) -> float:
 
 async def test_refund_with_customer_in_window_raises_nothing(worker):
     before = _decided("customer_present")
-    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, 17 <= s <= 18) for s in range(1, 30)])
+    await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(1, 30), lambda s: 17 <= s <= 18))
     await _put_all(worker, "registers", topics.POS, [_pos("r-ok", T0 + 20_000)])
+    await _route_to_cameras(worker)  # a late refund: decided at once from the kept history
     assert worker.sent["alerts"].sent == []
     assert worker.streams.register_state["store-001:reg-1"].pending == []
     assert _decided("customer_present") == before + 1
@@ -149,10 +157,11 @@ async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(work
         raise ConnectionError("broker unreachable")
 
     await _put_all(worker, "registers", topics.POS, [_pos("r-retry", T0 + 20_000)])
+    await _route_to_cameras(worker)
     with patch.object(worker.streams.alerts, "send", broken_send):
-        await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + s * 1000, False) for s in range(1, 30)])
+        await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(1, 30), lambda s: False))
     assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-retry"]
-    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [_presence(T0 + 30_000, False)])
+    await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(30, 31), lambda s: False))
     [sent] = worker.sent["alerts"].sent
     assert Alert.FromString(sent["value"]).evidence[0].ref == "r-retry"
     assert worker.streams.register_state["store-001:reg-1"].pending == []
@@ -160,13 +169,19 @@ async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(work
 
 async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(worker):
     before = _decided("no_camera_coverage")
+    await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(0, 5), lambda s: False))
     await _put_all(worker, "registers", topics.POS, [_pos("r-silent", T0 + 20_000)])
-    # It has waited longer than timing.max_wait_s (the in-memory table holds the object itself).
-    worker.streams.register_state["store-001:reg-1"].pending[0].received_ms = 0
+    await _route_to_cameras(worker)
+    state = worker.streams.register_state["store-001:reg-1"]
     await worker.send_ticks()
-    [tick] = worker.sent["presence"].sent
-    assert RegisterPresence.FromString(tick["value"]).tick and tick["key"] == KEY
-    await _put_all(worker, "registers", topics.REGISTER_PRESENCE, [(tick["key"], tick["value"])])
+    assert worker.sent["camera"].sent == []  # the camera spoke recently: no tick yet
+    # The refund and the camera's last frame are older than timing.max_wait_s (the in-memory
+    # table holds the object itself).
+    state.pending[0].received_ms = state.sample_received_ms = 0
+    await worker.send_ticks()
+    [tick] = worker.sent["camera"].sent
+    assert tick["key"] == b"cam-counter-1" and tick["value"] == KEY and tick["headers"] == {"sw-kind": b"tick"}
+    await _route_to_cameras(worker)
     assert worker.streams.register_state["store-001:reg-1"].pending == []
     assert worker.sent["alerts"].sent == [] and _decided("no_camera_coverage") == before + 1
 
@@ -177,18 +192,19 @@ async def test_pos_event_with_a_foreign_key_or_future_time_is_dead_lettered(work
     await _put_all(worker, "registers", topics.POS, [(b"store-001", value), (KEY, future)])
     errors = [dict(d["headers"])["sw-error"] for d in worker.sent["dlq"].sent]
     assert b"is not b'store-001:reg-1'" in errors[0] and b"in the future" in errors[1]
-    assert worker.streams.register_state.get("store-001:reg-1") is None
+    assert worker.sent["camera"].sent == []
 
 
 async def test_poison_messages_are_dead_lettered_and_the_next_one_processed(worker):
     await _put_all(worker, "registers", topics.POS, [(KEY, b"\xff\xfe garbage"), _pos("r-after", T0 + 5_000)])
     [dead] = worker.sent["dlq"].sent
     assert dead["value"] == b"\xff\xfe garbage" and b"PosEvent" in dict(dead["headers"])["sw-error"]
+    await _route_to_cameras(worker)
     assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-after"]
-    await _put_all(worker, "detections", topics.DETECTIONS, [(b"cam-counter-1", b"\x00\x01 not a frame"), _frame(T0, True)])
+    await _put_all(worker, "cameras", topics.DETECTIONS, [(b"cam-counter-1", b"\x00\x01 not a frame"), _frame(T0, True)])
     await _put_all(worker, "feedback", topics.FEEDBACK, [(b"store-001", Feedback(alert_id="al-1", store_id="store-001", verdict=Verdict.VERDICT_CONFIRMED,
                                                                               rule="no_such_rule").SerializeToString())])
-    assert len(worker.sent["dlq"].sent) == 3 and len(worker.sent["presence"].sent) == 1
+    assert len(worker.sent["dlq"].sent) == 3 and worker.registers.get("store-001:reg-1").watermark_ms == T0
     assert b"unknown rule 'no_such_rule'" in dict(worker.sent["dlq"].sent[2]["headers"])["sw-error"]
 
 
@@ -198,6 +214,7 @@ async def test_refunds_go_on_by_token_and_transaction_and_sales_by_transaction(w
         _pos("r-1", T0 + 9_000, card_token="card-a", customer_token="cust-b", original_transaction_id="tx-1", employee_id="emp-1"),
     ])
     assert [s["key"] for s in worker.sent["tokens"].sent] == [b"card-a", b"cust-b"]
+    assert [s["key"] for s in worker.sent["camera"].sent] == [b"cam-counter-1"]
     assert [s["key"] for s in worker.sent["transactions"].sent] == [b"store-001:tx-1", b"store-001:tx-1"]
     # The transaction agent: the same employee rang the sale and the refund.
     await _put_all(worker, "transactions", topics.TRANSACTIONS, [(s["key"], s["value"]) for s in worker.sent["transactions"].sent])
