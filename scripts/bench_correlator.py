@@ -12,9 +12,9 @@ other, each in its own consumer group and process:
 - the limit: a Faust app built by the correlator's own create_app (same settings, event loop and
   logging; app id sw-bench-decode, no tables) whose agents only decode (FrameAnalysis / PosEvent);
 - the real `python -m services.correlator` (RocksDB tables), which also works through the messages it
-  sends itself (register presence, returns by token, transactions).
+  sends itself (refunds routed to their camera, returns by token, transactions).
 Each is timed from its first consumed message (decode-only: it says; correlator: the CreateTime of
-its first RegisterPresence, sent while it reads its first counter frame) until it last worked
+its first register-state changelog message, written as it reads its first counter frame) until it last worked
 before its group's committed offsets reached the end of everything it reads. The commits confirm
 that all was done; the worker's CPU time says when, because Faust commits every 10,000 messages or
 2.8 s and its final commit comes seconds after the work (a third of a decode-only run). The time to
@@ -28,13 +28,13 @@ registers send live frames (event time = now, 10 fps, nobody at the counter) whi
 get refunds, one per register every 1.5 s: each must raise refund_without_customer once the
 camera's event time passes the refund's window. Per alert, delay = raised_time_ms - (refund time +
 (after_s + pos_clock_skew_s) * 1000), from the rules of the generated store config; p50, p99 (nearest
-rank) and max against a 1 s target, split into the wait for the first frame past the window, the
-hop to the RegisterPresence the correlator sends for it, and the hop to the decision; plus the count
+rank) and max against a 1 s target, split into the wait for the first frame past the window and
+the hop from that frame to the decision; plus the count
 of the correlator's own sw_correlator_decision_delay_seconds histogram (its /metrics). The same is
 repeated with every camera of the chain live (whole_chain_live). On the dev broker a fetch that
-finds no data is answered only after the consumer's whole wait (Faust asks for 1.5 s), even when
-data arrives meanwhile (librdkafka's mock cluster), so a hop can take up to 1.5 s that a real broker
-would not add: the decode-only worker reads the live frames too, and its latency
+finds no data is answered only after the consumer's whole wait (Faust asks for 1.5 s; the correlator
+limits it to SW_CONSUMER_FETCH_WAIT_MS), even when data arrives meanwhile (librdkafka's mock cluster),
+so a hop can take that long where a real broker would not: the decode-only worker (Faust's 1.5 s) reads the live frames too, and its latency
 (decode_only_hop_p50_p99_s) is that hop alone, for comparison.
 
 Progress goes to stderr every few seconds; the last line on stdout is one JSON object. The dev
@@ -80,7 +80,6 @@ from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType, PosItem
-from services.shared.contracts.register_presence_pb2 import RegisterPresence
 from services.shared.kafka import make_producer
 from services.shared.serde import encode
 from services.shared.storeconfig import StoreConfig, load_store_config
@@ -734,12 +733,12 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
     # No POS events: counter cameras see only their cashiers; floor cameras their shoppers.
     sims = [simulate(cam, start_ms, start_ms + int(seconds * 1000) + 5000, {}, rng) for cam in cams]
     alerts_from = {p: e for (_, p), e in broker.ends([topics.ALERTS]).items()}
-    presence_from = {p: e for (_, p), e in broker.ends([topics.REGISTER_PRESENCE]).items()}
     metrics_url = correlator.http + "/metrics"
     histogram = "sw_correlator_decision_delay_seconds_count"
     count_before = metric(metrics_url, histogram)
     producer: Producer = make_producer(bootstrap)
     refunds: dict[str, tuple[RegisterSpec, int]] = {}
+    frame_times: list[int] = []
     start = start_ms / 1000
     late_ticks = 0
     with Progress(f"live {label}: {len(cams)} cameras at {FPS} fps, refunds at {len(regs)} registers", seconds, "s", every_s=5) as progress:
@@ -755,6 +754,7 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
                 producer.produce(topics.POS, key=reg.key.encode(), value=encode(event))
                 refunds[event.event_id] = (reg, t)
             t = now_ms()
+            frame_times.append(t)
             for sim in sims:
                 producer.produce(topics.DETECTIONS, key=sim.cam.id.encode(), value=sim.frame(t))
             producer.poll(0)
@@ -776,25 +776,19 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
             if alert.rule == "refund_without_customer" and refs and refs[0] in refunds:
                 found[refs[0]] = (alert, msg.timestamp()[1])
         time.sleep(0.5)
-    # Where the time went: the first frame at or past the window's end, the correlator forwarding
-    # its presence (CreateTime of that RegisterPresence), deciding on it (the alert's raised time).
-    samples: dict[str, list[tuple[int, int]]] = {}
-    for msg in broker.read_all(topics.REGISTER_PRESENCE, since=presence_from, timeout=5):
-        sample = RegisterPresence.FromString(msg.value())
-        if not sample.tick:
-            samples.setdefault(register_key(sample.store_id, sample.register_id), []).append((sample.capture_time_ms, msg.timestamp()[1]))
+    # Where the time went: from the window's end to the first frame at or past it (frames go out
+    # every FRAME_MS), and from that frame's capture time to the decision (the alert's raised time).
     delays, sent = [], []
-    parts: dict[str, list[float]] = {"until_deciding_frame": [], "frame_to_presence_sent": [], "presence_to_decision": []}
+    parts: dict[str, list[float]] = {"until_deciding_frame": [], "frame_to_decision": []}
     for event_id, (alert, sent_ms) in found.items():
         reg, t = refunds[event_id]
         window_end = t + settle_s[reg.key] * 1000
         delays.append((alert.raised_time_ms - window_end) / 1000)
         sent.append((sent_ms - window_end) / 1000)
-        deciding = min((s for s in samples.get(reg.key, []) if s[0] >= window_end), default=None)
+        deciding = next((f for f in frame_times if f >= window_end), None)
         if deciding is not None:
-            parts["until_deciding_frame"].append((deciding[0] - window_end) / 1000)
-            parts["frame_to_presence_sent"].append((deciding[1] - deciding[0]) / 1000)
-            parts["presence_to_decision"].append((alert.raised_time_ms - deciding[1]) / 1000)
+            parts["until_deciding_frame"].append((deciding - window_end) / 1000)
+            parts["frame_to_decision"].append((alert.raised_time_ms - deciding) / 1000)
     if not delays:
         raise SystemExit(f"bench-correlator: none of the {len(refunds)} live refunds raised refund_without_customer; last log lines:\n{correlator.tail()}")
     result = {
@@ -907,22 +901,24 @@ def main(argv: list[str] | None = None) -> int:
             workers.append(correlator)
             first_output: list[float] = []
 
+            changelog = f"{group}-register-state-changelog"
+
             def correlator_first() -> float:
-                # Its first output: the presence it forwards for the first counter frame it reads
-                # (Kafka CreateTime, stamped by its producer as it sends).
-                if not first_output and any(broker.ends([topics.REGISTER_PRESENCE]).values()):
-                    first_output.append(min(m.timestamp()[1] for m in broker.read_all(topics.REGISTER_PRESENCE, timeout=5)) / 1000)
+                # Its first output: the register state it saves for the first counter frame it reads
+                # (a presence change; Kafka CreateTime, stamped by its producer as it sends).
+                if not first_output and any(broker.ends([changelog]).values()):
+                    first_output.append(min(m.timestamp()[1] for m in broker.read_all(changelog, timeout=5)) / 1000)
                 return first_output[0] if first_output else 0.0
 
-            real = drain(broker, correlator, group, [topics.DETECTIONS, topics.POS], [topics.REGISTER_PRESENCE, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
+            real = drain(broker, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
                          total, correlator_first)
-            if any(broker.lows([topics.REGISTER_PRESENCE]).values()):
-                print("warning: sw.correlator.register-presence.v1 overflowed the dev broker's window; the start time is approximate", flush=True)
+            if any(broker.lows([changelog]).values()):
+                print(f"warning: {changelog} overflowed the dev broker's window; the start time is approximate", flush=True)
             rss = correlator.rss_mb()
             print(f"correlator: {real.per_s:,.0f} msgs/s ({real.to_end_per_s:,.0f} to its final commit; {real.cores:.2f} cores, "
                   f"{real.derived_messages} messages it sent itself, RSS {rss:.0f} MB)", flush=True)
             backlog_alerts = Counter(Alert.FromString(m.value()).rule for m in broker.read_all(topics.ALERTS, timeout=10))
-            dlq_topics = [topics.dlq(t) for t in (topics.DETECTIONS, topics.POS, topics.REGISTER_PRESENCE, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)]
+            dlq_topics = [topics.dlq(t) for t in (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)]
             dlq = sum(broker.ends(dlq_topics).values())
             print(f"alerts from the backlog: {dict(backlog_alerts)}; dead-lettered: {dlq}", flush=True)
 
