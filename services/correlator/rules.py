@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -57,7 +58,7 @@ POST_VOID = "post_void"
 REFUND_TYPES = {PosEventType.POS_EVENT_TYPE_REFUND, PosEventType.POS_EVENT_TYPE_RETURN}
 DRAWER_TYPES = {PosEventType.POS_EVENT_TYPE_NO_SALE, PosEventType.POS_EVENT_TYPE_DRAWER_OPEN}
 BAG_LABELS = {"backpack", "handbag", "suitcase"}
-DECIDED_KEPT = 256
+DECIDED_KEPT = 100
 DAY_MS = 86_400_000
 
 
@@ -527,13 +528,19 @@ def employee_own_sale(state: TransactionState, refund: PosEvent, rules: RulesCon
 
 # --- camera: after hours, loitering, concealment ------------------------------------------------------
 
-def closed_period(hours: OpeningHours | None, holidays: Iterable[date], timezone: str, time_ms: int) -> str | None:
+def closed_period(hours: OpeningHours | None, holidays: tuple[date, ...], timezone: str, time_ms: int) -> str | None:
     """The closed period `time_ms` falls in, named by its local date ("2026-12-24" for a night that
     starts that evening, "holiday 2026-12-25" for a whole day), or None while the store is open or
     has no opening hours configured. Handles hours past midnight (open 18:00, close 02:00)."""
     if hours is None:
         return None
-    local = datetime.fromtimestamp(time_ms / 1000, ZoneInfo(timezone))
+    return _closed_period_at_second(hours, holidays, timezone, time_ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _closed_period_at_second(hours: OpeningHours, holidays: tuple[date, ...], timezone: str, second: int) -> str | None:
+    """closed_period, cached per second: every frame of every camera of a store asks it."""
+    local = datetime.fromtimestamp(second, ZoneInfo(timezone))
     today, now = local.date(), local.time()
     if today in set(holidays):
         return f"holiday {today.isoformat()}"

@@ -46,6 +46,28 @@ def _decoder(kind: Any) -> Callable[[Any], Any]:
     return lambda value: value
 
 
+@functools.cache
+def _encoder(kind: Any) -> Callable[[Any], Any]:
+    """The JSON form of `kind`, made once per type: dataclasses.asdict deep-copies every value and
+    was most of the cost of a table write."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+        hints = typing.get_type_hints(kind)
+        fields = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(kind)]
+        return lambda value: {name: encode(getattr(value, name)) for name, encode in fields}
+    if origin is list:
+        item = _encoder(typing.get_args(kind)[0])
+        return lambda value: [item(v) for v in value]
+    if origin is dict:
+        item = _encoder(typing.get_args(kind)[1])
+        return lambda value: {k: item(v) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        inner_encode = _encoder(inner)
+        return lambda value: None if value is None else inner_encode(value)
+    return lambda value: value
+
+
 def from_plain(kind: type[T], value: dict) -> T:
     """Rebuild a state dataclass (with nested dataclasses, lists and dicts) from its JSON form."""
     return typing.cast(T, _decoder(typing.cast(Any, kind))(value))
@@ -59,7 +81,7 @@ class StateCodec(faust.Codec):
         super().__init__(kind=kind, **kwargs)
 
     def _dumps(self, obj: Any) -> bytes:
-        return json.dumps(dataclasses.asdict(obj), separators=(",", ":")).encode()
+        return json.dumps(_encoder(self.kind)(obj), separators=(",", ":")).encode()
 
     def _loads(self, data: bytes) -> Any:
         return _decoder(self.kind)(json.loads(data))

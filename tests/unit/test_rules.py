@@ -692,10 +692,10 @@ def test_closed_period(hours: OpeningHours, when: tuple[int, int, int, int, int]
 
 def test_closed_period_on_holidays_and_without_opening_hours() -> None:
     christmas = date(2025, 12, 25)
-    assert rules.closed_period(DAY_HOURS, [christmas], "UTC", local_ms(2025, 12, 25, 12)) == "holiday 2025-12-25"
-    assert rules.closed_period(DAY_HOURS, [christmas], "UTC", local_ms(2025, 12, 24, 12)) is None
-    assert rules.closed_period(DAY_HOURS, [christmas], "UTC", local_ms(2025, 12, 24, 22)) == "2025-12-24"
-    assert rules.closed_period(None, [christmas], "UTC", local_ms(2025, 12, 25, 3)) is None
+    assert rules.closed_period(DAY_HOURS, (christmas,), "UTC", local_ms(2025, 12, 25, 12)) == "holiday 2025-12-25"
+    assert rules.closed_period(DAY_HOURS, (christmas,), "UTC", local_ms(2025, 12, 24, 12)) is None
+    assert rules.closed_period(DAY_HOURS, (christmas,), "UTC", local_ms(2025, 12, 24, 22)) == "2025-12-24"
+    assert rules.closed_period(None, (christmas,), "UTC", local_ms(2025, 12, 25, 3)) is None
 
 
 def test_closed_period_uses_the_store_time_zone() -> None:
