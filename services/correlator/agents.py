@@ -62,11 +62,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _register_signature(state: RegisterState) -> tuple:
-    """What changes only when a register's state learns something a crash must not lose."""
-    return (len(state.changes), len(state.covered), [(p.event_id, len(p.rules)) for p in state.pending], state.decided[-1:], state.camera_id)
-
-
 def _camera_signature(state: CameraState) -> tuple:
     return (sorted(state.visits), len(state.raised), [v.reached for v in state.visits.values()])
 
@@ -188,7 +183,9 @@ class Correlator:
             return  # nothing a camera rule looks at: the common case costs no state at all
         state = self.cameras.get(analysis.camera_id)
         before = _camera_signature(state)
-        camera = dataclasses.replace(camera, feedback=self.feedback_for(camera.store_id))
+        feedback = self.feedback_for(camera.store_id)
+        if feedback is not None:
+            camera = dataclasses.replace(camera, feedback=feedback)
         alerts, changed = rules.camera_rules(state, camera, analysis, _now_ms())
         await self.raise_alerts(alerts)
         if changed:
@@ -210,10 +207,14 @@ class Correlator:
                 merchandise=-1 if not goods else int(any(z.new_object_count > 0 for z in goods)),
             )
             state = self.registers.get(watched.key)
-            before = _register_signature(state)
-            if rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000)):
-                state.sample_received_ms = now_ms
-            await self.decide(watched.key, state, before, now_ms)
+            added = rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000))
+            if added == rules.SAMPLE_REPLAYED:
+                continue
+            state.sample_received_ms = now_ms
+            if state.pending:
+                await self.decide(watched.key, state, urgent=added == rules.SAMPLE_CHANGED, now_ms=now_ms)
+            else:
+                self.registers.put(watched.key, state, added == rules.SAMPLE_CHANGED, state.watermark_ms)
 
     async def on_camera_event(self, event: Any) -> None:
         """A refund routed here from its register's POS partition, or a tick for a silent camera."""
@@ -222,17 +223,15 @@ class Correlator:
         if kind == "tick":
             key = event.value.decode(errors="replace")
             if key in self.registers.values or self.streams.register_state.get(key) is not None:
-                state = self.registers.get(key)
-                await self.decide(key, state, _register_signature(state), now_ms)
+                await self.decide(key, self.registers.get(key), urgent=False, now_ms=now_ms)
             return
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
         key = register_key(pos.store_id, pos.register_id)
         state = self.registers.get(key)
-        before = _register_signature(state)
-        rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
-        await self.decide(key, state, before, now_ms)
+        added = rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
+        await self.decide(key, state, urgent=added, now_ms=now_ms)
 
-    async def decide(self, key: str, state: RegisterState, before: tuple, now_ms: int) -> None:
+    async def decide(self, key: str, state: RegisterState, urgent: bool, now_ms: int) -> None:
         """Decide the register's refunds whose windows the camera has passed, raise, then save."""
         alerts: list[Alert] = []
         outcomes: list[rules.RefundOutcome] = []
@@ -255,13 +254,14 @@ class Correlator:
             if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
                 DECISION_DELAY.observe(outcome.delay_ms / 1000)
         # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
-        self.registers.put(key, state, bool(outcomes) or _register_signature(state) != before, state.watermark_ms)
+        self.registers.put(key, state, urgent or bool(outcomes), state.watermark_ms)
 
     def register_context(self, key: str, store_id: str, register_id: str) -> rules.RegisterContext:
         ctx = self.index.registers.get(key)
         if ctx is None:  # a register the config does not know: POS-only rules still apply, with the store's rules
             ctx = rules.RegisterContext(store_id, register_id, "UTC", (), (), self.index.rules_at(store_id))
-        return dataclasses.replace(ctx, feedback=self.feedback_for(store_id))
+        feedback = self.feedback_for(store_id)
+        return ctx if feedback is None else dataclasses.replace(ctx, feedback=feedback)
 
     # --- registers: POS events -------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import faust
+from faust.assignor import PartitionAssignor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.correlator.settings import CorrelatorSettings
@@ -29,6 +31,27 @@ def limit_fetch_wait(wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign,assignment]
 
 
+# How long the group leader holds its SyncGroup when the group has other members.
+LEADER_SYNC_DELAY_S = 0.5
+
+
+class FollowersFirstAssignor(PartitionAssignor):
+    """Faust's assignor, but the leader answers only after its followers have sent their SyncGroup.
+
+    The dev broker (librdkafka's mock cluster) completes a sync as soon as the leader's SyncGroup
+    carries an assignment for every member, and then answers a follower's SyncGroup that arrives
+    after it with INVALID_REQUEST (42); aiokafka treats that as fatal and the follower never joins.
+    A real broker hands a late follower its assignment, so there the wait only adds half a second
+    to a rebalance of several workers.
+    """
+
+    def assign(self, cluster: Any, member_metadata: Any) -> Any:
+        assignment = super().assign(cluster, member_metadata)
+        if len(member_metadata) > 1:
+            time.sleep(LEADER_SYNC_DELAY_S)  # aiokafka's own thread; followers sync meanwhile
+        return assignment
+
+
 def create_app(settings: CorrelatorSettings) -> faust.App:
     limit_fetch_wait(settings.consumer_fetch_wait_ms)
     return faust.App(
@@ -47,4 +70,5 @@ def create_app(settings: CorrelatorSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,
+        PartitionAssignor=FollowersFirstAssignor,
     )

@@ -4,6 +4,8 @@ import time
 
 import pytest
 
+from devplatform.demo import metric_total
+from devplatform.launcher import http_ready
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
@@ -99,3 +101,22 @@ def test_worker_killed_mid_window_resumes_with_no_alert_lost_or_duplicated(broke
     alerts += consume_all(broker, topics.ALERTS, timeout=8, idle=5)[2:]  # anything more would be a duplicate
     refs = sorted(Alert.FromString(m.value()).evidence[0].ref for m in alerts)
     assert refs == ["decided-before-kill", "window-spans-kill"], refs
+
+
+def test_two_workers_split_the_partitions_and_each_alert_is_raised_once(broker, start_service, tmp_path):
+    # Each worker has its own RocksDB folder, as each pod has its own volume.
+    workers = [start_service("correlator", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_CORRELATOR_DATA_DIR": str(tmp_path / f"worker-{n}")})
+               for n in range(2)]
+    wait_for(lambda: all(http_ready(w.http + "/readyz") for w in workers), 60, "both workers to hold partitions")
+    producer = make_producer(broker)
+    t0 = int(time.time() * 1000) - 60_000
+    for n in range(12):  # post-voids are decided on arrival, on the register's own partition
+        event = PosEvent(event_id=f"pv-{n}", type=PosEventType.POS_EVENT_TYPE_VOID, store_id="store-001", register_id=f"reg-{n}",
+                         event_time_ms=t0 + n, total_minor=9900, currency="GBP", after_tender=True)
+        producer.produce(topics.POS, key=f"store-001:reg-{n}", value=event.SerializeToString())
+    producer.flush(10)
+    alerts = consume_all(broker, topics.ALERTS, expect=12, timeout=60)
+    alerts += consume_all(broker, topics.ALERTS, timeout=6, idle=4)[12:]
+    assert sorted(Alert.FromString(m.value()).evidence[0].ref for m in alerts) == sorted(f"pv-{n}" for n in range(12))
+    raised = [metric_total(w.http + "/metrics", "sw_correlator_alerts_total") for w in workers]
+    assert sum(raised) == 12 and all(r > 0 for r in raised), raised
