@@ -234,7 +234,11 @@ class Platform:
         if name == "api":
             env["SW_API_PORT"] = str(port)
         if name == "correlator":
-            env["SW_CORRELATOR_DATA_DIR"] = str(self.run_dir / "correlator-data")
+            # The dev broker keeps nothing across starts, so tables kept on disk from an earlier run
+            # would be ahead of their (now empty) changelogs, which Faust refuses at start.
+            data_dir = self.run_dir / "correlator-data"
+            shutil.rmtree(data_dir, ignore_errors=True)
+            env["SW_CORRELATOR_DATA_DIR"] = str(data_dir)
         if name == "ingest":
             env["SW_INGEST_PACE"] = self.ingest_pace
         if name == "notifier":
