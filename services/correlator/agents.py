@@ -79,7 +79,7 @@ class Correlator:
         self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
         self.feedback: dict[str, FeedbackState] = {}
         self.registers = CachedTable(self.streams.register_state, RegisterState, settings.state_flush_ms)
-        self.cameras = CachedTable(self.streams.camera_state, CameraState, settings.state_flush_ms)
+        self.cameras = CachedTable(self.streams.camera_state, CameraState, settings.camera_flush_ms)
         self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
         self.app.agent(self.streams.camera_inputs, name="sw-correlator.cameras")(self.cameras_agent)
@@ -193,9 +193,12 @@ class Correlator:
 
     async def observe_registers(self, analysis: FrameAnalysis) -> None:
         """Each register this camera watches: who and what was at its counter, then its refunds."""
+        watching = self.index.registers_by_camera.get(analysis.camera_id)
+        if not watching:
+            return
         zones = {z.zone_id: z for z in analysis.zones}
         now_ms = _now_ms()
-        for watched in self.index.registers_by_camera.get(analysis.camera_id, ()):
+        for watched in watching:
             observed = [zones[z] for z in watched.customer_zones if z in zones]
             if not observed:
                 # The analysis says nothing about this register's zones: coverage unknown, not "nobody".

@@ -29,6 +29,9 @@ class CorrelatorSettings(ServiceSettings):
     # State that only extends what is known (coverage, a visit's frames) is written at most this
     # often (event time); anything a crash must not lose is written at once.
     state_flush_ms: int = Field(1000, ge=0, le=60000)
+    # The same for a camera's rule state (visits' last frames): a crash loses at most this much of a
+    # concealment cue's k of n frames, and no coverage hangs on it.
+    camera_flush_ms: int = Field(5000, ge=0, le=60000)
     # Faust waits up to 1.5 s for a fetch to fill; the dev broker always waits the whole time, which
     # alone would break "decided within a second". A real broker answers as soon as data arrives.
     consumer_fetch_wait_ms: int = Field(100, ge=10, le=1500)
