@@ -522,7 +522,8 @@ def employee_own_sale(state: TransactionState, refund: PosEvent, rules: RulesCon
             state.waiting.append(encoded)
         return []
     _remember(state.decided, refund.event_id)
-    if not refund.employee_id or refund.employee_id != state.sale_employee:
+    too_old = refund.event_time_ms - state.sale_time_ms > rules.employee_own_sale.sale_retention_days * DAY_MS
+    if not refund.employee_id or refund.employee_id != state.sale_employee or too_old:
         return []
     amount = _money(refund.total_minor, refund.currency)
     explanation = (f"{_kind(refund)} of {amount} at register {refund.register_id} keyed in by employee {refund.employee_id}, who also rang up "

@@ -90,7 +90,7 @@ class EmployeeOwnCard(_Rule):
 class EmployeeOwnSale(_Rule):
     """A refund keyed in by the employee who rang up the original sale."""
 
-    # How long sales are remembered to judge their refunds.
+    # Refunds of sales older than this are not judged (the sale is history, not a set-up).
     sale_retention_days: float = Field(90.0, gt=0, le=400)
 
 

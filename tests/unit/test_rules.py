@@ -961,6 +961,13 @@ def test_a_refund_by_the_employee_who_rang_the_sale_raises_an_alert() -> None:
     assert own_sale(state, sale_refund()) == []  # replayed
 
 
+def test_a_refund_of_a_sale_older_than_the_retention_is_not_judged() -> None:
+    state = TransactionState()
+    rules.record_sale(state, sale())
+    config = resolve({"employee_own_sale": {"sale_retention_days": 0.05}})  # 1.2 h; the refund comes 2 h later
+    assert own_sale(state, sale_refund(), config) == []
+
+
 def test_a_refund_by_another_employee_raises_nothing() -> None:
     state = TransactionState()
     rules.record_sale(state, sale("e1"))
