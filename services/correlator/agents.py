@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.correlator import rules
@@ -157,6 +158,10 @@ class Correlator:
             await work(event)
         except PoisonMessage as exc:
             await self.dead_letter(event, str(exc))
+        except (TimeoutError, KafkaError, ConnectionError):
+            # The broker failed, not the message: stop uncommitted (the at-least-once rule), so a
+            # restarted worker processes it again rather than dead-lettering a good POS event.
+            raise
         except Exception as exc:  # a bug must not stop every key behind this message
             log.exception("unexpected error on an event", extra={"topic": event.message.topic})
             await self.dead_letter(event, f"unexpected {type(exc).__name__}: {exc}")

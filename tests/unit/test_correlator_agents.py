@@ -271,3 +271,13 @@ async def test_an_edited_store_config_is_taken_live(tmp_path):
     path.write_text("stores: [")  # a broken edit keeps the running config
     correlator.refresh_config(force=True)
     assert "store-001:reg-2" in correlator.index.registers and "not valid YAML" in correlator.watcher.error
+
+
+async def test_a_broker_failure_is_not_blamed_on_the_pos_event(worker):
+    async def broken_send(**kwargs):
+        raise ConnectionError("broker unreachable")
+
+    event = _pos("v-9", T0, PosEventType.POS_EVENT_TYPE_VOID, after_tender=True, transaction_id="tx-9")
+    with patch.object(worker.streams.alerts, "send", broken_send), pytest.raises(ConnectionError):
+        await _put_all(worker, "registers", topics.POS, [event])
+    assert worker.sent["dlq"].sent == []  # stopped uncommitted, to be processed again; not dead-lettered
