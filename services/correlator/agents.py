@@ -64,7 +64,9 @@ def _now_ms() -> int:
 
 
 def _camera_signature(state: CameraState) -> tuple:
-    return (sorted(state.visits), len(state.raised), [v.reached for v in state.visits.values()])
+    """What changes only when a camera's rule state learns something a crash must not lose: a visit
+    begun or ended, an alert raised, a person seen reaching to the shelf."""
+    return (len(state.visits), next(reversed(state.visits), None), len(state.raised), sum(v.reached for v in state.visits.values()))
 
 
 class Correlator:

@@ -154,7 +154,7 @@ def precision(stats: RuleFeedback) -> float | None:
 
 # --- register: presence, coverage and watermark -----------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Sample:
     """One frame reduced to a register's zones: customer present, merchandise newly put down."""
 
