@@ -18,7 +18,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -758,7 +758,3 @@ def _concealment(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis
         del state.visits[key]
         changed = True
     return alerts, changed
-
-
-def utc_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()

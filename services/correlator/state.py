@@ -13,11 +13,9 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
-
-T = TypeVar("T")
 
 
 @functools.cache
@@ -66,11 +64,6 @@ def _encoder(kind: Any) -> Callable[[Any], Any]:
         inner_encode = _encoder(inner)
         return lambda value: None if value is None else inner_encode(value)
     return lambda value: value
-
-
-def from_plain(kind: type[T], value: dict) -> T:
-    """Rebuild a state dataclass (with nested dataclasses, lists and dicts) from its JSON form."""
-    return typing.cast(T, _decoder(typing.cast(Any, kind))(value))
 
 
 class StateCodec(faust.Codec):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -1215,6 +1215,3 @@ def test_state_codec_round_trips_a_state_the_rules_built() -> None:
     # The reloaded state decides like the original.
     assert decide(loaded, register_ctx(merchandise=True), s(81)) == decide(state, register_ctx(merchandise=True), s(81))
 
-
-def test_times_are_event_times_in_utc() -> None:
-    assert rules.utc_iso(T0) == datetime(2025, 1, 15, 12, tzinfo=UTC).isoformat()
