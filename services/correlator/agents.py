@@ -31,7 +31,7 @@ from services.correlator.app import create_app
 from services.correlator.chain import ChainIndex, register_key
 from services.correlator.settings import CorrelatorSettings
 from services.correlator.state import CameraState, FeedbackState, RegisterState, TillState, TokenState, TransactionState
-from services.correlator.streams import CachedTable, Streams
+from services.correlator.streams import CachedTable, FlushOnCommit, Streams
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -63,12 +63,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _camera_signature(state: CameraState) -> tuple:
-    """What changes only when a camera's rule state learns something a crash must not lose: a visit
-    begun or ended, an alert raised, a person seen reaching to the shelf."""
-    return (len(state.visits), next(reversed(state.visits), None), len(state.raised), sum(v.reached for v in state.visits.values()))
-
-
 class Correlator:
     """One correlator worker: its app, topics, tables, agents and the store config it follows."""
 
@@ -81,8 +75,9 @@ class Correlator:
         self.index = ChainIndex.build(config)
         self.max_skew_ms = int(settings.max_clock_skew_s * 1000)
         self.feedback: dict[str, FeedbackState] = {}
-        self.registers = CachedTable(self.streams.register_state, RegisterState, settings.state_flush_ms)
-        self.cameras = CachedTable(self.streams.camera_state, CameraState, settings.camera_flush_ms)
+        self.registers = CachedTable(self.streams.register_state, RegisterState)
+        self.cameras = CachedTable(self.streams.camera_state, CameraState)
+        self.app.sensors.add(FlushOnCommit(self.registers, self.cameras))
         self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
         self.app.agent(self.streams.camera_inputs, name="sw-correlator.cameras")(self.cameras_agent)
@@ -96,7 +91,9 @@ class Correlator:
     # --- shared helpers ----------------------------------------------------------------------------
 
     def _forget_cached(self, sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """Partitions move: what this worker cached may be another worker's to change now."""
+        """Partitions move: what this worker cached may be another worker's to change now. What
+        changed since the last commit is dropped with it: its events were not committed either, so
+        whoever holds the partitions next processes them again."""
         self.registers.forget()
         self.cameras.forget()
 
@@ -189,14 +186,13 @@ class Correlator:
                 and rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is None:
             return  # nothing a camera rule looks at: the common case costs no state at all
         state = self.cameras.get(analysis.camera_id)
-        before = _camera_signature(state)
         feedback = self.feedback_for(camera.store_id)
         if feedback is not None:
             camera = dataclasses.replace(camera, feedback=feedback)
         alerts, changed = rules.camera_rules(state, camera, analysis, _now_ms())
         await self.raise_alerts(alerts)
         if changed:
-            self.cameras.put(analysis.camera_id, state, bool(alerts) or _camera_signature(state) != before, analysis.capture_time_ms)
+            self.cameras.put(analysis.camera_id, state)
 
     async def observe_registers(self, analysis: FrameAnalysis) -> None:
         """Each register this camera watches: who and what was at its counter, then its refunds."""
@@ -222,9 +218,9 @@ class Correlator:
                 continue
             state.sample_received_ms = now_ms
             if state.pending:
-                await self.decide(watched.key, state, urgent=added == rules.SAMPLE_CHANGED, now_ms=now_ms)
+                await self.decide(watched.key, state, now_ms)
             else:
-                self.registers.put(watched.key, state, added == rules.SAMPLE_CHANGED, state.watermark_ms)
+                self.registers.put(watched.key, state)
 
     async def on_camera_event(self, event: Any) -> None:
         """A refund routed here from its register's POS partition, or a tick for a silent camera."""
@@ -233,15 +229,15 @@ class Correlator:
         if kind == "tick":
             key = event.value.decode(errors="replace")
             if key in self.registers.values or self.streams.register_state.get(key) is not None:
-                await self.decide(key, self.registers.get(key), urgent=False, now_ms=now_ms)
+                await self.decide(key, self.registers.get(key), now_ms)
             return
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
         key = register_key(pos.store_id, pos.register_id)
         state = self.registers.get(key)
-        added = rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
-        await self.decide(key, state, urgent=added, now_ms=now_ms)
+        rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
+        await self.decide(key, state, now_ms)
 
-    async def decide(self, key: str, state: RegisterState, urgent: bool, now_ms: int) -> None:
+    async def decide(self, key: str, state: RegisterState, now_ms: int) -> None:
         """Decide the register's refunds whose windows the camera has passed, raise, then save."""
         alerts: list[Alert] = []
         outcomes: list[rules.RefundOutcome] = []
@@ -255,7 +251,7 @@ class Correlator:
                 # deterministic alert ids make a second attempt harmless.
                 log.exception("could not send alerts; refunds kept pending", extra={"register": key})
                 rules.restore_pending(state, taken)
-                self.registers.put(key, state, True, state.watermark_ms)
+                self.registers.put(key, state)
                 return
         for outcome in outcomes:
             RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
@@ -263,8 +259,9 @@ class Correlator:
                 REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
             if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
                 DECISION_DELAY.observe(outcome.delay_ms / 1000)
-        # Written after the alerts are acknowledged, so a crash in between re-decides, never forgets.
-        self.registers.put(key, state, urgent or bool(outcomes), state.watermark_ms)
+        # Saved (at the next commit) only after the alerts are acknowledged, so a crash in between
+        # decides again, never forgets.
+        self.registers.put(key, state)
 
     def register_context(self, key: str, store_id: str, register_id: str) -> rules.RegisterContext:
         ctx = self.index.registers.get(key)
@@ -329,7 +326,9 @@ class Correlator:
         partition and the agent does the deciding.
         """
         now = _now_ms()
-        for key, state in list(self.streams.register_state.items()):
+        states = dict(self.streams.register_state.items())
+        states.update(self.registers.values)  # newer than the table until the next commit
+        for key, state in states.items():
             ctx = self.index.registers.get(key)
             max_wait_ms = int((ctx.rules if ctx else self.index.rules_at(key.partition(":")[0])).timing.max_wait_s * 1000)
             if state and state.camera_id and rules.timed_out(state, now, max_wait_ms):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from services.shared.settings import ServiceSettings
 
@@ -26,21 +26,6 @@ class CorrelatorSettings(ServiceSettings):
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     # How often the store config file is checked for edits (0: only at start).
     config_poll_s: float = Field(2.0, ge=0, le=3600)
-    # State that only extends what is known (coverage, a visit's frames) is written at most this
-    # often (event time); anything a crash must not lose is written at once.
-    state_flush_ms: int = Field(1000, ge=0, le=60000)
-    # The same for a camera's rule state (visits' last frames): a crash loses at most this much of a
-    # concealment cue's k of n frames, and no coverage hangs on it.
-    camera_flush_ms: int = Field(5000, ge=0, le=60000)
     # Faust waits up to 1.5 s for a fetch to fill; the dev broker always waits the whole time, which
     # alone would break "decided within a second". A real broker answers as soon as data arrives.
     consumer_fetch_wait_ms: int = Field(100, ge=10, le=1500)
-
-    @model_validator(mode="after")
-    def _flush_leaves_no_coverage_gap(self) -> CorrelatorSettings:
-        # A live camera sends a frame or a heartbeat at least every second (motion.heartbeat_s <= 1):
-        # after a crash, coverage kept up to state_flush_ms old must still reach the next frame.
-        if self.state_flush_ms + 1000 >= self.coverage_gap_ms:
-            raise ValueError(f"state_flush_ms ({self.state_flush_ms}) plus a second between frames must stay under "
-                             f"coverage_gap_ms ({self.coverage_gap_ms}), or a crash could leave a coverage gap")
-        return self

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event, current_event
 
 from services.correlator.state import CameraState, FeedbackState, RegisterState, StateCodec, TillState, TokenState, TransactionState
 from services.shared import topics
@@ -69,23 +71,24 @@ class Streams:
 
 
 class CachedTable:
-    """A table's values kept decoded in this process, and written back only when they matter.
+    """A table's values kept decoded in this process, written back when the consumer commits.
 
     Reading a RocksDB table decodes the value every time, and every write goes to RocksDB and to the
-    changelog; at a few presence samples a second per register that was most of the correlator's
-    time. A value is written at once when `urgent` (something a crash must not lose: a pending or
-    decided refund, an alert, a presence change, a new coverage interval) and otherwise at most every
-    `flush_ms` of event time. Losing that much of a coverage extension in a crash leaves no gap as
-    long as `flush_ms` plus the presence heartbeat stays under the coverage a sample vouches for
-    (checked by the settings). The cache is dropped whenever partitions move.
+    changelog; writing a register's state on every frame was most of the correlator's time. Here
+    agents read and change the cached value, and `flush` writes each changed key once, just before
+    Faust commits offsets (`FlushOnCommit`): the commit then flushes the producer, so a key's
+    changelog is durable before the offsets of the events that changed it, and a crash replays
+    from a commit whose state was saved. Each key is written under the event that last changed it,
+    because Faust picks the table partition (RocksDB file and changelog partition) from the
+    current event: the register tables are keyed by register but live in their camera's partition.
     """
 
-    def __init__(self, table: Any, factory: Any, flush_ms: int) -> None:
+    def __init__(self, table: Any, factory: Any) -> None:
         self.table = table
         self.factory = factory
-        self.flush_ms = flush_ms
         self.values: dict[str, Any] = {}
-        self.written_ms: dict[str, int] = {}
+        # Changed keys, with the event (strongly held until written) whose partition they live in.
+        self.dirty: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
         value = self.values.get(key)
@@ -96,12 +99,39 @@ class CachedTable:
             self.values[key] = value
         return value
 
-    def put(self, key: str, value: Any, urgent: bool, time_ms: int) -> None:
+    def put(self, key: str, value: Any) -> None:
         self.values[key] = value
-        if urgent or time_ms - self.written_ms.get(key, -self.flush_ms) >= self.flush_ms:
-            self.table[key] = value
-            self.written_ms[key] = time_ms
+        event = current_event()
+        if event is None:
+            raise RuntimeError(f"{self.table.name}: a cached value can only change while an agent handles an event")
+        self.dirty[key] = event
+
+    def flush(self) -> int:
+        """Write every changed key; returns how many."""
+        written = 0
+        for key, event in self.dirty.items():
+            token = _current_event.set(weakref.ref(event))
+            try:
+                self.table[key] = self.values[key]
+            finally:
+                _current_event.reset(token)
+            written += 1
+        self.dirty.clear()
+        return written
 
     def forget(self) -> None:
         self.values.clear()
-        self.written_ms.clear()
+        self.dirty.clear()
+
+
+class FlushOnCommit(faust.Sensor):
+    """Writes the cached tables back at the start of every offset commit (see CachedTable)."""
+
+    def __init__(self, *tables: CachedTable) -> None:
+        super().__init__()
+        self.tables = tables
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        for table in self.tables:
+            table.flush()
+        return super().on_commit_initiated(consumer)

@@ -120,6 +120,10 @@ async def test_frames_update_the_registers_presence_and_watermark_in_process(wor
     assert [(c.time_ms - T0, c.customer, c.merchandise) for c in state.changes] == [(0, False, -1), (500, True, -1)]
     assert state.watermark_ms == T0 + 2900 and state.watermark_seq == 29 and len(state.covered) == 1
     assert worker.sent["camera"].sent == [] and worker.sent["alerts"].sent == []
+    # Nothing is written per frame: the cached state goes to the table once, when offsets are committed.
+    assert worker.streams.register_state.get("store-001:reg-1") is None
+    assert worker.registers.flush() == 1 and worker.registers.flush() == 0
+    assert worker.streams.register_state["store-001:reg-1"].watermark_ms == T0 + 2900
 
 
 async def test_refund_waits_for_video_then_alerts_once_when_nobody_was_there(worker):
@@ -148,7 +152,7 @@ async def test_refund_with_customer_in_window_raises_nothing(worker):
     await _put_all(worker, "registers", topics.POS, [_pos("r-ok", T0 + 20_000)])
     await _route_to_cameras(worker)  # a late refund: decided at once from the kept history
     assert worker.sent["alerts"].sent == []
-    assert worker.streams.register_state["store-001:reg-1"].pending == []
+    assert worker.registers.get("store-001:reg-1").pending == []
     assert _decided("customer_present") == before + 1
 
 
@@ -160,11 +164,11 @@ async def test_failed_alert_send_keeps_the_refund_pending_until_it_succeeds(work
     await _route_to_cameras(worker)
     with patch.object(worker.streams.alerts, "send", broken_send):
         await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(1, 30), lambda s: False))
-    assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-retry"]
+    assert [p.event_id for p in worker.registers.get("store-001:reg-1").pending] == ["r-retry"]
     await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(30, 31), lambda s: False))
     [sent] = worker.sent["alerts"].sent
     assert Alert.FromString(sent["value"]).evidence[0].ref == "r-retry"
-    assert worker.streams.register_state["store-001:reg-1"].pending == []
+    assert worker.registers.get("store-001:reg-1").pending == []
 
 
 async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(worker):
@@ -172,17 +176,16 @@ async def test_tick_lets_a_silent_cameras_refund_time_out_as_unverifiable(worker
     await _put_all(worker, "cameras", topics.DETECTIONS, _frames(range(0, 5), lambda s: False))
     await _put_all(worker, "registers", topics.POS, [_pos("r-silent", T0 + 20_000)])
     await _route_to_cameras(worker)
-    state = worker.streams.register_state["store-001:reg-1"]
+    state = worker.registers.get("store-001:reg-1")
     await worker.send_ticks()
     assert worker.sent["camera"].sent == []  # the camera spoke recently: no tick yet
-    # The refund and the camera's last frame are older than timing.max_wait_s (the in-memory
-    # table holds the object itself).
+    # The refund and the camera's last frame are older than timing.max_wait_s.
     state.pending[0].received_ms = state.sample_received_ms = 0
     await worker.send_ticks()
     [tick] = worker.sent["camera"].sent
     assert tick["key"] == b"cam-counter-1" and tick["value"] == KEY and tick["headers"] == {"sw-kind": b"tick"}
     await _route_to_cameras(worker)
-    assert worker.streams.register_state["store-001:reg-1"].pending == []
+    assert worker.registers.get("store-001:reg-1").pending == []
     assert worker.sent["alerts"].sent == [] and _decided("no_camera_coverage") == before + 1
 
 
@@ -200,7 +203,7 @@ async def test_poison_messages_are_dead_lettered_and_the_next_one_processed(work
     [dead] = worker.sent["dlq"].sent
     assert dead["value"] == b"\xff\xfe garbage" and b"PosEvent" in dict(dead["headers"])["sw-error"]
     await _route_to_cameras(worker)
-    assert [p.event_id for p in worker.streams.register_state["store-001:reg-1"].pending] == ["r-after"]
+    assert [p.event_id for p in worker.registers.get("store-001:reg-1").pending] == ["r-after"]
     await _put_all(worker, "cameras", topics.DETECTIONS, [(b"cam-counter-1", b"\x00\x01 not a frame"), _frame(T0, True)])
     await _put_all(worker, "feedback", topics.FEEDBACK, [(b"store-001", Feedback(alert_id="al-1", store_id="store-001", verdict=Verdict.VERDICT_CONFIRMED,
                                                                               rule="no_such_rule").SerializeToString())])
