@@ -213,9 +213,8 @@ class Correlator:
                 merchandise=-1 if not goods else int(any(z.new_object_count > 0 for z in goods)),
             )
             state = self.registers.get(watched.key)
-            added = rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000))
-            if added == rules.SAMPLE_REPLAYED:
-                continue
+            if not rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000)):
+                continue  # a replayed frame
             state.sample_received_ms = now_ms
             if state.pending:
                 await self.decide(watched.key, state, now_ms)

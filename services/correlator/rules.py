@@ -165,43 +165,34 @@ class Sample:
     merchandise: int  # 1 seen, 0 not seen, -1 the camera does not watch merchandise here
 
 
-SAMPLE_REPLAYED, SAMPLE_EXTENDED, SAMPLE_CHANGED = 0, 1, 2
-
-
-def add_sample(state: RegisterState, sample: Sample, max_gap_ms: int, retention_ms: int) -> int:
-    """Record one sample. Returns SAMPLE_REPLAYED for one at or before the watermark, SAMPLE_EXTENDED
-    when it only extended the coverage in force, SAMPLE_CHANGED when it recorded a change, opened a
-    coverage interval or dropped old history (what a crash must not lose).
+def add_sample(state: RegisterState, sample: Sample, max_gap_ms: int, retention_ms: int) -> bool:
+    """Record one sample; False for one at or before the watermark (a replay).
 
     Samples of one register come from one camera in capture order (one partition), so anything not
     newer than the watermark has been seen already. Only changes and merged coverage are kept.
     """
     if sample.time_ms <= state.watermark_ms:
-        return SAMPLE_REPLAYED
+        return False
     covered, changes = state.covered, state.changes
     after_gap = not covered or sample.time_ms > covered[-1].end_ms
-    result = SAMPLE_EXTENDED
     if after_gap:
         covered.append(Coverage(sample.time_ms, sample.time_ms + max_gap_ms, sample.seq))
-        result = SAMPLE_CHANGED
     else:
         covered[-1].end_ms = sample.time_ms + max_gap_ms
     last = changes[-1] if changes else None
     # After a gap the state is unknown, so the first sample is always recorded as a change.
     if after_gap or last is None or last.customer != sample.customer or last.merchandise != sample.merchandise:
         changes.append(Change(sample.time_ms, sample.customer, sample.merchandise, sample.seq))
-        result = SAMPLE_CHANGED
     state.watermark_ms, state.watermark_seq, state.camera_id = sample.time_ms, sample.seq, sample.camera_id
+    # Drop history older than the retention (checked cheaply first: this runs on every frame).
     cutoff = sample.time_ms - retention_ms
     if covered[0].end_ms < cutoff:
         state.covered = [c for c in covered if c.end_ms >= cutoff]
-        result = SAMPLE_CHANGED
     # Keep the last change before the cutoff: it is the state in force at the cutoff.
     if len(changes) > 1 and changes[1].time_ms < cutoff:
         first_kept = next((i for i, c in enumerate(changes) if c.time_ms >= cutoff), len(changes))
         del changes[: first_kept - 1]
-        result = SAMPLE_CHANGED
-    return result
+    return True
 
 
 def seen_in_window(state: RegisterState, start_ms: int, end_ms: int, what: str) -> bool | None:
