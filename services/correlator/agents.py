@@ -80,11 +80,14 @@ class Correlator:
         self.app.sensors.add(FlushOnCommit(self.registers, self.cameras))
         self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
-        self.app.agent(self.streams.camera_inputs, name="sw-correlator.cameras")(self.cameras_agent)
-        self.app.agent(self.streams.pos, name="sw-correlator.registers")(self.registers_agent)
-        self.app.agent(self.streams.returns_by_token, name="sw-correlator.tokens")(self.tokens_agent)
-        self.app.agent(self.streams.transactions, name="sw-correlator.transactions")(self.transactions_agent)
-        self.app.agent(self.streams.feedback, name="sw-correlator.feedback")(self.feedback_agent)
+        for name, channel, handler in (
+            ("cameras", self.streams.camera_inputs, self.on_camera_input),
+            ("registers", self.streams.pos, self.on_pos_event),
+            ("tokens", self.streams.returns_by_token, self.on_token_return),
+            ("transactions", self.streams.transactions, self.on_transaction),
+            ("feedback", self.streams.feedback, self.on_feedback),
+        ):
+            self.app.agent(channel, name=f"sw-correlator.{name}")(self._agent(handler))
         self.app.timer(interval=TICK_INTERVAL_S)(self.send_ticks)
         self.app.timer(interval=FEEDBACK_REFRESH_S)(self.publish_precision)
 
@@ -151,6 +154,16 @@ class Correlator:
             log.info("alert raised", extra={"alert_id": alert.alert_id, "rule": alert.rule, "store": alert.store_id,
                                             "camera": alert.camera_id, "register": alert.register_id})
 
+    def _agent(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """An agent that takes config edits, then hands each event to `handler`, guarded."""
+
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                self.refresh_config()
+                await self._guarded(event, handler)
+
+        return agent
+
     async def _guarded(self, event: Any, work: Callable[[Any], Awaitable[None]]) -> None:
         """Run one event's work; bad input and bugs go to the DLQ rather than stopping the partition."""
         try:
@@ -167,13 +180,11 @@ class Correlator:
 
     # --- cameras: frames, and the refunds of the registers they watch ------------------------------
 
-    async def cameras_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            self.refresh_config()
-            if event.message.topic == topics.DETECTIONS:
-                await self._guarded(event, self.on_detections)
-            else:
-                await self._guarded(event, self.on_camera_event)
+    async def on_camera_input(self, event: Any) -> None:
+        if event.message.topic == topics.DETECTIONS:
+            await self.on_detections(event)
+        else:
+            await self.on_camera_event(event)
 
     async def on_detections(self, event: Any) -> None:
         analysis = decode(FrameAnalysis, event.value, required=("store_id", "camera_id", "capture_time_ms"))
@@ -201,25 +212,25 @@ class Correlator:
             return
         zones = {z.zone_id: z for z in analysis.zones}
         now_ms = _now_ms()
-        for watched in watching:
-            observed = [zones[z] for z in watched.customer_zones if z in zones]
+        for key, register in watching:
+            observed = [zones[z] for z in register.customer_zones if z in zones]
             if not observed:
                 # The analysis says nothing about this register's zones: coverage unknown, not "nobody".
                 continue
-            goods = [zones[z] for z in watched.merchandise_zones if z in zones]
+            goods = [zones[z] for z in register.merchandise_zones if z in zones]
             sample = rules.Sample(
                 analysis.capture_time_ms, analysis.frame_sequence, analysis.camera_id,
                 customer=any(z.person_present or z.person_count > 0 for z in observed),
                 merchandise=-1 if not goods else int(any(z.new_object_count > 0 for z in goods)),
             )
-            state = self.registers.get(watched.key)
+            state = self.registers.get(key)
             if not rules.add_sample(state, sample, self.settings.coverage_gap_ms, int(self.settings.register_retention_s * 1000)):
                 continue  # a replayed frame
             state.sample_received_ms = now_ms
             if state.pending:
-                await self.decide(watched.key, state, now_ms)
+                await self.decide(key, state, now_ms)
             else:
-                self.registers.put(watched.key, state)
+                self.registers.put(key, state)
 
     async def on_camera_event(self, event: Any) -> None:
         """A refund routed here from its register's POS partition, or a tick for a silent camera."""
@@ -270,11 +281,6 @@ class Correlator:
         return ctx if feedback is None else dataclasses.replace(ctx, feedback=feedback)
 
     # --- registers: POS events -------------------------------------------------------------------------
-
-    async def registers_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            self.refresh_config()
-            await self._guarded(event, self.on_pos_event)
 
     def _decode_pos(self, event: Any) -> PosEvent:
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
@@ -335,11 +341,6 @@ class Correlator:
 
     # --- chain-wide returns, transactions, feedback -----------------------------------------------------
 
-    async def tokens_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            self.refresh_config()
-            await self._guarded(event, self.on_token_return)
-
     async def on_token_return(self, event: Any) -> None:
         token = event.key.decode(errors="replace") if event.key else ""
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "event_time_ms"))
@@ -349,11 +350,6 @@ class Correlator:
         alerts = rules.return_abuse(state, token, pos, self.index.rules_at(pos.store_id), self.feedback_for(pos.store_id), _now_ms())
         await self.raise_alerts(alerts)
         self.streams.token_state[token] = state
-
-    async def transactions_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            self.refresh_config()
-            await self._guarded(event, self.on_transaction)
 
     async def on_transaction(self, event: Any) -> None:
         key = event.key.decode(errors="replace") if event.key else ""
@@ -365,11 +361,6 @@ class Correlator:
         alerts = [a for refund in refunds for a in rules.employee_own_sale(state, refund, settings, _now_ms())]
         await self.raise_alerts(alerts)
         table[key] = state
-
-    async def feedback_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            self.refresh_config()
-            await self._guarded(event, self.on_feedback)
 
     async def on_feedback(self, event: Any) -> None:
         verdict = decode(Feedback, event.value, required=("alert_id", "store_id", "verdict"))

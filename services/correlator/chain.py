@@ -13,17 +13,6 @@ from services.shared.rulesconfig import RulesConfig
 from services.shared.storeconfig import StoreConfig
 
 
-@dataclass(frozen=True)
-class WatchedRegister:
-    """A register a camera watches: where its customer and merchandise zones are."""
-
-    key: str
-    store_id: str
-    register_id: str
-    customer_zones: tuple[str, ...]
-    merchandise_zones: tuple[str, ...]
-
-
 def register_key(store_id: str, register_id: str) -> str:
     return f"{store_id}:{register_id}"
 
@@ -31,7 +20,8 @@ def register_key(store_id: str, register_id: str) -> str:
 @dataclass
 class ChainIndex:
     config: StoreConfig
-    registers_by_camera: dict[str, list[WatchedRegister]] = field(default_factory=dict)
+    # camera id -> the registers it watches, as (store:register, their context)
+    registers_by_camera: dict[str, list[tuple[str, RegisterContext]]] = field(default_factory=dict)
     registers: dict[str, RegisterContext] = field(default_factory=dict)
     cameras: dict[str, CameraContext] = field(default_factory=dict)
     store_rules: dict[str, RulesConfig] = field(default_factory=dict)
@@ -45,13 +35,12 @@ class ChainIndex:
             index.store_rules[store.id] = config.rules_for(store.id)
             for register in store.registers:
                 key = register_key(store.id, register.id)
-                watched = WatchedRegister(key, store.id, register.id, tuple(register.customer_zones), tuple(register.merchandise_zones))
-                index.registers_by_camera.setdefault(register.camera, []).append(watched)
-                index.camera_of_register[key] = register.camera
                 index.registers[key] = RegisterContext(
-                    store.id, register.id, store.timezone, watched.customer_zones, watched.merchandise_zones,
+                    store.id, register.id, store.timezone, tuple(register.customer_zones), tuple(register.merchandise_zones),
                     config.rules_for(store.id, register_id=register.id),
                 )
+                index.registers_by_camera.setdefault(register.camera, []).append((key, index.registers[key]))
+                index.camera_of_register[key] = register.camera
             for camera in store.cameras:
                 index.cameras[camera.id] = CameraContext(
                     store.id, camera.id, store.timezone, store.opening_hours, tuple(store.holidays),
