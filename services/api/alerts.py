@@ -13,10 +13,9 @@ from typing import cast
 import redis
 from confluent_kafka import Message
 
-from services.notifier.channels.webhook import alert_json
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.kafka import ConsumeLoop, Output, RetryableError
-from services.shared.serde import PoisonMessage, decode
+from services.shared.serde import PoisonMessage, decode, to_json_dict
 
 ALERTS_HASH = "sw:alerts"
 ALL_BY_TIME = "sw:alerts:by_time"
@@ -38,7 +37,7 @@ class AlertStore:
         expired = self.redis.zrangebyscore(ALL_BY_TIME, "-inf", f"({cutoff}")
         pipe = self.redis.pipeline()
         if alert.event_time_ms >= cutoff:
-            pipe.hset(ALERTS_HASH, alert.alert_id, json.dumps(alert_json(alert)))
+            pipe.hset(ALERTS_HASH, alert.alert_id, json.dumps(to_json_dict(alert)))
             pipe.zadd(ALL_BY_TIME, {alert.alert_id: alert.event_time_ms})
             pipe.zadd(store_index(alert.store_id), {alert.alert_id: alert.event_time_ms})
         if expired:

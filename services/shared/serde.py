@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
 M = TypeVar("M", bound=Message)
@@ -30,3 +31,8 @@ def decode(message_type: type[M], data: bytes | None, required: tuple[str, ...] 
 
 def encode(msg: Message) -> bytes:
     return msg.SerializeToString(deterministic=True)
+
+
+def to_json_dict(msg: Message) -> dict:
+    """A contract message as JSON-ready dict: proto field names, every field present (webhooks, api, evidence)."""
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

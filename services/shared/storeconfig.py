@@ -252,7 +252,11 @@ class OpeningHours(_Strict):
 class Store(_Strict):
     id: str = Field(pattern=_ID)
     name: str = ""
+    # HQ groups stores by region for filters and statistics ("north", "uk-south"); free text.
+    region: str = Field("", max_length=64)
     timezone: str
+    # Days an alert's evidence (frames, snapshot, POS transaction) is kept; the chain's value when unset.
+    evidence_retention_days: float | None = Field(None, gt=0)
     opening_hours: OpeningHours | None = None
     # Days the store stays closed all day (local dates): anyone seen is there after hours.
     holidays: list[date] = []
@@ -303,6 +307,8 @@ class StoreConfig(_Strict):
     # The chain's rule settings; stores, registers and zones override them.
     rules: RuleOverrides = {}
     employees: list[Employee] = []
+    # Days evidence is kept where a store sets no retention of its own (local law usually caps this).
+    evidence_retention_days: float = Field(30.0, gt=0)
     # Where the config was read from; file: sources are relative to it.
     base_dir: Path = Path(".")
 
@@ -321,6 +327,10 @@ class StoreConfig(_Strict):
                 for zone in camera.zones:
                     self.rules_for(store.id, camera_id=camera.id, zone_id=zone.id)
         return self
+
+    def evidence_retention_days_for(self, store_id: str) -> float:
+        own = self.store(store_id).evidence_retention_days
+        return self.evidence_retention_days if own is None else own
 
     def rules_for(self, store_id: str, register_id: str = "", camera_id: str = "", zone_id: str = "") -> RulesConfig:
         """The rules in force at a store, or at one of its registers or zones."""

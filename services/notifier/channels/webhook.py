@@ -8,11 +8,11 @@ import json
 from typing import Literal
 
 import httpx
-from google.protobuf.json_format import MessageToDict
 from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator
 
 from services.notifier.channels.base import DeliveryError, PermanentDeliveryError
 from services.shared.contracts.alert_pb2 import Alert
+from services.shared.serde import to_json_dict
 
 
 class WebhookChannelConfig(BaseModel):
@@ -28,10 +28,6 @@ class WebhookChannelConfig(BaseModel):
         return None if value in ("", None) else value
 
 
-def alert_json(alert: Alert) -> dict:
-    return MessageToDict(alert, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
 class WebhookChannel:
     def __init__(self, config: WebhookChannelConfig) -> None:
         self.name = config.name
@@ -39,7 +35,7 @@ class WebhookChannel:
         self._client = httpx.Client(timeout=config.timeout_s)
 
     def deliver(self, alert: Alert) -> str:
-        body = json.dumps(alert_json(alert), sort_keys=True).encode()
+        body = json.dumps(to_json_dict(alert), sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "X-ShrinkWatch-Alert-Id": alert.alert_id}
         if self.config.secret is not None:
             digest = hmac.new(self.config.secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
