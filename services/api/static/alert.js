@@ -1,0 +1,281 @@
+// /alerts/<id>: one alert with its evidence (snapshot, detections overlay, frames, clip), the POS
+// events behind it, its verdict history, and the verdict buttons.
+import {
+  ApiError, VERDICT_WORDS, alertApi, api, byId, canJudge, clear, formatLocal, formatMoney, formatScore, h,
+  initPage, ruleLabel, s, safeUrl, severityBadge, showError, statusBadge, storeIndex, storeName, storeZone,
+  timeNode, toast,
+} from "/static/common.js";
+
+const REFETCH_MS = 4000;
+const REFETCH_TRIES = 30; // about two minutes of "still recording" before asking for a reload
+const OVERLAY_KEY = "sw.overlay";
+
+const alertId = decodeURIComponent(location.pathname.replace(/^\/alerts\//, "").replace(/\/+$/, ""));
+const image = byId("evidence-image");
+const overlay = byId("evidence-overlay");
+const figure = byId("evidence-figure");
+const overlayToggle = byId("overlay-toggle");
+const showSnapshot = byId("show-snapshot");
+
+let user = null;
+let stores = new Map();
+let current = null;
+let tries = 0;
+let refetchTimer = null;
+let snapshotUrl = null;
+
+// ---- evidence image and overlay
+
+function pct(value) {
+  return Math.round(Number(value) * 100);
+}
+
+/** Boxes and zones from evidence_package.detections (normalised 0..1), in the image's own pixels. */
+function drawOverlay(detections) {
+  const w = image.naturalWidth;
+  const hgt = image.naturalHeight;
+  overlay.replaceChildren();
+  if (!detections || !w || !hgt) return;
+  overlay.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  overlay.setAttribute("preserveAspectRatio", "none");
+  // Labels about 12 CSS pixels high whatever the image's size on screen.
+  const font = Math.round(12 * (w / Math.max(1, image.clientWidth || w)));
+  const label = (x, y, text) => s("text", { class: "overlay-label", x: x * w + 3, y: Math.max(y * hgt - 4, font), "font-size": font }, text);
+  for (const zone of detections.zones || []) {
+    const points = (zone.polygon || []).filter((p) => Array.isArray(p) && p.length >= 2);
+    if (points.length < 3) continue;
+    overlay.append(s("polygon", { class: "overlay-zone", points: points.map(([x, y]) => `${x * w},${y * hgt}`).join(" "), "vector-effect": "non-scaling-stroke" }));
+    const [lx, ly] = points.reduce(([ax, ay], [x, y]) => [Math.min(ax, x), Math.min(ay, y)], [1, 1]);
+    overlay.append(label(lx, ly + font / hgt + 0.01, [zone.id, zone.kind].filter(Boolean).join(" · ")));
+  }
+  const box = (b, cls) => s("rect", {
+    class: cls, x: b[0] * w, y: b[1] * hgt, width: Math.max(0, (b[2] - b[0]) * w), height: Math.max(0, (b[3] - b[1]) * hgt), "vector-effect": "non-scaling-stroke",
+  });
+  for (const obj of detections.objects || []) {
+    if (!Array.isArray(obj.box) || obj.box.length !== 4) continue;
+    overlay.append(box(obj.box, "overlay-object"), label(obj.box[0], obj.box[1], `${obj.label || "object"} ${pct(obj.score)}%`));
+  }
+  for (const person of detections.persons || []) {
+    if (!Array.isArray(person.box) || person.box.length !== 4) continue;
+    const id = person.track_id !== undefined && person.track_id !== null && person.track_id !== "" ? `#${person.track_id}` : "person";
+    overlay.append(box(person.box, "overlay-person"), label(person.box[0], person.box[1], `${id} ${pct(person.score)}%`));
+  }
+}
+
+function overlayWanted() {
+  return overlayToggle.checked && image.dataset.kind === "snapshot";
+}
+
+function refreshOverlay() {
+  const detections = current?.evidence_package?.detections;
+  overlay.classList.toggle("hidden", !overlayWanted());
+  if (overlayWanted()) drawOverlay(detections);
+}
+
+function showImage(url, kind, caption) {
+  image.dataset.kind = kind;
+  if (image.getAttribute("src") !== url) image.src = url;
+  figure.classList.remove("hidden");
+  clear(byId("evidence-caption"), caption);
+  showSnapshot.classList.toggle("hidden", kind === "snapshot" || !snapshotUrl);
+  for (const btn of byId("frame-strip").children) btn.classList.toggle("current", btn.dataset.url === url);
+  refreshOverlay();
+}
+
+image.addEventListener("load", refreshOverlay);
+new ResizeObserver(() => { if (image.complete && image.naturalWidth) refreshOverlay(); }).observe(image);
+image.addEventListener("error", () => clear(byId("evidence-caption"), "The image could not be loaded."));
+overlayToggle.checked = localStorage.getItem(OVERLAY_KEY) !== "off";
+overlayToggle.addEventListener("change", () => {
+  localStorage.setItem(OVERLAY_KEY, overlayToggle.checked ? "on" : "off");
+  refreshOverlay();
+});
+showSnapshot.addEventListener("click", () => showImage(snapshotUrl, "snapshot", "Snapshot at the alert"));
+
+function renderEvidence(alert) {
+  const pkg = alert.evidence_package;
+  const statusBox = byId("evidence-status");
+  const zone = storeZone(stores, alert.store_id);
+  clear(statusBox);
+  if (!pkg) {
+    const fresh = Date.now() - Number(alert.raised_time_ms || alert.event_time_ms || 0) < 90e3;
+    statusBox.append(h("p", { class: fresh ? "notice info" : "notice" }, fresh ? "Evidence is being recorded…" : "No evidence was recorded for this alert."));
+  } else if (pkg.status === "pending") {
+    statusBox.append(h("p", { class: "notice info", dataset: { testid: "evidence-pending" } }, "Evidence is still being recorded; this page refreshes by itself."));
+  } else if (pkg.status === "partial") {
+    const missing = (pkg.missing || []).join(", ");
+    statusBox.append(h("p", { class: "notice warn" }, `Some evidence is missing${missing ? `: ${missing}` : ""}.`));
+  }
+  snapshotUrl = safeUrl(pkg?.snapshot_url) || (alert.has_snapshot ? alertApi(alert.alert_id, "/evidence/snapshot.jpg") : null);
+  const frames = (pkg?.frames || []).filter((f) => safeUrl(f.url));
+  const strip = byId("frame-strip");
+  clear(strip, frames.map((f) => h("button", {
+    type: "button", dataset: { url: f.url }, title: `Frame ${f.sequence ?? ""}`,
+    onclick: () => showImage(f.url, "frame", [`Frame ${f.sequence ?? ""} at `, timeNode(f.capture_time_ms, zone)]),
+  }, h("img", { src: f.url, alt: `Frame ${f.sequence ?? ""}`, loading: "lazy", width: 112, height: 63 }),
+  h("span", { class: "time" }, f.capture_time_ms ? new Date(Number(f.capture_time_ms)).toLocaleTimeString() : ""))));
+  const shownFrame = image.dataset.kind === "frame" && frames.some((f) => f.url === image.getAttribute("src"));
+  if (!shownFrame) {
+    if (snapshotUrl) showImage(snapshotUrl, "snapshot", "Snapshot at the alert");
+    else if (frames.length) showImage(frames[0].url, "frame", "First recorded frame");
+    else figure.classList.add("hidden");
+  }
+  const hasDetections = !!pkg?.detections && !!snapshotUrl;
+  byId("overlay-toggle-label").classList.toggle("hidden", !hasDetections);
+  byId("overlay-legend").classList.toggle("hidden", !hasDetections);
+  const clip = byId("clip-link");
+  const clipUrl = safeUrl(pkg?.clip_url);
+  clip.classList.toggle("hidden", !clipUrl);
+  if (clipUrl) clip.href = clipUrl;
+  byId("export").classList.toggle("hidden", !canJudge(user));
+}
+
+// ---- the rest of the alert
+
+function posType(type) {
+  return String(type ?? "").toLowerCase().replace(/^pos_event_type_/, "").replaceAll("_", " ");
+}
+
+function renderPos(alert) {
+  const events = alert.pos_events || [];
+  const zone = storeZone(stores, alert.store_id);
+  if (!events.length) {
+    clear(byId("pos-events"), h("p", { class: "muted" }, "No POS events are linked to this alert."));
+    return;
+  }
+  const items = (ev) => (ev.items || []).map((it) => `${it.quantity ?? 1} × ${[it.sku, it.description].filter(Boolean).join(" ")}`).join("; ");
+  clear(byId("pos-events"), h("table", null,
+    h("thead", null, h("tr", null, ["Time", "Type", "Transaction", "Employee", "Amount", "Items", "Tender"].map((c) => h("th", { class: c === "Amount" ? "num" : null }, c)))),
+    h("tbody", null, events.map((ev) => h("tr", null,
+      h("td", null, timeNode(ev.event_time_ms, zone)),
+      h("td", null, posType(ev.type)),
+      h("td", { class: "mono" }, ev.transaction_id || ev.event_id || "—"),
+      h("td", null, ev.employee_id || "—"),
+      h("td", { class: "num nowrap" }, formatMoney(ev.total_minor, ev.currency)),
+      h("td", null, items(ev) || "—"),
+      h("td", null, ev.tender || "—"))))));
+}
+
+function renderHistory(alert) {
+  const history = alert.history?.length ? alert.history : alert.verdict ? [alert.verdict] : [];
+  clear(byId("history"), history.length
+    ? history.map((v) => h("li", null,
+      h("strong", null, VERDICT_WORDS[v.verdict] || v.verdict), " by ", v.user || "?", " · ", h("span", { class: "muted small" }, formatLocal(v.time_ms)),
+      v.note ? h("div", null, v.note) : null))
+    : h("li", { class: "muted" }, "No verdict yet."));
+}
+
+function row(name, ...value) {
+  return h("tr", null, h("th", { scope: "row" }, name), h("td", null, ...value));
+}
+
+function renderDetails(alert) {
+  const zone = storeZone(stores, alert.store_id);
+  const store = storeName(stores, alert.store_id, alert.store_name);
+  clear(byId("alert-title"), severityBadge(alert.severity), h("h1", null, ruleLabel(alert.rule)), statusBadge(alert.status || "new"));
+  byId("explanation").textContent = alert.explanation || "";
+  document.title = `${ruleLabel(alert.rule)} · ${store} · ShrinkWatch HQ`;
+  clear(byId("details"),
+    row("Store", store, alert.store_id && store !== alert.store_id ? h("span", { class: "muted small" }, ` (${alert.store_id})`) : null),
+    alert.region || stores.get(alert.store_id)?.region ? row("Region", alert.region || stores.get(alert.store_id)?.region) : null,
+    row("Register", alert.register_id || "—"),
+    row("Camera", alert.camera_id || "—"),
+    row("Happened", timeNode(alert.event_time_ms, zone)),
+    row("Raised", timeNode(alert.raised_time_ms, zone)),
+    row("Score", formatScore(alert.score)),
+    row("Alert id", h("span", { class: "mono" }, alert.alert_id)),
+    (alert.evidence || []).length ? row("Evidence refs", (alert.evidence || []).map((e) => h("div", { class: "mono" }, `${e.kind}: ${e.ref}`))) : null);
+  const facts = Object.entries(alert.facts || {}).sort(([a], [b]) => a.localeCompare(b));
+  clear(byId("facts"), facts.length
+    ? facts.map(([k, v]) => row(k.replaceAll("_", " "), typeof v === "string" ? v : JSON.stringify(v)))
+    : h("tr", null, h("td", { class: "muted" }, "No facts recorded.")));
+}
+
+function render(alert) {
+  current = alert;
+  byId("alert").classList.remove("hidden");
+  renderDetails(alert);
+  renderEvidence(alert);
+  renderPos(alert);
+  renderHistory(alert);
+  const judge = canJudge(user);
+  byId("btn-confirm").classList.toggle("hidden", !judge);
+  byId("btn-dismiss").classList.toggle("hidden", !judge);
+}
+
+function stillRecording(alert) {
+  const pkg = alert.evidence_package;
+  if (pkg) return pkg.status === "pending";
+  return Date.now() - Number(alert.raised_time_ms || alert.event_time_ms || 0) < 90e3;
+}
+
+async function load() {
+  clearTimeout(refetchTimer);
+  try {
+    const alert = await api(alertApi(alertId));
+    render(alert);
+    if (stillRecording(alert)) {
+      tries += 1;
+      if (tries < REFETCH_TRIES) refetchTimer = setTimeout(load, REFETCH_MS);
+      else clear(byId("evidence-status"), h("p", { class: "notice warn" }, "Evidence is taking long to record; reload the page later."));
+    }
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) {
+      clear(byId("alert-error"), h("div", { class: "notice error", role: "alert" }, "This alert does not exist, or it belongs to a store you cannot see."));
+      byId("alert").classList.add("hidden");
+    } else {
+      showError(err, byId("alert-error"));
+    }
+  }
+}
+
+// ---- verdicts and export
+
+async function sendVerdict(verdict, button) {
+  const buttons = [...document.querySelectorAll("[data-verdict]")];
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const updated = await api(alertApi(alertId, "/verdict"), { method: "POST", body: { verdict, note: byId("verdict-note").value.trim() } });
+    byId("verdict-note").value = "";
+    toast(`${VERDICT_WORDS[verdict] || verdict}: saved.`);
+    if (updated?.status && current) clear(byId("alert-title"), severityBadge(current.severity), h("h1", null, ruleLabel(current.rule)), statusBadge(updated.status));
+    await load();
+    button.focus();
+  } catch (err) {
+    showError(err);
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+for (const button of document.querySelectorAll("[data-verdict]")) {
+  button.addEventListener("click", () => sendVerdict(button.dataset.verdict, button));
+}
+
+byId("export").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  button.disabled = true;
+  try {
+    const res = await api(alertApi(alertId, "/export"), { raw: true });
+    const blob = await res.blob();
+    const named = /filename="?([^";]+)"?/.exec(res.headers.get("Content-Disposition") || "");
+    const url = URL.createObjectURL(blob);
+    const a = h("a", { href: url, download: named ? named[1] : `${alertId}.zip`, class: "hidden" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60e3);
+  } catch (err) {
+    showError(err);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+try {
+  user = await initPage("feed");
+  stores = await storeIndex();
+  await load();
+} catch (err) {
+  showError(err, byId("alert-error"));
+}

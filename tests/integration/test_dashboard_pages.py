@@ -1,0 +1,173 @@
+"""The dashboard's pages and static files as the api serves them, without the pipeline: every page is
+an HTML shell with the Content-Security-Policy, everything it loads comes from the api itself (store
+back offices have no internet), and nothing in them needs what that policy forbids (inline scripts,
+inline styles). A headless browser then checks that a signed-out visit ends on the sign-in form."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from fastapi.staticfiles import StaticFiles
+
+from devplatform.launcher import free_port
+from services.api.pages import CONTENT_SECURITY_POLICY, PAGES, STATIC_DIR, pages_router
+
+pytestmark = pytest.mark.integration
+
+PAGE_URLS = {"/login": "login.html", "/": "feed.html", "/alerts/al-0123abcd:x.1": "alert.html", "/stats": "stats.html",
+             "/stores": "stores.html", "/admin/audit": "audit.html"}
+# XML namespaces are names, never fetched; any other absolute URL would be a request off the site.
+NAMESPACES = {"http://www.w3.org/2000/svg"}
+ABSOLUTE_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'<>)]*")
+
+
+class Refs(HTMLParser):
+    """What a page loads and what a CSP without 'unsafe-inline' would block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.inline_scripts = 0
+        self.blocked_attrs: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for name, _ in attrs:
+            if name == "style" or name.startswith("on"):
+                self.blocked_attrs.append(f"<{tag} {name}>")
+        if tag == "script":
+            if values.get("src"):
+                self.scripts.append(values["src"] or "")
+            else:
+                self._in_script = True
+        if tag == "link" and values.get("href"):
+            self.styles.append(values["href"] or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_scripts += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+
+def dashboard_app() -> FastAPI:
+    """The api's page wiring (the same two lines as services/api/app.py), and a signed-out /v1/auth/me."""
+    app = FastAPI()
+    app.include_router(pages_router())
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST"])
+    async def signed_out(rest: str) -> None:
+        raise HTTPException(401, "sign in first: no session")
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(dashboard_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the pages server did not start in 20 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_every_route_of_the_router_is_checked_here():
+    assert sorted(PAGES.values()) == sorted(PAGE_URLS.values())
+
+
+@pytest.mark.parametrize("path", list(PAGE_URLS))
+def test_page_is_a_shell_with_the_csp_that_loads_only_its_own_files(site, path):
+    response = httpx.get(site + path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["x-content-type-options"] == "nosniff"
+    html = response.text
+    assert html == (STATIC_DIR / "pages" / PAGE_URLS[path]).read_text()
+    refs = Refs()
+    refs.feed(html)
+    assert refs.inline_scripts == 0 and refs.blocked_attrs == [], "the CSP forbids inline scripts, style attributes and on* handlers"
+    assert refs.scripts and all(src.startswith("/static/") for src in refs.scripts), refs.scripts
+    assert "/static/app.css" in refs.styles
+    for url in refs.scripts + refs.styles:
+        asset = httpx.get(site + url)
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript", "text/css", "image/svg+xml"), url
+    assert [u for u in ABSOLUTE_URL.findall(html) if u not in NAMESPACES] == []
+
+
+def static_files() -> list[Path]:
+    return sorted(p for p in STATIC_DIR.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("path", static_files(), ids=lambda p: str(p.relative_to(STATIC_DIR)))
+def test_static_file_is_served_and_reaches_nothing_off_the_site(site, path):
+    relative = path.relative_to(STATIC_DIR).as_posix()
+    response = httpx.get(f"{site}/static/{relative}")
+    assert response.status_code == 200
+    assert response.content == path.read_bytes()
+    text = path.read_text()
+    assert [u for u in ABSOLUTE_URL.findall(text) if u not in NAMESPACES] == [], f"{relative} refers to another site (no CDN, no web fonts)"
+    if path.suffix == ".js":
+        assert "innerHTML" not in text.replace('key === "innerHTML"', ""), f"{relative}: build DOM with h() (text nodes), not innerHTML"
+        for module in re.findall(r"""\bfrom\s+["']([^"']+)["'];$""", text, re.M):
+            assert module.startswith("/static/") and (STATIC_DIR / module.removeprefix("/static/")).is_file(), f"{relative} imports {module}"
+    if path.suffix == ".css":
+        assert "@import" not in text and "url(" not in text, f"{relative}: no external stylesheets or fonts"
+
+
+def test_router_refuses_a_static_folder_without_the_pages(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"login\.html"):
+        pages_router(tmp_path)
+
+
+def test_signed_out_visit_ends_on_the_sign_in_form_without_policy_violations(site):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+            page.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
+            for path in ("/", "/stats", "/stores", "/admin/audit", "/alerts/al-1"):
+                page.goto(site + path, timeout=15_000)
+                page.wait_for_url(re.compile(r"/login(\?|$)"), timeout=15_000)
+                page.wait_for_selector("#login-form", timeout=15_000)
+                assert page.url.removeprefix(site) == ("/login" if path == "/" else f"/login?next={quote(path, safe='')}")
+            page.fill("#username", "nobody")
+            page.fill("#password", "wrong")
+            page.click("#login-submit")
+            page.wait_for_selector("#login-error .notice", timeout=15_000)
+            assert "Wrong username or password" in page.inner_text("#login-error")
+            assert problems == []
+        finally:
+            browser.close()
