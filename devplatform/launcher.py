@@ -1,7 +1,7 @@
 """The local platform launcher: start, check and stop everything, in order, by PID.
 
 `shrinkwatch dev up` starts the dev broker, a real redis-server, the local model server, a webhook
-sink and the five services, waits for each to be ready before the next, and writes the addresses it
+sink and the six services, waits for each to be ready before the next, and writes the addresses it
 chose to one runtime file (var/run/runtime.json) that services and tests read. Anything that fails
 to start (a taken port, a missing binary, a service that never gets ready) ends `up` with a message
 naming it, after stopping whatever had already been started.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = ROOT / "var" / "run"
-SERVICES = ("correlator", "inference", "notifier", "api", "ingest")
+SERVICES = ("correlator", "inference", "notifier", "recorder", "api", "ingest")
 
 
 class LaunchError(RuntimeError):
@@ -257,6 +257,8 @@ class Platform:
             raise LaunchError(f"api: port {self.api_port} is already taken by another process; free it or pass --api-port")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.components, self.env = {}, {}
+        # One evidence folder for the recorder (writes) and the api (reads); S3 in production.
+        self.env["SW_EVIDENCE_URL"] = str(self.run_dir / "evidence")
         steps = [("broker", self.start_broker), ("redis", self.start_redis), ("modelserver", self.start_model_server),
                  ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in SERVICES]
         try:
