@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 import uuid
 import zipfile
 from typing import Any
@@ -261,17 +260,16 @@ def evidence_store_from_settings(url: str, endpoint: str = "", key: SecretStr | 
     keys, s3fs uses the usual AWS credential chain (environment, instance role).
     """
     options: dict[str, Any] = {}
+    # An empty key counts as none (compose passes unset variables as empty strings).
+    key_value, secret_value = (key.get_secret_value() if key else ""), (secret.get_secret_value() if secret else "")
     if url.startswith(("s3://", "s3a://")):
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
-        if key is not None:
-            options["key"] = key.get_secret_value()
-        if secret is not None:
-            options["secret"] = secret.get_secret_value()
-    elif endpoint or key is not None or secret is not None:
+        if key_value:
+            options["key"] = key_value
+        if secret_value:
+            options["secret"] = secret_value
+    elif endpoint or key_value or secret_value:
         raise ValueError(f"SW_EVIDENCE_S3_* settings are set but SW_EVIDENCE_URL {url!r} is not an s3:// URL")
     return EvidenceStore(url, options)
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -171,6 +171,8 @@ def test_expire_deletes_alerts_raised_before_the_cutoff(store):
 def test_store_from_settings():
     s3 = evidence_store_from_settings("s3://bucket/prefix", "http://127.0.0.1:9", SecretStr("k"), SecretStr("s"))
     assert s3.root == "bucket/prefix" and s3.fs.key == "k" and s3.fs.client_kwargs == {"endpoint_url": "http://127.0.0.1:9"}
+    chain = evidence_store_from_settings("s3://bucket/other", "", SecretStr(""), SecretStr(""))  # unset in compose: the AWS chain
+    assert chain.fs.key is None and chain.fs.secret is None
     with pytest.raises(ValueError, match="not an s3"):
         evidence_store_from_settings("var/evidence", "http://minio:9000")
 
