@@ -30,8 +30,13 @@ def _ticker(recorder: Recorder, redis_client: redis.Redis, stop: threading.Event
     Redis is written here, off the consume loop, so a slow or absent Redis never holds up evidence."""
     warned = 0.0
     while not stop.wait(TICK_S):
-        recorder.tick()
-        statuses = recorder.status_updates()
+        try:
+            recorder.tick()
+            statuses = recorder.status_updates()
+        except Exception:
+            # A bug here must not stop the timer: pending alerts would then wait for messages alone.
+            log.exception("recorder tick failed")
+            continue
         try:
             write_camera_statuses(redis_client, statuses)
             health["redis"] = True

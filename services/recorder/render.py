@@ -127,5 +127,7 @@ def clip(frames: Sequence[BufferedFrame], fps: float) -> tuple[bytes, int]:
             writer.release()
         with open(path, "rb") as fh:
             return fh.read(), len(images)
+    except cv2.error as exc:
+        raise RenderError(f"clip could not be encoded ({exc.err})") from None
     finally:
         os.unlink(path)

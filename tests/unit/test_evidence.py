@@ -24,6 +24,7 @@ from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedOb
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.evidence import EvidenceNotFound, EvidenceStore, evidence_store_from_settings
+from services.shared.kafka import RetryableError
 from services.shared.storeconfig import load_store_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample-store.yaml"
@@ -434,3 +435,35 @@ def test_camera_status_is_written_at_most_once_a_second(recorder, clock):
     [status] = recorder.status_updates()
     assert status["heartbeat"] and status["last_frame_ms"] == T0 + 2100
     assert recorder.status_updates() == []
+
+
+def test_store_failure_retries_the_batch_and_loses_nothing(recorder, store, clock, monkeypatch):
+    recorder.loop = SimpleNamespace(dead_letter=lambda msg, error: error)
+
+    def msg(topic: str, value: bytes) -> SimpleNamespace:
+        return SimpleNamespace(topic=lambda: topic, value=lambda: value)
+
+    batch = [msg(topics.FRAMES, frame(i, T0 + i * 100).SerializeToString()) for i in range(121)]
+    batch += [msg(topics.POS, refund().SerializeToString()), msg(topics.ALERTS, refund_alert().SerializeToString())]
+
+    def disk_full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.fs, "pipe_file", disk_full)
+    monkeypatch.setattr(store.fs, "pipe", disk_full)
+    with pytest.raises(RetryableError, match="No space left"):
+        recorder.handle(batch)
+    monkeypatch.undo()
+    assert recorder.handle(batch) == []  # the same batch again, as the consume loop retries it
+    manifest = store.manifest(STORE, "al-1")
+    assert manifest["status"] == "complete" and len(manifest["frames"]) == 81
+    assert len(recorder.cameras[CAM].frames) == 121
+
+
+def test_pending_alerts_are_written_at_stop(recorder, store, clock):
+    feed(recorder, 0, T0, T0 + 6000)
+    recorder.take(topics.POS, refund().SerializeToString(), clock.ms)
+    recorder.take(topics.ALERTS, refund_alert().SerializeToString(), clock.ms)
+    recorder.finish_all("the recorder was stopping")
+    manifest = store.manifest(STORE, "al-1")
+    assert manifest["status"] == "partial" and manifest["missing"][0] == "the recorder was stopping" and len(manifest["frames"]) == 51
