@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     detector.add_argument("--min-person-px", type=int, default=48, help="with --hog: smallest person height to find, in pixels of the frames sent")
     detector.add_argument("--name", default="detector")
     detector.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    users = sub.add_parser("users", help="the api's users").add_subparsers(dest="action", required=True)
+    users.add_parser("hash", help="an argon2 hash of a password (read from the terminal or standard input) for the users file")
     demo = sub.add_parser("demo", help="run the sample store through the whole pipeline")
     demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
     args = parser.parse_args(argv)
@@ -114,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
 
             ensure_sample_assets()
             print(json.dumps({p.parent.name: p.name for p in sorted((ROOT / "models").glob("*/[0-9]*"))}))
+        elif args.command == "users":
+            import getpass
+
+            from services.api.auth import hash_password
+
+            password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+            if len(password) < 12:
+                raise ValueError("use a password of at least 12 characters")
+            print(hash_password(password))
         elif args.command == "demo":
             from devplatform.demo import report, run_demo
 

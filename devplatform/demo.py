@@ -19,6 +19,7 @@ import httpx
 from confluent_kafka import Consumer
 
 from devplatform import samplestore
+from devplatform.devusers import dev_credentials
 from devplatform.launcher import ROOT, LaunchError, Platform
 from services.shared import topics
 from services.shared.contracts.frame_pb2 import Frame
@@ -43,6 +44,9 @@ class DemoResult:
     posted: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)
+    # alert id -> its evidence package as the HQ API shows it (None: nothing recorded)
+    evidence: dict[str, dict | None] = field(default_factory=dict)
+    dashboard: str = ""
 
     def problems(self, script: dict) -> list[str]:
         expected = {e["event_id"] for e in script["events"] if "refund_without_customer expected" in e.get("note", "")}
@@ -53,6 +57,9 @@ class DemoResult:
         delivered = [d["alert_id"] for d in self.deliveries]
         if sorted(delivered) != sorted(a["alert_id"] for a in self.alerts):
             found.append(f"webhook deliveries {delivered} do not match alerts one to one")
+        for alert_id, package in self.evidence.items():
+            if not package or package["status"] != "complete" or not package["snapshot_url"] or not package["frames"]:
+                found.append(f"alert {alert_id}: evidence not recorded in full ({package and package['status']}, {package and package['missing']})")
         return found
 
 
@@ -98,7 +105,7 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, echo=print) -> lis
 def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> DemoResult:
     ensure_sample_assets(echo)
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
-    echo("Starting the local platform (dev broker, redis-server, model server, webhook sink, 5 services):")
+    echo("Starting the local platform (dev broker, redis-server, model server, webhook sink, 6 services):")
     platform.up(echo)
     result = DemoResult()
     try:
@@ -122,16 +129,33 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
             time.sleep(0.5)
         else:
             raise LaunchError(f"demo: the correlator did not decide all {refunds} refunds in time (see var/run/logs/correlator.log)")
+        # The HQ API, as an analyst signed in on the dashboard sees it.
+        analyst = dev_credentials(platform.run_dir)["hq"]
+        login = httpx.post(f"{api}/v1/auth/login", json={"username": "hq", "password": analyst["password"]}, timeout=10)
+        login.raise_for_status()
+        hq = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {login.json()['token']}"}, timeout=5)
+        result.dashboard = api + "/"
         # Let the notifier deliver, then a little longer so a duplicate delivery would show up.
         settle = time.time() + 20
         while time.time() < settle:
-            result.alerts = httpx.get(f"{api}/v1/alerts", timeout=5).json()["alerts"]
+            result.alerts = hq.get("/v1/alerts").json()["alerts"]
             result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
             if result.alerts and len(result.deliveries) >= len(result.alerts):
                 time.sleep(3)
                 result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
                 break
             time.sleep(0.5)
+        # The recorder writes an alert's evidence once its camera has run a few seconds past the event.
+        evidence_deadline = time.time() + 40
+        for alert in result.alerts:
+            while True:
+                package = hq.get(f"/v1/alerts/{alert['alert_id']}").json()["evidence_package"]
+                if (package and package["status"] != "pending") or time.time() > evidence_deadline:
+                    break
+                time.sleep(0.5)
+            result.evidence[alert["alert_id"]] = package
+        if keep_running:
+            echo(f"\nDashboard: {result.dashboard}  (users and passwords: {platform.run_dir / 'dev-credentials.json'})")
     finally:
         if not keep_running:
             echo("Stopping the platform:")
@@ -154,8 +178,11 @@ def report(result: DemoResult, echo=print) -> list[str]:
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
     echo(f"\nAlerts raised: {len(result.alerts)}")
     for alert in result.alerts:
-        echo(f"  [{alert['severity'].removeprefix('SEVERITY_')}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']}")
+        echo(f"  [{alert['severity']}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']}")
         echo(f"      {alert['explanation']}")
+        package = result.evidence.get(alert["alert_id"])
+        if package:
+            echo(f"      evidence ({package['status']}): {len(package['frames'])} frames, snapshot {package['snapshot_url']}, clip {package['clip_url']}")
     echo(f"Deliveries: {len(result.deliveries)}")
     event_times = {a["alert_id"]: int(a["event_time_ms"]) for a in result.alerts}
     window_after_s = settings_after_s()

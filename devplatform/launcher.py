@@ -124,6 +124,8 @@ class Platform:
     # How often the model server looks for new model versions and config changes.
     model_poll_s: float = 2.0
     ready_timeout_s: float = 120.0
+    # The api's users; None: one user per role with fresh passwords (see devplatform/devusers.py).
+    users_file: Path | None = None
     components: dict[str, dict] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -233,6 +235,7 @@ class Platform:
         env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(port), "SW_LOG_LEVEL": "INFO"}
         if name == "api":
             env["SW_API_PORT"] = str(port)
+            env["SW_API_USERS_FILE"] = str(self.users_file or self._dev_users())
         if name == "correlator":
             # The dev broker keeps nothing across starts, so tables kept on disk from an earlier run
             # would be ahead of their (now empty) changelogs, which Faust refuses at start.
@@ -249,6 +252,12 @@ class Platform:
         self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
         self.components[name].update(http=f"http://127.0.0.1:{port}")
         self.save()
+
+    def _dev_users(self) -> Path:
+        from devplatform.devusers import write_dev_users
+        from services.shared.storeconfig import load_store_config
+
+        return write_dev_users(self.run_dir, [s.id for s in load_store_config(self.store_config).stores])
 
     def up(self, echo=print) -> None:
         if self.runtime_file.exists() and any(is_ours(c) for c in _load(self.runtime_file).get("components", {}).values()):

@@ -1,69 +1,407 @@
-"""The api's view of sw.alerts.v1: a consumer that keeps alerts in Redis for GET /v1/alerts.
+"""The api's alert store: sw.alerts.v1 and sw.feedback.v1 kept in Redis for HQ queries and the live feed.
 
-Redis rather than process memory, so every api replica answers the same and a restart loses nothing.
-Writing an alert twice (a replay) overwrites it with itself.
+Redis rather than process memory, so every api replica answers the same and a restart loses nothing;
+sw.alerts.v1 stays the system of record and `python -m services.api rebuild` refills Redis from it.
+Each alert is kept once (a replay finds it there and changes nothing): its JSON, a time index for
+all alerts, one per store and one per rule, a day count per store and rule for statistics, and a
+message on the live channel that every api replica relays to its open dashboards. A verdict is kept
+once per feedback message (the api's own and a replay of it agree on its id), moves the alert's status
+and its store's and rule's verdict counts, and is relayed live as well.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import heapq
 import json
 import time
-from typing import cast
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, cast
+from zoneinfo import ZoneInfo
 
 import redis
 from confluent_kafka import Message
 
+from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.kafka import ConsumeLoop, Output, RetryableError
 from services.shared.serde import PoisonMessage, decode, to_json_dict
+from services.shared.storeconfig import StoreConfig
 
 ALERTS_HASH = "sw:alerts"
 ALL_BY_TIME = "sw:alerts:by_time"
+STATUS_HASH = "sw:alerts:status"
+VERDICT_COUNTS = "sw:stats:verdicts"
+LIVE_CHANNEL = "sw:alerts:live"
+KEY_PREFIX = "sw:alerts"
+
+Status = Literal["new", "acknowledged", "confirmed", "dismissed"]
+VerdictName = Literal["acknowledged", "confirmed", "false_alarm"]
+STATUS_OF_VERDICT: dict[str, Status] = {"acknowledged": "acknowledged", "confirmed": "confirmed", "false_alarm": "dismissed"}
+VERDICT_NAMES: dict[int, VerdictName] = {Verdict.VERDICT_ACKNOWLEDGED: "acknowledged", Verdict.VERDICT_CONFIRMED: "confirmed", Verdict.VERDICT_FALSE_ALARM: "false_alarm"}
+VERDICT_VALUES: dict[str, int] = {name: value for value, name in VERDICT_NAMES.items()}
+SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def store_index(store_id: str) -> str:
-    return f"sw:alerts:store:{store_id}"
+    return f"{KEY_PREFIX}:store:{store_id}"
+
+
+def rule_index(rule: str) -> str:
+    return f"{KEY_PREFIX}:rule:{rule}"
+
+
+def history_key(alert_id: str) -> str:
+    return f"{KEY_PREFIX}:history:{alert_id}"
+
+
+def day_key(day: str) -> str:
+    return f"sw:stats:day:{day}"
+
+
+def severity_name(value: str) -> str:
+    """SEVERITY_HIGH -> high, as the API and the dashboard say it."""
+    return value.removeprefix("SEVERITY_").lower() if value != "SEVERITY_UNSPECIFIED" else "unspecified"
+
+
+def feedback_id(feedback: Feedback) -> str:
+    """The same verdict message always has the same id: the api's write and the topic's replay agree."""
+    raw = f"{feedback.alert_id}|{feedback.user}|{feedback.time_ms}|{feedback.verdict}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+# Keep an alert once: everything about a new alert in one step, nothing when it is already there.
+_SAVE_ALERT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+redis.call('PUBLISH', KEYS[6], ARGV[6])
+return 1
+"""
+
+# Keep a verdict once; the newest verdict (by its time) is the alert's status, and the per store and
+# rule verdict counts follow the status (a changed verdict moves its count).
+_APPLY_VERDICT = """
+if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local c = cjson.decode(current)
+  if tonumber(c.time_ms) > tonumber(ARGV[4]) then return 1 end
+  redis.call('HINCRBY', KEYS[3], ARGV[6] .. c.verdict, -1)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HINCRBY', KEYS[3], ARGV[6] .. ARGV[5], 1)
+redis.call('PUBLISH', KEYS[4], ARGV[8])
+return 2
+"""
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    """What the caller asked for and what their role lets them see (None: every store)."""
+
+    stores: frozenset[str] | None = None
+    rule: str | None = None
+    severity: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, view: dict) -> bool:
+        return ((self.stores is None or view["store_id"] in self.stores)
+                and (self.rule is None or view["rule"] == self.rule)
+                and (self.severity is None or view["severity"] == self.severity)
+                and (self.status is None or view["status"] == self.status)
+                and (self.since_ms is None or int(view["event_time_ms"]) >= self.since_ms)
+                and (self.until_ms is None or int(view["event_time_ms"]) <= self.until_ms))
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this api did not hand out."""
+
+
+def encode_cursor(score: float, alert_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{int(score)}:{alert_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, alert_id = raw.split(":", 1)
+        return float(int(score)), alert_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor("not a cursor from this api: use next_cursor from the previous page") from None
 
 
 class AlertStore:
-    def __init__(self, client: redis.Redis, retention_days: float = 30.0) -> None:
+    def __init__(self, client: redis.Redis, config: StoreConfig, retention_days: float = 30.0) -> None:
         self.redis = client
+        self.config = config
         self.retention_ms = int(retention_days * 86400 * 1000)
         self.loop: ConsumeLoop | None = None
+        self._save_alert = client.register_script(_SAVE_ALERT)
+        self._apply_verdict = client.register_script(_APPLY_VERDICT)
+        self._stores = {s.id: s for s in config.stores}
 
-    def save(self, alert: Alert) -> None:
-        """Keep the alert, and drop alerts older than the retention (sw.alerts.v1 stays the record)."""
-        cutoff = int(time.time() * 1000) - self.retention_ms
-        expired = self.redis.zrangebyscore(ALL_BY_TIME, "-inf", f"({cutoff}")
+    # ---- writing -------------------------------------------------------------------------------
+
+    def save(self, alert: Alert) -> bool:
+        """Keep the alert unless it is there already or older than the retention; True when new.
+        Alerts past the retention are dropped from the indexes as new ones come in."""
+        now_ms = int(time.time() * 1000)
+        cutoff = now_ms - self.retention_ms
+        self._expire(cutoff, alert)
+        if alert.event_time_ms < cutoff:
+            return False
+        body = json.dumps(to_json_dict(alert))
+        day = self.local_day(alert.store_id, alert.event_time_ms)
+        live = json.dumps({"type": "alert", "alert_id": alert.alert_id, "store_id": alert.store_id})
+        created = self._save_alert(
+            keys=[ALERTS_HASH, ALL_BY_TIME, store_index(alert.store_id), rule_index(alert.rule), day_key(day), LIVE_CHANNEL],
+            args=[alert.alert_id, body, alert.event_time_ms, f"{alert.store_id}\t{alert.rule}", int(self.retention_ms / 1000) + 2 * 86400, live])
+        return bool(created)
+
+    def _expire(self, cutoff: int, alert: Alert) -> None:
+        expired = cast(list[bytes], self.redis.zrangebyscore(ALL_BY_TIME, "-inf", f"({cutoff}", start=0, num=500))
         pipe = self.redis.pipeline()
-        if alert.event_time_ms >= cutoff:
-            pipe.hset(ALERTS_HASH, alert.alert_id, json.dumps(to_json_dict(alert)))
-            pipe.zadd(ALL_BY_TIME, {alert.alert_id: alert.event_time_ms})
-            pipe.zadd(store_index(alert.store_id), {alert.alert_id: alert.event_time_ms})
         if expired:
             pipe.hdel(ALERTS_HASH, *expired)
+            pipe.hdel(STATUS_HASH, *expired)
             pipe.zrem(ALL_BY_TIME, *expired)
+            pipe.delete(*[history_key(a.decode()) for a in expired])
         pipe.zremrangebyscore(store_index(alert.store_id), "-inf", f"({cutoff}")
+        pipe.zremrangebyscore(rule_index(alert.rule), "-inf", f"({cutoff}")
         pipe.execute()
 
-    def latest(self, store_id: str | None, limit: int) -> list[dict]:
-        # Without withscores the answer is the plain list of members; redis-py's annotation also covers the scored form.
-        ids = cast("list[bytes | str]", self.redis.zrevrange(store_index(store_id) if store_id else ALL_BY_TIME, 0, limit - 1))
-        if not ids:
-            return []
-        return [json.loads(v) for v in self.redis.hmget(ALERTS_HASH, ids) if v]
+    def apply_feedback(self, feedback: Feedback) -> bool:
+        """Record a verdict once; True when it is new (a replay changes nothing)."""
+        verdict = VERDICT_NAMES.get(feedback.verdict)
+        if verdict is None:
+            raise ValueError(f"verdict {feedback.verdict} is not one the api records")
+        entry = {"verdict": verdict, "user": feedback.user, "time_ms": feedback.time_ms, "note": feedback.comment}
+        live = json.dumps({"type": "status", "alert_id": feedback.alert_id, "store_id": feedback.store_id})
+        result = self._apply_verdict(
+            keys=[STATUS_HASH, history_key(feedback.alert_id), VERDICT_COUNTS, LIVE_CHANNEL],
+            args=[feedback.alert_id, feedback_id(feedback), json.dumps(entry), feedback.time_ms, verdict,
+                  f"{feedback.store_id}\t{feedback.rule}\t", int(self.retention_ms / 1000) + 86400, live])
+        return bool(result)
 
     def handle(self, messages: list[Message]) -> list[Output]:
+        """The consumer's batch: alerts and verdicts into Redis; what cannot be read goes to the api's DLQ."""
         assert self.loop is not None
         outputs: list[Output] = []
         for msg in messages:
             try:
-                alert = decode(Alert, msg.value(), required=("alert_id", "store_id"))
-            except PoisonMessage:
-                # The notifier owns the alerts DLQ; the api only skips what it cannot show.
-                continue
-            try:
-                self.save(alert)
-            except redis.RedisError as exc:
-                raise RetryableError(f"redis: {exc}") from None
+                if msg.topic() == topics.FEEDBACK:
+                    feedback = decode(Feedback, msg.value(), required=("alert_id", "store_id", "verdict"))
+                    if feedback.verdict not in VERDICT_NAMES:
+                        raise PoisonMessage(f"shrinkwatch.v1.Feedback: verdict {feedback.verdict} is not acknowledged, confirmed or false alarm")
+                    self._write(lambda f=feedback: self.apply_feedback(f))
+                else:
+                    alert = decode(Alert, msg.value(), required=("alert_id", "store_id"))
+                    self._write(lambda a=alert: self.save(a))
+            except PoisonMessage as exc:
+                # The notifier dead-letters bad alerts on sw.alerts.v1.dlq already; the api keeps what it
+                # alone refuses (a verdict it cannot record) on the feedback DLQ.
+                if msg.topic() == topics.FEEDBACK:
+                    outputs.append(self.loop.dead_letter(msg, str(exc)))
         return outputs
+
+    @staticmethod
+    def _write(action) -> None:
+        try:
+            action()
+        except redis.RedisError as exc:
+            raise RetryableError(f"redis: {exc}") from None
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def local_day(self, store_id: str, time_ms: int) -> str:
+        store = self._stores.get(store_id)
+        zone = ZoneInfo(store.timezone) if store else UTC
+        return datetime.fromtimestamp(time_ms / 1000, zone).date().isoformat()
+
+    def views(self, alert_ids: list[str]) -> list[dict | None]:
+        """Each alert as the API shows it, with its status; None for ids no longer kept."""
+        if not alert_ids:
+            return []
+        pipe = self.redis.pipeline()
+        pipe.hmget(ALERTS_HASH, alert_ids)
+        pipe.hmget(STATUS_HASH, alert_ids)
+        raw_alerts, raw_status = pipe.execute()
+        return [self._view(a, s) if a else None for a, s in zip(raw_alerts, raw_status, strict=True)]
+
+    def view(self, alert_id: str) -> dict | None:
+        return self.views([alert_id])[0]
+
+    def _view(self, raw_alert: bytes, raw_status: bytes | None) -> dict:
+        alert = json.loads(raw_alert)
+        verdict = json.loads(raw_status) if raw_status else None
+        store = self._stores.get(alert["store_id"])
+        alert["severity"] = severity_name(alert["severity"])
+        alert["event_time_ms"] = int(alert["event_time_ms"])
+        alert["raised_time_ms"] = int(alert["raised_time_ms"])
+        for ref in alert["evidence"]:
+            ref["time_ms"] = int(ref["time_ms"])
+        return {**alert, "store_name": store.name if store else "", "region": store.region if store else "",
+                "status": STATUS_OF_VERDICT[verdict["verdict"]] if verdict else "new", "verdict": verdict,
+                "has_snapshot": bool(alert["camera_id"])}
+
+    def history(self, alert_id: str) -> list[dict]:
+        entries = [json.loads(v) for v in cast(dict[bytes, bytes], self.redis.hgetall(history_key(alert_id))).values()]
+        return sorted(entries, key=lambda e: e["time_ms"])
+
+    def query(self, wanted: AlertFilter, limit: int, cursor: str | None = None, scan_limit: int = 2000) -> tuple[list[dict], str | None]:
+        """Newest first (event time, then id). Reads the narrowest index (the stores', else the rule's,
+        else all) and filters the rest; a page stops early after `scan_limit` alerts, with a cursor."""
+        before = decode_cursor(cursor) if cursor else None
+        if wanted.stores is not None:
+            keys = [store_index(s) for s in sorted(wanted.stores)]
+        elif wanted.rule is not None:
+            keys = [rule_index(wanted.rule)]
+        else:
+            keys = [ALL_BY_TIME]
+        upper = min(before[0] if before else float("inf"), float(wanted.until_ms) if wanted.until_ms is not None else float("inf"))
+        lower = float(wanted.since_ms) if wanted.since_ms is not None else float("-inf")
+        merged = heapq.merge(*(self._scan(k, upper, lower, before) for k in keys), reverse=True)
+        found: list[dict] = []
+        scanned = 0
+        last: tuple[float, str] | None = None
+        batch: list[tuple[float, str]] = []
+
+        def flush() -> None:
+            for view in self.views([member for _, member in batch]):
+                if view is not None and wanted.matches(view) and len(found) < limit:
+                    found.append(view)
+            batch.clear()
+
+        for score, member in merged:
+            batch.append((score, member))
+            last = (score, member)
+            scanned += 1
+            if len(batch) == 100:
+                flush()
+            if len(found) >= limit or scanned >= scan_limit:
+                break
+        flush()
+        if len(found) >= limit:
+            tail = found[-1]
+            return found, encode_cursor(tail["event_time_ms"], tail["alert_id"])
+        if scanned >= scan_limit and last is not None:
+            return found, encode_cursor(*last)
+        return found, None
+
+    def _scan(self, key: str, upper: float, lower: float, before: tuple[float, str] | None, chunk: int = 200) -> Iterator[tuple[float, str]]:
+        """One index, newest first, strictly after the cursor; ties in time ordered by id like Redis does."""
+        offset = 0
+        top = "+inf" if upper == float("inf") else int(upper)
+        bottom = "-inf" if lower == float("-inf") else int(lower)
+        while True:
+            rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(key, top, bottom, start=offset, num=chunk, withscores=True))
+            for raw, score in rows:
+                member = raw.decode()
+                if before is not None and (score > before[0] or (score == before[0] and member >= before[1])):
+                    continue
+                yield score, member
+            if len(rows) < chunk:
+                return
+            offset += chunk
+
+    def stats(self, stores: Iterable[str], days: int, today: str | None = None) -> dict:
+        """Alerts per day per store and per rule over the last `days` days, and verdict counts with precision."""
+        wanted = set(stores)
+        end = datetime.fromisoformat(today).date() if today else datetime.now(UTC).date()
+        day_list = [(end.toordinal() - i) for i in range(days - 1, -1, -1)]
+        day_names = [datetime.fromordinal(d).date().isoformat() for d in day_list]
+        pipe = self.redis.pipeline()
+        for name in day_names:
+            pipe.hgetall(day_key(name))
+        pipe.hgetall(VERDICT_COUNTS)
+        *per_day, verdicts = pipe.execute()
+        by_store: dict[str, dict] = {}
+        by_rule: dict[str, dict] = {}
+
+        def row(table: dict[str, dict], key: str) -> dict:
+            return table.setdefault(key, {"alerts": 0, "per_day": [0] * days, "confirmed": 0, "false_alarm": 0, "acknowledged": 0})
+
+        for index, counts in enumerate(per_day):
+            for field, value in counts.items():
+                store_id, rule = field.decode().split("\t", 1)
+                if store_id not in wanted:
+                    continue
+                for table, key in ((by_store, store_id), (by_rule, rule)):
+                    entry = row(table, key)
+                    entry["alerts"] += int(value)
+                    entry["per_day"][index] += int(value)
+        for field, value in verdicts.items():
+            store_id, rule, verdict = field.decode().split("\t", 2)
+            if store_id not in wanted or verdict not in ("confirmed", "false_alarm", "acknowledged"):
+                continue
+            for table, key in ((by_store, store_id), (by_rule, rule)):
+                row(table, key)[verdict] += max(0, int(value))
+        for table in (by_store, by_rule):
+            for entry in table.values():
+                judged = entry["confirmed"] + entry["false_alarm"]
+                entry["precision"] = round(entry["confirmed"] / judged, 4) if judged else None
+        stores_out = []
+        for store_id, entry in sorted(by_store.items()):
+            store = self._stores.get(store_id)
+            stores_out.append({"store_id": store_id, "store_name": store.name if store else "", "region": store.region if store else "", **entry})
+        return {"days": day_names, "by_store": stores_out, "by_rule": [{"rule": rule, **entry} for rule, entry in sorted(by_rule.items())]}
+
+    def clear(self) -> int:
+        """Forget every alert, verdict and count (before a rebuild from the topics); returns keys removed."""
+        removed = 0
+        for pattern in (f"{KEY_PREFIX}*", "sw:stats:*"):
+            keys = list(self.redis.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 500):
+                removed += self.redis.delete(*keys[start:start + 500])
+        return removed
+
+
+def rebuild(store: AlertStore, bootstrap_servers: str, echo=print, timeout_s: float = 600.0) -> dict[str, int]:
+    """Refill Redis from the system of record: every alert on sw.alerts.v1, then every verdict on
+    sw.feedback.v1, read from the start up to their ends now. Keeps running services' data: writing
+    an alert or a verdict twice changes nothing, so the api can keep consuming meanwhile."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    counts = {"alerts": 0, "verdicts": 0, "unreadable": 0}
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"sw-api-rebuild-{int(time.time())}",
+                         "enable.auto.commit": False, "enable.partition.eof": False})
+    try:
+        for topic in (topics.ALERTS, topics.FEEDBACK):
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+            remaining = {p for p, end in ends.items() if end > 0}
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+            deadline, last_report = time.monotonic() + timeout_s, time.monotonic()
+            while remaining and time.monotonic() < deadline:
+                for msg in consumer.consume(500, 0.5):
+                    if msg.error() is not None or msg.partition() not in remaining:
+                        continue
+                    try:
+                        if topic == topics.ALERTS:
+                            counts["alerts"] += store.save(decode(Alert, msg.value(), required=("alert_id", "store_id")))
+                        else:
+                            counts["verdicts"] += store.apply_feedback(decode(Feedback, msg.value(), required=("alert_id", "store_id", "verdict")))
+                    except (PoisonMessage, ValueError):
+                        counts["unreadable"] += 1
+                    if (msg.offset() or 0) + 1 >= ends[msg.partition()]:
+                        remaining.discard(msg.partition())
+                if time.monotonic() - last_report > 5:
+                    last_report = time.monotonic()
+                    echo(f"rebuild: {topic}: {counts}")
+            if remaining:
+                raise TimeoutError(f"rebuild: {topic} partitions {sorted(remaining)} not read to their end within {timeout_s:.0f}s")
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return counts

@@ -1,30 +1,39 @@
-"""FastAPI app: the POS gateway (POST /v1/pos/events) and alert queries (GET /v1/alerts)."""
+"""FastAPI app: the POS gateway (POST /v1/pos/events), the HQ API and the dashboard pages."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated
 
-from confluent_kafka import KafkaException, Producer
-from fastapi import FastAPI, Query, Response
+import redis
+from confluent_kafka import KafkaException
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from services.api.alerts import AlertStore
+from services.api.hq import Hq, hq_router
 from services.api.pos import PosEventIn, context_errors
 from services.shared import topics
 from services.shared.kafka import produce_and_wait
 from services.shared.serde import encode
-from services.shared.storeconfig import StoreConfig
 
 POS_ACCEPTED = Counter("sw_api_pos_events_total", "POS events by outcome", ["outcome"])
 
 
-def create_app(config: StoreConfig, producer: Producer, alerts: AlertStore, ready: Callable[[], bool], max_clock_skew_s: float = 300.0) -> FastAPI:
-    app = FastAPI(title="ShrinkWatch API", version="0.1.0")
+def create_app(hq: Hq, ready: Callable[[], bool], max_clock_skew_s: float = 300.0) -> FastAPI:
+    app = FastAPI(title="ShrinkWatch API", version="0.2.0",
+                  description="POS gateway, HQ alerts with evidence, verdicts, statistics, live feed, users and audit.")
+    config, producer = hq.config, hq.producer
 
-    @app.post("/v1/pos/events", status_code=202)
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"alert store unavailable, retry: {type(exc).__name__}"}, headers={"Retry-After": "1"})
+
+    @app.exception_handler(OSError)
+    async def storage_down(_request: Request, exc: OSError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"evidence store unavailable, retry: {type(exc).__name__}"}, headers={"Retry-After": "1"})
+
+    @app.post("/v1/pos/events", status_code=202, tags=["pos"])
     async def post_pos_event(event: PosEventIn) -> JSONResponse:
         """Validate a POS event and publish it to sw.pos.v1; 202 once the broker has it."""
         errors = context_errors(event, config, max_clock_skew_s)
@@ -43,25 +52,18 @@ def create_app(config: StoreConfig, producer: Producer, alerts: AlertStore, read
             "event_id": message.event_id, "topic": delivered.topic(), "partition": delivered.partition(), "offset": delivered.offset(),
         })
 
-    @app.get("/v1/alerts")
-    async def list_alerts(
-        store_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> dict:
-        """Newest first (by event time)."""
-        items = await asyncio.to_thread(alerts.latest, store_id, limit)
-        return {"alerts": items, "count": len(items)}
+    app.include_router(hq_router(hq))
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         ok = await asyncio.to_thread(ready)
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok})
 
-    @app.get("/metrics")
+    @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

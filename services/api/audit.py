@@ -1,0 +1,67 @@
+"""The append-only audit log: who viewed or exported evidence, gave a verdict, signed in, changed users.
+
+A Redis stream: entries are only ever added (XADD), each with a time-ordered id that doubles as the
+query cursor; the api has no route that changes or removes one. Production runs Redis with
+append-only persistence so the log survives a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import redis
+
+AUDIT_STREAM = "sw:audit"
+ACTIONS = ("sign_in", "sign_in_failed", "sign_out", "evidence.view", "evidence.file", "evidence.export", "verdict", "user.create", "user.delete")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    user: str
+    role: str
+    action: str
+    alert_id: str = ""
+    store_id: str = ""
+    detail: str = ""
+    ip: str = ""
+
+
+class AuditLog:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def record(self, entry: AuditEntry) -> str:
+        """Append one entry; returns its id. Raises redis errors: an action that cannot be audited fails."""
+        fields = {"time_ms": str(int(time.time() * 1000)), "user": entry.user, "role": entry.role, "action": entry.action,
+                  "alert_id": entry.alert_id, "store_id": entry.store_id, "detail": entry.detail[:1000], "ip": entry.ip}
+        return cast(bytes, self.redis.xadd(AUDIT_STREAM, fields)).decode()  # type: ignore[arg-type]
+
+    def query(self, user: str = "", action: str = "", alert_id: str = "", before: str | None = None, limit: int = 100,
+              scan_limit: int = 5000) -> tuple[list[dict], str | None]:
+        """Newest first. `before` is the cursor of the previous page (an entry id); the next one is returned
+        when more entries may follow, also when the scan stopped at `scan_limit` entries without filling the page."""
+        found: list[dict] = []
+        scanned = 0
+        upper = f"({before}" if before else "+"
+        last_id: str | None = None
+        while len(found) < limit and scanned < scan_limit:
+            rows = cast(list, self.redis.xrevrange(AUDIT_STREAM, max=upper, min="-", count=min(500, scan_limit - scanned)))
+            if not rows:
+                return found, None
+            for raw_id, raw_fields in rows:
+                entry_id = raw_id.decode()
+                last_id = entry_id
+                scanned += 1
+                fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+                if (user and fields.get("user") != user) or (action and fields.get("action") != action) or (alert_id and fields.get("alert_id") != alert_id):
+                    continue
+                found.append({"id": entry_id, **fields, "time_ms": int(fields.get("time_ms", 0))})
+                if len(found) == limit:
+                    break
+            upper = f"({last_id}"
+        return found, last_id
+
+    def for_alert(self, alert_id: str, limit: int = 1000) -> list[dict]:
+        return self.query(alert_id=alert_id, limit=limit, scan_limit=100_000)[0]
