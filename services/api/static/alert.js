@@ -23,6 +23,8 @@ let current = null;
 let tries = 0;
 let refetchTimer = null;
 let snapshotUrl = null;
+let imageTries = 0;
+let pickedFrame = false; // the user chose a frame: refreshes keep it on screen
 
 // ---- evidence image and overlay
 
@@ -72,9 +74,19 @@ function refreshOverlay() {
   if (overlayWanted()) drawOverlay(detections);
 }
 
+function shownUrl() {
+  return (image.getAttribute("src") || "").split("?")[0];
+}
+
 function showImage(url, kind, caption) {
   image.dataset.kind = kind;
-  if (image.getAttribute("src") !== url) image.src = url;
+  if (shownUrl() !== url) {
+    image.src = url;
+  } else if (image.dataset.failed) {
+    // Asked for before the recorder had written it: ask again, past any cached failure.
+    imageTries += 1;
+    image.src = `${url}?try=${imageTries}`;
+  }
   figure.classList.remove("hidden");
   clear(byId("evidence-caption"), caption);
   showSnapshot.classList.toggle("hidden", kind === "snapshot" || !snapshotUrl);
@@ -82,15 +94,24 @@ function showImage(url, kind, caption) {
   refreshOverlay();
 }
 
-image.addEventListener("load", refreshOverlay);
+image.addEventListener("load", () => {
+  delete image.dataset.failed;
+  refreshOverlay();
+});
 new ResizeObserver(() => { if (image.complete && image.naturalWidth) refreshOverlay(); }).observe(image);
-image.addEventListener("error", () => clear(byId("evidence-caption"), "The image could not be loaded."));
+image.addEventListener("error", () => {
+  image.dataset.failed = "1";
+  clear(byId("evidence-caption"), "The image could not be loaded.");
+});
 overlayToggle.checked = localStorage.getItem(OVERLAY_KEY) !== "off";
 overlayToggle.addEventListener("change", () => {
   localStorage.setItem(OVERLAY_KEY, overlayToggle.checked ? "on" : "off");
   refreshOverlay();
 });
-showSnapshot.addEventListener("click", () => showImage(snapshotUrl, "snapshot", "Snapshot at the alert"));
+showSnapshot.addEventListener("click", () => {
+  pickedFrame = false;
+  showImage(snapshotUrl, "snapshot", "Snapshot at the alert");
+});
 
 function renderEvidence(alert) {
   const pkg = alert.evidence_package;
@@ -106,15 +127,18 @@ function renderEvidence(alert) {
     const missing = (pkg.missing || []).join(", ");
     statusBox.append(h("p", { class: "notice warn" }, `Some evidence is missing${missing ? `: ${missing}` : ""}.`));
   }
-  snapshotUrl = safeUrl(pkg?.snapshot_url) || (alert.has_snapshot ? alertApi(alert.alert_id, "/evidence/snapshot.jpg") : null);
+  snapshotUrl = safeUrl(pkg?.snapshot_url);
   const frames = (pkg?.frames || []).filter((f) => safeUrl(f.url));
   const strip = byId("frame-strip");
   clear(strip, frames.map((f) => h("button", {
     type: "button", dataset: { url: f.url }, title: `Frame ${f.sequence ?? ""}`,
-    onclick: () => showImage(f.url, "frame", [`Frame ${f.sequence ?? ""} at `, timeNode(f.capture_time_ms, zone)]),
+    onclick: () => {
+      pickedFrame = true;
+      showImage(f.url, "frame", [`Frame ${f.sequence ?? ""} at `, timeNode(f.capture_time_ms, zone)]);
+    },
   }, h("img", { src: f.url, alt: `Frame ${f.sequence ?? ""}`, loading: "lazy", width: 112, height: 63 }),
   h("span", { class: "time" }, f.capture_time_ms ? new Date(Number(f.capture_time_ms)).toLocaleTimeString() : ""))));
-  const shownFrame = image.dataset.kind === "frame" && frames.some((f) => f.url === image.getAttribute("src"));
+  const shownFrame = pickedFrame && frames.some((f) => f.url === shownUrl());
   if (!shownFrame) {
     if (snapshotUrl) showImage(snapshotUrl, "snapshot", "Snapshot at the alert");
     else if (frames.length) showImage(frames[0].url, "frame", "First recorded frame");

@@ -7,6 +7,8 @@ import {
 } from "/static/common.js";
 
 const PAGE_SIZE = 50;
+const THUMB_TRIES = 24;
+const THUMB_RETRY_MS = 5000;
 const FIELDS = ["store_id", "region", "rule", "severity", "status", "period", "from", "until"];
 const PERIODS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
 
@@ -78,12 +80,30 @@ function matches(alert, filters) {
   return true;
 }
 
+/**
+ * The snapshot, once it exists: a new alert's evidence is still being recorded when it arrives, so
+ * a missing snapshot is asked for again every few seconds (a while), and shown when it comes.
+ */
 function thumbnail(alert) {
-  const placeholder = () => h("div", { class: "thumb none" }, "no image");
-  if (!alert.has_snapshot) return placeholder();
-  const img = h("img", { class: "thumb", src: alertApi(alert.alert_id, "/evidence/snapshot.jpg"), alt: "Snapshot", loading: "lazy", width: 96, height: 54 });
-  img.addEventListener("error", () => img.replaceWith(placeholder()), { once: true });
-  return img;
+  const slot = h("div", { class: "thumb none" }, alert.has_snapshot ? "…" : "no image");
+  if (!alert.has_snapshot) return slot;
+  const url = alertApi(alert.alert_id, "/evidence/snapshot.jpg");
+  let tries = 0;
+  const probe = () => {
+    const img = h("img", { class: "thumb", src: tries ? `${url}?try=${tries}` : url, alt: "Snapshot", width: 96, height: 54 });
+    img.addEventListener("load", () => slot.replaceWith(img), { once: true });
+    img.addEventListener("error", () => {
+      tries += 1;
+      if (tries <= THUMB_TRIES && slot.isConnected) {
+        slot.textContent = "recording…";
+        setTimeout(probe, THUMB_RETRY_MS);
+      } else {
+        slot.textContent = "no image";
+      }
+    }, { once: true });
+  };
+  probe();
+  return slot;
 }
 
 function alertRow(alert) {
