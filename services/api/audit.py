@@ -42,6 +42,13 @@ class AuditLog:
               scan_limit: int = 5000) -> tuple[list[dict], str | None]:
         """Newest first. `before` is the cursor of the previous page (an entry id); the next one is returned
         when more entries may follow, also when the scan stopped at `scan_limit` entries without filling the page."""
+        if before is not None and not _valid_entry_id(before):
+            raise ValueError(f"cursor {before!r} is not an audit entry id: use next_cursor from the previous page")
+        if before is not None:
+            millis, _, seq = before.partition("-")
+            before = f"{int(millis)}-{int(seq)}"  # Redis reads "007-0" as 7-0
+            if before == "0-0":
+                return [], None  # nothing comes before the first possible id
         found: list[dict] = []
         scanned = 0
         upper = f"({before}" if before else "+"
@@ -65,3 +72,9 @@ class AuditLog:
 
     def for_alert(self, alert_id: str, limit: int = 1000) -> list[dict]:
         return self.query(alert_id=alert_id, limit=limit, scan_limit=100_000)[0]
+
+
+def _valid_entry_id(entry_id: str) -> bool:
+    """A Redis stream id: two unsigned 64-bit numbers joined by '-'."""
+    millis, _, seq = entry_id.partition("-")
+    return millis.isdigit() and seq.isdigit() and int(millis) < 2**64 and int(seq) < 2**64

@@ -306,7 +306,10 @@ def hq_router(hq: Hq) -> APIRouter:
         """Append-only: every evidence view, export, verdict, sign-in and user change, newest first."""
         if action is not None and action not in ACTIONS:
             raise HTTPException(422, f"unknown action {action!r}; actions: {', '.join(ACTIONS)}")
-        entries, next_cursor = await asyncio.to_thread(hq.audit.query, user or "", action or "", alert_id or "", cursor, limit)
+        try:
+            entries, next_cursor = await asyncio.to_thread(hq.audit.query, user or "", action or "", alert_id or "", cursor, limit)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
         return {"entries": entries, "next_cursor": next_cursor}
 
     @router.get("/v1/users", tags=["admin"])
