@@ -1,0 +1,125 @@
+"""The HQ API's pure parts: users file, roles' store scopes, cursors, filters, camera status, evidence view."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import yaml
+from argon2 import PasswordHasher
+
+from devplatform.devusers import dev_credentials, write_dev_users
+from services.api.alerts import AlertFilter, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
+from services.api.audit import _valid_entry_id
+from services.api.auth import Principal, UserRecord, hash_password, load_users_file
+from services.api.hq import _camera_view, _package_view
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
+
+HASH = hash_password("a password long enough")
+
+
+def write_users(tmp_path, users: list[dict]):
+    path = tmp_path / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": users}))
+    return path
+
+
+def test_users_file_is_validated_with_the_position_of_the_bad_entry(tmp_path):
+    good = {"username": "hq", "role": "hq_analyst", "password_hash": HASH}
+    assert set(load_users_file(write_users(tmp_path, [good]), {"store-001"})) == {"hq"}
+    cases = [
+        ([{**good, "role": "superuser"}], "users.0.role"),
+        ([{**good, "password_hash": "plain-text-password"}], "not an argon2 hash"),
+        ([good, good], "appears twice"),
+        ([{**good, "role": "store_manager", "stores": ["store-404"]}], "store-404"),
+        ([{**good, "role": "store_manager"}], "has no stores"),
+        ([{**good, "password": "hunter2"}], "users.0.password"),
+    ]
+    for users, expected in cases:
+        with pytest.raises(SystemExit) as failed:
+            load_users_file(write_users(tmp_path, users), {"store-001"})
+        assert expected in str(failed.value), (users, failed.value)
+    assert load_users_file(None, set()) == {}
+
+
+def test_roles_store_scope():
+    record = UserRecord.model_validate({"username": "officer", "role": "officer", "stores": [], "password_hash": HASH})
+    assert record.sees_every_store()  # an officer without stores covers the chain
+    manager = UserRecord.model_validate({"username": "mgr", "role": "store_manager", "stores": ["s1"], "password_hash": HASH})
+    assert not manager.sees_every_store()
+    who = Principal("mgr", "store_manager", frozenset({"s1"}), "Manager", False)
+    assert who.may_see("s1") and not who.may_see("s2")
+    assert Principal("hq", "hq_analyst", frozenset(), "HQ", True).may_see("anything")
+
+
+def test_stored_user_keeps_the_hash_that_pydantic_would_mask():
+    record = UserRecord.model_validate({"username": "mgr", "role": "store_manager", "stores": ["s1"], "password_hash": HASH})
+    assert "**" in record.model_dump_json()
+    assert UserRecord.model_validate_json(record.stored_json()).password_hash.get_secret_value() == HASH
+    assert HASH not in repr(record)
+
+
+def test_cursor_round_trip_and_foreign_cursors_refused():
+    assert decode_cursor(encode_cursor(1796129866897, "al-1:x")) == (1796129866897.0, "al-1:x")
+    for bad in ("garbage!", "", "bm8tY29sb24", encode_cursor(0, "x")[:-3] + "%%%"):
+        with pytest.raises(BadCursor):
+            decode_cursor(bad)
+
+
+def test_filter_matches_every_condition():
+    view = {"store_id": "s1", "rule": "post_void", "severity": "high", "status": "new", "event_time_ms": 1000}
+    assert AlertFilter().matches(view)
+    assert AlertFilter(stores=frozenset({"s1"}), rule="post_void", severity="high", status="new", since_ms=1000, until_ms=1000).matches(view)
+    for wrong in (AlertFilter(stores=frozenset({"s2"})), AlertFilter(rule="loitering"), AlertFilter(severity="low"),
+                  AlertFilter(status="confirmed"), AlertFilter(since_ms=1001), AlertFilter(until_ms=999)):
+        assert not wrong.matches(view), wrong
+
+
+def test_severity_names_and_feedback_ids():
+    assert severity_name("SEVERITY_CRITICAL") == "critical" and severity_name("SEVERITY_UNSPECIFIED") == "unspecified"
+    one = Feedback(alert_id="a", verdict=Verdict.VERDICT_CONFIRMED, user="hq", time_ms=5)
+    assert feedback_id(one) == feedback_id(Feedback.FromString(one.SerializeToString()))
+    assert feedback_id(one) != feedback_id(Feedback(alert_id="a", verdict=Verdict.VERDICT_FALSE_ALARM, user="hq", time_ms=5))
+
+
+def test_camera_status_live_idle_down_unknown():
+    now = 1_000_000.0
+    assert _camera_view("c", None, now)["status"] == "unknown"
+    seen = {"last_seen_ms": now - 1000, "last_frame_ms": now - 1000, "fps": 9.5, "heartbeat": False}
+    assert _camera_view("c", seen, now)["status"] == "live"
+    assert _camera_view("c", {**seen, "heartbeat": True}, now)["status"] == "idle"
+    assert _camera_view("c", {**seen, "last_seen_ms": now - 10_000}, now)["status"] == "idle"
+    assert _camera_view("c", {**seen, "last_seen_ms": now - 60_000}, now)["status"] == "down"
+
+
+def test_evidence_package_view_links_only_listed_files():
+    manifest = {"status": "partial", "missing": ["camera silent"], "window_ms": [1, 2],
+                "frames": [{"name": "frames/0000000007.jpg", "sequence": 7, "capture_time_ms": 1}],
+                "snapshot": {"name": "snapshot.jpg", "detections": {"persons": [], "objects": [], "zones": []}}, "clip": None}
+    view = _package_view("al-1", manifest)
+    assert view is not None
+    assert view["snapshot_url"] == "/v1/alerts/al-1/evidence/snapshot.jpg" and view["clip_url"] is None
+    assert view["frames"] == [{"sequence": 7, "capture_time_ms": 1, "url": "/v1/alerts/al-1/evidence/frames/0000000007.jpg"}]
+    assert view["status"] == "partial" and view["missing"] == ["camera silent"]
+    assert _package_view("al-1", None) is None
+
+
+def test_audit_cursor_must_be_a_stream_id():
+    assert _valid_entry_id("1796129866897-0")
+    for bad in ("x-0", "1-", "-1", str(2**64) + "-0", "1-2-3"):
+        assert not _valid_entry_id(bad), bad
+
+
+def test_dev_users_one_per_role_with_private_passwords(tmp_path):
+    path = write_dev_users(tmp_path, ["store-001", "store-002"])
+    users = load_users_file(path, {"store-001", "store-002"})
+    assert {u.role for u in users.values()} == {"admin", "hq_analyst", "store_manager", "officer"}
+    assert users["manager"].stores == ["store-001"]
+    credentials = dev_credentials(tmp_path)
+    assert stat.S_IMODE((tmp_path / "dev-credentials.json").stat().st_mode) == 0o600
+    assert PasswordHasher().verify(users["hq"].password_hash.get_secret_value(), credentials["hq"]["password"])
+    assert credentials["hq"]["password"] not in path.read_text()
+    again = write_dev_users(tmp_path, ["store-001"])  # a new `dev up`: new passwords
+    assert json.loads((tmp_path / "dev-credentials.json").read_text())["hq"]["password"] != credentials["hq"]["password"]
+    assert again == path
