@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT
 from tests.integration.test_hq_api import client, hq, make_alert, publish_alerts, wait_listed, write_evidence
 
 pytestmark = pytest.mark.integration
@@ -30,7 +29,7 @@ def run_schemathesis(hq, token: str, report: Path, config: Path | None = None) -
             # The live feed never ends by design, and signing out would end the fuzzer's own session.
             "--exclude-path", "/v1/alerts/stream", "--exclude-path", "/v1/auth/logout",
             "--report", "ndjson", "--report-dir", str(report)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, cwd=report.parent, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     print(output[-2500:])
     events = [json.loads(line) for path in report.glob("*.ndjson") for line in path.read_text().splitlines() if line.strip()]

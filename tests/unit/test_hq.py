@@ -28,7 +28,7 @@ def write_users(tmp_path, users: list[dict]):
 def test_users_file_is_validated_with_the_position_of_the_bad_entry(tmp_path):
     good = {"username": "hq", "role": "hq_analyst", "password_hash": HASH}
     assert set(load_users_file(write_users(tmp_path, [good]), {"store-001"})) == {"hq"}
-    cases = [
+    cases: list[tuple[list[dict], str]] = [
         ([{**good, "role": "superuser"}], "users.0.role"),
         ([{**good, "password_hash": "plain-text-password"}], "not an argon2 hash"),
         ([good, good], "appears twice"),
