@@ -55,6 +55,8 @@ class ApiSettings(ServiceSettings):
     api_session_ttl_s: int = Field(12 * 3600, ge=60, le=30 * 86400)
     # Send the session cookie over HTTPS only: true wherever the api is behind TLS (production).
     api_cookie_secure: bool = False
+    # The live feed sends a keep-alive this often and checks that its session is still valid.
+    api_live_ping_s: float = Field(15.0, gt=0, le=300)
     evidence_url: str = "var/evidence"
     evidence_s3_endpoint: str = ""
     evidence_s3_key: SecretStr | None = None
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     users = load_users_file(settings.api_users_file, {s.id for s in config.stores})
     evidence = evidence_store_from_settings(settings.evidence_url, settings.evidence_s3_endpoint, settings.evidence_s3_key, settings.evidence_s3_secret)
     hq = Hq(config=config, alerts=store, directory=Directory(redis_client, users, settings.api_session_ttl_s), audit=AuditLog(redis_client),
-            evidence=evidence, producer=producer, redis=redis_client, redis_url=settings.redis_url.get_secret_value(), cookie_secure=settings.api_cookie_secure)
+            evidence=evidence, producer=producer, redis=redis_client, redis_url=settings.redis_url.get_secret_value(), cookie_secure=settings.api_cookie_secure,
+            ping_s=settings.api_live_ping_s)
     stop = threading.Event()
     loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS, topics.FEEDBACK], store.handle, stop_event=stop)
     store.loop = loop

@@ -80,6 +80,14 @@ class UserIn(BaseModel):
     display_name: str = Field("", max_length=128)
 
 
+def _token(request: Request) -> str:
+    """The session token: `Authorization: Bearer` (scripts) before the cookie (pages)."""
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE, "")
+
+
 def _client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -89,10 +97,7 @@ def hq_router(hq: Hq) -> APIRouter:
     store_ids = [s.id for s in hq.config.stores]
 
     async def principal(request: Request) -> Principal:
-        token = request.cookies.get(COOKIE, "")
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            token = header[7:].strip()
+        token = _token(request)
         if not token or len(token) > 256:
             raise HTTPException(401, "sign in first: no session", headers={"WWW-Authenticate": "Bearer"})
         who = await asyncio.to_thread(hq.directory.principal, token)
@@ -159,11 +164,7 @@ def hq_router(hq: Hq) -> APIRouter:
 
     @router.post("/v1/auth/logout", status_code=204, tags=["auth"])
     async def logout(who: Signed, request: Request) -> Response:
-        token = request.cookies.get(COOKIE, "")
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            token = header[7:].strip()
-        await asyncio.to_thread(hq.directory.close_session, token)
+        await asyncio.to_thread(hq.directory.close_session, _token(request))
         await asyncio.to_thread(audit, who, "sign_out", request)
         response = Response(status_code=204)
         response.delete_cookie(COOKIE, path="/")
@@ -382,6 +383,10 @@ async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterato
             if message is None:
                 if time.monotonic() - last_ping >= hq.ping_s:
                     last_ping = time.monotonic()
+                    # A feed outlives neither its session nor its user.
+                    if await asyncio.to_thread(hq.directory.principal, _token(request)) is None:
+                        yield b"event: expired\ndata: {}\n\n"
+                        return
                     yield b": ping\n\n"
                 continue
             event = json.loads(message["data"])

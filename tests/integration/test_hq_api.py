@@ -57,7 +57,7 @@ def hq(broker, redis_url, start_service, sample_assets, tmp_path):
     users_file.write_text(yaml.safe_dump({"users": [{"username": name, **spec, "password_hash": hash_password(PASSWORD)} for name, spec in USERS.items()]}))
     evidence_dir = tmp_path / "evidence"
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_STORE_CONFIG": str(config),
-           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir)}
+           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1"}
     proc = start_service("api", env)
     return type("Hq", (), {"url": proc.http, "env": env, "broker": broker, "redis_url": redis_url, "evidence": EvidenceStore(str(evidence_dir)), "proc": proc})
 
@@ -324,3 +324,16 @@ def test_admin_adds_and_removes_users_and_bad_input_gets_4xx(hq):
     for body in ({"verdict": "maybe"}, {"verdict": "confirmed", "note": "x" * 1001}, {"verdict": "confirmed", "extra": 1}):
         assert admin.post("/v1/alerts/al-x/verdict", json=body).status_code == 422
     assert admin.post("/v1/alerts/no-such/verdict", json={"verdict": "confirmed"}).status_code == 404
+
+
+def test_live_feed_ends_when_its_session_does(hq):
+    analyst = client(hq, "hq")
+    lines: list[str] = []
+    with analyst.stream("GET", "/v1/alerts/stream", timeout=httpx.Timeout(30, read=30)) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == ": connected":
+                assert analyst.post("/v1/auth/logout").status_code == 204
+            if line == "event: expired":
+                break
+    assert "event: expired" in lines
