@@ -193,6 +193,13 @@ function row(name, ...value) {
   return h("tr", null, h("th", { scope: "row" }, name), h("td", null, ...value));
 }
 
+/** A fact as text; epoch milliseconds (names ending in _ms) as times. */
+function factValue(name, value, zone) {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  if (name.endsWith("_ms") && /^\d{12,14}$/.test(text)) return timeNode(Number(text), zone);
+  return text;
+}
+
 function renderDetails(alert) {
   const zone = storeZone(stores, alert.store_id);
   const store = storeName(stores, alert.store_id, alert.store_name);
@@ -211,7 +218,7 @@ function renderDetails(alert) {
     (alert.evidence || []).length ? row("Evidence refs", (alert.evidence || []).map((e) => h("div", { class: "mono" }, `${e.kind}: ${e.ref}`))) : null);
   const facts = Object.entries(alert.facts || {}).sort(([a], [b]) => a.localeCompare(b));
   clear(byId("facts"), facts.length
-    ? facts.map(([k, v]) => row(k.replaceAll("_", " "), typeof v === "string" ? v : JSON.stringify(v)))
+    ? facts.map(([k, v]) => row(k.replace(/_ms$/, "").replaceAll("_", " "), factValue(k, v, zone)))
     : h("tr", null, h("td", { class: "muted" }, "No facts recorded.")));
 }
 

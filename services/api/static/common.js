@@ -167,10 +167,20 @@ export function formatLocal(ms) {
   return ms ? dateTimeFormat(null, true).format(new Date(Number(ms))) : "—";
 }
 
-/** "14:03:22 GMT" in the store's zone, or null when that is the browser's zone too (or unknown). */
+/** "14:03:22 GMT" in the store's zone, or null when the browser's clock reads the same then (or the zone is unknown). */
 export function formatStoreTime(ms, timeZone, withDate = false) {
   if (!ms || !timeZone || timeZone === browserZone) return null;
-  return dateTimeFormat(timeZone, withDate).format(new Date(Number(ms)));
+  const when = new Date(Number(ms));
+  const wall = (zone) => {
+    try {
+      return new Intl.DateTimeFormat("en-GB", { dateStyle: "short", timeStyle: "medium", ...(zone ? { timeZone: zone } : {}) }).format(when);
+    } catch {
+      return null;
+    }
+  };
+  const there = wall(timeZone);
+  if (there === null || there === wall(null)) return null;
+  return dateTimeFormat(timeZone, withDate).format(when);
 }
 
 export function relative(ms) {
