@@ -2,7 +2,7 @@
 // feed can be bookmarked or sent); new alerts arrive over Server-Sent Events and are put on top when
 // they match the filters; verdicts from anyone update rows in place.
 import {
-  alertApi, alertPath, api, byId, clear, formatScore, h, initPage, ruleLabel, severityBadge, severityOf,
+  alertApi, alertPath, api, byId, clear, formatScore, h, initPage, loginUrl, ruleLabel, severityBadge, severityOf,
   showError, statusBadge, storeIndex, storeName, storeZone, timeNode, relative,
 } from "/static/common.js";
 
@@ -223,6 +223,12 @@ function connect() {
   });
   source.addEventListener("alert", (event) => addLive(parse(event)));
   source.addEventListener("status", (event) => updateStatus(parse(event)));
+  // The server ends the stream this way when the session expires or the user is removed.
+  source.addEventListener("expired", () => {
+    source.close();
+    setLive("off", "signed out");
+    location.assign(loginUrl());
+  });
   source.addEventListener("error", () => {
     hadError = true;
     if (source.readyState === EventSource.CONNECTING) {
