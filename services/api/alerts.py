@@ -209,10 +209,8 @@ class AlertStore:
                     alert = decode(Alert, msg.value(), required=("alert_id", "store_id"))
                     self._write(lambda a=alert: self.save(a))
             except PoisonMessage as exc:
-                # The notifier dead-letters bad alerts on sw.alerts.v1.dlq already; the api keeps what it
-                # alone refuses (a verdict it cannot record) on the feedback DLQ.
-                if msg.topic() == topics.FEEDBACK:
-                    outputs.append(self.loop.dead_letter(msg, str(exc)))
+                # The notifier keeps bad alerts in sw.alerts.v1.dlq and the correlator bad verdicts.
+                self.loop.skip(msg, str(exc))
         return outputs
 
     @staticmethod

@@ -23,7 +23,9 @@ POS_ACCEPTED = Counter("sw_api_pos_events_total", "POS events by outcome", ["out
 
 
 def create_app(hq: Hq, ready: Callable[[], bool], max_clock_skew_s: float = 300.0) -> FastAPI:
-    app = FastAPI(title="ShrinkWatch API", version="0.2.0",
+    # The OpenAPI document is published at /openapi.json; FastAPI's /docs and /redoc pages load their
+    # scripts from a CDN, which store back offices cannot reach, so they are off.
+    app = FastAPI(title="ShrinkWatch API", version="0.2.0", docs_url=None, redoc_url=None,
                   description="POS gateway, HQ alerts with evidence, verdicts, statistics, live feed, users and audit.")
     config, producer = hq.config, hq.producer
 

@@ -145,7 +145,8 @@ class Recorder:
                     try:
                         self.take(msg.topic() or "", msg.value(), now)
                     except PoisonMessage as exc:
-                        outputs.append(self.loop.dead_letter(msg, str(exc)))
+                        # Each topic's DLQ belongs to its main reader (inference, correlator, notifier).
+                        self.loop.skip(msg, str(exc))
                 self.finish_due(now)
             except STORE_ERRORS as exc:
                 # Buffers keep what they took (a retried frame is kept once); pending alerts stay pending.

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MESSAGES_PROCESSED = Counter("sw_messages_processed_total", "Messages handled and committed", ["service", "topic"])
 MESSAGES_DEAD_LETTERED = Counter("sw_messages_dead_lettered_total", "Poison messages sent to a DLQ", ["service", "topic"])
+MESSAGES_SKIPPED = Counter("sw_messages_skipped_total", "Poison messages skipped by a reader that does not own the topic's DLQ", ["service", "topic"])
 BATCH_RETRIES = Counter("sw_batch_retries_total", "Batches retried after a transient failure", ["service", "topic"])
 
 
@@ -222,6 +223,13 @@ class ConsumeLoop:
                 return
             except BufferError:
                 self.producer.poll(0.1)
+
+    def skip(self, msg: Message, error: str) -> None:
+        """Pass over a poison message that another service dead-letters (each topic's DLQ has one
+        owner, so a bad message is kept once, not once per reader)."""
+        MESSAGES_SKIPPED.labels(self.service, msg.topic()).inc()
+        log.warning("poison message skipped (its topic's owner keeps it in the DLQ)",
+                    extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
 
     def dead_letter(self, msg: Message, error: str) -> Output:
         """The DLQ output for a poison message, to be returned among the batch's outputs."""

@@ -399,14 +399,13 @@ def test_sweep_expires_by_store_retention(store, clock):
     assert recorder.sweep() == 1 and store.alert_ids(STORE) == ["al-new"]
 
 
-def test_poison_goes_to_the_dlq_and_the_rest_is_kept(recorder, store, clock):
+def test_poison_is_skipped_with_its_reason_and_the_rest_is_kept(recorder, store, clock):
     dead: list[tuple[str, str]] = []
 
-    def dead_letter(msg: SimpleNamespace, error: str) -> str:
+    def skip(msg: SimpleNamespace, error: str) -> None:
         dead.append((msg.topic(), error))
-        return error
 
-    recorder.loop = SimpleNamespace(dead_letter=dead_letter)
+    recorder.loop = SimpleNamespace(skip=skip)
 
     def msg(topic: str, value: bytes | None) -> SimpleNamespace:
         return SimpleNamespace(topic=lambda: topic, value=lambda: value)
@@ -438,7 +437,7 @@ def test_camera_status_is_written_at_most_once_a_second(recorder, clock):
 
 
 def test_store_failure_retries_the_batch_and_loses_nothing(recorder, store, clock, monkeypatch):
-    recorder.loop = SimpleNamespace(dead_letter=lambda msg, error: error)
+    recorder.loop = SimpleNamespace(skip=lambda msg, error: None)
 
     def msg(topic: str, value: bytes) -> SimpleNamespace:
         return SimpleNamespace(topic=lambda: topic, value=lambda: value)
