@@ -163,7 +163,7 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
                 assert page.eval_on_selector("#evidence-image", "i => i.getAttribute('src').split('?')[0]") == package["snapshot_url"]
                 detections = package.get("detections") or {}
                 expected = sum(len(detections.get(k) or []) for k in ("persons", "objects", "zones"))
-                page.wait_for_function(f"document.querySelectorAll('#evidence-overlay rect, #evidence-overlay polygon').length === {expected}", timeout=10_000)
+                page.wait_for_function(f"() => document.querySelectorAll('#evidence-overlay rect, #evidence-overlay polygon').length === {expected}", timeout=10_000)
                 assert page.locator("#pos-events tbody tr").count() == len(view["pos_events"]) >= 1
                 assert page.is_visible("#btn-confirm") and page.is_visible("#export")
                 page.screenshot(path=str(out / "alert.png"), full_page=True)

@@ -171,3 +171,124 @@ def test_signed_out_visit_ends_on_the_sign_in_form_without_policy_violations(sit
             assert problems == []
         finally:
             browser.close()
+
+
+# ---- every page against the real api (broker and Redis, no pipeline) ------------------------------
+
+PASSWORD = "dashboard pages test"
+
+
+def _alert(alert_id: str, minutes_ago: float, severity: int):
+    from services.shared.contracts.alert_pb2 import Alert, EvidenceRef
+
+    event_ms = int(time.time() * 1000 - minutes_ago * 60_000)
+    return Alert(alert_id=alert_id, rule="refund_without_customer", severity=severity, score=0.9, explanation="refund with nobody at the counter",  # type: ignore[arg-type]
+                 store_id="store-001", camera_id="cam-counter-1", register_id="reg-1", event_time_ms=event_ms, raised_time_ms=event_ms + 7000,
+                 evidence=[EvidenceRef(kind="pos_event", ref=f"pos-{alert_id}", time_ms=event_ms)], facts={"total": "29.99", "window_start_ms": str(event_ms)})
+
+
+@pytest.fixture
+def real_api(broker, redis_url, start_service, tmp_path):
+    import yaml
+
+    from services.api.auth import hash_password
+    from services.shared import topics
+    from services.shared.contracts.alert_pb2 import Severity
+    from services.shared.kafka import make_producer
+
+    users = tmp_path / "users.yaml"
+    users.write_text(yaml.safe_dump({"users": [
+        {"username": "admin", "role": "admin", "display_name": "Ada Admin", "password_hash": hash_password(PASSWORD)},
+        {"username": "officer", "role": "officer", "stores": ["store-001"], "password_hash": hash_password(PASSWORD)},
+    ]}))
+    api = start_service("api", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_USERS_FILE": str(users),
+                                "SW_EVIDENCE_URL": str(tmp_path / "evidence")}).http
+    producer = make_producer(broker)
+    for alert in (_alert("al-dash-1", 30, Severity.SEVERITY_LOW), _alert("al-dash-2", 10, Severity.SEVERITY_CRITICAL)):
+        producer.produce(topics.ALERTS, key=alert.store_id, value=alert.SerializeToString())
+    producer.flush(10)
+    return api
+
+
+def _sign_in(page, api: str, username: str) -> None:
+    page.goto(f"{api}/login", timeout=15_000)
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_url(f"{api}/", timeout=15_000)
+
+
+def test_every_page_shows_the_real_apis_data_by_role(real_api):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    api = real_api
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            problems: list[str] = []
+            admin = browser.new_context()
+            admin.on("weberror", lambda err: problems.append(f"script error: {err.error}"))
+            admin.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
+            page = admin.new_page()
+            _sign_in(page, api, "admin")
+            assert page.inner_text("[data-testid=user-name]") == "Ada Admin"
+            # A function, not an expression: Playwright polls expressions with eval, which the CSP forbids.
+            page.wait_for_function("() => document.querySelectorAll('#feed li[data-alert-id]').length === 2", timeout=30_000)
+            assert [li.get_attribute("data-alert-id") for li in page.query_selector_all("#feed li")] == ["al-dash-2", "al-dash-1"]
+
+            # Filters go into the query string and the API.
+            page.select_option("#f-severity", "critical")
+            page.click("#filters button[type=submit]")
+            page.wait_for_function("() => document.querySelectorAll('#feed li[data-alert-id]').length === 1", timeout=15_000)
+            assert page.url == f"{api}/?severity=critical"
+
+            # The alert page: no evidence recorded for it; dismiss it as a false alarm.
+            page.click("#feed li[data-alert-id='al-dash-2'] a")
+            page.wait_for_selector("#details tr", timeout=15_000)
+            assert "No evidence was recorded" in page.inner_text("#evidence-status")
+            page.fill("#verdict-note", "staff training refund")
+            page.click("#btn-dismiss")
+            page.wait_for_selector("#alert-title .status-dismissed", timeout=15_000)
+            assert "False alarm" in page.inner_text("#history")
+
+            page.goto(f"{api}/stats", timeout=15_000)
+            page.wait_for_selector("#by-store table", timeout=15_000)
+            assert "100%" not in page.inner_text("#by-store") and page.locator("#by-store [data-testid=precision]").first.inner_text() == "0%"
+            assert page.locator("#by-rule svg.chart rect.bar:not(.zero)").count() >= 1
+
+            page.goto(f"{api}/stores", timeout=15_000)
+            page.wait_for_selector(".cameras li[data-camera-id='cam-counter-1']", timeout=15_000)
+            assert page.get_attribute(".cameras li[data-camera-id='cam-counter-1']", "data-status") == "unknown"  # no recorder running
+
+            page.goto(f"{api}/admin/audit", timeout=15_000)
+            page.wait_for_selector("#audit-rows tr", timeout=15_000)
+            actions = page.locator("#audit-rows td.mono:nth-child(4)").all_inner_texts()
+            assert {"sign_in", "evidence.view", "verdict"} <= set(actions)
+
+            # An officer: acknowledge only, no export, no audit log.
+            officer = browser.new_context()
+            officer.on("weberror", lambda err: problems.append(f"script error: {err.error}"))
+            page = officer.new_page()
+            _sign_in(page, api, "officer")
+            page.goto(f"{api}/alerts/al-dash-1", timeout=15_000)
+            page.wait_for_selector("#details tr", timeout=15_000)
+            assert page.is_visible("#btn-ack") and not page.is_visible("#btn-confirm") and not page.is_visible("#btn-dismiss") and not page.is_visible("#export")
+            assert page.locator("nav a[href='/admin/audit']").count() == 0
+            page.goto(f"{api}/admin/audit", timeout=15_000)
+            page.wait_for_selector("#audit-error .notice", timeout=15_000)
+            assert "administrators only" in page.inner_text("#audit-error")
+            page.goto(f"{api}/alerts/al-nonexistent", timeout=15_000)
+            page.wait_for_selector("#alert-error .notice", timeout=15_000)
+            assert "does not exist" in page.inner_text("#alert-error")
+
+            # Sign out ends the session: the next page load goes to the sign-in form.
+            page.click("#site-header button")
+            page.wait_for_url(re.compile(r"/login$"), timeout=15_000)
+            page.goto(f"{api}/stats", timeout=15_000)
+            page.wait_for_url(re.compile(r"/login\?next=%2Fstats$"), timeout=15_000)
+            assert problems == []
+        finally:
+            browser.close()

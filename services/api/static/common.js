@@ -207,7 +207,8 @@ export function timeNode(ms, timeZone, { withDate = true } = {}) {
 export function formatMoney(minor, currency) {
   if (minor === null || minor === undefined || minor === "") return "—";
   const amount = Number(minor);
-  if (!currency) return String(amount);
+  if (!Number.isFinite(amount)) return String(minor);
+  if (!currency) return (amount / 100).toFixed(2); // most currencies have cents; the POS gave none
   try {
     const fmt = new Intl.NumberFormat(undefined, { style: "currency", currency });
     const digits = fmt.resolvedOptions().maximumFractionDigits;
