@@ -9,11 +9,10 @@ import redis
 from confluent_kafka import KafkaException
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from services.api.hq import Hq, hq_router
-from services.api.pages import STATIC_DIR, pages_router
+from services.api.pages import mount_dashboard
 from services.api.pos import PosEventIn, context_errors
 from services.shared import topics
 from services.shared.kafka import produce_and_wait
@@ -57,8 +56,7 @@ def create_app(hq: Hq, ready: Callable[[], bool], max_clock_skew_s: float = 300.
         })
 
     app.include_router(hq_router(hq))
-    app.include_router(pages_router())
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    mount_dashboard(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:

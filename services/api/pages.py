@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -53,3 +54,18 @@ def pages_router(static_dir: Path | None = None) -> APIRouter:
     for route, name in PAGES.items():
         router.add_api_route(route, page(pages_dir / name), methods=["GET"], include_in_schema=False, name=f"page:{name.removesuffix('.html')}")
     return router
+
+
+def mount_dashboard(app: FastAPI) -> None:
+    """The pages, their static files at /static, and the pages' headers on those files too (so a
+    page file fetched from /static/pages/ is no way around the policy)."""
+    app.include_router(pages_router())
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def static_headers(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path.startswith("/static/"):
+            for name, value in PAGE_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response

@@ -18,10 +18,9 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, HTTPException
-from fastapi.staticfiles import StaticFiles
 
 from devplatform.launcher import free_port
-from services.api.pages import CONTENT_SECURITY_POLICY, PAGES, STATIC_DIR, pages_router
+from services.api.pages import CONTENT_SECURITY_POLICY, PAGES, STATIC_DIR, mount_dashboard, pages_router
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +65,9 @@ class Refs(HTMLParser):
 
 
 def dashboard_app() -> FastAPI:
-    """The api's page wiring (the same two lines as services/api/app.py), and a signed-out /v1/auth/me."""
+    """The api's page wiring, and a signed-out /v1/auth/me."""
     app = FastAPI()
-    app.include_router(pages_router())
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    mount_dashboard(app)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST"])
     async def signed_out(rest: str) -> None:
@@ -129,6 +127,7 @@ def test_static_file_is_served_and_reaches_nothing_off_the_site(site, path):
     relative = path.relative_to(STATIC_DIR).as_posix()
     response = httpx.get(f"{site}/static/{relative}")
     assert response.status_code == 200
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY  # page files fetched here too
     assert response.content == path.read_bytes()
     text = path.read_text()
     assert [u for u in ABSOLUTE_URL.findall(text) if u not in NAMESPACES] == [], f"{relative} refers to another site (no CDN, no web fonts)"
