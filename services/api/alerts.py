@@ -44,7 +44,6 @@ VerdictName = Literal["acknowledged", "confirmed", "false_alarm"]
 STATUS_OF_VERDICT: dict[str, Status] = {"acknowledged": "acknowledged", "confirmed": "confirmed", "false_alarm": "dismissed"}
 VERDICT_NAMES: dict[int, VerdictName] = {Verdict.VERDICT_ACKNOWLEDGED: "acknowledged", Verdict.VERDICT_CONFIRMED: "confirmed", Verdict.VERDICT_FALSE_ALARM: "false_alarm"}
 VERDICT_VALUES: dict[str, int] = {name: value for value, name in VERDICT_NAMES.items()}
-SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def store_index(store_id: str) -> str:

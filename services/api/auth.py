@@ -23,7 +23,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 Role = Literal["admin", "hq_analyst", "store_manager", "officer"]
-ROLES: tuple[Role, ...] = ("admin", "hq_analyst", "store_manager", "officer")
 USERNAME = r"^[a-z0-9][a-z0-9_.@-]{1,63}$"
 USERS_HASH = "sw:users"
 SESSION_PREFIX = "sw:session:"
@@ -105,6 +104,10 @@ class Principal:
     stores: frozenset[str]
     display_name: str
     every_store: bool
+
+    @classmethod
+    def of(cls, record: UserRecord) -> Principal:
+        return cls(record.username, record.role, frozenset(record.stores), record.display_name or record.username, record.sees_every_store())
 
     def may_see(self, store_id: str) -> bool:
         return self.every_store or store_id in self.stores
@@ -212,8 +215,7 @@ class Directory:
         found = self.user(session["username"])
         if found is None:
             return None
-        record = found[0]
-        return Principal(record.username, record.role, frozenset(record.stores), record.display_name or record.username, record.sees_every_store())
+        return Principal.of(found[0])
 
 
 def _session_key(token: str) -> str:
