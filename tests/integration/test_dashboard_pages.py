@@ -168,6 +168,11 @@ def test_signed_out_visit_ends_on_the_sign_in_form_without_policy_violations(sit
             page.wait_for_selector("#login-error .notice", timeout=15_000)
             assert "Wrong username or password" in page.inner_text("#login-error")
             assert problems == []
+            # Where sign-in sends the user afterwards: only a path on this site (no open redirect).
+            cases = ["/alerts/al-1", "/stats?days=7", "/\t/evil.example", "/\n/evil.example", "/\t\\evil.example", "//evil.example",
+                     "/\\evil.example", "https://evil.example/", "javascript:alert(1)", "/login?next=/x"]
+            sent = page.evaluate("async (cases) => { const m = await import('/static/common.js'); return cases.map((c) => m.safeNext(c)); }", cases)
+            assert sent == ["/alerts/al-1", "/stats?days=7"] + ["/"] * 8
         finally:
             browser.close()
 
