@@ -15,6 +15,7 @@ import base64
 import hashlib
 import heapq
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,10 +33,11 @@ from services.shared.kafka import ConsumeLoop, Output, RetryableError
 from services.shared.serde import PoisonMessage, decode, to_json_dict
 from services.shared.storeconfig import StoreConfig
 
+log = logging.getLogger("api")
+
 ALERTS_HASH = "sw:alerts"
 ALL_BY_TIME = "sw:alerts:by_time"
 STATUS_HASH = "sw:alerts:status"
-VERDICT_COUNTS = "sw:stats:verdicts"
 LIVE_CHANNEL = "sw:alerts:live"
 KEY_PREFIX = "sw:alerts"
 
@@ -59,7 +61,13 @@ def history_key(alert_id: str) -> str:
 
 
 def day_key(day: str) -> str:
+    """Alerts per store and rule raised on a store-local day."""
     return f"sw:stats:day:{day}"
+
+
+def verdict_day_key(day: str) -> str:
+    """Verdicts per store, rule and verdict on the alerts of a store-local day."""
+    return f"sw:stats:verdicts:{day}"
 
 
 def severity_name(value: str) -> str:
@@ -86,7 +94,7 @@ return 1
 """
 
 # Keep a verdict once; the newest verdict (by its time) is the alert's status, and the per store and
-# rule verdict counts follow the status (a changed verdict moves its count).
+# rule verdict counts of the alert's day follow the status (a changed verdict moves its count).
 _APPLY_VERDICT = """
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return 0 end
 redis.call('EXPIRE', KEYS[2], ARGV[7])
@@ -98,6 +106,7 @@ if current then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HINCRBY', KEYS[3], ARGV[6] .. ARGV[5], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
 redis.call('PUBLISH', KEYS[4], ARGV[8])
 return 2
 """
@@ -181,16 +190,23 @@ class AlertStore:
         pipe.execute()
 
     def apply_feedback(self, feedback: Feedback) -> bool:
-        """Record a verdict once; True when it is new (a replay changes nothing)."""
+        """Record a verdict once; True when it is new (a replay changes nothing). A verdict on an alert
+        not kept here (past the retention) is passed over: it has no status or day to count in."""
         verdict = VERDICT_NAMES.get(feedback.verdict)
         if verdict is None:
             raise ValueError(f"verdict {feedback.verdict} is not one the api records")
+        raw = self.redis.hget(ALERTS_HASH, feedback.alert_id)
+        if raw is None:
+            log.info("verdict on an alert not kept here, passed over", extra={"alert_id": feedback.alert_id})
+            return False
+        alert = json.loads(cast(bytes, raw))
+        day = self.local_day(alert["store_id"], int(alert["event_time_ms"]))
         entry = {"verdict": verdict, "user": feedback.user, "time_ms": feedback.time_ms, "note": feedback.comment}
-        live = json.dumps({"type": "status", "alert_id": feedback.alert_id, "store_id": feedback.store_id})
+        live = json.dumps({"type": "status", "alert_id": feedback.alert_id, "store_id": alert["store_id"]})
         result = self._apply_verdict(
-            keys=[STATUS_HASH, history_key(feedback.alert_id), VERDICT_COUNTS, LIVE_CHANNEL],
+            keys=[STATUS_HASH, history_key(feedback.alert_id), verdict_day_key(day), LIVE_CHANNEL],
             args=[feedback.alert_id, feedback_id(feedback), json.dumps(entry), feedback.time_ms, verdict,
-                  f"{feedback.store_id}\t{feedback.rule}\t", int(self.retention_ms / 1000) + 86400, live])
+                  f"{alert['store_id']}\t{alert['rule']}\t", int(self.retention_ms / 1000) + 2 * 86400, live])
         return bool(result)
 
     def handle(self, messages: list[Message]) -> list[Output]:
@@ -315,14 +331,19 @@ class AlertStore:
     def stats(self, stores: Iterable[str], days: int, today: str | None = None) -> dict:
         """Alerts per day per store and per rule over the last `days` days, and verdict counts with precision."""
         wanted = set(stores)
-        end = datetime.fromisoformat(today).date() if today else datetime.now(UTC).date()
+        if today:
+            end = datetime.fromisoformat(today).date()
+        else:  # the latest local date among the stores, so a store ahead of UTC sees its today
+            now = datetime.now(UTC)
+            end = max((now.astimezone(ZoneInfo(self._stores[s].timezone)).date() for s in wanted if s in self._stores), default=now.date())
         day_list = [(end.toordinal() - i) for i in range(days - 1, -1, -1)]
         day_names = [datetime.fromordinal(d).date().isoformat() for d in day_list]
         pipe = self.redis.pipeline()
         for name in day_names:
             pipe.hgetall(day_key(name))
-        pipe.hgetall(VERDICT_COUNTS)
-        *per_day, verdicts = pipe.execute()
+            pipe.hgetall(verdict_day_key(name))
+        replies = pipe.execute()
+        per_day, per_day_verdicts = replies[0::2], replies[1::2]
         by_store: dict[str, dict] = {}
         by_rule: dict[str, dict] = {}
 
@@ -338,12 +359,13 @@ class AlertStore:
                     entry = row(table, key)
                     entry["alerts"] += int(value)
                     entry["per_day"][index] += int(value)
-        for field, value in verdicts.items():
-            store_id, rule, verdict = field.decode().split("\t", 2)
-            if store_id not in wanted or verdict not in ("confirmed", "false_alarm", "acknowledged"):
-                continue
-            for table, key in ((by_store, store_id), (by_rule, rule)):
-                row(table, key)[verdict] += max(0, int(value))
+        for verdicts in per_day_verdicts:
+            for field, value in verdicts.items():
+                store_id, rule, verdict = field.decode().split("\t", 2)
+                if store_id not in wanted or verdict not in ("confirmed", "false_alarm", "acknowledged"):
+                    continue
+                for table, key in ((by_store, store_id), (by_rule, rule)):
+                    row(table, key)[verdict] += max(0, int(value))
         for table in (by_store, by_rule):
             for entry in table.values():
                 judged = entry["confirmed"] + entry["false_alarm"]

@@ -3,7 +3,8 @@
 Users come from a YAML file (the chain's directory, read at start, password hashes only) and from
 the admin API (kept in Redis). A session is an opaque random token; Redis keeps only its SHA-256,
 so a copy of Redis holds no usable token. The same token works as the `sw_session` cookie (pages)
-and as `Authorization: Bearer` (scripts). A user deleted or changed takes effect on the next request.
+and as `Authorization: Bearer` (scripts). A user deleted, made again or given a new password ends
+their sessions on the next request; a changed role or store list applies to it.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class Directory:
         """A new token for the user and when it expires (epoch ms)."""
         token = secrets.token_urlsafe(32)
         expires_ms = int((time.time() + self.session_ttl_s) * 1000)
-        body = json.dumps({"username": record.username, "expires_ms": expires_ms})
+        body = json.dumps({"username": record.username, "user_key": _user_key(record), "expires_ms": expires_ms})
         self.redis.set(_session_key(token), body, ex=self.session_ttl_s)
         return token, expires_ms
 
@@ -213,9 +214,16 @@ class Directory:
         if session["expires_ms"] < time.time() * 1000:
             return None
         found = self.user(session["username"])
-        if found is None:
+        # A user removed, or removed and made again under the same name, or given a new password,
+        # is no longer the user the session was opened for.
+        if found is None or session.get("user_key") != _user_key(found[0]):
             return None
         return Principal.of(found[0])
+
+
+def _user_key(record: UserRecord) -> str:
+    """Tells this user record from a later one of the same name (each hash has its own salt)."""
+    return hashlib.sha256(record.password_hash.get_secret_value().encode()).hexdigest()[:32]
 
 
 def _session_key(token: str) -> str:

@@ -377,21 +377,21 @@ async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterato
         yield b": connected\n\n"
         last_ping = time.monotonic()
         while not await request.is_disconnected():
+            if time.monotonic() - last_ping >= hq.ping_s:
+                # On a clock, busy or not: a feed outlives neither its session nor its user.
+                last_ping = time.monotonic()
+                if await asyncio.to_thread(hq.directory.principal, _token(request)) is None:
+                    yield b"event: expired\ndata: {}\n\n"
+                    return
+                yield b": ping\n\n"
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None:
-                if time.monotonic() - last_ping >= hq.ping_s:
-                    last_ping = time.monotonic()
-                    # A feed outlives neither its session nor its user.
-                    if await asyncio.to_thread(hq.directory.principal, _token(request)) is None:
-                        yield b"event: expired\ndata: {}\n\n"
-                        return
-                    yield b": ping\n\n"
                 continue
             event = json.loads(message["data"])
             if not who.may_see(event.get("store_id", "")):
-                continue
+                continue  # most messages of a chain: not even a lookup
             view = await asyncio.to_thread(hq.alerts.view, event["alert_id"])
-            if view is None:
+            if view is None or not who.may_see(view["store_id"]):
                 continue
             data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
             yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()

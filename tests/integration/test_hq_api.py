@@ -297,16 +297,23 @@ def test_poison_verdict_is_skipped_and_alert_store_rebuilds_from_topics(hq):
     assert consume_all(hq.broker, topics.dlq(topics.FEEDBACK), timeout=3, idle=1) == []
     wait_for(lambda: analyst.get("/v1/alerts/al-r").json()["history"], 20, "the verdict kept")
 
-    # Redis loses the alerts (a flush, a new instance): rebuilt from sw.alerts.v1 and sw.feedback.v1.
+    stats_before = analyst.get("/v1/stats", params={"days": 2}).json()
+    assert stats_before["by_rule"][0]["confirmed"] == 1
+
+    # Redis loses the alert store (a flush, a new instance; sessions kept here so the test can look):
+    # rebuilt from sw.alerts.v1 and sw.feedback.v1, and a second rebuild changes nothing.
     store = redis.Redis.from_url(hq.redis_url)
-    for key in store.scan_iter("sw:alerts*"):
-        store.delete(key)
+    for pattern in ("sw:alerts*", "sw:stats:*"):
+        for key in store.scan_iter(pattern):
+            store.delete(key)
     assert analyst.get("/v1/alerts").json()["alerts"] == []
-    done = subprocess.run([sys.executable, "-m", "services.api", "rebuild"], cwd=ROOT, env={**BASE_ENV, **hq.env}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    listed = analyst.get("/v1/alerts").json()["alerts"]
-    assert [a["alert_id"] for a in listed] == ["al-s", "al-r"]
-    assert listed[1]["status"] == "confirmed" and listed[1]["verdict"]["note"] == "rebuild me"
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "services.api", "rebuild"], cwd=ROOT, env={**BASE_ENV, **hq.env}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        listed = analyst.get("/v1/alerts").json()["alerts"]
+        assert [a["alert_id"] for a in listed] == ["al-s", "al-r"]
+        assert listed[1]["status"] == "confirmed" and listed[1]["verdict"]["note"] == "rebuild me"
+        assert analyst.get("/v1/stats", params={"days": 2}).json() == stats_before
 
 
 def test_admin_adds_and_removes_users_and_bad_input_gets_4xx(hq):
@@ -322,6 +329,9 @@ def test_admin_adds_and_removes_users_and_bad_input_gets_4xx(hq):
     assert newmgr.get("/v1/auth/me").json()["stores"] == ["store-002"]
     assert admin.delete("/v1/users/newmgr").status_code == 204
     assert newmgr.get("/v1/auth/me").status_code == 401  # a removed user's session ends with them
+    # A new user under the old name does not inherit the old one's sessions.
+    assert admin.post("/v1/users", json={"username": "newmgr", "password": "another long password", "role": "hq_analyst"}).status_code == 201
+    assert newmgr.get("/v1/auth/me").status_code == 401
     assert "a long enough password" not in hq.proc.log_text()
     for body in ({"verdict": "maybe"}, {"verdict": "confirmed", "note": "x" * 1001}, {"verdict": "confirmed", "extra": 1}):
         assert admin.post("/v1/alerts/al-x/verdict", json=body).status_code == 422
