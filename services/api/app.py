@@ -15,6 +15,7 @@ from services.api.hq import Hq, hq_router
 from services.api.pages import mount_dashboard
 from services.api.pos import PosEventIn, context_errors
 from services.shared import topics
+from services.shared.evidence import STORE_ERRORS
 from services.shared.kafka import produce_and_wait
 from services.shared.serde import encode
 
@@ -32,9 +33,13 @@ def create_app(hq: Hq, ready: Callable[[], bool], max_clock_skew_s: float = 300.
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"alert store unavailable, retry: {type(exc).__name__}"}, headers={"Retry-After": "1"})
 
-    @app.exception_handler(OSError)
-    async def storage_down(_request: Request, exc: OSError) -> JSONResponse:
+    async def storage_down(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"evidence store unavailable, retry: {type(exc).__name__}"}, headers={"Retry-After": "1"})
+
+    # OSError, and the S3 client's own errors that s3fs passes through untranslated.
+    for error in STORE_ERRORS:
+        if issubclass(error, Exception):
+            app.add_exception_handler(error, storage_down)
 
     @app.post("/v1/pos/events", status_code=202, tags=["pos"])
     async def post_pos_event(event: PosEventIn) -> JSONResponse:

@@ -14,6 +14,11 @@ from typing import cast
 import redis
 
 AUDIT_STREAM = "sw:audit"
+
+
+def alert_stream(alert_id: str) -> str:
+    """The same entries again for one alert, so a case file's trail is complete however old it is."""
+    return f"sw:audit:alert:{alert_id}"
 ACTIONS = ("sign_in", "sign_in_failed", "sign_out", "evidence.view", "evidence.file", "evidence.export", "verdict", "user.create", "user.delete")
 
 
@@ -36,7 +41,10 @@ class AuditLog:
         """Append one entry; returns its id. Raises redis errors: an action that cannot be audited fails."""
         fields = {"time_ms": str(int(time.time() * 1000)), "user": entry.user, "role": entry.role, "action": entry.action,
                   "alert_id": entry.alert_id, "store_id": entry.store_id, "detail": entry.detail[:1000], "ip": entry.ip}
-        return cast(bytes, self.redis.xadd(AUDIT_STREAM, fields)).decode()  # type: ignore[arg-type]
+        entry_id = cast(bytes, self.redis.xadd(AUDIT_STREAM, fields)).decode()  # type: ignore[arg-type]
+        if entry.alert_id:
+            self.redis.xadd(alert_stream(entry.alert_id), fields, id=entry_id)  # type: ignore[arg-type]
+        return entry_id
 
     def query(self, user: str = "", action: str = "", alert_id: str = "", before: str | None = None, limit: int = 100,
               scan_limit: int = 5000) -> tuple[list[dict], str | None]:
@@ -70,8 +78,11 @@ class AuditLog:
             upper = f"({last_id}"
         return found, last_id
 
-    def for_alert(self, alert_id: str, limit: int = 1000) -> list[dict]:
-        return self.query(alert_id=alert_id, limit=limit, scan_limit=100_000)[0]
+    def for_alert(self, alert_id: str) -> list[dict]:
+        """Every entry about one alert, newest first."""
+        rows = cast(list, self.redis.xrevrange(alert_stream(alert_id)))
+        return [{"id": raw_id.decode(), **(fields := {k.decode(): v.decode() for k, v in raw.items()}), "time_ms": int(fields.get("time_ms", 0))}
+                for raw_id, raw in rows]
 
 
 def _valid_entry_id(entry_id: str) -> bool:

@@ -129,12 +129,13 @@ class Directory:
     """Users (file and API), password checks, and sessions, all in Redis except the file."""
 
     def __init__(self, client: redis.Redis, file_users: dict[str, UserRecord], session_ttl_s: int,
-                 max_failures: int = 10, lockout_s: int = 300) -> None:
+                 max_failures: int = 10, lockout_s: int = 300, max_failures_per_address: int = 50) -> None:
         self.redis = client
         self.file_users = file_users
         self.session_ttl_s = session_ttl_s
         self.max_failures = max_failures
         self.lockout_s = lockout_s
+        self.max_failures_per_address = max_failures_per_address
         # Verifying against this when the user does not exist costs the same time as a real check.
         self._dummy_hash = hash_password(secrets.token_hex(16))
 
@@ -169,20 +170,25 @@ class Directory:
 
     # ---- sign-in and sessions ------------------------------------------------------------------
 
-    def authenticate(self, username: str, password: str) -> UserRecord | None:
-        """The user when the password matches; LoginLocked after too many failures for that name."""
+    def authenticate(self, username: str, password: str, address: str = "") -> UserRecord | None:
+        """The user when the password matches; LoginLocked after too many failures for that name, or
+        from that address (which also keeps failed attempts from growing the audit log without end)."""
         failed_key = FAILED_PREFIX + hashlib.sha256(username.encode()).hexdigest()
-        failures = int(cast(bytes | None, self.redis.get(failed_key)) or 0)
+        address_key = FAILED_PREFIX + "address:" + hashlib.sha256(address.encode()).hexdigest()
+        failures, from_address = (int(v or 0) for v in cast(list, self.redis.mget(failed_key, address_key)))
         if failures >= self.max_failures:
             raise LoginLocked(f"too many failed sign-ins for this user; try again in {self.lockout_s // 60} minutes")
+        if from_address >= self.max_failures_per_address:
+            raise LoginLocked(f"too many failed sign-ins from this address; try again in {self.lockout_s // 60} minutes")
         found = self.user(username)
         stored_hash = found[0].password_hash.get_secret_value() if found else self._dummy_hash
         try:
             _hasher.verify(stored_hash, password)
         except (VerificationError, InvalidHashError):
             pipe = self.redis.pipeline()
-            pipe.incr(failed_key)
-            pipe.expire(failed_key, self.lockout_s)
+            for key in (failed_key, address_key):
+                pipe.incr(key)
+                pipe.expire(key, self.lockout_s)
             pipe.execute()
             return None
         if found is None:

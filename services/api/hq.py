@@ -149,7 +149,7 @@ def hq_router(hq: Hq) -> APIRouter:
     async def login(body: LoginIn, request: Request) -> JSONResponse:
         """Sign in; sets the session cookie and returns the same token for scripts (Bearer)."""
         try:
-            record = await asyncio.to_thread(hq.directory.authenticate, body.username, body.password.get_secret_value())
+            record = await asyncio.to_thread(hq.directory.authenticate, body.username, body.password.get_secret_value(), _client_ip(request))
         except LoginLocked as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(hq.directory.lockout_s)}) from None
         if record is None:

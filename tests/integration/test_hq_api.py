@@ -349,3 +349,16 @@ def test_live_feed_ends_when_its_session_does(hq):
             if line == "event: expired":
                 break
     assert "event: expired" in lines
+
+
+def test_failed_sign_ins_lock_the_name_then_the_address(hq):
+    def sign_in(username: str, password: str) -> int:
+        return httpx.post(f"{hq.url}/v1/auth/login", json={"username": username, "password": password}, timeout=20).status_code
+
+    assert [sign_in("officer", "guess") for _ in range(10)] == [401] * 10
+    assert sign_in("officer", PASSWORD) == 429  # the right password too, until the lockout ends
+    assert sign_in("hq", PASSWORD) == 200  # other users are not locked
+    assert {sign_in(f"nobody{i}", "guess") for i in range(40)} == {401}
+    assert sign_in("hq", PASSWORD) == 429  # 50 failures from one address: it waits too
+    admin_entries = redis.Redis.from_url(hq.redis_url).xlen("sw:audit")
+    assert admin_entries == 10 + 1 + 40  # the refused attempts are not written to the audit log
