@@ -104,30 +104,35 @@ def measured_fps(frames: Sequence[BufferedFrame], default: float) -> float:
 
 def clip(frames: Sequence[BufferedFrame], fps: float) -> tuple[bytes, int]:
     """An MJPEG AVI of the frames at `fps` (frames that cannot be decoded are left out), and how
-    many frames it holds. OpenCV writes to a file only: a temporary one, read back and removed."""
-    images = []
-    for frame in frames:
-        try:
-            images.append(decode(frame.jpeg))
-        except RenderError:
-            continue
-    if not images:
-        raise RenderError("no frame of the window could be decoded")
-    height, width = images[0].shape[:2]
+    many frames it holds. Frames are decoded one at a time as they are written, so a long 720p
+    window never sits decoded in memory. OpenCV writes to a file only: a temporary one, read back and removed."""
     fd, path = tempfile.mkstemp(prefix="sw-clip-", suffix=".avi")
     os.close(fd)
+    writer: cv2.VideoWriter | None = None
+    written = 0
     try:
-        writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
-        if not writer.isOpened():
-            raise RenderError("OpenCV cannot open an MJPEG AVI writer")
-        try:
-            for image in images:
-                writer.write(image if image.shape[:2] == (height, width) else cv2.resize(image, (width, height)))
-        finally:
-            writer.release()
+        size: tuple[int, int] = (0, 0)
+        for frame in frames:
+            try:
+                image = decode(frame.jpeg)
+            except RenderError:
+                continue
+            if writer is None:
+                size = (image.shape[1], image.shape[0])
+                writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
+                if not writer.isOpened():
+                    raise RenderError("OpenCV cannot open an MJPEG AVI writer")
+            writer.write(image if (image.shape[1], image.shape[0]) == size else cv2.resize(image, size))
+            written += 1
+        if writer is None:
+            raise RenderError("no frame of the window could be decoded")
+        writer.release()
+        writer = None
         with open(path, "rb") as fh:
-            return fh.read(), len(images)
+            return fh.read(), written
     except cv2.error as exc:
         raise RenderError(f"clip could not be encoded ({exc.err})") from None
     finally:
+        if writer is not None:
+            writer.release()
         os.unlink(path)
