@@ -313,12 +313,14 @@ class AlertStore:
         return found, None
 
     def _scan(self, key: str, upper: float, lower: float, before: tuple[float, str] | None, chunk: int = 200) -> Iterator[tuple[float, str]]:
-        """One index, newest first, strictly after the cursor; ties in time ordered by id like Redis does."""
-        offset = 0
-        top = "+inf" if upper == float("inf") else int(upper)
+        """One index, newest first, strictly after the cursor; ties in time ordered by id like Redis does.
+        Each chunk starts at the last time read (skipping the alerts already read at that time), not
+        at an offset from the top, so an alert that arrives late, below the page, shifts nothing."""
+        top, skip = upper, 0
         bottom = "-inf" if lower == float("-inf") else int(lower)
         while True:
-            rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(key, top, bottom, start=offset, num=chunk, withscores=True))
+            rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(
+                key, "+inf" if top == float("inf") else int(top), bottom, start=skip, num=chunk, withscores=True))
             for raw, score in rows:
                 member = raw.decode()
                 if before is not None and (score > before[0] or (score == before[0] and member >= before[1])):
@@ -326,7 +328,10 @@ class AlertStore:
                 yield score, member
             if len(rows) < chunk:
                 return
-            offset += chunk
+            last = rows[-1][1]
+            at_last = sum(1 for _, score in rows if score == last)
+            skip = skip + at_last if last == top else at_last
+            top = last
 
     def stats(self, stores: Iterable[str], days: int, today: str | None = None) -> dict:
         """Alerts per day per store and per rule over the last `days` days, and verdict counts with precision."""

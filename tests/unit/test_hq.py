@@ -10,7 +10,7 @@ import yaml
 from argon2 import PasswordHasher
 
 from devplatform.devusers import dev_credentials, write_dev_users
-from services.api.alerts import AlertFilter, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
+from services.api.alerts import AlertFilter, AlertStore, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
 from services.api.audit import _valid_entry_id
 from services.api.auth import Principal, UserRecord, hash_password, load_users_file
 from services.api.hq import _camera_view, _package_view
@@ -123,3 +123,35 @@ def test_dev_users_one_per_role_with_private_passwords(tmp_path):
     again = write_dev_users(tmp_path, ["store-001"])  # a new `dev up`: new passwords
     assert json.loads((tmp_path / "dev-credentials.json").read_text())["hq"]["password"] != credentials["hq"]["password"]
     assert again == path
+
+
+class SortedSet:
+    """Just enough of Redis's ZREVRANGEBYSCORE for the alert store's index scan."""
+
+    def __init__(self, members: dict[str, float]) -> None:
+        self.members = members
+
+    def zrevrangebyscore(self, _key, top, bottom, start=0, num=None, withscores=False):
+        high = float(top) if top != "+inf" else float("inf")
+        low = float(bottom) if bottom != "-inf" else float("-inf")
+        rows = sorted(((m.encode(), s) for m, s in self.members.items() if low <= s <= high), key=lambda r: (r[1], r[0]), reverse=True)
+        return rows[start:start + num]
+
+
+def test_index_scan_survives_ties_and_late_alerts_below_the_page():
+    members = {f"al-{i:03d}": float(1000 + i // 4) for i in range(40)}  # ties of four at each time
+    index = SortedSet(members)
+    store = AlertStore.__new__(AlertStore)
+    store.redis = index  # type: ignore[assignment]
+    expected = [m for m, _ in sorted(members.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+    assert [m for _, m in store._scan("k", float("inf"), float("-inf"), None, chunk=3)] == expected
+    # Alerts that arrive late (older event times) while a scan is under way do not repeat any alert.
+    scan = store._scan("k", float("inf"), float("-inf"), None, chunk=3)
+    seen = [next(scan)[1] for _ in range(10)]
+    for i in range(5):
+        members[f"late-{i}"] = 1000.0 + i
+    seen += [m for _, m in scan]
+    assert len(seen) == len(set(seen)) and set(expected) <= set(seen)
+    # From a cursor in the middle of a tie: strictly after it.
+    after = [m for _, m in store._scan("k", 1005.0, float("-inf"), (1005.0, "al-021"), chunk=2)]
+    assert after[:3] == ["al-020", "late-4", "al-019"] and "al-021" not in after
