@@ -68,8 +68,8 @@ export async function api(path, { method = "GET", body, raw = false, redirect = 
 /** A same-origin path from the server, or null: never a javascript: or foreign URL. */
 export function safeUrl(url) {
   if (typeof url !== "string" || !url.startsWith("/") || url.startsWith("//") || url.startsWith("/\\")) return null;
-  // Browsers drop tabs and newlines from URLs ("/\t/evil.example" is "//evil.example") and read "\" as
-  // "/": refuse both, then make sure the browser itself resolves it to this site.
+  // Browsers drop tabs and newlines from URLs (slash, tab, slash becomes two slashes: another host)
+  // and read a backslash as a slash: refuse both, then make sure the browser resolves it to this site.
   if (/[\u0000-\u001f\u007f\\]/.test(url)) return null;
   try {
     if (new URL(url, location.origin).origin !== location.origin) return null;
