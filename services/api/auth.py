@@ -175,25 +175,29 @@ class Directory:
         from that address (which also keeps failed attempts from growing the audit log without end)."""
         failed_key = FAILED_PREFIX + hashlib.sha256(username.encode()).hexdigest()
         address_key = FAILED_PREFIX + "address:" + hashlib.sha256(address.encode()).hexdigest()
-        failures, from_address = (int(v or 0) for v in cast(list, self.redis.mget(failed_key, address_key)))
-        if failures >= self.max_failures:
+        # Count the attempt before the (slow) check, atomically, so parallel guesses cannot slip past
+        # the limit; a successful sign-in takes its count back.
+        pipe = self.redis.pipeline()
+        for key in (failed_key, address_key):
+            pipe.incr(key)
+            pipe.expire(key, self.lockout_s)
+        name_attempts, _, address_attempts, _ = pipe.execute()
+        if name_attempts > self.max_failures:
             raise LoginLocked(f"too many failed sign-ins for this user; try again in {self.lockout_s // 60} minutes")
-        if from_address >= self.max_failures_per_address:
+        if address_attempts > self.max_failures_per_address:
             raise LoginLocked(f"too many failed sign-ins from this address; try again in {self.lockout_s // 60} minutes")
         found = self.user(username)
         stored_hash = found[0].password_hash.get_secret_value() if found else self._dummy_hash
         try:
             _hasher.verify(stored_hash, password)
         except (VerificationError, InvalidHashError):
-            pipe = self.redis.pipeline()
-            for key in (failed_key, address_key):
-                pipe.incr(key)
-                pipe.expire(key, self.lockout_s)
-            pipe.execute()
             return None
         if found is None:
             return None
-        self.redis.delete(failed_key)
+        pipe = self.redis.pipeline()
+        pipe.delete(failed_key)
+        pipe.decr(address_key)
+        pipe.execute()
         record = found[0]
         if _hasher.check_needs_rehash(stored_hash):
             record = record.model_copy(update={"password_hash": SecretStr(hash_password(password))})
