@@ -209,31 +209,28 @@ class AlertStore:
                   f"{alert['store_id']}\t{alert['rule']}\t", int(self.retention_ms / 1000) + 2 * 86400, live])
         return bool(result)
 
+    def take(self, topic: str | None, value: bytes | None) -> bool:
+        """One message of sw.alerts.v1 or sw.feedback.v1 into Redis (the consumer and the rebuild alike);
+        True when it was new. PoisonMessage when it cannot be read."""
+        if topic == topics.FEEDBACK:
+            feedback = decode(Feedback, value, required=("alert_id", "store_id", "verdict"))
+            if feedback.verdict not in VERDICT_NAMES:
+                raise PoisonMessage(f"shrinkwatch.v1.Feedback: verdict {feedback.verdict} is not acknowledged, confirmed or false alarm")
+            return self.apply_feedback(feedback)
+        return self.save(decode(Alert, value, required=("alert_id", "store_id")))
+
     def handle(self, messages: list[Message]) -> list[Output]:
-        """The consumer's batch: alerts and verdicts into Redis; what cannot be read goes to the api's DLQ."""
+        """The consumer's batch: alerts and verdicts into Redis; a message that cannot be read is skipped."""
         assert self.loop is not None
-        outputs: list[Output] = []
         for msg in messages:
             try:
-                if msg.topic() == topics.FEEDBACK:
-                    feedback = decode(Feedback, msg.value(), required=("alert_id", "store_id", "verdict"))
-                    if feedback.verdict not in VERDICT_NAMES:
-                        raise PoisonMessage(f"shrinkwatch.v1.Feedback: verdict {feedback.verdict} is not acknowledged, confirmed or false alarm")
-                    self._write(lambda f=feedback: self.apply_feedback(f))
-                else:
-                    alert = decode(Alert, msg.value(), required=("alert_id", "store_id"))
-                    self._write(lambda a=alert: self.save(a))
+                self.take(msg.topic(), msg.value())
             except PoisonMessage as exc:
                 # The notifier keeps bad alerts in sw.alerts.v1.dlq and the correlator bad verdicts.
                 self.loop.skip(msg, str(exc))
-        return outputs
-
-    @staticmethod
-    def _write(action) -> None:
-        try:
-            action()
-        except redis.RedisError as exc:
-            raise RetryableError(f"redis: {exc}") from None
+            except redis.RedisError as exc:
+                raise RetryableError(f"redis: {exc}") from None
+        return []
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -412,11 +409,8 @@ def rebuild(store: AlertStore, bootstrap_servers: str, echo=print, timeout_s: fl
                     if msg.error() is not None or msg.partition() not in remaining:
                         continue
                     try:
-                        if topic == topics.ALERTS:
-                            counts["alerts"] += store.save(decode(Alert, msg.value(), required=("alert_id", "store_id")))
-                        else:
-                            counts["verdicts"] += store.apply_feedback(decode(Feedback, msg.value(), required=("alert_id", "store_id", "verdict")))
-                    except (PoisonMessage, ValueError):
+                        counts["alerts" if topic == topics.ALERTS else "verdicts"] += store.take(topic, msg.value())
+                    except PoisonMessage:
                         counts["unreadable"] += 1
                     if (msg.offset() or 0) + 1 >= ends[msg.partition()]:
                         remaining.discard(msg.partition())

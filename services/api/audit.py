@@ -69,10 +69,10 @@ class AuditLog:
                 entry_id = raw_id.decode()
                 last_id = entry_id
                 scanned += 1
-                fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
-                if (user and fields.get("user") != user) or (action and fields.get("action") != action) or (alert_id and fields.get("alert_id") != alert_id):
+                entry = _entry(raw_id, raw_fields)
+                if (user and entry.get("user") != user) or (action and entry.get("action") != action) or (alert_id and entry.get("alert_id") != alert_id):
                     continue
-                found.append({"id": entry_id, **fields, "time_ms": int(fields.get("time_ms", 0))})
+                found.append(entry)
                 if len(found) == limit:
                     break
             upper = f"({last_id}"
@@ -80,9 +80,13 @@ class AuditLog:
 
     def for_alert(self, alert_id: str) -> list[dict]:
         """Every entry about one alert, newest first."""
-        rows = cast(list, self.redis.xrevrange(alert_stream(alert_id)))
-        return [{"id": raw_id.decode(), **(fields := {k.decode(): v.decode() for k, v in raw.items()}), "time_ms": int(fields.get("time_ms", 0))}
-                for raw_id, raw in rows]
+        return [_entry(raw_id, raw_fields) for raw_id, raw_fields in cast(list, self.redis.xrevrange(alert_stream(alert_id)))]
+
+
+def _entry(raw_id: bytes, raw_fields: dict[bytes, bytes]) -> dict:
+    """A stream entry as the API shows it."""
+    fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+    return {"id": raw_id.decode(), **fields, "time_ms": int(fields.get("time_ms", 0))}
 
 
 def _valid_entry_id(entry_id: str) -> bool:
