@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,6 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = ROOT / "var" / "run"
@@ -223,12 +226,36 @@ class Platform:
         self.env["SW_MODEL_SERVER"] = info["address"]
 
     def start_webhook_sink(self) -> None:
+        """The local receivers: a webhook endpoint that checks signatures, and an ntfy-compatible push server."""
         ready = self._ready_file("webhook-sink")
         record = self.run_dir / "webhook-deliveries.jsonl"
         record.unlink(missing_ok=True)
-        proc = self._spawn("webhook-sink", [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready)])
+        # A fresh shared secret per start: the notifier signs with it, the sink verifies.
+        self.env["SW_DEV_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
+        argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), "--secret", self.env["SW_DEV_WEBHOOK_SECRET"]]
+        proc = self._spawn("webhook-sink", argv)
         self._wait("webhook-sink", proc, ready.exists, "listening")
-        self.components["webhook-sink"].update(url=json.loads(ready.read_text())["url"], record=str(record))
+        info = json.loads(ready.read_text())
+        self.components["webhook-sink"].update(url=info["url"], ntfy=info["ntfy"], record=str(record))
+        self.components["webhook-sink"]["argv"] = [*argv[:-1], "***"]
+        self.save()
+
+    def _dev_routing(self) -> Path:
+        """The notifier's routing for the local platform: the on-call officer's phone (ntfy, snapshot
+        attached) and HQ's signed webhook at once, the store manager if nobody acknowledges in 10 minutes."""
+        sink = self.components["webhook-sink"]
+        routing = {
+            "dashboard_url": f"http://127.0.0.1:{self.api_port}",
+            "recipients": {
+                "officer": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-officer"}, {"type": "log"}]},
+                "hq": {"contacts": [{"type": "webhook", "name": "webhook-sink", "url": sink["url"], "secret": "${SW_DEV_WEBHOOK_SECRET}"}]},
+                "manager": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-manager"}]},
+            },
+            "routes": [{"name": "every-alert", "levels": [{"notify": ["officer", "hq"]}, {"after_min": 10, "notify": ["manager"]}]}],
+        }
+        path = self.run_dir / "notifier-routing.yaml"
+        path.write_text(yaml.safe_dump(routing, sort_keys=False))
+        return path
 
     def start_service(self, name: str) -> None:
         port = self.api_port if name == "api" else free_port()
@@ -245,8 +272,7 @@ class Platform:
         if name == "ingest":
             env["SW_INGEST_PACE"] = self.ingest_pace
         if name == "notifier":
-            channels = [{"type": "log"}, {"type": "webhook", "name": "webhook-sink", "url": self.components["webhook-sink"]["url"]}]
-            env["SW_NOTIFIER_CHANNELS"] = json.dumps(channels)
+            env["SW_NOTIFIER_ROUTING_FILE"] = str(self._dev_routing())
         proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
         url = f"http://127.0.0.1:{port}/readyz"
         self._wait(name, proc, lambda: http_ready(url), f"GET {url}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 import uvicorn
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from services.api.alerts import AlertStore, rebuild
 from services.api.app import create_app
@@ -24,10 +24,9 @@ from services.api.audit import AuditLog
 from services.api.auth import Directory, load_users_file
 from services.api.hq import Hq
 from services.shared import topics
-from services.shared.evidence import evidence_store_from_settings
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging, logging_dict_config
-from services.shared.settings import ServiceSettings, load_settings
+from services.shared.settings import EvidenceSettings, load_settings
 from services.shared.storeconfig import load_store_config
 
 
@@ -44,8 +43,7 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-class ApiSettings(ServiceSettings):
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+class ApiSettings(EvidenceSettings):
     api_port: int = 8080
     api_group_id: str = "sw-api"
     # The api keeps this much alert history in Redis for queries; sw.alerts.v1 is the system of record.
@@ -57,10 +55,6 @@ class ApiSettings(ServiceSettings):
     api_cookie_secure: bool = False
     # The live feed sends a keep-alive this often and checks that its session is still valid.
     api_live_ping_s: float = Field(15.0, gt=0, le=300)
-    evidence_url: str = "var/evidence"
-    evidence_s3_endpoint: str = ""
-    evidence_s3_key: SecretStr | None = None
-    evidence_s3_secret: SecretStr | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     producer = make_producer(settings.kafka_bootstrap_servers)
     users = load_users_file(settings.api_users_file, {s.id for s in config.stores})
-    evidence = evidence_store_from_settings(settings.evidence_url, settings.evidence_s3_endpoint, settings.evidence_s3_key, settings.evidence_s3_secret)
+    evidence = settings.evidence_store()
     hq = Hq(config=config, alerts=store, directory=Directory(redis_client, users, settings.api_session_ttl_s), audit=AuditLog(redis_client),
             evidence=evidence, producer=producer, redis=redis_client, redis_url=settings.redis_url.get_secret_value(), cookie_secure=settings.api_cookie_secure,
             ping_s=settings.api_live_ping_s)

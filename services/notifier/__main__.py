@@ -1,50 +1,85 @@
-"""Run the notifier: `python -m services.notifier`."""
+"""Run the notifier: `python -m services.notifier`; `python -m services.notifier oncall` shows who is on call."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from services.notifier.channels import ChannelConfig, build_channel
-from services.notifier.channels.log import LogChannelConfig
-from services.notifier.service import Notifier
+from services.notifier.channels import build_channel
+from services.notifier.dispatcher import Contact, Dispatcher
+from services.notifier.outbox import Outbox
+from services.notifier.routing import RoutingConfig, RoutingError, load_routing, on_call
+from services.notifier.service import Notifier, ms, run_escalator
 from services.shared import topics
 from services.shared.health import HealthServer
 from services.shared.kafka import ConsumeLoop
 from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
-from services.shared.settings import ServiceSettings, load_settings
+from services.shared.settings import EvidenceSettings, SettingsError, load_settings
+from services.shared.storeconfig import load_store_config
 
 
-def _log_channel_only() -> list[ChannelConfig]:
-    """A named factory rather than a lambda: mypy cannot infer a lambda's list as the union the field holds."""
-    return [LogChannelConfig()]
-
-
-class NotifierSettings(ServiceSettings):
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    # JSON list, e.g. [{"type":"log"},{"type":"webhook","url":"https://hooks.example/lp","secret":"..."}]
-    notifier_channels: list[ChannelConfig] = Field(default_factory=_log_channel_only)
+class NotifierSettings(EvidenceSettings):
+    # Who is told about what, how and when: see config/notifier-routing.example.yaml.
+    notifier_routing_file: Path = Path("config/notifier-routing.yaml")
     notifier_group_id: str = "sw-notifier"
-    notifier_max_attempts: int = Field(5, ge=1, le=20)
+    # Contacts sent to at once (each contact is sent to by one worker at a time).
+    notifier_workers: int = Field(8, ge=1, le=256)
+    # How long a notification for a channel that attaches the snapshot waits for the recorder to
+    # write it (0: send at once with the link only).
+    notifier_snapshot_wait_s: float = Field(10.0, ge=0, le=300)
+    notifier_escalation_check_s: float = Field(1.0, gt=0, le=60)
 
 
-def main() -> int:
+def load_checked_routing(settings: NotifierSettings) -> tuple[RoutingConfig, dict[str, str]]:
+    """The routing file, checked against the store config; regions by store id."""
+    try:
+        routing = load_routing(settings.notifier_routing_file)
+        stores = load_store_config(settings.store_config).stores
+        regions = {s.id: s.region for s in stores}
+        routing.check_stores(regions, set(regions.values()) - {""})
+    except RoutingError as exc:
+        raise SettingsError(f"invalid routing file: {exc}") from None
+    return routing, regions
+
+
+def show_on_call(routing: RoutingConfig, at: datetime) -> int:
+    print(f"on call at {at.isoformat(timespec='minutes')}")
+    for name, schedule in routing.schedules.items():
+        now = on_call(schedule, at)
+        handover = now.next_handover.astimezone(UTC).isoformat(timespec="minutes") if now.next_handover else "never"
+        print(f"  {name}: {', '.join(now.people) or 'nobody'}  [{now.shift}]  next handover {handover}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.notifier")
+    parser.add_argument("command", nargs="?", choices=["serve", "oncall"], default="serve")
+    parser.add_argument("--at", type=datetime.fromisoformat, help="oncall: this moment (ISO 8601 with offset) instead of now")
+    args = parser.parse_args(argv)
     settings = load_settings(NotifierSettings)
+    routing, regions = load_checked_routing(settings)
+    if args.command == "oncall":
+        at = args.at if args.at and args.at.tzinfo else datetime.now(UTC)
+        return show_on_call(routing, at)
     log = configure_logging("notifier", settings.log_level)
     stop = stop_on_signals()
     redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    attempt_timeout_s = max((getattr(c, "timeout_s", 0.0) for c in settings.notifier_channels), default=0.0) or 1.0
-    channels = [build_channel(c) for c in settings.notifier_channels]
-    notifier = Notifier(redis_client, channels, max_attempts=settings.notifier_max_attempts, attempt_timeout_s=attempt_timeout_s)
-    notifier.stop_event = stop
-    batch_size = 4
-    # Deliveries happen inside the poll loop: allow a whole batch of worst-case deliveries between polls.
-    max_poll_ms = int(max(300.0, batch_size * len(channels) * notifier.worst_case_delivery_s(attempt_timeout_s) + 60) * 1000)
-    loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS], notifier.handle,
-                       batch_size=batch_size, stop_event=stop, consumer_overrides={"max.poll.interval.ms": max_poll_ms})
+    outbox = Outbox(redis_client, keep_ms=ms(routing.delivery.keep_days * 86400))
+    contacts = {channel_id: Contact(channel_id, recipient, build_channel(config), config.type, routing.recipients[recipient].timezone)
+                for channel_id, (recipient, config) in routing.channels().items()}
+    dispatcher = Dispatcher(outbox, routing, contacts, settings.kafka_bootstrap_servers, time.time,
+                            evidence=settings.evidence_store() if settings.notifier_snapshot_wait_s >= 0 else None,
+                            snapshot_wait_s=settings.notifier_snapshot_wait_s, workers=settings.notifier_workers)
+    notifier = Notifier(outbox, routing, regions, time.time, on_enqueued=dispatcher.wake.set)
+    loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS, topics.FEEDBACK], notifier.handle,
+                       batch_size=64, stop_event=stop)
     notifier.loop = loop
 
     def ready() -> bool:
@@ -54,8 +89,12 @@ def main() -> int:
             return False
 
     health = HealthServer(settings.http_host, settings.http_port, ready=ready).start()
-    log.info("started", extra={"channels": [c.name for c in notifier.channels], "http_port": health.port})
-    return run_consume_service(log, loop, health)
+    dispatcher.start()
+    run_escalator(notifier, stop, settings.notifier_escalation_check_s)
+    log.info("started", extra={"contacts": sorted(contacts), "routes": [r.name for r in routing.routes], "http_port": health.port})
+    code = run_consume_service(log, loop, health)
+    dispatcher.close()
+    return code
 
 
 if __name__ == "__main__":

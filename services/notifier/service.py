@@ -1,126 +1,167 @@
-"""Notifier: alerts in, one delivery per alert and channel, however often an alert is replayed.
+"""Notifier: alerts in, each recipient told once on each of their contacts, escalated until acknowledged.
 
-Dedupe lives in Redis, per channel: `SET NX` takes a lease (longer than the slowest delivery)
-before delivering and the key is marked delivered afterwards, so a replayed alert (correlator
-restart, notifier crash before commit) is skipped, and two notifier replicas never deliver the same
-alert at once. Only a crash between a webhook's POST and that mark can repeat a delivery, once the
-lease expires; receivers can dedupe on X-ShrinkWatch-Alert-Id.
+Three parts share the Redis outbox (`outbox.py`):
+
+- the consume loop (`Notifier.handle`) reads sw.alerts.v1 and sw.feedback.v1. An alert is routed
+  (routing file: store, region, rule, severity) and its first level's recipients are enqueued, its
+  later levels scheduled as escalations, all before its offset is committed; a verdict of any kind
+  on sw.feedback.v1 acknowledges the alert and drops its pending escalations. A malformed alert
+  goes to the DLQ.
+- the escalator (`Notifier.escalate_due`, on a timer) enqueues a due level's recipients unless the
+  alert was acknowledged meanwhile; schedules are resolved when the level fires, so an escalation
+  after a handover reaches whoever is on call then.
+- the dispatcher (`dispatcher.py`) sends what is due, each contact on its own, with backoff.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import redis
 from confluent_kafka import Message
 from prometheus_client import Counter
 
-from services.notifier.channels import Channel, DeliveryError, PermanentDeliveryError
+from services.notifier.outbox import Outbox
+from services.notifier.routing import RoutingConfig, matching_routes, quiet_until, resolve_targets
+from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
+from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.kafka import ConsumeLoop, Output, RetryableError
 from services.shared.serde import PoisonMessage, decode
 
 log = logging.getLogger("notifier")
 
-DELIVERIES = Counter("sw_notifier_deliveries_total", "Alert deliveries by outcome", ["channel", "outcome"])
-DELIVERED = b"delivered"
-PENDING = b"pending"
+Clock = Callable[[], float]
+
+ENQUEUED = Counter("sw_notifier_enqueued_total", "Alerts enqueued per recipient, by outcome (now, held for a digest, duplicate)", ["outcome"])
+ESCALATIONS = Counter("sw_notifier_escalations_total", "Escalation levels, by outcome (fired, acknowledged before it was due)", ["outcome"])
+ACKNOWLEDGED = Counter("sw_notifier_acknowledgements_total", "Verdicts that acknowledged an alert")
+UNROUTED = Counter("sw_notifier_unrouted_alerts_total", "Alerts no route matched (nobody told; check the routing file)")
 
 
-MAX_BACKOFF_S = 30.0
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 class Notifier:
-    def __init__(self, redis_client: redis.Redis, channels: list[Channel], max_attempts: int = 5,
-                 attempt_timeout_s: float = 5.0, backoff_s: float = 0.5, dedupe_ttl_s: int = 30 * 86400) -> None:
-        self.redis = redis_client
-        self.channels = channels
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.dedupe_ttl_s = dedupe_ttl_s
-        # The lease must outlive the slowest delivery, or a second worker could deliver meanwhile.
-        self.lease_s = int(self.worst_case_delivery_s(attempt_timeout_s)) + 30
+    def __init__(self, outbox: Outbox, routing: RoutingConfig, regions: dict[str, str], clock: Clock,
+                 on_enqueued: Callable[[], None] = lambda: None) -> None:
+        self.outbox = outbox
+        self.routing = routing
+        self.regions = regions
+        self.clock = clock
+        self.on_enqueued = on_enqueued
         self.loop: ConsumeLoop | None = None
-        self.stop_event = threading.Event()
+        self._channels: dict[str, list[tuple[str, str]]] = {name: [(f"{name}/{c.name}", str(c.type)) for c in r.contacts]
+                                                            for name, r in routing.recipients.items()}
 
-    def worst_case_delivery_s(self, attempt_timeout_s: float) -> float:
-        """Every attempt timing out, with every backoff in between."""
-        waits, delay = 0.0, self.backoff_s
-        for _ in range(self.max_attempts - 1):
-            waits += delay
-            delay = min(delay * 2, MAX_BACKOFF_S)
-        return self.max_attempts * attempt_timeout_s + waits
-
-    @staticmethod
-    def dedupe_key(channel: str, alert_id: str) -> str:
-        return f"sw:notify:{channel}:{alert_id}"
+    # ---- the consume loop ----------------------------------------------------------------------
 
     def handle(self, messages: list[Message]) -> list[Output]:
         assert self.loop is not None
         outputs = []
-        for msg in messages:
-            try:
-                alert = decode(Alert, msg.value(), required=("alert_id", "rule", "store_id"))
-            except PoisonMessage as exc:
-                outputs.append(self.loop.dead_letter(msg, str(exc)))
-                continue
-            for channel in self.channels:
-                error = self._deliver_once(channel, alert)
-                if error:
-                    outputs.append(self.loop.dead_letter(msg, error))
-        return outputs
-
-    def _deliver_once(self, channel: Channel, alert: Alert) -> str | None:
-        """Deliver unless already delivered; returns an error text when the alert must go to the DLQ."""
-        key = self.dedupe_key(channel.name, alert.alert_id)
         try:
-            if not self.redis.set(key, PENDING, nx=True, ex=self.lease_s):
-                if self.redis.get(key) == DELIVERED:
-                    DELIVERIES.labels(channel.name, "duplicate_skipped").inc()
-                    log.info("duplicate alert skipped", extra={"alert_id": alert.alert_id, "channel": channel.name})
-                    return None
-                raise RetryableError(f"alert {alert.alert_id} is being delivered on {channel.name} by another worker")
+            for msg in messages:
+                if msg.topic() == topics.FEEDBACK:
+                    self._feedback(msg)
+                    continue
+                try:
+                    alert = decode(Alert, msg.value(), required=("alert_id", "rule", "store_id"))
+                except PoisonMessage as exc:
+                    outputs.append(self.loop.dead_letter(msg, str(exc)))
+                    continue
+                self.route(alert, msg.value() or b"")
         except redis.RedisError as exc:
             raise RetryableError(f"redis: {exc}") from None
-        try:
-            receipt = self._deliver_with_retries(channel, alert)
-        except RetryableError:
-            self._release(key)
-            raise
-        except DeliveryError as exc:
-            self._release(key)
-            DELIVERIES.labels(channel.name, "failed").inc()
-            log.error("delivery failed", extra={"alert_id": alert.alert_id, "channel": channel.name, "error": str(exc)})
-            return f"delivery to {channel.name} failed: {exc}"
-        try:
-            self.redis.set(key, DELIVERED, ex=self.dedupe_ttl_s)
-        except redis.RedisError:
-            # Delivered, but not recorded: the lease expires and a replay could deliver again.
-            log.exception("could not record delivery", extra={"alert_id": alert.alert_id, "channel": channel.name})
-        DELIVERIES.labels(channel.name, "delivered").inc()
-        log.info("alert delivered", extra={"alert_id": alert.alert_id, "channel": channel.name, "receipt": receipt})
-        return None
+        return outputs
 
-    def _release(self, key: str) -> None:
+    def _feedback(self, msg: Message) -> None:
+        assert self.loop is not None
         try:
-            self.redis.delete(key)
-        except redis.RedisError:
-            log.warning("could not release a delivery lease; it expires by itself", extra={"key": key, "lease_s": self.lease_s})
+            feedback = decode(Feedback, msg.value(), required=("alert_id", "verdict"))
+        except PoisonMessage as exc:
+            self.loop.skip(msg, str(exc))  # the correlator owns sw.feedback.v1's DLQ
+            return
+        dropped = self.outbox.acknowledge(feedback.alert_id, Verdict.Name(feedback.verdict))
+        ACKNOWLEDGED.inc()
+        if dropped:
+            ESCALATIONS.labels("acknowledged").inc(dropped)
+        log.info("alert acknowledged", extra={"alert_id": feedback.alert_id, "verdict": Verdict.Name(feedback.verdict),
+                                              "user": feedback.user, "escalations_dropped": dropped})
 
-    def _deliver_with_retries(self, channel: Channel, alert: Alert) -> str:
-        delay = self.backoff_s
-        for attempt in range(1, self.max_attempts + 1):
+    def route(self, alert: Alert, data: bytes) -> None:
+        """Enqueue the first level of every matching route and schedule the later ones (idempotent)."""
+        now = self.clock()
+        first_seen_ms = self.outbox.remember_alert(alert.alert_id, data, ms(now))
+        routes = matching_routes(self.routing, alert, self.regions.get(alert.store_id, ""))
+        if not routes:
+            UNROUTED.inc()
+            log.warning("no route matches the alert; nobody is told", extra={"alert_id": alert.alert_id, "store": alert.store_id, "rule": alert.rule})
+            return
+        for route in routes:
+            for index, level in enumerate(route.levels):
+                due_ms = first_seen_ms + ms(level.after_min * 60)
+                if index and self.outbox.acknowledged(alert.alert_id):
+                    continue  # a replay of an alert already acknowledged: no escalation
+                if due_ms <= ms(now):
+                    self._notify_level(alert, route.name, index, now)
+                else:
+                    self.outbox.schedule_escalation(alert.alert_id, route.name, index, due_ms)
+
+    def _notify_level(self, alert: Alert, route_name: str, index: int, now: float) -> None:
+        route = next(r for r in self.routing.routes if r.name == route_name)
+        at = datetime.fromtimestamp(now, UTC)
+        reason = f"route {route_name}, level {index + 1}" + (f" (after {route.levels[index].after_min:g} min unacknowledged)" if index else "")
+        recipients = resolve_targets(self.routing, route.levels[index], at)
+        if not recipients:
+            log.error("a level resolves to nobody (empty schedule and no fallback)", extra={"alert_id": alert.alert_id, "route": route_name, "level": index + 1})
+        limits = self.routing.limits
+        for name in recipients:
+            until = quiet_until(self.routing.recipients[name], alert.severity, at)
+            outcome = self.outbox.enqueue(alert.alert_id, name, self._channels[name], ms(now), ms(until.timestamp()) if until else 0,
+                                          limits.max_per_window, ms(limits.window_s), ms(limits.digest_after_s), reason)
+            ENQUEUED.labels(outcome).inc()
+            if outcome != "duplicate":
+                log.info("alert enqueued", extra={"alert_id": alert.alert_id, "recipient": name, "mode": outcome, "reason": reason})
+        self.on_enqueued()
+
+    # ---- escalations ---------------------------------------------------------------------------
+
+    def escalate_due(self) -> int:
+        """Fire every escalation level now due; returns how many fired."""
+        now = self.clock()
+        fired = 0
+        for alert_id, route_name, index in self.outbox.due_escalations(ms(now)):
+            if self.outbox.acknowledged(alert_id):
+                ESCALATIONS.labels("acknowledged").inc()
+            elif not any(r.name == route_name and index < len(r.levels) for r in self.routing.routes):
+                log.warning("escalation of a route no longer in the routing file dropped", extra={"alert_id": alert_id, "route": route_name})
+            else:
+                data = self.outbox.alerts([alert_id]).get(alert_id)
+                if data is None:
+                    log.warning("escalation of an alert no longer kept dropped", extra={"alert_id": alert_id})
+                else:
+                    self._notify_level(decode(Alert, data), route_name, index, now)
+                    ESCALATIONS.labels("fired").inc()
+                    fired += 1
+                    log.info("alert escalated", extra={"alert_id": alert_id, "route": route_name, "level": index + 1})
+            self.outbox.escalation_done(alert_id, route_name, index)
+        return fired
+
+
+def run_escalator(notifier: Notifier, stop: threading.Event, every_s: float = 1.0) -> threading.Thread:
+    def loop() -> None:
+        while not stop.wait(every_s):
             try:
-                return channel.deliver(alert)
-            except PermanentDeliveryError:
-                raise
-            except DeliveryError as exc:
-                if attempt == self.max_attempts:
-                    raise
-                log.warning("delivery attempt failed", extra={"alert_id": alert.alert_id, "channel": channel.name, "attempt": attempt, "error": str(exc)})
-                if self.stop_event.wait(delay):
-                    # Shutting down: leave the alert uncommitted; it is delivered after the restart.
-                    raise RetryableError("stopping during delivery retries") from None
-                delay = min(delay * 2, MAX_BACKOFF_S)
-        raise AssertionError("unreachable")
+                notifier.escalate_due()
+            except redis.RedisError as exc:
+                log.warning("escalation check failed; retrying", extra={"error": str(exc)})
+            except Exception:
+                log.exception("escalation check failed; retrying")
+
+    thread = threading.Thread(target=loop, name="escalator", daemon=True)
+    thread.start()
+    return thread

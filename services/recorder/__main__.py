@@ -13,7 +13,7 @@ from services.recorder.service import Recorder
 from services.recorder.settings import RecorderSettings
 from services.shared import topics
 from services.shared.cameras import write_camera_statuses
-from services.shared.evidence import STORE_ERRORS, evidence_store_from_settings
+from services.shared.evidence import STORE_ERRORS
 from services.shared.health import HealthServer
 from services.shared.kafka import ConsumeLoop
 from services.shared.lifecycle import run_consume_service, stop_on_signals
@@ -65,7 +65,7 @@ def main() -> int:
     log = configure_logging("recorder", settings.log_level)
     config = load_store_config(settings.store_config)
     try:
-        store = evidence_store_from_settings(settings.evidence_url, settings.evidence_s3_endpoint, settings.evidence_s3_key, settings.evidence_s3_secret)
+        store = settings.evidence_store()
     except ValueError as exc:
         raise SettingsError(f"invalid setting SW_EVIDENCE_URL: {exc}") from None
     stop = stop_on_signals()

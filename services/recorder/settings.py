@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from services.recorder.service import RecorderOptions
-from services.shared.settings import ServiceSettings
+from services.shared.settings import EvidenceSettings
 
 
-class RecorderSettings(ServiceSettings):
-    # Camera status for the dashboard (hash sw:cameras:status, services/shared/cameras.py).
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+class RecorderSettings(EvidenceSettings):
+    # redis_url: camera status for the dashboard (hash sw:cameras:status, services/shared/cameras.py).
     recorder_group_id: str = "sw-recorder"
     recorder_batch_size: int = Field(64, ge=1, le=1000)
-    # Where evidence goes: a folder, file:///path, or s3://bucket/prefix (any S3-compatible store:
-    # set the endpoint for MinIO and the like; without keys the usual AWS credential chain is used).
-    evidence_url: str = "var/evidence"
-    evidence_s3_endpoint: str = ""
-    evidence_s3_key: SecretStr | None = None
-    evidence_s3_secret: SecretStr | None = None
     # Seconds of each camera's frames kept (capture time), and at most this many MiB of JPEG per camera.
     recorder_buffer_s: float = Field(30.0, gt=0, le=600)
     recorder_buffer_max_mib: float = Field(64.0, gt=0, le=4096)

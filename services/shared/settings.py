@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from services.shared.evidence import EvidenceStore
 
 T = TypeVar("T", bound="ServiceSettings")
 
@@ -57,6 +60,23 @@ class ServiceSettings(BaseSettings):
     # Event times further ahead of this host's clock are refused: a skewed camera or POS clock
     # would otherwise push watermarks into the future.
     max_clock_skew_s: float = Field(300.0, gt=0)
+
+
+class EvidenceSettings(ServiceSettings):
+    """For the services that read or write evidence (recorder, api, notifier)."""
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # Where evidence goes: a folder, file:///path, or s3://bucket/prefix (any S3-compatible store:
+    # set the endpoint for MinIO and the like; without keys the usual AWS credential chain is used).
+    evidence_url: str = "var/evidence"
+    evidence_s3_endpoint: str = ""
+    evidence_s3_key: SecretStr | None = None
+    evidence_s3_secret: SecretStr | None = None
+
+    def evidence_store(self) -> EvidenceStore:
+        from services.shared.evidence import evidence_store_from_settings
+
+        return evidence_store_from_settings(self.evidence_url, self.evidence_s3_endpoint, self.evidence_s3_key, self.evidence_s3_secret)
 
 
 class SettingsError(SystemExit):

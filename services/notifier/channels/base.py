@@ -1,10 +1,9 @@
-"""What every notification channel provides."""
+"""What every notification channel provides, and the message it is given."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
-
-from services.shared.contracts.alert_pb2 import Alert
 
 
 class DeliveryError(RuntimeError):
@@ -12,12 +11,37 @@ class DeliveryError(RuntimeError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """The receiver rejected the alert (4xx): retrying the same request will not help."""
+    """The receiver rejected the notification (4xx): retrying the same request will not help."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to one contact: a single alert, or a digest of several.
+
+    `delivery_id` is the same on every attempt of this notification, so receivers can drop a retry
+    they already processed; `payload` is the JSON document machine receivers (webhooks) get.
+    """
+
+    delivery_id: str
+    recipient: str
+    kind: str  # "alert" or "digest"
+    title: str
+    body: str
+    severity: str
+    url: str
+    alert_ids: list[str]
+    payload: dict
+    snapshot: bytes | None = None
+    snapshot_name: str = "snapshot.jpg"
+    extra: dict = field(default_factory=dict)
 
 
 class Channel(Protocol):
     name: str
+    # Whether the channel carries the evidence snapshot itself (else it gets the link only).
+    attaches_snapshot: bool
+    timeout_s: float
 
-    def deliver(self, alert: Alert) -> str:
-        """Deliver once; return a short receipt (status, target) for the log."""
+    def deliver(self, notification: Notification) -> str:
+        """Deliver once; return a short receipt (status, target) for the delivery record."""
         ...

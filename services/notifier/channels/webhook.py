@@ -1,21 +1,23 @@
-"""Webhook channel: POST the alert as JSON, signed with HMAC-SHA256 when a secret is set."""
+"""Webhook channel: POST the notification's JSON, signed over a timestamp and the body.
+
+How a receiver checks it is in `services.shared.webhooks` and the README.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import time
 from typing import Literal
 
 import httpx
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from services.notifier.channels.base import DeliveryError, PermanentDeliveryError
-from services.shared.contracts.alert_pb2 import Alert
-from services.shared.serde import to_json_dict
+from services.notifier.channels.base import DeliveryError, Notification, PermanentDeliveryError
+from services.shared.webhooks import ALERT_HEADER, DELIVERY_HEADER, signed_headers
 
 
 class WebhookChannelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["webhook"]
     name: str = "webhook"
     url: AnyHttpUrl
@@ -29,23 +31,27 @@ class WebhookChannelConfig(BaseModel):
 
 
 class WebhookChannel:
+    attaches_snapshot = False  # the payload carries the alert page's link; the snapshot stays behind sign-in
+
     def __init__(self, config: WebhookChannelConfig) -> None:
         self.name = config.name
         self.config = config
+        self.timeout_s = config.timeout_s
         self._client = httpx.Client(timeout=config.timeout_s)
 
-    def deliver(self, alert: Alert) -> str:
-        body = json.dumps(to_json_dict(alert), sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", "X-ShrinkWatch-Alert-Id": alert.alert_id}
+    def deliver(self, notification: Notification) -> str:
+        body = json.dumps(notification.payload, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: notification.delivery_id}
+        if notification.kind == "alert":
+            headers[ALERT_HEADER] = notification.alert_ids[0]
         if self.config.secret is not None:
-            digest = hmac.new(self.config.secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-            headers["X-ShrinkWatch-Signature"] = f"sha256={digest}"
+            headers.update(signed_headers(self.config.secret.get_secret_value(), int(time.time()), body))
         try:
             response = self._client.post(str(self.config.url), content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise DeliveryError(f"webhook {self.name}: {type(exc).__name__} {exc}") from None
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code in (408, 429) or response.status_code >= 500:
             raise DeliveryError(f"webhook {self.name}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise PermanentDeliveryError(f"webhook {self.name}: HTTP {response.status_code} {response.text[:200]}")
-        return f"HTTP {response.status_code} {self.config.url}"
+        return f"HTTP {response.status_code}"
