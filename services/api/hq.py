@@ -28,6 +28,7 @@ from services.api.auth import COOKIE, USERNAME, Directory, LoginLocked, Principa
 from services.shared import topics
 from services.shared.cameras import camera_statuses
 from services.shared.contracts.feedback_pb2 import Feedback
+from services.shared.deliveries import read_deliveries
 from services.shared.evidence import EvidenceNotFound, EvidenceStore, manifest_files
 from services.shared.kafka import produce_and_wait
 from services.shared.rulesconfig import RULE_NAMES
@@ -209,12 +210,14 @@ def hq_router(hq: Hq) -> APIRouter:
 
     @router.get("/v1/alerts/{alert_id}", tags=["alerts"])
     async def get_alert(alert_id: AlertId, who: Signed, request: Request) -> dict:
-        """The alert, its evidence (frames, snapshot, clip, detections), its POS events and verdicts."""
+        """The alert, its evidence (frames, snapshot, clip, detections), its POS events, verdicts and notifications."""
         view = await asyncio.to_thread(load_alert, who, alert_id)
         manifest = await asyncio.to_thread(read_manifest, view)
         await asyncio.to_thread(audit, who, "evidence.view", request, view)
         history = await asyncio.to_thread(hq.alerts.history, alert_id)
-        return {**view, "evidence_package": _package_view(alert_id, manifest), "pos_events": (manifest or {}).get("pos_events", []), "history": history}
+        deliveries = await asyncio.to_thread(read_deliveries, hq.redis, alert_id)
+        return {**view, "evidence_package": _package_view(alert_id, manifest), "pos_events": (manifest or {}).get("pos_events", []), "history": history,
+                "deliveries": deliveries}
 
     @router.get("/v1/alerts/{alert_id}/evidence/{name:path}", tags=["alerts"])
     async def evidence_file(alert_id: AlertId, name: str, who: Signed, request: Request) -> Response:
@@ -237,13 +240,14 @@ def hq_router(hq: Hq) -> APIRouter:
 
     @router.get("/v1/alerts/{alert_id}/export", tags=["alerts"])
     async def export(alert_id: AlertId, who: Annotated[Principal, Depends(roles("admin", "hq_analyst", "store_manager"))], request: Request) -> Response:
-        """A zip for a case file: frames, snapshot, clip, POS events, the alert, its verdicts and its audit trail."""
+        """A zip for a case file: frames, snapshot, clip, POS events, the alert, its verdicts, notifications and audit trail."""
         view = await asyncio.to_thread(load_alert, who, alert_id)
         await asyncio.to_thread(audit, who, "evidence.export", request, view)
         trail = await asyncio.to_thread(hq.audit.for_alert, alert_id)
         history = await asyncio.to_thread(hq.alerts.history, alert_id)
+        deliveries = await asyncio.to_thread(read_deliveries, hq.redis, alert_id)
         extra = {"alert.json": json.dumps(view, indent=2).encode(), "audit.json": json.dumps(trail, indent=2).encode(),
-                 "verdicts.json": json.dumps(history, indent=2).encode()}
+                 "verdicts.json": json.dumps(history, indent=2).encode(), "notifications.json": json.dumps(deliveries, indent=2).encode()}
         try:
             data = await asyncio.to_thread(hq.evidence.package, view["store_id"], alert_id, extra)
         except (EvidenceNotFound, ValueError):

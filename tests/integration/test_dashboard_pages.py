@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
@@ -211,6 +212,19 @@ def real_api(broker, redis_url, start_service, tmp_path):
     for alert in (_alert("al-dash-1", 30, Severity.SEVERITY_LOW), _alert("al-dash-2", 10, Severity.SEVERITY_CRITICAL)):
         producer.produce(topics.ALERTS, key=alert.store_id, value=alert.SerializeToString())
     producer.flush(10)
+    # What the notifier records of the critical alert's pushes: one delivered, one still failing.
+    from services.notifier.outbox import Job, Outbox
+
+    outbox = Outbox(redis.Redis.from_url(redis_url), keep_ms=3_600_000)
+    now = int(time.time() * 1000)
+    outbox.enqueue("al-dash-2", "officer", [("officer/phone", "apprise"), ("officer/email", "apprise")], now, 0, 5, 300_000, 60_000, "route all, level 1")
+    for channel, delivered in (("officer/phone", True), ("officer/email", False)):
+        job = outbox.claim(channel, now, 20_000)
+        assert isinstance(job, Job)
+        if delivered:
+            outbox.complete(job, now + 800, {"n": 1, "outcome": "delivered", "ms": 40}, "sent via ntfy")
+        else:
+            outbox.retry(job, now + 60_000, {"n": 1, "outcome": "failed", "error": "smtp: connection refused"}, "apprise email: smtp: connection refused")
     return api
 
 
@@ -253,6 +267,9 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
             page.click("#feed li[data-alert-id='al-dash-2'] a")
             page.wait_for_selector("#details tr", timeout=15_000)
             assert "No evidence was recorded" in page.inner_text("#evidence-status")
+            pushes = page.inner_text("#notifications")
+            assert "officer/phone (apprise)" in pushes and "delivered" in pushes and "0.8 s" in pushes
+            assert page.get_attribute("#notifications tr:has-text('officer/email')", "data-status") == "retrying" and "connection refused" in pushes
             page.fill("#verdict-note", "staff training refund")
             page.click("#btn-dismiss")
             page.wait_for_selector("#alert-title .status-dismissed", timeout=15_000)

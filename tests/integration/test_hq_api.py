@@ -20,6 +20,7 @@ import redis
 import yaml
 
 from services.api.auth import hash_password
+from services.notifier.outbox import Job, Outbox
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -179,9 +180,21 @@ def test_verdict_reaches_feedback_topic_status_history_stats_and_audit(hq):
     alert = make_alert("al-v", "store-001", 3)
     publish_alerts(hq.broker, [alert])
     write_evidence(hq.evidence, alert)
+    # The notifier's record of a push to the officer, as it writes it (one failed attempt, then delivered).
+    outbox = Outbox(redis.Redis.from_url(hq.redis_url), keep_ms=3_600_000)
+    assert outbox.enqueue("al-v", "officer", [("officer/phone", "apprise")], 1_000, 0, 5, 300_000, 60_000, "route all, level 1") == "now"
+    job = outbox.claim("officer/phone", 1_000, 20_000)
+    assert isinstance(job, Job)
+    outbox.retry(job, 1_500, {"n": 1, "outcome": "failed", "error": "HTTP 503"}, "apprise phone: HTTP 503")
+    job = outbox.claim("officer/phone", 1_600, 20_000)
+    assert isinstance(job, Job)
+    outbox.complete(job, 1_700, {"n": 2, "outcome": "delivered", "ms": 12}, "sent via ntfy")
     analyst = client(hq, "hq")
     wait_listed(analyst, 1)
     detail = analyst.get("/v1/alerts/al-v").json()
+    [push] = detail["deliveries"]
+    assert (push["recipient"], push["channel"], push["status"], push["attempts"], push["latency_ms"]) == ("officer", "officer/phone", "delivered", 2, 700)
+    assert [a["outcome"] for a in push["attempt_log"]] == ["failed", "delivered"]
     package = detail["evidence_package"]
     assert package["status"] == "complete" and package["snapshot_url"] == "/v1/alerts/al-v/evidence/snapshot.jpg"
     assert package["detections"]["persons"][0]["track_id"] == "7"
@@ -213,7 +226,8 @@ def test_verdict_reaches_feedback_topic_status_history_stats_and_audit(hq):
 
     zipped = zipfile.ZipFile(io.BytesIO(analyst.get("/v1/alerts/al-v/export").content))
     names = set(zipped.namelist())
-    assert {"manifest.json", "snapshot.jpg", frame_name(41), "alert.json", "audit.json", "verdicts.json"} <= names
+    assert {"manifest.json", "snapshot.jpg", frame_name(41), "alert.json", "audit.json", "verdicts.json", "notifications.json"} <= names
+    assert json.loads(zipped.read("notifications.json"))[0]["receipt"] == "sent via ntfy"
     trail = json.loads(zipped.read("audit.json"))
     assert {e["action"] for e in trail} >= {"evidence.view", "evidence.file", "verdict", "evidence.export"}
 

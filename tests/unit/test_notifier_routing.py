@@ -1,11 +1,13 @@
 """The routing file and its pure logic: matching, on-call schedules with handovers, quiet hours, messages, signatures."""
 
+import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from services.notifier.messages import alert_notification, digest_notification
-from services.notifier.routing import RoutingError, Schedule, matching_routes, on_call, parse_routing, quiet_until, resolve_targets
+from services.notifier.routing import RoutingError, Schedule, load_routing, matching_routes, on_call, parse_routing, quiet_until, resolve_targets
 from services.shared.contracts.alert_pb2 import Alert, Severity
 from services.shared.webhooks import SignatureError, sign, signed_headers, verify
 
@@ -146,3 +148,17 @@ def test_webhook_signatures_cover_timestamp_and_body_and_refuse_replays_and_forg
         verify("s3cret", {}, body, now=1_800_000_000)
     rotated = {**headers, "X-ShrinkWatch-Signature": f"{sign('old', 1_800_000_000, body)}, {headers['X-ShrinkWatch-Signature']}"}
     verify("s3cret", rotated, body, now=1_800_000_000)
+
+
+def test_the_example_routing_file_is_valid(monkeypatch):
+    text = (Path(__file__).resolve().parents[2] / "config" / "notifier-routing.example.yaml").read_text()
+    for name in set(re.findall(r"\$\{([A-Z0-9_]+)\}", text)):
+        monkeypatch.setenv(name, "placeholder")
+    monkeypatch.setenv("SW_PUSHOVER_USER", "u" * 30)
+    monkeypatch.setenv("SW_PUSHOVER_TOKEN", "a" * 30)
+    monkeypatch.setenv("SW_SLACK_TOKEN_A", "T1JJ3T3L2")
+    monkeypatch.setenv("SW_SLACK_TOKEN_B", "A1BRTD4JD")
+    monkeypatch.setenv("SW_SLACK_TOKEN_C", "TIiajkdnlazkcOXrIdevi7FQ")
+    config = load_routing(Path(__file__).resolve().parents[2] / "config" / "notifier-routing.example.yaml")
+    config.check_stores(["store-001"], ["uk-south"])
+    assert on_call(config.schedules["store-001-officers"], _at("2026-12-05T12:00:00+00:00")).people == ["bob"]

@@ -180,6 +180,33 @@ function renderPos(alert) {
       h("td", null, ev.tender || "—"))))));
 }
 
+const DELIVERY_WORDS = { delivered: "delivered", failed: "undeliverable (kept in the DLQ)", retrying: "retrying", queued: "queued",
+  sending: "sending", waiting: "waiting for the snapshot", held: "held for a digest" };
+
+function deliveryAttempts(d) {
+  const log = d.attempt_log || [];
+  return log.map((a) => `#${a.n} ${a.outcome}${a.ms != null ? ` in ${a.ms} ms` : ""}${a.error ? `: ${a.error}` : ""}`).join("\n");
+}
+
+function renderNotifications(alert) {
+  const deliveries = alert.deliveries || [];
+  if (!deliveries.length) {
+    clear(byId("notifications"), h("p", { class: "muted" }, "Nobody has been notified of this alert (yet)."));
+    return;
+  }
+  const zone = storeZone(stores, alert.store_id);
+  clear(byId("notifications"), h("table", null,
+    h("thead", null, h("tr", null, ["Recipient", "Channel", "Why", "Status", "Attempts", "Latency", "Delivered"].map((c) => h("th", { class: c === "Attempts" || c === "Latency" ? "num" : null }, c)))),
+    h("tbody", null, deliveries.map((d) => h("tr", { "data-status": d.status },
+      h("td", null, d.recipient),
+      h("td", { class: "mono" }, `${d.channel}${d.channel_type ? ` (${d.channel_type})` : ""}`),
+      h("td", null, d.kind === "digest" ? `digest of ${d.alerts_in_digest ?? "held"} alerts: ${d.reason}` : d.reason || "—"),
+      h("td", { title: d.last_error || "" }, DELIVERY_WORDS[d.status] || d.status, d.last_error && d.status !== "delivered" ? h("div", { class: "muted small" }, d.last_error) : null),
+      h("td", { class: "num", title: deliveryAttempts(d) }, String(d.attempts)),
+      h("td", { class: "num nowrap" }, d.latency_ms != null ? `${(d.latency_ms / 1000).toFixed(1)} s` : "—"),
+      h("td", null, d.delivered_ms ? timeNode(d.delivered_ms, zone) : "—"))))));
+}
+
 function renderHistory(alert) {
   const history = alert.history?.length ? alert.history : alert.verdict ? [alert.verdict] : [];
   clear(byId("history"), history.length
@@ -228,6 +255,7 @@ function render(alert) {
   renderDetails(alert);
   renderEvidence(alert);
   renderPos(alert);
+  renderNotifications(alert);
   renderHistory(alert);
   const judge = canJudge(user);
   byId("btn-confirm").classList.toggle("hidden", !judge);
