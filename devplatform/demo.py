@@ -44,6 +44,8 @@ class DemoResult:
     posted: list[dict] = field(default_factory=list)
     alerts: list[dict] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)
+    # ntfy pushes to the on-call officer's phone topic
+    pushes: list[dict] = field(default_factory=list)
     # alert id -> its evidence package as the HQ API shows it (None: nothing recorded)
     evidence: dict[str, dict | None] = field(default_factory=dict)
     dashboard: str = ""
@@ -57,6 +59,11 @@ class DemoResult:
         delivered = [d["alert_id"] for d in self.deliveries]
         if sorted(delivered) != sorted(a["alert_id"] for a in self.alerts):
             found.append(f"webhook deliveries {delivered} do not match alerts one to one")
+        if any(d.get("signature") != "valid" for d in self.deliveries):
+            found.append("a webhook delivery was not validly signed")
+        pushed = [p["message"].rsplit("/alerts/", 1)[-1] for p in self.pushes]
+        if sorted(pushed) != sorted(a["alert_id"] for a in self.alerts):
+            found.append(f"phone pushes {pushed} do not match alerts one to one")
         # The sample clip ends a few seconds after its last refund, so that alert's evidence may be
         # "partial" (no frames after the clip); frames around it and the snapshot must be there.
         for alert_id, package in self.evidence.items():
@@ -138,13 +145,20 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         hq = httpx.Client(base_url=api, headers={"Authorization": f"Bearer {login.json()['token']}"}, timeout=5)
         result.dashboard = api + "/"
         # Let the notifier deliver, then a little longer so a duplicate delivery would show up.
-        settle = time.time() + 20
+        # The phone push waits up to SW_NOTIFIER_SNAPSHOT_WAIT_S for the evidence snapshot.
+        sink = comps["webhook-sink"]["url"]
+        settle = time.time() + 30
+
+        def received() -> None:
+            result.deliveries = httpx.get(sink, timeout=5).json()["deliveries"]
+            result.pushes = [p for p in httpx.get(sink.removesuffix("/alerts") + "/", timeout=5).json()["deliveries"] if p["topic"] == "lp-officer"]
+
         while time.time() < settle:
             result.alerts = hq.get("/v1/alerts").json()["alerts"]
-            result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
-            if result.alerts and len(result.deliveries) >= len(result.alerts):
+            received()
+            if result.alerts and len(result.deliveries) >= len(result.alerts) and len(result.pushes) >= len(result.alerts):
                 time.sleep(3)
-                result.deliveries = httpx.get(comps["webhook-sink"]["url"], timeout=5).json()["deliveries"]
+                received()
                 break
             time.sleep(0.5)
         # The recorder writes an alert's evidence once its camera has run a few seconds past the event.
@@ -194,7 +208,13 @@ def report(result: DemoResult, echo=print) -> list[str]:
         after = (d["received_ms"] - event_times[d["alert_id"]]) / 1000 if d["alert_id"] in event_times else float("nan")
         echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, UTC):%H:%M:%S} UTC, "
              f"{after:.1f}s after the refund (its camera window closes {window_after_s:.0f}s after it)")
+    for p in result.pushes:
+        alert_id = p["message"].rsplit("/alerts/", 1)[-1]
+        after = (p["received_ms"] - event_times[alert_id]) / 1000 if alert_id in event_times else float("nan")
+        snapshot = f"snapshot attached ({p['attachment_bytes']} bytes)" if p["attachment_bytes"] else "link only (the snapshot was not written yet)"
+        echo(f"  phone (ntfy topic {p['topic']}) <- \"{p['title']}\" {after:.1f}s after the refund, {snapshot}")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)
-    echo("\nResult: " + ("as expected (one alert, for the refund with nobody at the counter, delivered once)" if not problems else "UNEXPECTED: " + "; ".join(problems)))
+    expected = "as expected (one alert, for the refund with nobody at the counter, pushed and posted once each)"
+    echo("\nResult: " + (expected if not problems else "UNEXPECTED: " + "; ".join(problems)))
     return problems

@@ -292,7 +292,10 @@ class Platform:
             raise LaunchError(f"api: port {self.api_port} is already taken by another process; free it or pass --api-port")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.components, self.env = {}, {}
-        # One evidence folder for the recorder (writes) and the api (reads); S3 in production.
+        # One evidence folder for the recorder (writes) and the api (reads); S3 in production. Emptied
+        # at each start like the broker and Redis: a deterministic alert id of an earlier run would
+        # otherwise find that run's evidence.
+        shutil.rmtree(self.run_dir / "evidence", ignore_errors=True)
         self.env["SW_EVIDENCE_URL"] = str(self.run_dir / "evidence")
         steps = [("broker", self.start_broker), ("redis", self.start_redis), ("modelserver", self.start_model_server),
                  ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in SERVICES]

@@ -55,6 +55,8 @@ BUFFER_BYTES = Gauge("sw_recorder_buffer_bytes", "JPEG bytes held in the camera 
 
 DAY_MS = 86_400_000
 CAMERA_KINDS = ("camera_window", "frames", "frame")
+# The early snapshot is chosen among the frames this close to the alert's moment.
+EARLY_SNAPSHOT_SPAN_MS = 2000
 # More pending alerts than this (a flood, or cameras all silent) are finished with what exists, oldest first.
 MAX_PENDING = 1000
 # However much progress its camera makes, an alert waits at most this many times max_wait in all.
@@ -95,6 +97,10 @@ class Pending:
     since_ms: int
     progress_ms: int
     awaiting: tuple | None = None
+    # Written ahead of the rest (with the pending manifest) once its frame and detections are here,
+    # so a push notification can carry it seconds before the window closes.
+    early_snapshot: dict | None = None
+    early_tried: bool = False
 
 
 def iso(ms: int) -> str:
@@ -248,7 +254,7 @@ class Recorder:
         if pending.awaiting is None:
             self.finish(pending, now, gave_up=False)
             return
-        self.store.write_manifest(self._manifest(pending, now, "pending", [], [], None, None, []))
+        self._write_pending(pending, now)
         EVIDENCE_WRITTEN.labels("pending").inc()
         self.pending[alert.alert_id] = pending
         PENDING.set(len(self.pending))
@@ -257,6 +263,25 @@ class Recorder:
         if len(self.pending) > MAX_PENDING:
             oldest = min(self.pending.values(), key=lambda p: p.since_ms)
             self.finish(oldest, now, gave_up=True)
+
+    def _snapshot_ready(self, pending: Pending) -> bool:
+        """The snapshot's frame and that frame's detections are buffered, and it was not written yet."""
+        plan = pending.plan
+        buffer = self.cameras.get(plan.camera_id) if plan.camera_id else None
+        return (not pending.early_tried and buffer is not None and buffer.clock_ms >= plan.snapshot_time_ms
+                and (not buffer.analysis_clock_ms or buffer.analysis_clock_ms >= plan.snapshot_time_ms))
+
+    def _write_pending(self, pending: Pending, now: int) -> None:
+        """The "pending" manifest, with the snapshot when it can be drawn already."""
+        plan, alert = pending.plan, pending.alert
+        if self._snapshot_ready(pending):
+            pending.early_tried = True
+            files: dict[str, bytes] = {}
+            span = (max(plan.start_ms, plan.snapshot_time_ms - EARLY_SNAPSHOT_SPAN_MS), min(plan.end_ms, plan.snapshot_time_ms + EARLY_SNAPSHOT_SPAN_MS))
+            pending.early_snapshot = self._snapshot(plan, self.cameras[plan.camera_id].between(*span), files, [])
+            if pending.early_snapshot is not None:
+                self.store.write_files(alert.store_id, alert.alert_id, files)
+        self.store.write_manifest(self._manifest(pending, now, "pending", [], [], pending.early_snapshot, None, []))
 
     def plan(self, alert: Alert) -> Plan:
         """The camera, window and POS events an alert's evidence covers, from its refs."""
@@ -342,6 +367,8 @@ class Recorder:
             else:
                 if awaiting != pending.awaiting:
                     pending.awaiting, pending.progress_ms = awaiting, now
+                    if self._snapshot_ready(pending):
+                        self._write_pending(pending, now)
                 stalled = now - pending.progress_ms > self.options.max_wait_ms
                 if not (stalled or now - pending.since_ms > MAX_WAIT_FACTOR * self.options.max_wait_ms):
                     continue

@@ -21,9 +21,13 @@ def test_fraudulent_refund_raises_one_alert_delivered_once(tmp_path):
     assert alert["register_id"] == "reg-1" and alert["store_id"] == "store-001" and alert["camera_id"] == "cam-counter-1"
     assert alert["evidence"][0]["ref"] == "pos-store-001-0003"  # the refund with nobody at the counter
     [delivery] = result.deliveries
-    assert delivery["alert_id"] == alert["alert_id"] and delivery["body"]["alert_id"] == alert["alert_id"]
+    assert delivery["alert_id"] == alert["alert_id"] and delivery["body"]["alert"]["alert_id"] == alert["alert_id"]
+    assert delivery["signature"] == "valid"
+    [push] = result.pushes
+    assert push["title"].startswith("[HIGH] refund without customer") and push["message"].endswith(f"/alerts/{alert['alert_id']}")
     notifier_log = (tmp_path / "run" / "logs" / "notifier.log").read_text()
-    assert notifier_log.count('"msg": "alert delivered"') == 2  # log channel and webhook, once each
+    # HQ's webhook, the officer's phone and log channel, once each
+    assert notifier_log.count('"msg": "notification delivered"') == 3
     assert report(result, echo=lines.append) == []
     # Everything the launcher started is gone.
     assert not (tmp_path / "run" / "runtime.json").exists()

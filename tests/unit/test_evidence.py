@@ -272,7 +272,11 @@ def test_pending_alert_finishes_when_the_camera_passes_the_window(recorder, stor
     feed(recorder, 0, T0, T0 + 6000)
     recorder.take(topics.POS, refund().SerializeToString(), clock.ms)
     recorder.take(topics.ALERTS, refund_alert().SerializeToString(), clock.ms)
-    assert store.manifest(STORE, "al-1")["status"] == "pending" and "al-1" in recorder.pending
+    pending = store.manifest(STORE, "al-1")
+    assert pending["status"] == "pending" and "al-1" in recorder.pending
+    # The snapshot (the refund's moment, with its detections) is written already, for the push notification.
+    assert pending["snapshot"]["capture_time_ms"] == T0 + 5000 and pending["snapshot"]["detections"]["persons"][0]["track_id"] == "7"
+    assert store.read(STORE, "al-1", "snapshot.jpg")[:2] == b"\xff\xd8" and pending["frames"] == [] and pending["clip"] is None
     # Frames keep flowing meanwhile; a replay of the alert while it waits changes nothing.
     recorder.take(topics.ALERTS, refund_alert().SerializeToString(), clock.ms)
     feed(recorder, 61, T0 + 6100, T0 + 9000)
@@ -287,6 +291,7 @@ def test_pending_waits_for_the_snapshot_detections(recorder, store, clock):
     recorder.take(topics.POS, refund().SerializeToString(), clock.ms)
     recorder.take(topics.ALERTS, refund_alert().SerializeToString(), clock.ms)
     assert recorder.pending["al-1"].awaiting == ("detections", T0 + 4000)
+    assert store.manifest(STORE, "al-1")["snapshot"] is None  # not without its detections
     recorder.take(topics.DETECTIONS, analysis(50, T0 + 5000).SerializeToString(), clock.ms)
     assert recorder.finish_due(clock.ms) == 1
     assert store.manifest(STORE, "al-1")["status"] == "complete"
