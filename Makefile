@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest bench-correlator sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest bench-correlator bench-notifier sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-ingest: setup ## Ingest frames/s (720p decode-resize-encode into the broke
 
 bench-correlator: setup ## One correlator worker's msgs/s over a decode-only Faust app, same run (cameras per worker); live refund decision delay p99
 	$(PY) scripts/bench_correlator.py $(ARGS)
+
+bench-notifier: setup ## Notifier alerts/s (burst) over the receiver's own limit, p99 alert->receiver (paced), repeats per SIGKILL (ARGS="--burst 2000 --kills 10")
+	$(PY) scripts/bench_notifier.py $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store

@@ -232,12 +232,12 @@ class Platform:
         record.unlink(missing_ok=True)
         # A fresh shared secret per start: the notifier signs with it, the sink verifies.
         self.env["SW_DEV_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
-        argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), "--secret", self.env["SW_DEV_WEBHOOK_SECRET"]]
+        argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), f"--secret={self.env['SW_DEV_WEBHOOK_SECRET']}"]
         proc = self._spawn("webhook-sink", argv)
         self._wait("webhook-sink", proc, ready.exists, "listening")
         info = json.loads(ready.read_text())
         self.components["webhook-sink"].update(url=info["url"], ntfy=info["ntfy"], record=str(record))
-        self.components["webhook-sink"]["argv"] = [*argv[:-1], "***"]
+        self.components["webhook-sink"]["argv"] = [*argv[:-1], "--secret=***"]
         self.save()
 
     def _dev_routing(self) -> Path:
