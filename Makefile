@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking bench-models bench-ingest bench-correlator bench-notifier sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ eval-detector: setup ## Precision, recall and latency of the person detectors (H
 
 eval-tracking: setup ## Id switches and zone occupancy against the sample clip's ground truth, through inference's detector stage
 	$(PY) -m modeling.evaluate_tracking $(ARGS)
+
+train-risk: setup ## Train the return-risk and alert-triage RandomForests into models/risk/ (ARGS="--alerts-from X --verdicts-from Y": HQ's verdicts too)
+	$(PY) -m modeling.risk.train $(ARGS)
 
 bench-models: setup ## Model frames/s in process and through the model server, same run (last line JSON, ratio)
 	$(PY) scripts/bench_models.py $(ARGS)
