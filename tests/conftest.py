@@ -108,6 +108,7 @@ class SessionModels:
         self.root = Path(tempfile.mkdtemp(prefix="sw-test-session-"))
         self.sample: dict[str, Path] | None = None
         self.quick_models: Path | None = None
+        self.quick_risk: Path | None = None
 
     def sample_assets(self) -> dict[str, Path]:
         """The sample store's media, and a store config pointing at its clip."""
@@ -135,6 +136,27 @@ class SessionModels:
             self.quick_models = out
         return self.quick_models
 
+    def risk_models(self, echo: Callable[[str], object]) -> Path:
+        """A models/ folder with small return-risk and triage models (modeling/risk/train.py QUICK), trained on a
+        small synthetic chain plus a synthetic HQ export (so the verdicts' path is trained through too)."""
+        if self.quick_risk is None:
+            import io
+            from dataclasses import replace
+
+            from modeling.risk.synthetic import generate_alerts, generate_returns, write_hq_export
+            from modeling.risk.train import QUICK, train_all
+
+            out = self.root / "risk-models"
+            began = time.monotonic()
+            # HQ's verdicts come from another seed than the bootstrap: other customers, other alerts.
+            export = self.root / "hq-export.jsonl"
+            hq = replace(QUICK.synthetic, seed=QUICK.synthetic.seed + 100)
+            write_hq_export(export, generate_alerts(replace(QUICK.alerts, seed=hq.seed)), generate_returns(hq)[1])
+            train_all(replace(QUICK, models_dir=out, alerts_from=str(export), verdicts_from=str(export)), echo=lambda *_: None, stream=io.StringIO())
+            echo(f"  risk models (return, triage) trained in {time.monotonic() - began:.1f}s -> {out}")
+            self.quick_risk = out
+        return self.quick_risk
+
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -152,7 +174,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Build what the collected tests need before any of them runs (outside every per-test timeout)."""
     needs = set().union(*(getattr(item, "fixturenames", ()) for item in session.items)) if session.items else set()
     e2e = any(item.get_closest_marker("e2e") for item in session.items)
-    if not ({"sample_assets", "models_dir", "model_server"} & needs or e2e) or session.config.option.collectonly:
+    if not ({"sample_assets", "models_dir", "model_server", "risk_models"} & needs or e2e) or session.config.option.collectonly:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     capture = session.config.pluginmanager.get_plugin("capturemanager")
@@ -164,6 +186,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         echo("")
         models = _session_models(session.config)
+        if "risk_models" in needs:
+            models.risk_models(echo)
+        if not ({"sample_assets", "models_dir", "model_server"} & needs or e2e):
+            return
         models.sample_assets()
         if {"models_dir", "model_server"} & needs:
             models.models_dir(echo)
@@ -194,6 +220,12 @@ def sample_assets(pytestconfig):
 def models_dir(pytestconfig):
     """A models/ folder with every model of models.config, built once per session before the tests (anomaly: briefly)."""
     return _session_models(pytestconfig).models_dir(echo=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def risk_models(pytestconfig) -> Path:
+    """A models/ folder with small risk models (models/risk/return/1, models/risk/triage/1), trained once before the tests."""
+    return _session_models(pytestconfig).risk_models(echo=lambda *_: None)
 
 
 @pytest.fixture(scope="session")
