@@ -184,7 +184,8 @@ class Dispatcher:
         with self._lock:
             self._backoff.pop(contact.channel_id, None)
         DELIVERIES.labels(contact.channel_type, "delivered").inc()
-        LATENCY.labels(contact.channel_type).observe(max(0, now_ms - job.created_ms) / 1000)
+        if job.kind == "alert":  # a digest's latency is mostly its hold
+            LATENCY.labels(contact.channel_type).observe(max(0, now_ms - job.created_ms) / 1000)
         log.info("notification delivered", extra={"delivery_id": job.job_id, "recipient": job.recipient, "channel": contact.channel_id,
                                                   "alerts": len(job.alert_ids), "attempts": job.attempts, "latency_ms": now_ms - job.created_ms})
         return True
@@ -195,7 +196,7 @@ class Dispatcher:
         attempt = {**attempt, "outcome": "failed", "ms": _elapsed_ms(started), "error": error[:300]}
         delivery = self.routing.delivery
         permanent = isinstance(exc, PermanentDeliveryError)
-        if permanent or now_ms - job.created_ms >= ms(delivery.give_up_after_s):
+        if permanent or now_ms - job.first_try_ms >= ms(delivery.give_up_after_s):
             why = "refused by the receiver" if permanent else f"still failing after {delivery.give_up_after_s:g}s"
             self._give_up(contact, job, now_ms, attempt, f"delivery to {contact.channel_id} {why}: {error}")
             return True

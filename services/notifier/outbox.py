@@ -101,6 +101,7 @@ if redis.call('EXISTS', job) == 0 then
 end
 redis.call('ZADD', zdue, now + lease, jid)
 redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSETNX', job, 'first_try_ms', now)
 redis.call('HSET', job, 'status', 'sending', 'lease_until', now + lease)
 if redis.call('HGET', job, 'kind') == 'digest' and redis.call('HEXISTS', job, 'alerts') == 0 then
   local held = redis.call('HGET', job, 'held_key')
@@ -196,6 +197,8 @@ class Job:
     alert_ids: list[str]
     attempts: int
     created_ms: int
+    # When it was first claimed: a digest held for hours must not count that as failing.
+    first_try_ms: int
     reason: str
 
     @classmethod
@@ -205,7 +208,7 @@ class Job:
         # An empty Lua table encodes as {} rather than [].
         alert_ids = sorted(alert_ids) if isinstance(alert_ids, list) else []
         return cls(job_id, kind, fields.get("channel", ""), fields.get("recipient", ""), fields.get("alert_id", ""), alert_ids,
-                   int(fields.get("attempts") or 0), int(fields.get("created_ms") or 0), fields.get("reason", ""))
+                   int(fields.get("attempts") or 0), int(fields.get("created_ms") or 0), int(fields.get("first_try_ms") or 0), fields.get("reason", ""))
 
 
 class Outbox:

@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.notifier.channels import ContactConfig
 from services.shared.contracts.alert_pb2 import Alert, Severity
@@ -66,31 +66,33 @@ def _zone(name: str) -> ZoneInfo:
         raise ValueError(f"{name!r} is not an IANA time zone (for example Europe/London)") from None
 
 
+def _check_clock(value: str) -> str:
+    _clock(value)
+    return value
+
+
+def _check_zone(value: str) -> str:
+    _zone(value)
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_check_clock)]
+TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
+
+
 class QuietHours(_Strict):
     """A daily span in the recipient's time zone; `start` after `end` spans midnight."""
 
-    start: str
-    end: str
+    start: ClockTime
+    end: ClockTime
     # Alerts of this severity and above still go out at once during quiet hours.
     except_severity: SeverityName = "critical"
-
-    @field_validator("start", "end")
-    @classmethod
-    def _valid_clock(cls, value: str) -> str:
-        _clock(value)
-        return value
 
 
 class Recipient(_Strict):
     contacts: list[ContactConfig] = Field(min_length=1)
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     quiet_hours: QuietHours | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_zone(cls, value: str) -> str:
-        _zone(value)
-        return value
 
     @model_validator(mode="after")
     def _unique_contact_names(self) -> Recipient:
@@ -104,28 +106,16 @@ class Shift(_Strict):
     """Who is on call from `start` to `end` on these days; a shift ending before it starts runs past midnight."""
 
     days: list[Day] = Field(default_factory=lambda: list(DAYS), min_length=1)
-    start: str = "00:00"
-    end: str = "24:00"
+    start: ClockTime = "00:00"
+    end: ClockTime = "24:00"
     on_call: list[str] = Field(min_length=1)
-
-    @field_validator("start", "end")
-    @classmethod
-    def _valid_clock(cls, value: str) -> str:
-        _clock(value)
-        return value
 
 
 class Schedule(_Strict):
-    timezone: str
+    timezone: TimeZoneName
     shifts: list[Shift] = Field(min_length=1)
     # Who is told when no shift covers the moment (a gap in the rota must not swallow an alert).
     fallback: list[str] = Field(default_factory=list)
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_zone(cls, value: str) -> str:
-        _zone(value)
-        return value
 
 
 class Level(_Strict):

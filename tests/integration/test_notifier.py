@@ -29,6 +29,7 @@ from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert, Severity
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.deliveries import read_deliveries
+from services.shared.evidence import EvidenceStore
 from services.shared.kafka import ConsumeLoop, make_producer
 from tests.conftest import Proc, _spawn, consume_all, wait_for
 
@@ -135,7 +136,12 @@ def test_each_recipient_gets_each_alert_once_per_contact_and_the_rest_goes_to_th
                               "forged": {"contacts": [{**_webhook(sink, secret="not-the-receivers-secret"), "name": "refused"}]}},
                "routes": [{"name": "all", "levels": [{"notify": ["officer", "hq"]}]},
                           {"name": "refused-b", "match": {"min_severity": "critical"}, "levels": [{"notify": ["forged"]}]}]}
-    env = _notifier_env(broker, redis_url, tmp_path, routing)
+    env = {**_notifier_env(broker, redis_url, tmp_path, routing), "SW_NOTIFIER_SNAPSHOT_WAIT_S": "2"}
+    # The recorder has written al-a's snapshot already (with its pending manifest); al-b has no evidence.
+    evidence = EvidenceStore(env["SW_EVIDENCE_URL"])
+    snapshot = b"\xff\xd8 a jpeg \xff\xd9"
+    evidence.write_files("store-001", "al-a", {"snapshot.jpg": snapshot})
+    evidence.write_manifest({"store_id": "store-001", "alert_id": "al-a", "status": "pending", "frames": [], "snapshot": {"name": "snapshot.jpg"}, "clip": None})
     notifier = start_service("notifier", env)
     _produce(broker, [_alert("al-a").SerializeToString(), b"\x00\x01 not an alert", _alert("al-a").SerializeToString(),
                       _alert("al-b", Severity.SEVERITY_CRITICAL).SerializeToString()])
@@ -153,6 +159,9 @@ def test_each_recipient_gets_each_alert_once_per_contact_and_the_rest_goes_to_th
     assert hook["body"]["alert"]["rule"] == "refund_without_customer" and hook["body"]["url"].endswith("/alerts/al-a")
     phone = next(e for e in sink.entries("ntfy") if e["message"].endswith("al-a"))
     assert phone["title"] == "[HIGH] refund without customer at store-001 reg-1" and "test alert al-a" in phone["message"]
+    # The snapshot goes with the push where it exists; al-b's push went with the link only, after the wait.
+    assert (phone["filename"], phone["attachment_bytes"], phone["path"]) == ("snapshot.jpg", len(snapshot), "/lp-officer")
+    assert next(e for e in sink.entries("ntfy") if e["message"].endswith("al-b"))["attachment_bytes"] == 0
     assert "ALERT test alert al-a" in notifier.log_text()
     # The poison message and the refused delivery are both kept, with the reason.
     dead = consume_all(broker, topics.dlq(topics.ALERTS), expect=2, timeout=20)
@@ -321,5 +330,48 @@ def test_a_burst_becomes_a_digest_and_quiet_hours_hold_all_but_critical(redis_ur
         wait_for(lambda: any(e["body"]["kind"] == "digest" and e["body"]["recipient"] == "sleeper" for e in sink.entries("webhook")), 20, "the morning digest")
         morning = next(e["body"] for e in sink.entries("webhook") if e["body"]["kind"] == "digest" and e["body"]["recipient"] == "sleeper")
         assert [a["alert_id"] for a in morning["alerts"]] == ["al-night-high"] and morning["reason"] == "quiet hours"
+    finally:
+        dispatcher.close()
+
+
+def test_a_notification_failing_past_give_up_goes_to_the_dlq_counted_from_its_first_try(broker, redis_url, monkeypatch):
+    """A digest held through the night is not "failing" for those hours: its give-up clock starts at its first try."""
+    dead_url = f"http://127.0.0.1:{free_port()}/alerts"  # nothing listens there
+    routing = {"recipients": {"down": {"contacts": [{"type": "webhook", "name": "hook", "url": dead_url, "timeout_s": 1}],
+                                       "timezone": "Europe/London", "quiet_hours": {"start": "22:00", "end": "06:30"}}},
+               "routes": [{"name": "all", "levels": [{"notify": ["down"]}]}],
+               "delivery": {"first_backoff_s": 1, "max_backoff_s": 1, "give_up_after_s": 60}}
+    clock = FakeClock(datetime.fromisoformat("2026-12-01T23:00:00+00:00"))
+    notifier, dispatcher, outbox = _in_process(redis_url, routing, clock, broker)
+
+    def status(alert_id: str) -> str:
+        records = read_deliveries(outbox.redis, alert_id)
+        return records[0]["status"] if records else ""
+
+    def step(seconds: float, until: str, alert_id: str) -> None:
+        """Move the clock; the next attempt is made and ends as `until`."""
+        tried = len(read_deliveries(outbox.redis, alert_id)[0]["attempt_log"])
+        clock.advance(seconds)
+        dispatcher.wake.set()
+        wait_for(lambda: len(read_deliveries(outbox.redis, alert_id)[0]["attempt_log"]) > tried and status(alert_id) == until, 20, f"{alert_id} {until}")
+
+    try:
+        for alert in (_alert("al-now", Severity.SEVERITY_CRITICAL), _alert("al-held")):
+            notifier.route(alert, alert.SerializeToString())
+        wait_for(lambda: status("al-now") == "retrying", 20, "the first failed attempt")
+        assert status("al-held") == "held"
+        step(30, "retrying", "al-now")
+        step(31, "failed", "al-now")
+        [dead] = consume_all(broker, topics.dlq(topics.ALERTS), expect=1, timeout=20)
+        headers = dict(dead.headers())
+        assert headers["sw-recipient"] == b"down" and headers["sw-channel"] == b"down/hook"
+        assert b"still failing after 60s" in headers["sw-error"] and Alert.FromString(dead.value()).alert_id == "al-now"
+        # The morning digest: its first try fails, and it is retried rather than dead-lettered at once.
+        clock.now = datetime.fromisoformat("2026-12-02T06:30:01+00:00").timestamp()
+        dispatcher.wake.set()
+        wait_for(lambda: status("al-held") == "retrying", 20, "the digest's first failed attempt")
+        step(61, "failed", "al-held")
+        assert [Alert.FromString(m.value()).alert_id for m in consume_all(broker, topics.dlq(topics.ALERTS), expect=2, timeout=20)] == ["al-now", "al-held"]
+        assert read_deliveries(outbox.redis, "al-held")[0]["attempts"] >= 2
     finally:
         dispatcher.close()
