@@ -97,6 +97,8 @@ class Dataset:
     time_ms: np.ndarray
     source: np.ndarray  # "synthetic" or "hq" per row
     notes: dict[str, Any] = field(default_factory=dict)
+    # The synthetic abuse pattern per row ("" for the rest), where known.
+    patterns: np.ndarray | None = None
 
     def weights(self, hq_weight: float) -> np.ndarray:
         return np.where(self.source == "hq", hq_weight, 1.0)
@@ -314,19 +316,22 @@ def synthetic_dataset(kind: Kind, options: TrainOptions, stream: TextIO | None) 
             _, returns = generate_returns(options.synthetic, progress=report)
             X, y, times = returns.X, returns.y, returns.time_ms
             notes = {"config": asdict(options.synthetic), "patterns": {p: returns.patterns.count(p) for p in sorted(set(returns.patterns)) if p}}
+            patterns = np.array(returns.patterns)
         else:
             alerts = generate_alerts(options.alerts, progress=report)
             X, y, times = alerts.X, alerts.y, alerts.time_ms
             notes = {"config": asdict(options.alerts)}
-    return Dataset(kind, X, y, times, np.full(len(y), "synthetic"), {"synthetic": notes})
+            patterns = None
+    return Dataset(kind, X, y, times, np.full(len(y), "synthetic"), {"synthetic": notes}, patterns)
 
 
 def with_hq(dataset: Dataset, rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None, notes: dict[str, Any]) -> Dataset:
     if rows is None or not len(rows[1]):
         return dataset
     X, y, times = rows
+    patterns = None if dataset.patterns is None else np.concatenate([dataset.patterns, np.full(len(y), "")])
     return Dataset(dataset.kind, np.vstack([dataset.X, X]), np.concatenate([dataset.y, y]), np.concatenate([dataset.time_ms, times]),
-                   np.concatenate([dataset.source, np.full(len(y), "hq")]), {**dataset.notes, "hq": notes})
+                   np.concatenate([dataset.source, np.full(len(y), "hq")]), {**dataset.notes, "hq": notes}, patterns)
 
 
 def _has_classes(y: np.ndarray, least: int) -> bool:
@@ -378,6 +383,13 @@ def train_one(dataset: Dataset, options: TrainOptions, echo: Callable[[str], obj
         metrics[source] = {"test_roc_auc": roc_auc(dataset.y[te], scores(te)), "validation_roc_auc": roc_auc(dataset.y[va], scores(va)),
                            "rows": {"train": len(tr), "validation": len(va), "test": len(te)},
                            "positives": {"train": int(dataset.y[tr].sum()), "validation": int(dataset.y[va].sum()), "test": int(dataset.y[te].sum())}}
+        if source == "synthetic" and dataset.patterns is not None:
+            # Which injected abuse each threshold catches in the test period.
+            found, te_scores = dataset.patterns[te], scores(te)
+            metrics[source]["test_recall_by_pattern"] = {
+                pattern: {"rows": int((found == pattern).sum()),
+                          **{t["name"]: round(float((te_scores[found == pattern] >= t["threshold"]).mean()), 4) for t in thresholds}}
+                for pattern in sorted(set(found.tolist()) - {""})}
     with Progress(f"{kind}: permutation importances", total=len(names), unit="features", stream=stream) as progress:
         permutation = permutation_importances(forest, dataset.X[test], dataset.y[test], names, options.permutation_repeats, options.seed, progress)
     impurity = {name: round(float(value), 5) for name, value in zip(names, forest.feature_importances_, strict=True)}
@@ -428,6 +440,10 @@ def report(path: Path, metadata: dict[str, Any], echo: Callable[[str], object]) 
         test = t["test"]
         echo(f"  {t['name']:<12} score >= {t['threshold']:.3f} (validation precision >= {t['precision_target']}): test precision {test['precision']}, "
              f"recall {test['recall']} ({test['flagged']} flagged)")
+    names = [t["name"] for t in metadata["thresholds"]]
+    for m in metadata["metrics"].values():
+        for pattern, recall in m.get("test_recall_by_pattern", {}).items():
+            echo(f"    {pattern:<18} {recall['rows']:>4} test rows, recall " + ", ".join(f"{name} {recall[name]:.2f}" for name in names))
     top = sorted(metadata["importances"]["permutation"].items(), key=lambda item: -item[1]["mean"])[:5]
     echo("  top permutation importances (ROC AUC lost): " + ", ".join(f"{name} {value['mean']:.4f}" for name, value in top))
     impurity = sorted(metadata["importances"]["impurity"].items(), key=lambda item: -item[1])[:5]

@@ -199,6 +199,8 @@ def test_return_model_ranks_the_injected_abusers_above_the_rest(risk_models):
     metadata = _metadata(risk_models, "return")
     assert [t["name"] for t in metadata["thresholds"]] == ["warn", "deny"] and metadata["default_decision"] == "accept"
     assert metadata["metrics"]["synthetic"]["test_roc_auc"] >= 0.9
+    by_pattern = metadata["metrics"]["synthetic"]["test_recall_by_pattern"]
+    assert set(by_pattern) <= set(PATTERNS) and all(set(r) == {"rows", "warn", "deny"} for r in by_pattern.values())
     assert set(metadata["importances"]["impurity"]) == set(feature_names("return")) == set(metadata["importances"]["permutation"])
     assert metadata["versions"]["scikit-learn"] and metadata["seed"] == 7 and metadata["data"]["synthetic"]["first"]
 
