@@ -50,6 +50,8 @@ class CameraBuffer:
     heartbeat: bool = False
     last_seen_ms: int = 0
     evicted: int = 0
+    # The newest analysis's zones (camera status): who and what is in each zone now.
+    zones: dict[str, dict] = field(default_factory=dict)
     _recent: deque[int] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -81,6 +83,12 @@ class CameraBuffer:
         self._evict()
 
     def add_analysis(self, analysis: FrameAnalysis) -> None:
+        if not analysis.heartbeat and analysis.capture_time_ms >= self.analysis_clock_ms:
+            self.zones = {z.zone_id: {"kind": z.kind, "persons": z.person_count if z.person_count else int(z.person_present),
+                                      "objects": z.object_count, "at_ms": analysis.capture_time_ms} for z in analysis.zones}
+        elif analysis.heartbeat and analysis.capture_time_ms >= self.analysis_clock_ms:
+            # The scene is unchanged: what the zones held still holds, as of now.
+            self.zones = {zone_id: {**zone, "at_ms": analysis.capture_time_ms} for zone_id, zone in self.zones.items()}
         self.analysis_clock_ms = max(self.analysis_clock_ms, analysis.capture_time_ms)
         if not analysis.heartbeat:
             self.analyses[analysis.frame_sequence] = analysis
@@ -132,7 +140,7 @@ class CameraBuffer:
 
     def status(self) -> dict:
         return {"store_id": self.store_id, "camera_id": self.camera_id, "last_frame_ms": self.clock_ms,
-                "last_seen_ms": self.last_seen_ms, "fps": self.fps(), "heartbeat": self.heartbeat}
+                "last_seen_ms": self.last_seen_ms, "fps": self.fps(), "heartbeat": self.heartbeat, "zones": self.zones}
 
 
 @dataclass

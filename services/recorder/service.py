@@ -181,6 +181,7 @@ class Recorder:
             analysis = decode(FrameAnalysis, value, required=("camera_id", "capture_time_ms"))
             self._not_ahead(analysis.capture_time_ms, now, f"analysis {analysis.camera_id}#{analysis.frame_sequence}")
             self._buffer(analysis.camera_id).add_analysis(analysis)
+            self._status_dirty.add(analysis.camera_id)
         elif topic == topics.POS:
             event = decode(PosEvent, value, required=("event_id", "store_id", "event_time_ms"))
             self._not_ahead(event.event_time_ms, now, f"POS event {event.event_id}")

@@ -5,7 +5,10 @@ One hash, field = camera id, value = JSON:
      "last_frame_ms": capture time of the newest frame or heartbeat,
      "last_seen_ms":  wall clock when the recorder consumed it,
      "fps":           frames with an image per second over the last ~10 s of capture time,
-     "heartbeat":     whether the newest message was a heartbeat (motion gate: scene unchanged)}
+     "heartbeat":     whether the newest message was a heartbeat (motion gate: scene unchanged),
+     "zones":         from the newest analysis, per zone id: {"kind", "persons", "objects", "at_ms"}
+                      (the api's return assessment asks whether a customer and merchandise are at
+                      the counter now)}
 Each camera's entry is rewritten at most once a second. A stale `last_seen_ms` means the camera (or
 the recorder) stopped; a `last_frame_ms` far behind `last_seen_ms` means the recorder is catching up.
 """
@@ -25,7 +28,7 @@ def encode_status(status: dict[str, Any]) -> str:
     missing = [f for f in STATUS_FIELDS if f not in status]
     if missing:
         raise ValueError(f"camera status lacks {missing}")
-    return json.dumps({f: status[f] for f in STATUS_FIELDS})
+    return json.dumps({**{f: status[f] for f in STATUS_FIELDS}, "zones": status.get("zones", {})})
 
 
 def write_camera_statuses(client: redis.Redis, statuses: list[dict[str, Any]]) -> None:

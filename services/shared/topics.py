@@ -22,6 +22,8 @@ DETECTIONS = "sw.detections.v1"
 POS = "sw.pos.v1"
 ALERTS = "sw.alerts.v1"
 FEEDBACK = "sw.feedback.v1"
+# Returns assessed at the till (accept / warn / deny, with reasons), for HQ and as training rows.
+RETURN_DECISIONS = "sw.returns.v1"
 # Refunds (and timer ticks) re-keyed by their register's camera, so they share partitions with
 # sw.detections.v1 in the correlator and meet the frames that decide them without a hop per frame.
 CAMERA_EVENTS = "sw.correlator.camera-events.v1"
@@ -46,6 +48,6 @@ def faust_internal_topics(app_id: str, tables: tuple[str, ...]) -> list[TopicSpe
 
 def all_topics() -> list[TopicSpec]:
     """Every topic to pre-create, data topics and their DLQs first."""
-    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, CAMERA_EVENTS, RETURNS_BY_TOKEN, TRANSACTIONS]
+    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, RETURN_DECISIONS, CAMERA_EVENTS, RETURNS_BY_TOKEN, TRANSACTIONS]
     specs = [TopicSpec(name) for name in data] + [TopicSpec(dlq(name)) for name in data]
     return specs + faust_internal_topics(CORRELATOR_APP_ID, CORRELATOR_TABLES)

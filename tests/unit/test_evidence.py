@@ -20,7 +20,7 @@ from services.recorder.settings import RecorderSettings
 from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH, camera_statuses, write_camera_statuses
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef
-from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedObject, FrameAnalysis, PersonObservation
+from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedObject, FrameAnalysis, PersonObservation, ZoneObservation
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.evidence import EvidenceNotFound, EvidenceStore, evidence_store_from_settings
@@ -190,10 +190,23 @@ def test_camera_status_round_trip():
     data: dict = {}
     fake = SimpleNamespace(hset=lambda key, mapping: data.setdefault(key, {}).update(mapping),
                            hgetall=lambda key: {k.encode(): v.encode() for k, v in data.get(key, {}).items()})
-    status = {"store_id": STORE, "camera_id": CAM, "last_frame_ms": T0, "last_seen_ms": T0 + 5, "fps": 9.5, "heartbeat": False}
+    status = {"store_id": STORE, "camera_id": CAM, "last_frame_ms": T0, "last_seen_ms": T0 + 5, "fps": 9.5, "heartbeat": False,
+              "zones": {"counter-1-customer": {"kind": "counter_customer", "persons": 1, "objects": 0, "at_ms": T0}}}
     write_camera_statuses(fake, [status])  # type: ignore[arg-type]
     data[CAMERA_STATUS_HASH]["junk"] = "not json"
     assert camera_statuses(fake) == {CAM: status}  # type: ignore[arg-type]
+
+
+def test_camera_status_carries_the_newest_analysis_zones_through_heartbeats():
+    buffer = CameraBuffer(STORE, CAM, buffer_ms=30_000, max_bytes=10**9)
+    seen = FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=T0, frame_sequence=1, zones=[
+        ZoneObservation(zone_id="counter-1-customer", kind="counter_customer", person_present=True, person_count=2),
+        ZoneObservation(zone_id="counter-1-merchandise", kind="counter_merchandise", object_count=1)])
+    buffer.add_analysis(seen)
+    buffer.add_analysis(FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=T0 + 500, heartbeat=True))
+    buffer.add_analysis(FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=T0 - 100, frame_sequence=0))  # late: ignored
+    assert buffer.status()["zones"] == {"counter-1-customer": {"kind": "counter_customer", "persons": 2, "objects": 0, "at_ms": T0 + 500},
+                                        "counter-1-merchandise": {"kind": "counter_merchandise", "persons": 0, "objects": 1, "at_ms": T0 + 500}}
 
 
 # ---- buffers -----------------------------------------------------------------------------------
