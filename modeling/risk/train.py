@@ -114,12 +114,31 @@ def _window(times: np.ndarray) -> dict[str, Any]:
 
 # --- HQ verdicts ----------------------------------------------------------------------------------------
 
-def _read_jsonl(path: Path) -> tuple[list[Alert], list[Feedback], int]:
-    """Alerts and verdicts from a JSON-lines export (protobuf JSON: one Alert or Feedback per line,
-    told apart by the `verdict` field). Unreadable lines are counted and skipped."""
-    alerts: list[Alert] = []
-    verdicts: list[Feedback] = []
-    bad = 0
+@dataclass(frozen=True)
+class RecordedReturn:
+    """A return decided at the till with the feature values it was decided on (the api's decision
+    record: `decision_id`, `decided_time_ms`, `store_id`, `features`); HQ's verdict names it by
+    `alert_id` = its decision id."""
+
+    decision_id: str
+    time_ms: int
+    store_id: str
+    features: dict[str, float]
+
+
+@dataclass
+class HqRecords:
+    alerts: list[Alert] = field(default_factory=list)
+    verdicts: list[Feedback] = field(default_factory=list)
+    decisions: list[RecordedReturn] = field(default_factory=list)
+    unreadable: int = 0
+
+
+def _read_jsonl(path: Path) -> HqRecords:
+    """Alerts, verdicts and decided returns from a JSON-lines export (protobuf JSON, one record a
+    line: a verdict has `verdict`, a decided return `decision_id` and `features`, anything else is
+    an Alert). Unreadable lines are counted and skipped."""
+    records = HqRecords()
     with path.open(encoding="utf-8") as lines:
         for line in lines:
             if not line.strip():
@@ -129,12 +148,16 @@ def _read_jsonl(path: Path) -> tuple[list[Alert], list[Feedback], int]:
                 if not isinstance(raw, dict):
                     raise ValueError("not an object")
                 if "verdict" in raw:
-                    verdicts.append(json_format.ParseDict(raw, Feedback(), ignore_unknown_fields=True))
+                    records.verdicts.append(json_format.ParseDict(raw, Feedback(), ignore_unknown_fields=True))
+                elif "decision_id" in raw and isinstance(raw.get("features"), dict):
+                    records.decisions.append(RecordedReturn(str(raw["decision_id"]), int(raw.get("decided_time_ms") or raw.get("decidedTimeMs") or 0),
+                                                            str(raw.get("store_id") or raw.get("storeId") or ""),
+                                                            {str(k): float(v) for k, v in raw["features"].items()}))
                 else:
-                    alerts.append(json_format.ParseDict(raw, Alert(), ignore_unknown_fields=True))
-            except (ValueError, json_format.ParseError):
-                bad += 1
-    return alerts, verdicts, bad
+                    records.alerts.append(json_format.ParseDict(raw, Alert(), ignore_unknown_fields=True))
+            except (ValueError, TypeError, json_format.ParseError):
+                records.unreadable += 1
+    return records
 
 
 def _read_topic(bootstrap: str, topic: str, message_type: type[Message], timeout_s: float = 60.0) -> tuple[list[Any], int]:
@@ -178,15 +201,15 @@ def _read_topic(bootstrap: str, topic: str, message_type: type[Message], timeout
     return messages, bad
 
 
-def read_source(source: str, topic: str) -> tuple[list[Alert], list[Feedback], int]:
+def read_source(source: str, topic: str) -> HqRecords:
     """A JSON-lines file if `source` is one, else a broker's bootstrap servers to read `topic` from."""
     if Path(source).is_file():
         return _read_jsonl(Path(source))
     if topic == ALERTS:
         alerts, bad = _read_topic(source, ALERTS, Alert)
-        return alerts, [], bad
+        return HqRecords(alerts=alerts, unreadable=bad)
     verdicts, bad = _read_topic(source, FEEDBACK, Feedback)
-    return [], verdicts, bad
+    return HqRecords(verdicts=verdicts, unreadable=bad)
 
 
 def _store_settings(path: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
@@ -202,11 +225,13 @@ def _store_settings(path: str) -> tuple[dict[str, str], dict[str, dict[str, str]
 
 
 def hq_rows(alerts: Iterable[Alert], verdicts: Iterable[Feedback], timezones: dict[str, str] | None = None,
-            zone_kinds: dict[str, dict[str, str]] | None = None) -> dict[Kind, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Judged alerts as (X, y, time_ms) per kind: every judged alert for triage, those that carry a
-    decided return's `risk.*` facts for return risk. An alert's latest verdict counts (confirmed 1,
-    false alarm 0; acknowledgements are no verdict). A store's confirm rate is taken from the
-    verdicts given before the alert was raised, as it was known then."""
+            zone_kinds: dict[str, dict[str, str]] | None = None,
+            decisions: Iterable[RecordedReturn] = ()) -> dict[Kind, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Judged alerts and returns as (X, y, time_ms) per kind: every judged alert for triage; for
+    return risk, the judged alerts that carry a decided return's `risk.*` facts and the judged
+    decided returns with all their features. The latest verdict counts (confirmed 1, false alarm 0;
+    acknowledgements are no verdict). A store's confirm rate is taken from the verdicts given
+    before the alert was raised, as it was known then."""
     judged = [v for v in verdicts if v.verdict in (Verdict.VERDICT_CONFIRMED, Verdict.VERDICT_FALSE_ALARM)]
     judged.sort(key=lambda v: v.time_ms)
     latest = {v.alert_id: v for v in judged}
@@ -233,6 +258,13 @@ def hq_rows(alerts: Iterable[Alert], verdicts: Iterable[Feedback], timezones: di
                 X.append(vector(kind, values))
                 y.append(label)
                 times.append(alert.event_time_ms)
+    names = feature_names("return")
+    for decision in sorted(decisions, key=lambda d: d.time_ms):
+        if decision.decision_id in latest and decision.decision_id not in by_id and all(n in decision.features for n in names):
+            X, y, times = rows["return"]
+            X.append(vector("return", decision.features))
+            y.append(int(latest[decision.decision_id].verdict == Verdict.VERDICT_CONFIRMED))
+            times.append(decision.time_ms)
     return {kind: (np.asarray(X, dtype=np.float64).reshape(-1, len(FEATURES[kind])), np.asarray(y, dtype=np.int64), np.asarray(t, dtype=np.int64))
             for kind, (X, y, t) in rows.items()}
 
@@ -458,16 +490,15 @@ def train_all(options: TrainOptions, echo: Callable[[str], object] = print, stre
     if options.alerts_from or options.verdicts_from:
         if not (options.alerts_from and options.verdicts_from):
             raise ValueError("HQ verdicts need both --alerts-from and --verdicts-from (they may name the same JSON-lines file)")
-        alerts, _, bad_alerts = read_source(options.alerts_from, ALERTS)
-        file_verdicts = read_source(options.verdicts_from, FEEDBACK)
-        verdicts, bad_verdicts = file_verdicts[1], file_verdicts[2]
-        if options.verdicts_from == options.alerts_from:
-            bad_verdicts = 0
+        found = read_source(options.alerts_from, ALERTS)
+        judged = found if options.verdicts_from == options.alerts_from else read_source(options.verdicts_from, FEEDBACK)
+        alerts, decisions, verdicts = found.alerts, found.decisions + (judged.decisions if judged is not found else []), judged.verdicts
+        unreadable = found.unreadable + (judged.unreadable if judged is not found else 0)
         timezones, zone_kinds = _store_settings(options.store_config)
-        hq = hq_rows(alerts, verdicts, timezones, zone_kinds)
-        hq_notes = {"alerts_from": options.alerts_from, "verdicts_from": options.verdicts_from, "alerts": len(alerts), "verdicts": len(verdicts),
-                    "unreadable": bad_alerts + bad_verdicts}
-        echo(f"HQ: {len(alerts)} alerts, {len(verdicts)} verdicts ({bad_alerts + bad_verdicts} unreadable skipped): "
+        hq = hq_rows(alerts, verdicts, timezones, zone_kinds, decisions)
+        hq_notes = {"alerts_from": options.alerts_from, "verdicts_from": options.verdicts_from, "alerts": len(alerts), "decided_returns": len(decisions),
+                    "verdicts": len(verdicts), "unreadable": unreadable}
+        echo(f"HQ: {len(alerts)} alerts, {len(decisions)} decided returns, {len(verdicts)} verdicts ({unreadable} unreadable skipped): "
              f"{len(hq['triage'][1])} judged alerts for triage, {len(hq['return'][1])} judged returns with recorded features")
     built: dict[Kind, Path] = {}
     summary: dict[str, Any] = {}

@@ -33,10 +33,10 @@ def test_alerts_and_verdicts_are_read_from_the_broker_to_their_end_and_joined(br
                                                                                 time_ms=1_000 * i + 500)))
     producer.flush(10)
 
-    alerts, _, bad = read_source(broker, ALERTS)
-    _, verdicts, bad_verdicts = read_source(broker, FEEDBACK)
-    assert sorted(a.alert_id for a in alerts) == sorted(f"al-{i}" for i in range(20)) and bad == 1
-    assert len(verdicts) == 15 and bad_verdicts == 0
+    found, judged = read_source(broker, ALERTS), read_source(broker, FEEDBACK)
+    alerts, verdicts = found.alerts, judged.verdicts
+    assert sorted(a.alert_id for a in alerts) == sorted(f"al-{i}" for i in range(20)) and found.unreadable == 1
+    assert len(verdicts) == 15 and judged.unreadable == 0
     rows = hq_rows(alerts, verdicts)
     assert rows["triage"][1].tolist() == [int(bool(i % 3)) for i in range(15)]
     assert rows["return"][1].tolist() == [int(bool(i % 3)) for i in (0, 4, 8, 12)]

@@ -320,19 +320,27 @@ def test_hq_rows_join_alerts_with_their_latest_verdict(tmp_path):
                 Feedback(alert_id="a2", store_id="s1", verdict=Verdict.VERDICT_FALSE_ALARM, time_ms=6_000),
                 Feedback(alert_id="a2", store_id="s1", verdict=Verdict.VERDICT_CONFIRMED, time_ms=7_000),  # changed: the latest counts
                 Feedback(alert_id="a1", store_id="s1", verdict=Verdict.VERDICT_ACKNOWLEDGED, time_ms=8_000)]  # no verdict
+    # A return decided at the till, recorded with its features (the api's decision record, as JSON), and judged by HQ.
+    features = return_features(_context())
+    decided = {"decision_id": "rd-1", "event_id": "r-1", "store_id": "s1", "decided_time_ms": "9000", "features": {**features, "amount": 99.0}}
+    undecided = {"decision_id": "rd-2", "decided_time_ms": "9500", "features": {"amount": 1.0}}  # features missing: no row
+    verdicts += [Feedback(alert_id="rd-1", store_id="s1", verdict=Verdict.VERDICT_FALSE_ALARM, time_ms=9_900),
+                 Feedback(alert_id="rd-2", store_id="s1", verdict=Verdict.VERDICT_CONFIRMED, time_ms=9_900)]
     export = tmp_path / "hq.jsonl"
-    lines = [json.dumps(to_json_dict(m)) for m in (first, second, unjudged, *verdicts)]
+    lines = [json.dumps(to_json_dict(m)) for m in (first, second, unjudged, *verdicts)] + [json.dumps(decided), json.dumps(undecided)]
     export.write_text("\n".join([*lines, "{not json", "[1, 2]"]) + "\n")
-    alerts, read_verdicts, bad = _read_jsonl(export)
-    assert [a.alert_id for a in alerts] == ["a1", "a2", "a3"] and len(read_verdicts) == 4 and bad == 2
-    rows = hq_rows(alerts, read_verdicts)
+    records = _read_jsonl(export)
+    assert [a.alert_id for a in records.alerts] == ["a1", "a2", "a3"] and len(records.verdicts) == 6 and records.unreadable == 2
+    assert [d.decision_id for d in records.decisions] == ["rd-1", "rd-2"] and records.decisions[0].time_ms == 9_000
+    rows = hq_rows(records.alerts, records.verdicts, decisions=records.decisions)
     X, y, times = rows["triage"]
     assert y.tolist() == [1, 1] and times.tolist() == [1_000, 5_000]
     rate = feature_names("triage").index("store_confirm_rate")
     # a1's verdict (2 s) was known when a2 was raised (5 s); nothing was known before a1.
     assert X[:, rate].tolist() == [store_confirm_rate(0, 0), store_confirm_rate(1, 1)]
-    X, y, _ = rows["return"]
-    assert y.tolist() == [1] and X[0].tolist() == list(return_features(_context()).values())
+    X, y, times = rows["return"]
+    assert y.tolist() == [1, 0] and times.tolist() == [5_000, 9_000]
+    assert X[0].tolist() == list(features.values()) and X[1].tolist() == list({**features, "amount": 99.0}.values())
 
 
 def test_thresholds_and_the_time_split():
