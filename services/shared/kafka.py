@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -52,22 +52,45 @@ def make_producer(bootstrap_servers: str, **overrides: object) -> Producer:
 
 def produce_and_wait(producer: Producer, topic: str, key: bytes | str, value: bytes, headers: list | None = None, timeout: float = 10.0) -> Message:
     """Produce one message and block until the broker acknowledges it (or raise)."""
-    result: dict = {}
-    done = threading.Event()
+    [result] = produce_all_and_wait(producer, topic, [(key, value)], headers, timeout)
+    if isinstance(result, KafkaError):
+        raise KafkaException(result)
+    return result
 
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        result["err"], result["msg"] = err, msg
-        done.set()
 
-    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+def produce_all_and_wait(producer: Producer, topic: str, records: Sequence[tuple[bytes | str, bytes]], headers: list | None = None,
+                         timeout: float = 10.0) -> list[Message | KafkaError]:
+    """Produce messages and block until the broker acknowledged or refused each one.
+
+    One result per record, in order: the acknowledged message, or the error (a record still
+    unacknowledged at the deadline gets a timeout error), so a caller can tell which were stored.
+    A batch waits for all of its acknowledgements at once, not one round trip per message.
+    """
+    results: list[Message | KafkaError | None] = [None] * len(records)
+    pending = [len(records)]
+    lock = threading.Lock()
+
+    def on_delivery(index: int) -> Callable[[KafkaError | None, Message], None]:
+        def done(err: KafkaError | None, msg: Message) -> None:
+            with lock:
+                results[index] = err if err is not None else msg
+                pending[0] -= 1
+        return done
+
     deadline = time.monotonic() + timeout
-    while not done.is_set() and time.monotonic() < deadline:
+    for index, (key, value) in enumerate(records):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery(index))
+                break
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, f"local queue for {topic} still full after {timeout}s")) from None
+                producer.poll(0.05)
+    while pending[0] > 0 and time.monotonic() < deadline:
         producer.poll(0.05)
-    if not done.is_set():
-        raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"no acknowledgement for {topic} in {timeout}s"))
-    if result["err"] is not None:
-        raise KafkaException(result["err"])
-    return result["msg"]
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, f"no acknowledgement for {topic} in {timeout}s")
+    return [timed_out if result is None else result for result in results]
 
 
 def dlq_headers(topic: str, partition: int, offset: int, service: str, error: str) -> list[tuple[str, bytes]]:
@@ -261,4 +284,4 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "dlq_headers", "make_producer", "produce_and_wait"]
+__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "dlq_headers", "make_producer", "produce_all_and_wait", "produce_and_wait"]
