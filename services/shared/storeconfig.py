@@ -249,6 +249,21 @@ class OpeningHours(_Strict):
         return self
 
 
+class StorePos(_Strict):
+    """How the store's POS systems name it, for the api's POS gateway adapters (all optional)."""
+
+    # POSLog RetailStoreID when it differs from the store id (vendors often number stores: "0042").
+    retail_store_id: str | None = Field(None, min_length=1, max_length=64)
+    # POSLog WorkstationID -> register id, where the tills are numbered differently from the registers.
+    workstations: dict[str, str] = {}
+    # The Shopify shop whose refunds/create webhooks belong to this store.
+    shopify_shop_domain: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}\.myshopify\.com$")
+    # Square locations whose refund webhooks belong to this store.
+    square_location_ids: list[str] = []
+    # Shopify and Square name no till: their refunds are booked to this register.
+    default_register: str | None = None
+
+
 class Store(_Strict):
     id: str = Field(pattern=_ID)
     name: str = ""
@@ -263,6 +278,7 @@ class Store(_Strict):
     rules: RuleOverrides = {}
     cameras: list[Camera] = Field(min_length=1)
     registers: list[Register] = []
+    pos: StorePos = StorePos()
 
     @field_validator("timezone")
     @classmethod
@@ -291,6 +307,14 @@ class Store(_Strict):
             for zone in reg.customer_zones + reg.merchandise_zones:
                 if zone not in zone_ids:
                     raise ValueError(f"register {reg.id}: zone {zone!r} is not a zone of camera {cam.id}")
+        registers = {r.id for r in self.registers}
+        for workstation, register in self.pos.workstations.items():
+            if register not in registers:
+                raise ValueError(f"pos.workstations: workstation {workstation!r} names register {register!r}, which is not a register of this store")
+        if self.pos.default_register is not None and self.pos.default_register not in registers:
+            raise ValueError(f"pos.default_register: {self.pos.default_register!r} is not a register of this store")
+        if (self.pos.shopify_shop_domain or self.pos.square_location_ids) and self.pos.default_register is None:
+            raise ValueError("pos.default_register: Shopify and Square refunds name no till; say which register they are booked to")
         return self
 
 
@@ -316,7 +340,11 @@ class StoreConfig(_Strict):
     def _unique_ids(self) -> StoreConfig:
         stores = [s.id for s in self.stores]
         cameras = [c.id for s in self.stores for c in s.cameras]
-        for kind, ids in (("store", stores), ("camera", cameras)):
+        shops = [s.pos.shopify_shop_domain for s in self.stores if s.pos.shopify_shop_domain]
+        locations = [loc for s in self.stores for loc in s.pos.square_location_ids]
+        retail_ids = [s.pos.retail_store_id or s.id for s in self.stores]
+        for kind, ids in (("store", stores), ("camera", cameras), ("pos.shopify_shop_domain", shops), ("pos.square_location_ids", locations),
+                          ("POSLog store (pos.retail_store_id, or the store id)", retail_ids)):
             dupes = _duplicates(ids)
             if dupes:
                 raise ValueError(f"duplicate {kind} id(s) {dupes}: ids must be unique across the chain")
@@ -347,6 +375,17 @@ class StoreConfig(_Strict):
 
     def store(self, store_id: str) -> Store:
         return next(s for s in self.stores if s.id == store_id)
+
+    def store_for_pos(self, *, retail_store_id: str = "", shopify_shop: str = "", square_location: str = "") -> Store | None:
+        """The store a POS system means by its own name for it: a POSLog RetailStoreID, a Shopify shop, a Square location."""
+        for store in self.stores:
+            if retail_store_id and retail_store_id == (store.pos.retail_store_id or store.id):
+                return store
+            if shopify_shop and shopify_shop.lower() == store.pos.shopify_shop_domain:
+                return store
+            if square_location and square_location in store.pos.square_location_ids:
+                return store
+        return None
 
     def camera(self, camera_id: str) -> tuple[Store, Camera]:
         for store in self.stores:
