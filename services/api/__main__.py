@@ -8,26 +8,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import redis
 import uvicorn
-from pydantic import Field
+import yaml
+from confluent_kafka import Producer
+from pydantic import Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import PydanticBaseSettingsSource
 
 from services.api.alerts import AlertStore, rebuild
 from services.api.app import create_app
 from services.api.audit import AuditLog
 from services.api.auth import Directory, load_users_file
 from services.api.hq import Hq
+from services.api.posgateway.dedupe import Dedupe
+from services.api.posgateway.keys import load_keys_file
+from services.api.posgateway.routes import PosGateway
+from services.api.posgateway.shopify import ShopifyAdapter
+from services.api.posgateway.square import SquareAdapter
 from services.shared import topics
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging, logging_dict_config
-from services.shared.settings import EvidenceSettings, load_settings
-from services.shared.storeconfig import load_store_config
+from services.shared.settings import EvidenceSettings, SettingsError, load_settings
+from services.shared.storeconfig import StoreConfig, load_store_config
 
 
 class _Server(uvicorn.Server):
@@ -43,6 +55,30 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+_SECRETS_FILE_FIELDS = MappingProxyType({"shopify_secrets": "api_shopify_secrets", "square_signature_key": "api_square_signature_key"})
+
+
+class PosSecretsFile(PydanticBaseSettingsSource):
+    """The POS webhook secrets from a YAML file (SW_API_POS_SECRETS_FILE, e.g. a mounted Secret):
+    `shopify_secrets: {shop domain: secret}` and `square_signature_key`. Environment variables win."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("SW_API_POS_SECRETS_FILE")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"invalid setting SW_API_POS_SECRETS_FILE: cannot read {path} ({exc})") from None
+        unknown = sorted(set(data) - set(_SECRETS_FILE_FIELDS)) if isinstance(data, dict) else ["(not a mapping)"]
+        if unknown:
+            raise SettingsError(f"invalid setting SW_API_POS_SECRETS_FILE: {path} holds {unknown}; it may hold {sorted(_SECRETS_FILE_FIELDS)}")
+        return {_SECRETS_FILE_FIELDS[name]: value for name, value in data.items()}
+
+
 class ApiSettings(EvidenceSettings):
     api_port: int = 8080
     api_group_id: str = "sw-api"
@@ -55,6 +91,44 @@ class ApiSettings(EvidenceSettings):
     api_cookie_secure: bool = False
     # The live feed sends a keep-alive this often and checks that its session is still valid.
     api_live_ping_s: float = Field(15.0, gt=0, le=300)
+    # POS gateway. Per-store keys for the JSON and POSLog routes (SHA-256 hashes; `shrinkwatch pos-keys new`).
+    api_pos_keys_file: Path | None = None
+    # Largest JSON or webhook body, and largest POSLog document (parsed as it streams in).
+    api_pos_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    api_pos_poslog_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    api_pos_max_batch: int = Field(500, ge=1, le=10_000)
+    # How long a published event id is remembered: the same event sent again within it is a duplicate.
+    api_pos_dedupe_days: float = Field(7.0, gt=0, le=365)
+    # Read by PosSecretsFile; declared so the variable is typed and listed with the others.
+    api_pos_secrets_file: Path | None = None
+    # Shopify webhook secrets by shop domain (JSON: {"shop.myshopify.com": "secret"}).
+    api_shopify_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    # Square: the subscription's signature key, and the notification URL registered with Square.
+    api_square_signature_key: SecretStr | None = None
+    api_square_notification_url: str = Field("", pattern=r"^(https?://\S+)?$")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (*super().settings_customise_sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings),
+                PosSecretsFile(settings_cls))
+
+    @model_validator(mode="after")
+    def _square_signs_its_url(self) -> ApiSettings:
+        if self.api_square_signature_key is not None and not self.api_square_notification_url:
+            raise ValueError("SW_API_SQUARE_NOTIFICATION_URL: Square signs the notification URL with the body; give the URL registered with Square")
+        return self
+
+    def pos_gateway(self, config: StoreConfig, producer: Producer, client: redis.Redis) -> PosGateway:
+        """The POS routes' gateway; fails at start on a secret for a shop that no store names."""
+        unmapped = sorted(shop for shop in self.api_shopify_secrets if config.store_for_pos(shopify_shop=shop) is None)
+        if unmapped:
+            raise SettingsError(f"invalid setting SW_API_SHOPIFY_SECRETS: no store's pos.shopify_shop_domain is {unmapped}")
+        return PosGateway(config=config, producer=producer, dedupe=Dedupe(client, int(self.api_pos_dedupe_days * 86400)),
+                          keys=load_keys_file(self.api_pos_keys_file, {s.id for s in config.stores}),
+                          shopify=ShopifyAdapter(config, self.api_shopify_secrets),
+                          square=SquareAdapter(config, self.api_square_signature_key, self.api_square_notification_url),
+                          max_bytes=self.api_pos_max_bytes, poslog_max_bytes=self.api_pos_poslog_max_bytes, max_batch=self.api_pos_max_batch,
+                          max_clock_skew_s=self.max_clock_skew_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
 
     consumer = threading.Thread(target=loop.run, name="alerts-consumer")
     consumer.start()
-    app = create_app(hq, ready, settings.max_clock_skew_s)
-    log.info("started", extra={"port": settings.api_port, "users_from_file": len(users)})
+    pos = settings.pos_gateway(config, producer, redis_client)
+    app = create_app(hq, ready, pos)
+    signed_shops = {shop.lower() for shop in settings.api_shopify_secrets}
+    unsigned = [s.pos.shopify_shop_domain for s in config.stores if s.pos.shopify_shop_domain and s.pos.shopify_shop_domain not in signed_shops]
+    if unsigned:
+        log.warning("Shopify shops without a webhook secret: their webhooks are refused (401)", extra={"shops": unsigned})
+    if not len(pos.keys):
+        log.warning("no POS keys (SW_API_POS_KEYS_FILE): /v1/pos/events and /v1/pos/poslog refuse every request (401)")
+    log.info("started", extra={"port": settings.api_port, "users_from_file": len(users), "pos_keys": len(pos.keys)})
     # SIGTERM stops serving first; then the consumer stops and the producer flushes.
     # Live feeds (SSE) never close by themselves: give open requests 3 s, then end them.
     server_config = uvicorn.Config(app, host=settings.http_host, port=settings.api_port, log_config=logging_dict_config("api", settings.log_level), access_log=False,
