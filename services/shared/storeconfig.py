@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.config import JsonDict
 
 from services.shared.coco import coco_names
+from services.shared.returnpolicy import ReturnPolicy
 from services.shared.rulesconfig import RulesConfig, resolve
 
 ZoneKind = Literal["counter_customer", "counter_merchandise", "high_value", "exit", "staff_only", "aisle"]
@@ -279,6 +280,8 @@ class Store(_Strict):
     cameras: list[Camera] = Field(min_length=1)
     registers: list[Register] = []
     pos: StorePos = StorePos()
+    # Returns assessed at the till: thresholds and conditions that always warn (returnpolicy.py).
+    returns: ReturnPolicy = ReturnPolicy()
 
     @field_validator("timezone")
     @classmethod
