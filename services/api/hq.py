@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from services.api.alerts import LIVE_CHANNEL, VERDICT_VALUES, AlertFilter, AlertStore, BadCursor, VerdictName
 from services.api.audit import ACTIONS, AuditEntry, AuditLog
 from services.api.auth import COOKIE, USERNAME, Directory, LoginLocked, Principal, Role, UserExists, UserRecord, hash_password
+from services.api.returns import ReturnDesk, model_card
 from services.shared import topics
 from services.shared.cameras import camera_statuses
 from services.shared.contracts.feedback_pb2 import Feedback
@@ -58,6 +59,8 @@ class Hq:
     redis_url: str
     cookie_secure: bool = False
     ping_s: float = 15.0
+    # Return authorization (decisions and the risk model); None where the api runs without it.
+    returns: ReturnDesk | None = None
 
 
 class LoginIn(BaseModel):
@@ -282,6 +285,24 @@ def hq_router(hq: Hq) -> APIRouter:
         """Alerts per day per store and per rule, and each one's precision from the verdicts given."""
         stores = visible_stores(who, store_id, region)
         return await asyncio.to_thread(hq.alerts.stats, stores, days)
+
+    def desk() -> ReturnDesk:
+        if hq.returns is None:
+            raise HTTPException(404, "return authorization is not running on this api")
+        return hq.returns
+
+    @router.get("/v1/returns/decisions", tags=["returns"])
+    async def return_decisions(who: Signed, store_id: Annotated[str | None, Query(max_length=64)] = None,
+                               outcome: Literal["accept", "warn", "deny"] | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
+        """Returns assessed at the tills of the caller's stores, newest first, with their outcome, score and reasons."""
+        stores = set(visible_stores(who, store_id))
+        return {"decisions": await asyncio.to_thread(desk().recent, stores, limit, outcome)}
+
+    @router.get("/v1/returns/model", tags=["returns"])
+    async def return_model(who: Signed) -> dict:
+        """The return-risk model in use (version, held-out metrics, thresholds, importances), or why the rules decide."""
+        card = model_card(desk().model_result, "return")
+        return {"return": card, "scored_by": f"model {card['version']}" if card["loaded"] else "rules"}
 
     @router.get("/v1/stores", tags=["stores"])
     async def stores(who: Signed) -> dict:

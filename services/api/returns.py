@@ -1,0 +1,356 @@
+"""Return authorization at the till: `POST /v1/returns/assess` answers accept, warn or deny, with reasons.
+
+The till asks while the customer waits, so everything the answer needs is one Redis round trip away:
+
+- `PosHistory` keeps a projection of sw.pos.v1 (the api reads it with its own consumer group): per
+  card or customer token the chain's returns of the last 120 days, per employee their sales and
+  refunds, per store and transaction the sale (for the receipt's link). The correlator's tables
+  hold the same facts for its rules, but inside Faust workers (RocksDB, partitioned by key, no
+  query path): a till must not wait on a stream worker's event loop, nor fail with it.
+- The register's camera, from the camera status the recorder keeps in Redis: whether its customer
+  zones hold a person and its merchandise zones an object right now (a few seconds old at most;
+  older is "cannot tell").
+- The return-risk RandomForest (services/shared/riskmodel.py), loaded at start; without one (missing,
+  refused) the rules below decide, and every answer carries the warning.
+
+The store's policy (services/shared/returnpolicy.py) turns the score into the outcome. The decision
+is kept in Redis for the dashboard and published on sw.returns.v1 (without waiting: a broker that
+is down must not keep a customer at the till; librdkafka retries it, and failures are counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter, Histogram
+
+from services.shared import topics
+from services.shared.cameras import CAMERA_STATUS_HASH
+from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.contracts.return_decision_pb2 import ReturnDecision, ReturnOutcome, ReturnReason
+from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.returnpolicy import ALWAYS_WARN_WORDS, ReturnPolicy
+from services.shared.riskfeatures import NOT_APPLICABLE, RETURN_FEATURES, CameraView, EmployeeTransaction, OriginalSale, PastReturn, ReturnContext, return_features
+from services.shared.riskmodel import LoadResult, RiskModel
+from services.shared.serde import PoisonMessage, decode, encode, to_json_dict
+from services.shared.storeconfig import StoreConfig
+
+log = logging.getLogger("api.returns")
+
+DAY_MS = 86_400_000
+HISTORY_DAYS = 120
+# A camera status (or a zone's analysis) older than this cannot say who is at the counter now.
+CAMERA_FRESH_MS = 10_000
+DECISIONS_KEPT = 10_000
+DECISIONS_ZSET = "sw:returns:recent"
+DECISIONS_HASH = "sw:returns:decision"
+OUTCOMES = {"accept": ReturnOutcome.RETURN_OUTCOME_ACCEPT, "warn": ReturnOutcome.RETURN_OUTCOME_WARN, "deny": ReturnOutcome.RETURN_OUTCOME_DENY}
+RETURN_TYPES = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUND)
+# Without a model: what the rules score, and where they warn and deny.
+RULES_WARN_AT, RULES_DENY_AT = 0.3, 0.6
+
+DECISIONS = Counter("sw_returns_decisions_total", "Returns assessed at the till, by outcome and what scored them", ["outcome", "scored_by"])
+PUBLISH_FAILED = Counter("sw_returns_decisions_unpublished_total", "Decisions the broker did not take (kept in Redis; see the log)")
+ASSESS_SECONDS = Histogram("sw_returns_assess_seconds", "Time to assess a return, history read to decision", buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+
+
+def token_key(token: str) -> str:
+    return f"sw:hist:token:{token}"
+
+
+def employee_key(employee_id: str) -> str:
+    return f"sw:hist:employee:{employee_id}"
+
+
+def sale_key(store_id: str, transaction_id: str) -> str:
+    return f"sw:hist:sale:{store_id}:{transaction_id}"
+
+
+def _tokens(event: PosEvent) -> list[str]:
+    return sorted({t for t in (event.card_token, event.customer_token) if t})
+
+
+class PosHistory:
+    """The chain's POS history the till's question needs, kept in Redis from sw.pos.v1."""
+
+    def __init__(self, client: redis.Redis, config: StoreConfig, keep_days: float = HISTORY_DAYS) -> None:
+        self.redis = client
+        self.config = config
+        self.keep_ms = int(keep_days * DAY_MS)
+        self.employee_tokens = config.employee_tokens()
+        self.loop: ConsumeLoop | None = None
+
+    def record(self, events: list[PosEvent]) -> None:
+        """Idempotent: an entry is its event's JSON, so a replayed event adds nothing."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            cutoff = event.event_time_ms - self.keep_ms
+            if event.type in RETURN_TYPES:
+                entry = json.dumps({"e": event.event_id, "s": event.store_id, "m": abs(event.total_minor), "r": bool(event.original_transaction_id)},
+                                   sort_keys=True)
+                for token in _tokens(event):
+                    pipe.zadd(token_key(token), {entry: event.event_time_ms})
+                    pipe.zremrangebyscore(token_key(token), "-inf", cutoff)
+                    pipe.pexpire(token_key(token), self.keep_ms)
+            if event.employee_id and event.type in (*RETURN_TYPES, PosEventType.POS_EVENT_TYPE_SALE):
+                own = bool(set(_tokens(event)) & self.employee_tokens.get(event.employee_id, set()))
+                entry = json.dumps({"e": event.event_id, "f": event.type in RETURN_TYPES, "o": own}, sort_keys=True)
+                pipe.zadd(employee_key(event.employee_id), {entry: event.event_time_ms})
+                pipe.zremrangebyscore(employee_key(event.employee_id), "-inf", cutoff)
+                pipe.pexpire(employee_key(event.employee_id), self.keep_ms)
+            if event.type == PosEventType.POS_EVENT_TYPE_SALE and event.transaction_id:
+                sale = json.dumps({"t": event.event_time_ms, "s": event.store_id, "m": abs(event.total_minor)})
+                pipe.set(sale_key(event.store_id, event.transaction_id), sale, px=self.keep_ms)
+        pipe.execute()
+
+    def handle(self, messages: list[Message]) -> list[Output]:
+        """The consumer's batch; a poison event is skipped (the correlator keeps sw.pos.v1's DLQ)."""
+        assert self.loop is not None
+        events = []
+        for msg in messages:
+            try:
+                events.append(decode(PosEvent, msg.value(), required=("event_id", "store_id", "event_time_ms")))
+            except PoisonMessage as exc:
+                self.loop.skip(msg, str(exc))
+        try:
+            self.record(events)
+        except redis.RedisError as exc:
+            raise RetryableError(f"redis: {exc}") from None
+        return []
+
+    def context(self, event: PosEvent, timezone: str, camera: CameraView) -> ReturnContext:
+        """The return's ReturnContext, in one pipeline; the assessed event itself is left out of its history."""
+        since = event.event_time_ms - 90 * DAY_MS
+        tokens = _tokens(event)
+        pipe = self.redis.pipeline(transaction=False)
+        for token in tokens:
+            pipe.zrangebyscore(token_key(token), since, "+inf", withscores=True)
+        pipe.zrangebyscore(employee_key(event.employee_id), since, "+inf", withscores=True) if event.employee_id else pipe.echo("")
+        pipe.get(sale_key(event.store_id, event.original_transaction_id)) if event.original_transaction_id else pipe.echo("")
+        replies = pipe.execute()
+        seen: set[str] = set()
+        history: list[PastReturn] = []
+        for reply in replies[:len(tokens)]:
+            for raw, score in reply:
+                entry = json.loads(raw)
+                if entry["e"] in seen or entry["e"] == event.event_id:
+                    continue
+                seen.add(entry["e"])
+                history.append(PastReturn(int(score), entry["s"], int(entry["m"]), bool(entry["r"])))
+        employee: list[EmployeeTransaction] = []
+        for raw, score in replies[len(tokens)] or []:
+            entry = json.loads(raw)
+            if entry["e"] != event.event_id:
+                employee.append(EmployeeTransaction(int(score), bool(entry["f"]), bool(entry["o"])))
+        sale_raw = replies[len(tokens) + 1]
+        sale = None
+        if sale_raw:
+            found = json.loads(sale_raw)
+            sale = OriginalSale(int(found["t"]), found["s"], int(found["m"]))
+        return ReturnContext(event=event, timezone=timezone, token_history=history, employee_history=employee,
+                             employee_tokens=frozenset(self.employee_tokens.get(event.employee_id, set())), original_sale=sale, camera=camera)
+
+
+def camera_view(client: redis.Redis, config: StoreConfig, store_id: str, register_id: str, now_ms: int) -> CameraView:
+    """Whether the register's camera sees a customer and merchandise at the counter now (None: cannot tell)."""
+    register = next((r for r in config.store(store_id).registers if r.id == register_id), None)
+    if register is None:
+        return CameraView(None, None)
+    raw = cast(bytes | None, client.hget(CAMERA_STATUS_HASH, register.camera))
+    try:
+        status = json.loads(raw) if raw else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict) or now_ms - int(status.get("last_seen_ms") or 0) > CAMERA_FRESH_MS:
+        return CameraView(None, None)
+    zones = status.get("zones") or {}
+
+    def any_in(zone_ids: list[str], what: str) -> bool | None:
+        fresh = [zones[z] for z in zone_ids if z in zones and int(status["last_frame_ms"]) - int(zones[z].get("at_ms") or 0) <= CAMERA_FRESH_MS]
+        return any(int(z.get(what) or 0) > 0 for z in fresh) if fresh else None
+
+    return CameraView(any_in(register.customer_zones, "persons"), any_in(register.merchandise_zones, "objects") if register.merchandise_zones else None)
+
+
+@dataclass(frozen=True)
+class Reason:
+    text: str
+    feature: str
+    weight: float
+
+
+@dataclass
+class Assessment:
+    outcome: str
+    score: float
+    reasons: list[Reason]
+    scored_by: str
+    warning: str
+    warn_at: float
+    deny_at: float
+    features: dict[str, float] = field(default_factory=dict)
+
+
+_WORDING = {f.name: f for f in RETURN_FEATURES}
+
+
+def rules_score(values: dict[str, float]) -> tuple[float, list[Reason]]:
+    """Without a model: points for the facts that mark abuse, worded as the model's reasons are."""
+    points = [
+        ("token_returns_30d", 0.3 if values["token_returns_30d"] >= 4 else 0.0),
+        ("token_stores_30d", 0.2 if values["token_stores_30d"] >= 3 else 0.0),
+        ("token_no_receipt_90d", 0.2 if values["has_receipt"] == 0 and values["token_no_receipt_90d"] >= 3 else 0.0),
+        ("to_employee_own_token", 0.5 if values["to_employee_own_token"] >= 0.5 else 0.0),
+        ("customer_present", 0.3 if values["customer_present"] == 0 else 0.0),
+        ("merchandise_present", 0.2 if values["merchandise_present"] == 0 else 0.0),
+        ("days_since_purchase", 0.1 if values["days_since_purchase"] != NOT_APPLICABLE and values["days_since_purchase"] > 80 else 0.0),
+    ]
+    reasons = [Reason(_WORDING[name].words(values), name, weight) for name, weight in points if weight > 0]
+    return min(1.0, sum(weight for _, weight in points)), sorted(reasons, key=lambda r: -r.weight)
+
+
+def _policy_reasons(values: dict[str, float], policy: ReturnPolicy) -> list[Reason]:
+    triggered = {
+        "no_receipt": values["has_receipt"] == 0,
+        "nobody_at_counter": values["customer_present"] == 0,
+        "no_merchandise": values["merchandise_present"] == 0,
+        "camera_unknown": values["camera_unknown"] >= 0.5,
+        "to_employee_own_token": values["to_employee_own_token"] >= 0.5,
+        "cash": values["tender_cash"] >= 0.5,
+    }
+    reasons = [Reason(ALWAYS_WARN_WORDS[c], f"policy:{c}", 0.0) for c in policy.always_warn if triggered[c]]
+    if policy.warn_cash_over_minor and values["tender_cash"] >= 0.5 and values["amount"] * 100 > policy.warn_cash_over_minor:
+        reasons.append(Reason(f"store policy: cash refunds over {policy.warn_cash_over_minor / 100:.2f} are checked", "policy:warn_cash_over", 0.0))
+    return reasons
+
+
+def decide(values: dict[str, float], policy: ReturnPolicy, model: RiskModel | None, warning: str) -> Assessment:
+    """Score (the model, else the rules), then the store's thresholds and always-warn conditions."""
+    if model is not None:
+        scored = model.score(values)
+        score = scored.probability
+        reasons = [Reason(r.text, r.feature, r.contribution) for r in scored.reasons]
+        thresholds = dict(model.thresholds)
+        warn_at, deny_at = thresholds.get("warn", RULES_WARN_AT), thresholds.get("deny", RULES_DENY_AT)
+        scored_by = f"model {model.version}"
+    else:
+        score, reasons = rules_score(values)
+        warn_at, deny_at, scored_by = RULES_WARN_AT, RULES_DENY_AT, "rules"
+    warn_at = policy.warn_at if policy.warn_at is not None else warn_at
+    deny_at = policy.deny_at if policy.deny_at is not None else deny_at
+    outcome = "deny" if score >= deny_at and not policy.never_deny else "warn" if score >= warn_at else "accept"
+    if score >= deny_at and policy.never_deny:
+        reasons.append(Reason("store policy: the system never refuses; staff decide", "policy:never_deny", 0.0))
+    conditions = _policy_reasons(values, policy)
+    if conditions and outcome == "accept":
+        outcome = "warn"
+    reasons += conditions
+    if not reasons and outcome == "accept":
+        reasons = [Reason("nothing unusual: a first or occasional return with its receipt", "", 0.0)] if values["has_receipt"] else []
+    return Assessment(outcome, round(score, 4), reasons, scored_by, warning, warn_at, deny_at, dict(values))
+
+
+def decision_id(event: PosEvent) -> str:
+    return "rd-" + hashlib.sha256(f"{event.store_id}:{event.event_id}".encode()).hexdigest()[:24]
+
+
+@dataclass
+class ReturnDesk:
+    """What the returns routes work with."""
+
+    config: StoreConfig
+    history: PosHistory
+    producer: Producer
+    model_result: LoadResult
+    clock: Callable[[], float] = time.time
+
+    @property
+    def warning(self) -> str:
+        result = self.model_result
+        return result.error if result.model is None else "; ".join(result.warnings)
+
+    def assess(self, event: PosEvent) -> tuple[ReturnDecision, Assessment]:
+        started = time.perf_counter()
+        store = self.config.store(event.store_id)
+        now_ms = int(self.clock() * 1000)
+        camera = camera_view(self.history.redis, self.config, event.store_id, event.register_id, now_ms)
+        values = return_features(self.history.context(event, store.timezone, camera))
+        assessment = decide(values, store.returns, self.model_result.model, self.warning)
+        decision = ReturnDecision(
+            decision_id=decision_id(event), event_id=event.event_id, store_id=event.store_id, register_id=event.register_id,
+            employee_id=event.employee_id, transaction_id=event.transaction_id, original_transaction_id=event.original_transaction_id,
+            total_minor=event.total_minor, currency=event.currency, outcome=OUTCOMES[assessment.outcome], score=assessment.score,
+            reasons=[ReturnReason(text=r.text, feature=r.feature, weight=r.weight) for r in assessment.reasons],
+            scored_by=assessment.scored_by, warning=assessment.warning, decided_time_ms=now_ms,
+            features={k: float(v) for k, v in values.items()}, warn_at=assessment.warn_at, deny_at=assessment.deny_at)
+        self._keep(decision)
+        self._publish(decision)
+        DECISIONS.labels(assessment.outcome, "model" if self.model_result.model else "rules").inc()
+        ASSESS_SECONDS.observe(time.perf_counter() - started)
+        return decision, assessment
+
+    def _keep(self, decision: ReturnDecision) -> None:
+        pipe = self.history.redis.pipeline(transaction=False)
+        pipe.hset(DECISIONS_HASH, decision.decision_id, json.dumps(view(decision)))
+        pipe.zadd(DECISIONS_ZSET, {decision.decision_id: decision.decided_time_ms})
+        pipe.execute()
+        # Bounded: the oldest fall off (sw.returns.v1 keeps them all).
+        overflow = self.history.redis.zcard(DECISIONS_ZSET) - DECISIONS_KEPT
+        if overflow > 0:
+            old = cast(list, self.history.redis.zrange(DECISIONS_ZSET, 0, overflow - 1))
+            self.history.redis.zrem(DECISIONS_ZSET, *old)
+            self.history.redis.hdel(DECISIONS_HASH, *old)
+
+    def _publish(self, decision: ReturnDecision) -> None:
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                PUBLISH_FAILED.inc()
+                log.error("return decision not published (kept in Redis)", extra={"decision_id": decision.decision_id, "error": str(err)})
+
+        try:
+            self.producer.produce(topics.RETURN_DECISIONS, key=decision.store_id, value=encode(decision), on_delivery=delivered)
+            self.producer.poll(0)
+        except BufferError:
+            PUBLISH_FAILED.inc()
+            log.error("return decision not published: producer queue full (kept in Redis)", extra={"decision_id": decision.decision_id})
+
+    def recent(self, stores: set[str] | None, limit: int, outcome: str | None = None) -> list[dict]:
+        """Newest first, only the given stores (None: all)."""
+        ids = cast(list, self.history.redis.zrevrange(DECISIONS_ZSET, 0, 2000))
+        raw = cast(list, self.history.redis.hmget(DECISIONS_HASH, ids)) if ids else []
+        out = []
+        for value in raw:
+            if value is None:
+                continue
+            item = json.loads(value)
+            if (stores is None or item["store_id"] in stores) and (outcome is None or item["outcome"] == outcome):
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return out
+
+
+def view(decision: ReturnDecision) -> dict[str, Any]:
+    """The decision as the till and the dashboard get it (outcome as a word)."""
+    data = to_json_dict(decision)
+    data["outcome"] = ReturnOutcome.Name(decision.outcome).removeprefix("RETURN_OUTCOME_").lower()
+    return data
+
+
+def model_card(result: LoadResult, kind: str) -> dict[str, Any]:
+    """What the dashboard shows of a model: version, metrics, thresholds, importances, or why there is none."""
+    if result.model is None:
+        return {"kind": kind, "loaded": False, "warning": result.error}
+    metadata = result.model.metadata
+    return {"kind": kind, "loaded": True, "version": result.model.version, "warning": "; ".join(result.warnings),
+            "created": metadata.get("created"), "features": [f.get("name") if isinstance(f, dict) else f for f in metadata.get("features", [])],
+            "thresholds": metadata.get("thresholds", []), "metrics": metadata.get("metrics", {}), "importances": metadata.get("importances", {}),
+            "data": metadata.get("data", {}), "split": metadata.get("split", {})}
