@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     detector.add_argument("--models-dir", type=Path, default=ROOT / "models")
     users = sub.add_parser("users", help="the api's users").add_subparsers(dest="action", required=True)
     users.add_parser("hash", help="an argon2 hash of a password (read from the terminal or standard input) for the users file")
+    pos_keys = sub.add_parser("pos-keys", help="the POS gateway's per-store API keys").add_subparsers(dest="action", required=True)
+    make_key = pos_keys.add_parser("new", help="make a key: prints it once, and the line for the keys file (its SHA-256, never the key)")
+    make_key.add_argument("--name", required=True, help="who holds it, e.g. tills-store-001 (named in logs and refusals)")
+    scope = make_key.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--store", action="append", help="a store it may publish for (repeat for several)")
+    scope.add_argument("--all-stores", action="store_true", help="every store (a chain-wide POSLog export)")
     demo = sub.add_parser("demo", help="run the sample store through the whole pipeline")
     demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
     args = parser.parse_args(argv)
@@ -125,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             if len(password) < 12:
                 raise ValueError("use a password of at least 12 characters")
             print(hash_password(password))
+        elif args.command == "pos-keys":
+            from services.api.posgateway.keys import file_line, new_key
+            from services.shared.storeconfig import load_store_config
+
+            unknown = sorted(set(args.store or []) - {s.id for s in load_store_config(args.store_config).stores})
+            if unknown:
+                raise ValueError(f"stores not in {args.store_config}: {unknown}")
+            key = new_key()
+            print(f"key (shown once; give it to the POS system, as Authorization: Bearer <key>):\n  {key}")
+            print(f"line for the keys file (SW_API_POS_KEYS_FILE), under `keys:`:\n  {file_line(key, args.name, args.store or [])}")
         elif args.command == "demo":
             from devplatform.demo import report, run_demo
 

@@ -19,7 +19,7 @@ import httpx
 from confluent_kafka import Consumer
 
 from devplatform import samplestore
-from devplatform.devusers import dev_credentials
+from devplatform.devusers import dev_credentials, dev_pos_key
 from devplatform.launcher import ROOT, LaunchError, Platform
 from services.shared import topics
 from services.shared.contracts.frame_pb2 import Frame
@@ -94,7 +94,7 @@ def metric_total(metrics_url: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def replay_pos_script(api: str, script: dict, anchor_ms: int, echo=print) -> list[dict]:
+def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo=print) -> list[dict]:
     posted = []
     for event in script["events"]:
         at_ms = anchor_ms + int(event["offset_s"] * 1000)
@@ -104,7 +104,7 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, echo=print) -> lis
         body = {k: v for k, v in event.items() if k not in ("offset_s", "note")}
         body.update(store_id=script["store_id"], register_id=script["register_id"], currency="GBP", employee_id="emp-042",
                     event_time=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat())
-        response = httpx.post(f"{api}/v1/pos/events", json=body, timeout=10)
+        response = httpx.post(f"{api}/v1/pos/events", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
         response.raise_for_status()
         echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
         posted.append(body)
@@ -122,7 +122,7 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         api = comps["api"]["http"]
         result.anchor_ms = first_frame_time(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"], script["camera_id"])
         echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, UTC):%H:%M:%S} UTC); replaying the POS script:")
-        result.posted = replay_pos_script(api, script, result.anchor_ms, echo)
+        result.posted = replay_pos_script(api, script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo)
         refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
         clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
         deadline = max(time.time(), clip_end) + 90

@@ -129,6 +129,8 @@ class Platform:
     ready_timeout_s: float = 120.0
     # The api's users; None: one user per role with fresh passwords (see devplatform/devusers.py).
     users_file: Path | None = None
+    # The POS gateway's keys; None: one fresh key per store (devplatform/devusers.py).
+    pos_keys_file: Path | None = None
     components: dict[str, dict] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -263,6 +265,9 @@ class Platform:
         if name == "api":
             env["SW_API_PORT"] = str(port)
             env["SW_API_USERS_FILE"] = str(self.users_file or self._dev_users())
+            env["SW_API_POS_KEYS_FILE"] = str(self.pos_keys_file or self._dev_pos_keys())
+            env["SW_API_POS_SECRETS_FILE"] = str(self._dev_pos_secrets())
+            env["SW_API_SQUARE_NOTIFICATION_URL"] = f"http://127.0.0.1:{port}/v1/pos/webhooks/square"
         if name == "correlator":
             # The dev broker keeps nothing across starts, so tables kept on disk from an earlier run
             # would be ahead of their (now empty) changelogs, which Faust refuses at start.
@@ -284,6 +289,19 @@ class Platform:
         from services.shared.storeconfig import load_store_config
 
         return write_dev_users(self.run_dir, [s.id for s in load_store_config(self.store_config).stores])
+
+    def _dev_pos_keys(self) -> Path:
+        from devplatform.devusers import write_dev_pos_keys
+        from services.shared.storeconfig import load_store_config
+
+        return write_dev_pos_keys(self.run_dir, [s.id for s in load_store_config(self.store_config).stores])
+
+    def _dev_pos_secrets(self) -> Path:
+        from devplatform.devusers import write_dev_pos_secrets
+        from services.shared.storeconfig import load_store_config
+
+        shops = [s.pos.shopify_shop_domain for s in load_store_config(self.store_config).stores if s.pos.shopify_shop_domain]
+        return write_dev_pos_secrets(self.run_dir, shops)
 
     def up(self, echo=print) -> None:
         if self.runtime_file.exists() and any(is_ours(c) for c in _load(self.runtime_file).get("components", {}).values()):

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer
 
 from devplatform import samplestore
 from devplatform.demo import SAMPLE_DIR, first_frame_time, replay_pos_script
-from devplatform.devusers import dev_credentials
+from devplatform.devusers import dev_credentials, dev_pos_key
 from devplatform.launcher import ROOT, Platform, free_port
 from services.shared import topics
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -119,7 +119,7 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
 
                 def replay() -> None:
                     try:
-                        replay_pos_script(api, script, anchor_ms, echo=lambda *_: None)
+                        replay_pos_script(api, script, anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo=lambda *_: None)
                     except BaseException as exc:  # handed to the test thread below
                         replay_errors.append(exc)
 
