@@ -35,9 +35,11 @@ from services.api.posgateway.keys import load_keys_file
 from services.api.posgateway.routes import PosGateway
 from services.api.posgateway.shopify import ShopifyAdapter
 from services.api.posgateway.square import SquareAdapter
+from services.api.returns import PosHistory, ReturnDesk
 from services.shared import topics
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging, logging_dict_config
+from services.shared.riskmodel import load_latest
 from services.shared.settings import EvidenceSettings, SettingsError, load_settings
 from services.shared.storeconfig import StoreConfig, load_store_config
 
@@ -91,6 +93,8 @@ class ApiSettings(EvidenceSettings):
     api_cookie_secure: bool = False
     # The live feed sends a keep-alive this often and checks that its session is still valid.
     api_live_ping_s: float = Field(15.0, gt=0, le=300)
+    # The learned-risk models (models/risk/<kind>/<version>, `make train-risk`); without one the rules decide.
+    api_models_dir: Path = Path("models")
     # POS gateway. Per-store keys for the JSON and POSLog routes (SHA-256 hashes; `shrinkwatch pos-keys new`).
     api_pos_keys_file: Path | None = None
     # Largest JSON or webhook body, and largest POSLog document (parsed as it streams in).
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     log = configure_logging("api", settings.log_level)
     config = load_store_config(settings.store_config)
     redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    store = AlertStore(redis_client, config, settings.api_alert_retention_days)
+    triage = load_latest(settings.api_models_dir, "triage") if args.command == "serve" else None
+    store = AlertStore(redis_client, config, settings.api_alert_retention_days, triage=triage.model if triage else None)
     if args.command == "rebuild":
         if args.clear:
             log.info("cleared alert store", extra={"keys": store.clear()})
@@ -156,15 +161,31 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS, topics.FEEDBACK], store.handle, stop_event=stop)
     store.loop = loop
+    # Return authorization: its own consumer group projects sw.pos.v1 into Redis for the till's question.
+    history = PosHistory(redis_client, config)
+    history_loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, f"{settings.api_group_id}-history", [topics.POS], history.handle,
+                               batch_size=256, stop_event=stop)
+    history.loop = history_loop
+    returns_model = load_latest(settings.api_models_dir, "return")
+    hq.returns = ReturnDesk(config, history, producer, returns_model)
+    for kind, result in (("return", returns_model), ("triage", triage)):
+        if result is None:
+            continue
+        if result.model is None:
+            log.warning("no risk model: %s", result.error, extra={"kind": kind})
+        for warning in result.warnings:
+            log.warning("risk model: %s", warning, extra={"kind": kind})
+    loops = (loop, history_loop)
 
     def ready() -> bool:
         try:
-            return loop.ready.is_set() and loop.failure is None and bool(redis_client.ping())
+            return all(one.ready.is_set() and one.failure is None for one in loops) and bool(redis_client.ping())
         except redis.RedisError:
             return False
 
-    consumer = threading.Thread(target=loop.run, name="alerts-consumer")
-    consumer.start()
+    consumers = [threading.Thread(target=loop.run, name="alerts-consumer"), threading.Thread(target=history_loop.run, name="pos-history-consumer")]
+    for consumer in consumers:
+        consumer.start()
     pos = settings.pos_gateway(config, producer, redis_client)
     app = create_app(hq, ready, pos)
     signed_shops = {shop.lower() for shop in settings.api_shopify_secrets}
@@ -180,10 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                                    timeout_graceful_shutdown=3)
     _Server(server_config).run()
     stop.set()
-    consumer.join(15)
+    for consumer in consumers:
+        consumer.join(15)
     producer.flush(10)
-    log.info("stopped", extra={"failed": loop.failure is not None})
-    return 1 if loop.failure else 0
+    failed = any(one.failure is not None for one in loops)
+    log.info("stopped", extra={"failed": failed})
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

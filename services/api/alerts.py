@@ -30,6 +30,8 @@ from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.riskfeatures import TriageContext, store_confirm_rate, triage_features
+from services.shared.riskmodel import RiskModel
 from services.shared.serde import PoisonMessage, decode, to_json_dict
 from services.shared.storeconfig import StoreConfig
 
@@ -45,6 +47,8 @@ Status = Literal["new", "acknowledged", "confirmed", "dismissed"]
 VerdictName = Literal["acknowledged", "confirmed", "false_alarm"]
 STATUS_OF_VERDICT: dict[str, Status] = {"acknowledged": "acknowledged", "confirmed": "confirmed", "false_alarm": "dismissed"}
 VERDICT_NAMES: dict[int, VerdictName] = {Verdict.VERDICT_ACKNOWLEDGED: "acknowledged", Verdict.VERDICT_CONFIRMED: "confirmed", Verdict.VERDICT_FALSE_ALARM: "false_alarm"}
+# A store's confirmed share for triage is counted over this many days of verdicts.
+TRIAGE_CONFIRM_DAYS = 30
 VERDICT_VALUES: dict[str, int] = {name: value for value, name in VERDICT_NAMES.items()}
 
 
@@ -150,7 +154,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class AlertStore:
-    def __init__(self, client: redis.Redis, config: StoreConfig, retention_days: float = 30.0) -> None:
+    def __init__(self, client: redis.Redis, config: StoreConfig, retention_days: float = 30.0, triage: RiskModel | None = None) -> None:
         self.redis = client
         self.config = config
         self.retention_ms = int(retention_days * 86400 * 1000)
@@ -158,6 +162,23 @@ class AlertStore:
         self._save_alert = client.register_script(_SAVE_ALERT)
         self._apply_verdict = client.register_script(_APPLY_VERDICT)
         self._stores = {s.id: s for s in config.stores}
+        # The triage model: each new alert gets the chance HQ confirms it, with its reasons.
+        self.triage = triage
+        self._zone_kinds = {z.id: z.kind for s in config.stores for c in s.cameras for z in c.zones}
+
+    def triage_view(self, alert: Alert) -> dict | None:
+        """The chance HQ confirms this alert, from the triage model, with the features it was scored on
+        (kept with the alert: once HQ judges it, they are a training row)."""
+        if self.triage is None:
+            return None
+        store = self._stores.get(alert.store_id)
+        judged = self.stats([alert.store_id], TRIAGE_CONFIRM_DAYS)["by_store"] if store else []
+        confirmed = sum(row["confirmed"] for row in judged)
+        rate = store_confirm_rate(confirmed, confirmed + sum(row["false_alarm"] for row in judged))
+        values = triage_features(alert, TriageContext(store.timezone if store else "UTC", rate, self._zone_kinds))
+        scored = self.triage.score(values)
+        return {"probability": scored.probability, "decision": scored.decision, "model": self.triage.version,
+                "reasons": [{"text": r.text, "feature": r.feature, "contribution": r.contribution} for r in scored.reasons], "features": values}
 
     # ---- writing -------------------------------------------------------------------------------
 
@@ -169,7 +190,11 @@ class AlertStore:
         self._expire(cutoff, alert)
         if alert.event_time_ms < cutoff:
             return False
-        body = json.dumps(to_json_dict(alert))
+        view = to_json_dict(alert)
+        triage = self.triage_view(alert) if not self.redis.hexists(ALERTS_HASH, alert.alert_id) else None
+        if triage is not None:
+            view["triage"] = triage
+        body = json.dumps(view)
         day = self.local_day(alert.store_id, alert.event_time_ms)
         live = json.dumps({"type": "alert", "alert_id": alert.alert_id, "store_id": alert.store_id})
         created = self._save_alert(

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.api.hq import Hq, hq_router
 from services.api.pages import mount_dashboard
 from services.api.posgateway.routes import PosGateway, openapi_schemas, pos_router
+from services.api.returns import returns_router
 from services.shared.evidence import STORE_ERRORS
 
 
@@ -20,7 +21,7 @@ def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
     # The OpenAPI document is published at /openapi.json; FastAPI's /docs and /redoc pages load their
     # scripts from a CDN, which store back offices cannot reach, so they are off.
     app = FastAPI(title="ShrinkWatch API", version="0.2.0", docs_url=None, redoc_url=None,
-                  description="POS gateway, HQ alerts with evidence, verdicts, statistics, live feed, users and audit.")
+                  description="POS gateway, return authorization at the till, HQ alerts with evidence, verdicts, statistics, live feed, users and audit.")
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -35,6 +36,8 @@ def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
             app.add_exception_handler(error, storage_down)
 
     app.include_router(pos_router(pos))
+    if hq.returns is not None:
+        app.include_router(returns_router(hq.returns, pos.keys, pos.max_clock_skew_s))
     app.include_router(hq_router(hq))
     mount_dashboard(app)
 

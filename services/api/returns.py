@@ -20,6 +20,7 @@ is down must not keep a customer at the till; librdkafka retries it, and failure
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,8 +31,14 @@ from typing import Any, cast
 
 import redis
 from confluent_kafka import KafkaError, Message, Producer
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 
+from services.api.posgateway.base import PosInputError
+from services.api.posgateway.canonical import PosEventIn, context_errors
+from services.api.posgateway.keys import PosKeys
+from services.api.posgateway.routes import authenticate
 from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
@@ -354,3 +361,36 @@ def model_card(result: LoadResult, kind: str) -> dict[str, Any]:
             "created": metadata.get("created"), "features": [f.get("name") if isinstance(f, dict) else f for f in metadata.get("features", [])],
             "thresholds": metadata.get("thresholds", []), "metrics": metadata.get("metrics", {}), "importances": metadata.get("importances", {}),
             "data": metadata.get("data", {}), "split": metadata.get("split", {})}
+
+
+def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float) -> APIRouter:
+    """The till's route. It takes the POS keys of the gateway: a till that may publish a store's
+    returns may ask about them."""
+    router = APIRouter(tags=["returns"])
+    answers: dict[int | str, dict] = {
+        "200": {"description": "the decision: outcome (accept, warn, deny), score, reasons in words, what scored it, a warning where the rules decided"},
+        "401": {"description": "no key or an unknown key"},
+        "403": {"description": "the key is not for this store"},
+        "422": {"description": "what is wrong, by field (an event that is not a return or refund, an unknown store or register)"},
+        "503": {"description": "Redis is unavailable; retry"},
+    }
+
+    @router.post("/v1/returns/assess", responses=answers)
+    async def assess(event: PosEventIn, request: Request) -> JSONResponse:
+        """Accept, warn or deny a return or refund while the customer waits, with the reasons."""
+        try:
+            holder = authenticate(request, keys)
+        except PosInputError as exc:
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
+        if not holder.may_publish(event.store_id):
+            return JSONResponse(status_code=403, content={"detail": f"key {holder.name!r} is not for store {event.store_id}"})
+        if event.type not in ("return", "refund"):
+            return JSONResponse(status_code=422, content={"detail": [{"loc": ["body", "type"], "msg": f"a return or refund is assessed, not a {event.type}",
+                                                                      "type": "value_error"}]})
+        errors = context_errors(event, desk.config, max_clock_skew_s)
+        if errors:
+            return JSONResponse(status_code=422, content={"detail": errors})
+        decision, _ = await asyncio.to_thread(desk.assess, event.to_proto())
+        return JSONResponse(status_code=200, content=view(decision))
+
+    return router

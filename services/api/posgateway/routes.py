@@ -160,7 +160,7 @@ def _presented_key(request: Request) -> str:
     return authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
 
 
-def _authenticate(request: Request, keys: PosKeys) -> PosKey:
+def authenticate(request: Request, keys: PosKeys) -> PosKey:
     challenge = {"WWW-Authenticate": "Bearer"}
     if not len(keys):
         raise PosInputError(401, "no POS keys are configured on this api (SW_API_POS_KEYS_FILE)", challenge)
@@ -239,7 +239,7 @@ def pos_router(gateway: PosGateway) -> APIRouter:
     async def handle(request: Request, adapter: PosAdapter, limit: int, setting: str) -> Response:
         source = adapter.source
         try:
-            holder = _authenticate(request, gateway.keys) if adapter.auth == "key" else None
+            holder = authenticate(request, gateway.keys) if adapter.auth == "key" else None
             _check_content_type(request, adapter)
             parse = adapter.begin(request.headers)
             collector = _Collector(gateway, holder)

@@ -227,6 +227,14 @@ function factValue(name, value, zone) {
   return text;
 }
 
+/** The triage model's chance that HQ confirms the alert, and the facts that pushed it most. */
+function triageNode(triage) {
+  const pct = Math.round(Number(triage.probability || 0) * 100);
+  return h("div", { "data-testid": "triage" },
+    h("strong", null, `${pct}% likely to be confirmed`), " ", h("span", { class: "muted small" }, `(model ${triage.model}, ${triage.decision || "—"})`),
+    (triage.reasons || []).length ? h("ul", { class: "reasons" }, triage.reasons.map((r) => h("li", null, r.text))) : null);
+}
+
 function renderDetails(alert) {
   const zone = storeZone(stores, alert.store_id);
   const store = storeName(stores, alert.store_id, alert.store_name);
@@ -241,6 +249,7 @@ function renderDetails(alert) {
     row("Happened", timeNode(alert.event_time_ms, zone)),
     row("Raised", timeNode(alert.raised_time_ms, zone)),
     row("Score", formatScore(alert.score)),
+    alert.triage ? row("Triage", triageNode(alert.triage)) : null,
     row("Alert id", h("span", { class: "mono" }, alert.alert_id)),
     (alert.evidence || []).length ? row("Evidence refs", (alert.evidence || []).map((e) => h("div", { class: "mono" }, `${e.kind}: ${e.ref}`))) : null);
   const facts = Object.entries(alert.facts || {}).sort(([a], [b]) => a.localeCompare(b));
