@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-correlator: setup ## One correlator worker's msgs/s over a decode-only Fau
 
 bench-notifier: setup ## Notifier alerts/s (burst) over the receiver's own limit, p99 alert->receiver (paced), repeats per SIGKILL (ARGS="--burst 2000 --kills 10")
 	$(PY) scripts/bench_notifier.py $(ARGS)
+
+bench-returns: setup ## Return assessment at the till over HTTP: p50/p99 against the 50 ms target (needs `make train-risk`; ARGS="--requests 2000 --no-model")
+	$(PY) scripts/bench_returns.py $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store
