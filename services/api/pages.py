@@ -31,6 +31,7 @@ PAGES = {
     "/login": "login.html",
     "/": "feed.html",
     "/alerts/{alert_id}": "alert.html",
+    "/returns": "returns.html",
     "/stats": "stats.html",
     "/stores": "stores.html",
     "/admin/audit": "audit.html",

@@ -212,6 +212,16 @@ export function timeNode(ms, timeZone, { withDate = true } = {}) {
     store ? h("span", { class: "muted small" }, ` (store: ${store})`) : null);
 }
 
+/** A <time> on the store's own clock ("1 Dec 2026, 14:03:22 GMT"); UTC, the browser's time and how long ago in its tooltip. */
+export function storeTimeNode(ms, timeZone) {
+  if (!ms) return h("span", { class: "muted" }, "—");
+  const when = new Date(Number(ms));
+  const iso = when.toISOString();
+  // Without the store's zone (its store list did not load) the browser's own clock is the best there is, and says so.
+  const text = timeZone ? dateTimeFormat(timeZone, true).format(when) : `${formatLocal(ms)} (your time)`;
+  return h("time", { datetime: iso, title: `${iso} UTC · your time ${formatLocal(ms)} · ${relative(ms)}` }, text);
+}
+
 export function formatMoney(minor, currency) {
   if (minor === null || minor === undefined || minor === "") return "—";
   const amount = Number(minor);
@@ -325,7 +335,7 @@ async function signOut() {
 export async function initPage(active) {
   const header = byId("site-header");
   const link = (href, key, label) => h("a", { href, class: key === active ? "active" : null, "aria-current": key === active ? "page" : null }, label);
-  const nav = h("nav", { "aria-label": "Main" }, link("/", "feed", "Feed"), link("/stats", "stats", "Stats"), link("/stores", "stores", "Stores"));
+  const nav = h("nav", { "aria-label": "Main" }, link("/", "feed", "Feed"), link("/returns", "returns", "Returns"), link("/stats", "stats", "Stats"), link("/stores", "stores", "Stores"));
   clear(header, h("a", { href: "/", class: "brand" }, "ShrinkWatch HQ"), nav);
   const user = await currentUser();
   if (user.role === "admin") nav.append(link("/admin/audit", "audit", "Audit"));
