@@ -63,6 +63,8 @@ OUTCOMES = {"accept": ReturnOutcome.RETURN_OUTCOME_ACCEPT, "warn": ReturnOutcome
 RETURN_TYPES = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUND)
 # Without a model: what the rules score, and where they warn and deny.
 RULES_WARN_AT, RULES_DENY_AT = 0.3, 0.6
+# Below this push towards risk, a model's contribution is not given as a reason for an accepted return.
+ACCEPT_REASON_MIN = 0.02
 
 DECISIONS = Counter("sw_returns_decisions_total", "Returns assessed at the till, by outcome and what scored them", ["outcome", "scored_by"])
 PUBLISH_FAILED = Counter("sw_returns_decisions_unpublished_total", "Decisions the broker did not take (kept in Redis; see the log)")
@@ -256,13 +258,23 @@ def decide(values: dict[str, float], policy: ReturnPolicy, model: RiskModel | No
     outcome = "deny" if score >= deny_at and not policy.never_deny else "warn" if score >= warn_at else "accept"
     if score >= deny_at and policy.never_deny:
         reasons.append(Reason("store policy: the system never refuses; staff decide", "policy:never_deny", 0.0))
+    if outcome == "accept":
+        # An accepted return's top contributions are mostly noise ("a return of 18.99"): only real pushes are reasons.
+        reasons = [r for r in reasons if r.weight >= ACCEPT_REASON_MIN]
     conditions = _policy_reasons(values, policy)
     if conditions and outcome == "accept":
         outcome = "warn"
     reasons += conditions
     if not reasons and outcome == "accept":
-        reasons = [Reason("nothing unusual: a first or occasional return with its receipt", "", 0.0)] if values["has_receipt"] else []
-    return Assessment(outcome, round(score, 4), reasons, scored_by, warning, warn_at, deny_at, dict(values))
+        reasons = [Reason("nothing that marks abuse in this card's, this employee's or this sale's history", "", 0.0)]
+    # Features that do not apply share a wording ("no original sale to ..."): say each sentence once.
+    said: set[str] = set()
+    unique = []
+    for reason in reasons:
+        if reason.text and reason.text not in said:
+            said.add(reason.text)
+            unique.append(reason)
+    return Assessment(outcome, round(score, 4), unique, scored_by, warning, warn_at, deny_at, dict(values))
 
 
 def decision_id(event: PosEvent) -> str:
