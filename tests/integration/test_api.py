@@ -1,4 +1,5 @@
-"""The api's POS gateway over a real broker: validated POS events in (the HQ routes: test_hq_api.py)."""
+"""The api's POS gateway over a real broker: validated POS events in (every format, keys, duplicates and
+limits: test_pos_gateway.py; the HQ routes: test_hq_api.py)."""
 
 
 import httpx
@@ -7,6 +8,7 @@ import pytest
 from services.shared import topics
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from tests.conftest import consume_all
+from tests.integration.pos_files import write_pos_keys
 
 pytestmark = pytest.mark.integration
 
@@ -18,12 +20,14 @@ VALID = {
 
 
 @pytest.fixture
-def api(broker, redis_url, start_service):
-    return start_service("api", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url}).http
+def api(broker, redis_url, start_service, tmp_path):
+    keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
+    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")}
+    return httpx.Client(base_url=start_service("api", env).http, headers={"Authorization": f"Bearer {keys['tills-001']}"})
 
 
 def test_valid_pos_event_is_published_as_protobuf(api, broker):
-    response = httpx.post(f"{api}/v1/pos/events", json=VALID)
+    response = api.post("/v1/pos/events", json=VALID)
     assert response.status_code == 202, response.text
     assert response.json()["topic"] == topics.POS
     [msg] = consume_all(broker, topics.POS, expect=1)
@@ -44,18 +48,18 @@ def test_valid_pos_event_is_published_as_protobuf(api, broker):
     ],
 )
 def test_malformed_pos_event_gets_422_naming_the_field_and_publishes_nothing(api, broker, body, field):
-    response = httpx.post(f"{api}/v1/pos/events", json=body)
+    response = api.post("/v1/pos/events", json=body)
     assert response.status_code == 422
     assert field in [part for err in response.json()["detail"] for part in err["loc"]]
     assert consume_all(broker, topics.POS, timeout=4, idle=1) == []
 
 
 def test_non_json_body_gets_422(api, broker):
-    response = httpx.post(f"{api}/v1/pos/events", content=b"{not json", headers={"Content-Type": "application/json"})
+    response = api.post("/v1/pos/events", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert consume_all(broker, topics.POS, timeout=4, idle=1) == []
 
 
 def test_health_and_metrics(api):
-    assert httpx.get(f"{api}/metrics").status_code == 200
-    assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}
+    assert api.get("/metrics").status_code == 200
+    assert api.get("/healthz").json() == {"status": "ok"}

@@ -1,5 +1,5 @@
 """Hostile input against the whole published OpenAPI: schemathesis generates requests (valid and
-invalid) for every operation, signed in as an admin, and no answer may be a 500."""
+invalid) for every operation, signed in as an admin and with a store's POS key, and no answer may be a 500."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ EXAMPLES_PER_OPERATION = int(os.environ.get("SW_FUZZ_EXAMPLES", "40"))
 
 
 def run_schemathesis(hq, token: str, report: Path, config: Path | None = None) -> tuple[int, str, list[dict]]:
-    """One schemathesis run over every operation; its exit code, output and report events."""
+    """One schemathesis run over every operation; its exit code, output and report events. It signs
+    in as an admin for the HQ routes and carries a store's POS key for the POS gateway's."""
     argv = [sys.executable, "-m", "schemathesis.cli", *(["--config-file", str(config)] if config else []),
             "run", f"{hq.url}/openapi.json", "--checks", "not_a_server_error",
             "--max-examples", str(EXAMPLES_PER_OPERATION), "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "20261201",
             "--generation-database", "none", "--request-timeout", "20", "--no-color", "-H", f"Authorization: Bearer {token}",
+            "-H", f"X-ShrinkWatch-Pos-Key: {hq.pos_key}",
             # The live feed never ends by design, and signing out would end the fuzzer's own session.
             "--exclude-path", "/v1/alerts/stream", "--exclude-path", "/v1/auth/logout",
             "--report", "ndjson", "--report-dir", str(report)]
@@ -44,7 +46,8 @@ def test_no_request_gets_a_server_error(hq, tmp_path: Path):
     wait_listed(admin, 1)
     token = admin.headers["Authorization"].split()[1]
     schema = httpx.get(f"{hq.url}/openapi.json").json()
-    assert sum(len(methods) for methods in schema["paths"].values()) >= 17
+    assert sum(len(methods) for methods in schema["paths"].values()) >= 21
+    assert {"/v1/pos/events", "/v1/pos/poslog", "/v1/pos/webhooks/shopify", "/v1/pos/webhooks/square"} <= set(schema["paths"])
 
     # First any identifiers at all (hostile ones included), then a real alert's, so the evidence,
     # export and verdict routes are fuzzed past their "not found" too.

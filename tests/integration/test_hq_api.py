@@ -27,6 +27,7 @@ from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.evidence import EvidenceStore, frame_name
 from services.shared.kafka import make_producer
 from tests.conftest import BASE_ENV, ROOT, consume_all, wait_for
+from tests.integration.pos_files import write_pos_keys, write_pos_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def two_store_config(sample_config: Path, out: Path) -> Path:
     data = yaml.safe_load(sample_config.read_text())
     first = data["stores"][0]
     second = json.loads(json.dumps(first).replace("cam-counter-1", "cam-counter-2"))
-    second.update(id="store-002", name="Second Store", region="north")
+    second.update(id="store-002", name="Second Store", region="north", pos={"retail_store_id": "0043"})
     data["stores"].append(second)
     out.write_text(yaml.safe_dump(data))
     return out
@@ -57,10 +58,16 @@ def hq(broker, redis_url, start_service, sample_assets, tmp_path):
     users_file = tmp_path / "users.yaml"
     users_file.write_text(yaml.safe_dump({"users": [{"username": name, **spec, "password_hash": hash_password(PASSWORD)} for name, spec in USERS.items()]}))
     evidence_dir = tmp_path / "evidence"
+    # The POS gateway too (its own tests: test_pos_gateway.py), so the fuzzer reaches past its keys.
+    pos_keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
+    pos_secrets = write_pos_secrets(tmp_path / "pos-secrets.yaml")
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_STORE_CONFIG": str(config),
-           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1"}
+           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1",
+           "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml"), "SW_API_POS_SECRETS_FILE": str(tmp_path / "pos-secrets.yaml"),
+           "SW_API_SQUARE_NOTIFICATION_URL": pos_secrets["square_url"]}
     proc = start_service("api", env)
-    return type("Hq", (), {"url": proc.http, "env": env, "broker": broker, "redis_url": redis_url, "evidence": EvidenceStore(str(evidence_dir)), "proc": proc})
+    return type("Hq", (), {"url": proc.http, "env": env, "broker": broker, "redis_url": redis_url, "evidence": EvidenceStore(str(evidence_dir)), "proc": proc,
+                           "pos_key": pos_keys["tills-001"]})
 
 
 def client(hq, username: str, password: str = PASSWORD) -> httpx.Client:
