@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -130,7 +131,14 @@ def test_size_and_content_type_limits_publish_nothing(gateway):
     wrong_type = gateway.post("/v1/pos/events", json.dumps(EVENT).encode(), content_type="text/plain")
     assert wrong_type.status_code == 415 and "application/json" in wrong_type.json()["detail"]
     assert gateway.post("/v1/pos/poslog", b"<POSLog/>", content_type="application/json").status_code == 415
+    # A sender that goes away halfway through its body: nothing published, nothing broken.
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v1/pos/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n"
+                     f"Authorization: Bearer {gateway.keys['tills-001']}\r\n\r\n".encode() + big[:20000])
     assert gateway.events(timeout=5) == []
+    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+    assert "Exception in ASGI application" not in gateway.proc.log_text()
 
 
 def test_poslog_day_publishes_each_event_once_and_refuses_hostile_xml(gateway):

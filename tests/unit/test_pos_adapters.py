@@ -35,7 +35,7 @@ SHOP_SECRET = "shpss_8f2b7c1d"
 SQUARE_KEY = "sq-signature-key-4d1e"
 SQUARE_URL = "https://pos.example.com/v1/pos/webhooks/square"
 ARTS = "http://www.nrf-arts.org/IXRetail/namespace/"
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter
 from pydantic.json_schema import models_json_schema
+from starlette.requests import ClientDisconnect
 
 from services.api.posgateway import keys as pos_keys
 from services.api.posgateway.base import Note, Parsed, PosAdapter, PosInputError, Problem
@@ -254,6 +255,11 @@ def pos_router(gateway: PosGateway) -> APIRouter:
             POS_REQUESTS.labels(source, str(exc.status)).inc()
             log.info("POS request refused", extra={"source": source, "status": exc.status, "reason": str(exc)[:300]})
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
+        except ClientDisconnect:
+            # The sender went away mid-body: nothing was published, and nobody reads this answer.
+            POS_REQUESTS.labels(source, "499").inc()
+            log.info("POS request abandoned by the client while sending its body", extra={"source": source})
+            return Response(status_code=400)
         except (_Unavailable, KafkaException, redis.RedisError, Busy) as exc:
             POS_REQUESTS.labels(source, "503").inc()
             detail = exc.detail if isinstance(exc, _Unavailable) else f"POS events not stored, retry: {type(exc).__name__}: {exc}"
