@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 from confluent_kafka import Consumer
@@ -36,6 +37,22 @@ def ensure_sample_assets(echo=print) -> None:
 
     profile = os.environ.get("SW_DETECTOR_PROFILE", DEFAULT_DETECTOR_PROFILE)
     build_sample_models(ROOT / "models", samplestore.generate(SAMPLE_DIR), echo=echo, detector_profile=profile)
+    ensure_risk_models(ROOT / "models", echo)
+
+
+def ensure_risk_models(models_dir: Path, echo=print) -> None:
+    """The return-risk and triage models the api scores with (`make train-risk`), trained once from
+    the synthetic chain when none is there."""
+    from services.shared.riskmodel import versions
+
+    if versions(models_dir, "return") and versions(models_dir, "triage"):
+        return
+    from modeling.risk.train import TrainOptions, train_all
+
+    echo(f"Training the return-risk and triage models into {models_dir / 'risk'} (once; `make train-risk` retrains)...")
+    started = time.monotonic()
+    train_all(TrainOptions(models_dir=models_dir), echo=lambda line: echo(f"  {line}"))
+    echo(f"  trained in {time.monotonic() - started:.0f}s")
 
 
 @dataclass
@@ -46,6 +63,8 @@ class DemoResult:
     deliveries: list[dict] = field(default_factory=list)
     # ntfy pushes to the on-call officer's phone topic
     pushes: list[dict] = field(default_factory=list)
+    # the till's return assessments, one per refund, in script order
+    assessments: list[dict] = field(default_factory=list)
     # alert id -> its evidence package as the HQ API shows it (None: nothing recorded)
     evidence: dict[str, dict | None] = field(default_factory=dict)
     dashboard: str = ""
@@ -61,6 +80,13 @@ class DemoResult:
             found.append(f"webhook deliveries {delivered} do not match alerts one to one")
         if any(d.get("signature") != "valid" for d in self.deliveries):
             found.append("a webhook delivery was not validly signed")
+        refunds = [e for e in script["events"] if e["type"] in ("refund", "return")]
+        if len(self.assessments) != len(refunds):
+            found.append(f"{len(self.assessments)} return assessments for {len(refunds)} refunds")
+        for event, answer in zip(refunds, self.assessments, strict=False):
+            nobody = "refund_without_customer expected" in event.get("note", "")
+            if nobody and answer["outcome"] == "accept":
+                found.append(f"the till was told to accept {event['event_id']} with nobody at the counter")
         pushed = [p["message"].rsplit("/alerts/", 1)[-1] for p in self.pushes]
         if sorted(pushed) != sorted(a["alert_id"] for a in self.alerts):
             found.append(f"phone pushes {pushed} do not match alerts one to one")
@@ -94,7 +120,7 @@ def metric_total(metrics_url: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo=print) -> list[dict]:
+def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo=print, assessments: list[dict] | None = None) -> list[dict]:
     posted = []
     for event in script["events"]:
         at_ms = anchor_ms + int(event["offset_s"] * 1000)
@@ -104,6 +130,17 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo
         body = {k: v for k, v in event.items() if k not in ("offset_s", "note")}
         body.update(store_id=script["store_id"], register_id=script["register_id"], currency="GBP", employee_id="emp-042",
                     event_time=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat())
+        if event["type"] in ("refund", "return") and assessments is not None:
+            # The till asks first, as the customer waits; then it rings the refund up.
+            answer = httpx.post(f"{api}/v1/returns/assess", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
+            answer.raise_for_status()
+            assessments.append(answer.json())
+            decided = answer.json()
+            seen = {1.0: "yes", 0.0: "no"}
+            camera = (f"camera: customer {seen.get(decided['features']['customer_present'], 'cannot tell')}, "
+                      f"merchandise {seen.get(decided['features']['merchandise_present'], 'cannot tell')}")
+            reasons = "; ".join(r["text"] for r in decided["reasons"][:2])
+            echo(f"  till asks about {event['event_id']}: {decided['outcome'].upper()} (score {decided['score']:.2f}, {decided['scored_by']}, {camera}): {reasons}")
         response = httpx.post(f"{api}/v1/pos/events", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
         response.raise_for_status()
         echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
@@ -122,7 +159,7 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         api = comps["api"]["http"]
         result.anchor_ms = first_frame_time(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"], script["camera_id"])
         echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, UTC):%H:%M:%S} UTC); replaying the POS script:")
-        result.posted = replay_pos_script(api, script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo)
+        result.posted = replay_pos_script(api, script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo, result.assessments)
         refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
         clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
         deadline = max(time.time(), clip_end) + 90
@@ -201,6 +238,11 @@ def report(result: DemoResult, echo=print) -> list[str]:
             echo(f"      evidence ({package['status']}): {len(package['frames'])} frames, snapshot {package['snapshot_url']}, clip {package['clip_url']}")
             for reason in package["missing"]:
                 echo(f"        missing: {reason}")
+    echo(f"Returns assessed at the till: {len(result.assessments)}")
+    for answer in result.assessments:
+        echo(f"  {answer['event_id']}: {answer['outcome']} (score {answer['score']:.2f}, {answer['scored_by']})")
+        for reason in answer["reasons"]:
+            echo(f"      {reason['text']}")
     echo(f"Deliveries: {len(result.deliveries)}")
     event_times = {a["alert_id"]: int(a["event_time_ms"]) for a in result.alerts}
     window_after_s = settings_after_s()
