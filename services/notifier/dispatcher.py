@@ -118,6 +118,10 @@ class Dispatcher:
             except redis.RedisError as exc:
                 log.warning("redis unavailable; dispatch waits", extra={"error": str(exc)})
                 self.stop.wait(1.0)
+            except Exception:
+                # The scheduler must outlive any one bad moment: without it nothing is sent.
+                log.exception("dispatch scheduling failed; retrying")
+                self.stop.wait(1.0)
             self.wake.wait(self.poll_s)
             self.wake.clear()
 
@@ -167,7 +171,15 @@ class Dispatcher:
 
     def _send(self, contact: Contact, job: Job) -> bool:
         """Deliver one claimed job and record its outcome; False when the contact now backs off."""
-        notification = self._render(contact, job)
+        try:
+            notification = self._render(contact, job)
+        except (redis.RedisError, *STORE_ERRORS):  # type: ignore[misc]
+            raise
+        except Exception as exc:
+            # An alert that cannot be rendered never will be: keep it in the DLQ rather than retry forever.
+            log.exception("notification cannot be rendered", extra={"delivery_id": job.job_id})
+            return self._failed(contact, job, {"n": job.attempts, "at_ms": ms(self.clock())}, time.monotonic(),
+                                PermanentDeliveryError(f"cannot render the notification: {type(exc).__name__}: {exc}"))
         if notification is None:
             return True
         started = time.monotonic()

@@ -70,13 +70,9 @@ for i = 11, #ARGV, 2 do
     end
   end
   local zdue = P .. 'due:' .. channel
-  if mode == 'now' or redis.call('ZSCORE', zdue, jid) == false then
-    redis.call('ZADD', zdue, due, jid)
-  else
-    redis.call('ZADD', zdue, 'GT', due, jid)
-    redis.call('HSET', P .. 'job:' .. jid, 'due_ms', redis.call('ZSCORE', zdue, jid))
-  end
-  redis.call('ZADD', P .. 'ready', 'LT', due, channel)
+  -- A digest keeps the due time it was opened with: later held alerts join it, never delay it.
+  redis.call('ZADD', zdue, 'NX', due, jid)
+  redis.call('ZADD', P .. 'ready', 'LT', redis.call('ZSCORE', zdue, jid), channel)
   redis.call('SADD', jobs, jid)
 end
 redis.call('PEXPIRE', jobs, keep)
@@ -118,11 +114,15 @@ return fields
 # ARGV: prefix, job id, channel, now, keep ms, status, attempt json, then field/value pairs.
 _FINISH = """
 local P, jid, channel, now, keep, status, attempt = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local lease = ARGV[8]
 local job = P .. 'job:' .. jid
 local attempts = job .. ':attempts'
+-- Only the holder of the current lease records an outcome: a worker whose lease ran out (and whose
+-- job another worker has claimed, sent and recorded since) must not undo that.
+if redis.call('HGET', job, 'lease_until') ~= lease then return 0 end
 redis.call('ZREM', P .. 'due:' .. channel, jid)
 redis.call('HSET', job, 'status', status)
-for i = 8, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HDEL', job, 'lease_until')
 if attempt ~= '' then
   redis.call('RPUSH', attempts, attempt)
@@ -134,15 +134,16 @@ redis.call('ZADD', P .. 'ready', now, channel)
 return 1
 """
 
-# ARGV: prefix, job id, channel, next due, status, attempts delta, channel-ready time, attempt json, field/value pairs.
+# ARGV: prefix, job id, channel, next due, status, attempts delta, channel-ready time, attempt json, lease, field/value pairs.
 _RESCHEDULE = """
 local P, jid, channel, due, status = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local delta, ready_at, attempt = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local delta, ready_at, attempt, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], ARGV[9]
 local job = P .. 'job:' .. jid
+if redis.call('HGET', job, 'lease_until') ~= lease then return 0 end
 redis.call('ZADD', P .. 'due:' .. channel, due, jid)
 redis.call('HSET', job, 'status', status, 'due_ms', due)
 if delta ~= 0 then redis.call('HINCRBY', job, 'attempts', delta) end
-for i = 9, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+for i = 10, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HDEL', job, 'lease_until')
 if attempt ~= '' then
   local attempts = job .. ':attempts'
@@ -200,6 +201,8 @@ class Job:
     # When it was first claimed: a digest held for hours must not count that as failing.
     first_try_ms: int
     reason: str
+    # This claim's lease: the token that lets only this claim record the outcome.
+    lease: str = ""
 
     @classmethod
     def from_fields(cls, job_id: str, fields: dict[str, str]) -> Job:
@@ -208,7 +211,8 @@ class Job:
         # An empty Lua table encodes as {} rather than [].
         alert_ids = sorted(alert_ids) if isinstance(alert_ids, list) else []
         return cls(job_id, kind, fields.get("channel", ""), fields.get("recipient", ""), fields.get("alert_id", ""), alert_ids,
-                   int(fields.get("attempts") or 0), int(fields.get("created_ms") or 0), int(fields.get("first_try_ms") or 0), fields.get("reason", ""))
+                   int(fields.get("attempts") or 0), int(fields.get("created_ms") or 0), int(fields.get("first_try_ms") or 0), fields.get("reason", ""),
+                   fields.get("lease_until", ""))
 
 
 class Outbox:
@@ -265,19 +269,19 @@ class Outbox:
         return Job.from_fields(job_id, dict(zip(values[::2], values[1::2], strict=True)))
 
     def complete(self, job: Job, now_ms: int, attempt: dict, receipt: str) -> None:
-        self._finish(args=[self.prefix, job.job_id, job.channel, now_ms, self.keep_ms, "delivered", json.dumps(attempt),
+        self._finish(args=[self.prefix, job.job_id, job.channel, now_ms, self.keep_ms, "delivered", json.dumps(attempt), job.lease,
                            "delivered_ms", now_ms, "latency_ms", now_ms - job.created_ms, "receipt", receipt[:300], "last_error", ""])
 
     def fail(self, job: Job, now_ms: int, attempt: dict, error: str) -> None:
-        self._finish(args=[self.prefix, job.job_id, job.channel, now_ms, self.keep_ms, "failed", json.dumps(attempt), "last_error", error[:500]])
+        self._finish(args=[self.prefix, job.job_id, job.channel, now_ms, self.keep_ms, "failed", json.dumps(attempt), job.lease, "last_error", error[:500]])
 
     def retry(self, job: Job, next_ms: int, attempt: dict, error: str) -> None:
         """Try again at `next_ms`; the contact's other jobs wait as long (its backoff)."""
-        self._reschedule(args=[self.prefix, job.job_id, job.channel, next_ms, "retrying", 0, next_ms, json.dumps(attempt), "last_error", error[:500]])
+        self._reschedule(args=[self.prefix, job.job_id, job.channel, next_ms, "retrying", 0, next_ms, json.dumps(attempt), job.lease, "last_error", error[:500]])
 
     def defer(self, job: Job, next_ms: int, now_ms: int, why: str) -> None:
         """Not an attempt (waiting for the evidence snapshot): the lease is given back, the count undone."""
-        self._reschedule(args=[self.prefix, job.job_id, job.channel, next_ms, "waiting", -1, now_ms, "", "waiting_for", why])
+        self._reschedule(args=[self.prefix, job.job_id, job.channel, next_ms, "waiting", -1, now_ms, "", job.lease, "waiting_for", why])
 
     # ---- escalations and acknowledgements -----------------------------------------------------
 

@@ -133,7 +133,8 @@ class Match(_Strict):
 
 
 class Route(_Strict):
-    name: str = Field(min_length=1, max_length=64)
+    # Letters, digits and . _ - (a route's name is part of its escalations' keys, which use "|").
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: Match = Field(default_factory=Match)
     levels: list[Level] = Field(min_length=1)
     # Stop at the first matching route (otherwise every matching route applies).
@@ -153,6 +154,8 @@ class Limits(_Strict):
     max_per_window: int = Field(5, ge=1, le=1_000_000)
     window_s: float = Field(300.0, gt=0, le=86400)
     digest_after_s: float = Field(60.0, gt=0, le=86400)
+    # Alerts of this severity and above are never held for a burst's digest (quiet hours have their own).
+    except_severity: SeverityName = "critical"
 
 
 class Delivery(_Strict):

@@ -25,7 +25,7 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from services.notifier.outbox import Outbox
-from services.notifier.routing import RoutingConfig, matching_routes, quiet_until, resolve_targets
+from services.notifier.routing import RoutingConfig, matching_routes, quiet_until, resolve_targets, severity_name, severity_rank
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -85,12 +85,13 @@ class Notifier:
         except PoisonMessage as exc:
             self.loop.skip(msg, str(exc))  # the correlator owns sw.feedback.v1's DLQ
             return
-        dropped = self.outbox.acknowledge(feedback.alert_id, Verdict.Name(feedback.verdict))
+        # A verdict this build does not know (a newer api) still says someone looked at the alert.
+        verdict = Verdict.Name(feedback.verdict) if feedback.verdict in Verdict.values() else f"VERDICT_{feedback.verdict}"
+        dropped = self.outbox.acknowledge(feedback.alert_id, verdict)
         ACKNOWLEDGED.inc()
         if dropped:
             ESCALATIONS.labels("acknowledged").inc(dropped)
-        log.info("alert acknowledged", extra={"alert_id": feedback.alert_id, "verdict": Verdict.Name(feedback.verdict),
-                                              "user": feedback.user, "escalations_dropped": dropped})
+        log.info("alert acknowledged", extra={"alert_id": feedback.alert_id, "verdict": verdict, "user": feedback.user, "escalations_dropped": dropped})
 
     def route(self, alert: Alert, data: bytes) -> None:
         """Enqueue the first level of every matching route and schedule the later ones (idempotent)."""
@@ -119,10 +120,12 @@ class Notifier:
         if not recipients:
             log.error("a level resolves to nobody (empty schedule and no fallback)", extra={"alert_id": alert.alert_id, "route": route_name, "level": index + 1})
         limits = self.routing.limits
+        # Alerts at or above this severity are never held for a burst's digest.
+        rate_max = 2**31 if severity_rank(severity_name(alert.severity)) >= severity_rank(limits.except_severity) else limits.max_per_window
         for name in recipients:
             until = quiet_until(self.routing.recipients[name], alert.severity, at)
             outcome = self.outbox.enqueue(alert.alert_id, name, self._channels[name], ms(now), ms(until.timestamp()) if until else 0,
-                                          limits.max_per_window, ms(limits.window_s), ms(limits.digest_after_s), reason)
+                                          rate_max, ms(limits.window_s), ms(limits.digest_after_s), reason)
             ENQUEUED.labels(outcome).inc()
             if outcome != "duplicate":
                 log.info("alert enqueued", extra={"alert_id": alert.alert_id, "recipient": name, "mode": outcome, "reason": reason})

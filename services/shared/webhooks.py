@@ -43,13 +43,14 @@ def verify(secret: str, headers: Mapping[str, str] | Message, body: bytes, now: 
     stamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
     if not stamp or not signature:
         raise SignatureError(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER}")
-    try:
-        timestamp = int(stamp)
-    except ValueError:
-        raise SignatureError(f"{TIMESTAMP_HEADER} is not a unix time in seconds: {stamp[:40]!r}") from None
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 12:
+        raise SignatureError(f"{TIMESTAMP_HEADER} is not a unix time in seconds: {stamp[:40]!r}")
+    timestamp = int(stamp)
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(f"timestamp {timestamp} is {now - timestamp:+.0f}s from now (tolerance {tolerance_s:.0f}s): a replay or a skewed clock")
-    expected = sign(secret, timestamp, body)
-    # Several comma-separated signatures are accepted, so a sender can rotate its secret.
-    if not any(hmac.compare_digest(expected, candidate.strip()) for candidate in signature.split(",")):
+    expected = sign(secret, timestamp, body).encode()
+    # Several comma-separated signatures are accepted, so a sender can rotate its secret; bytes, so a
+    # header with other characters is simply not a match.
+    candidates = [c.strip().encode("utf-8", "replace") for c in signature.split(",")]
+    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
         raise SignatureError("signature does not match the body and timestamp")

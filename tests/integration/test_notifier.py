@@ -22,7 +22,7 @@ import yaml
 from devplatform.launcher import free_port
 from services.notifier.channels import build_channel
 from services.notifier.dispatcher import Contact, Dispatcher
-from services.notifier.outbox import Outbox
+from services.notifier.outbox import Job, Outbox
 from services.notifier.routing import parse_routing
 from services.notifier.service import Notifier
 from services.shared import topics
@@ -304,7 +304,12 @@ def test_a_burst_becomes_a_digest_and_quiet_hours_hold_all_but_critical(redis_ur
         for alert in burst:
             notifier.route(alert, alert.SerializeToString())
         wait_for(lambda: len(sink.webhook_alerts("busy")) == 3, 20, "the first three of the burst")
-        clock.advance(59)
+        # The storm goes on: later alerts join the open digest and do not delay it; a critical one is not held.
+        clock.advance(30)
+        for alert in (_alert("al-8"), _alert("al-9"), _alert("al-critical", Severity.SEVERITY_CRITICAL)):
+            notifier.route(alert, alert.SerializeToString())
+        wait_for(lambda: "al-critical" in sink.webhook_alerts("busy"), 20, "the critical alert at once")
+        clock.advance(29)
         dispatcher.wake.set()
         time.sleep(1)
         assert not [e for e in sink.entries("webhook") if e["body"]["kind"] == "digest"]
@@ -312,10 +317,10 @@ def test_a_burst_becomes_a_digest_and_quiet_hours_hold_all_but_critical(redis_ur
         dispatcher.wake.set()
         wait_for(lambda: [e for e in sink.entries("webhook") if e["body"]["kind"] == "digest"], 20, "the digest")
         [digest] = [e["body"] for e in sink.entries("webhook") if e["body"]["kind"] == "digest"]
-        assert sorted(a["alert_id"] for a in digest["alerts"]) == [f"al-{i}" for i in range(3, 8)]
+        assert sorted(a["alert_id"] for a in digest["alerts"]) == [f"al-{i}" for i in range(3, 10)]
         assert digest["recipient"] == "busy" and digest["reason"] == "burst over the rate limit"
         [held] = read_deliveries(outbox.redis, "al-5")
-        assert held["kind"] == "digest" and held["status"] == "delivered" and held["alerts_in_digest"] == 5
+        assert held["kind"] == "digest" and held["status"] == "delivered" and held["alerts_in_digest"] == 7
         # Quiet hours (22:00-06:30 London): a high alert waits for the morning digest, a critical one goes now.
         night = [_alert("al-night-high", store="store-002"), _alert("al-night-critical", Severity.SEVERITY_CRITICAL, store="store-002")]
         for alert in night:
@@ -375,3 +380,20 @@ def test_a_notification_failing_past_give_up_goes_to_the_dlq_counted_from_its_fi
         assert read_deliveries(outbox.redis, "al-held")[0]["attempts"] >= 2
     finally:
         dispatcher.close()
+
+
+def test_a_worker_whose_lease_ran_out_cannot_undo_what_the_next_claim_recorded(redis_url):
+    outbox = Outbox(redis.Redis.from_url(redis_url), keep_ms=3_600_000)
+    assert outbox.enqueue("al-lease", "hq", [("hq/hook", "webhook")], 1_000, 0, 5, 300_000, 60_000, "route all, level 1") == "now"
+    slow = outbox.claim("hq/hook", 1_000, 10_000)
+    assert isinstance(slow, Job)
+    # Its lease runs out mid-send; another worker (a second replica) claims the job, sends it, records it.
+    fast = outbox.claim("hq/hook", 11_001, 10_000)
+    assert isinstance(fast, Job) and fast.lease != slow.lease
+    outbox.complete(fast, 11_500, {"n": 2, "outcome": "delivered"}, "HTTP 200")
+    # The slow worker's send then times out: its retry must change nothing.
+    outbox.retry(slow, 12_000, {"n": 1, "outcome": "failed", "error": "timeout"}, "timeout")
+    outbox.fail(slow, 12_000, {"n": 1, "outcome": "failed"}, "timeout")
+    [record] = read_deliveries(outbox.redis, "al-lease")
+    assert record["status"] == "delivered" and [a["outcome"] for a in record["attempt_log"]] == ["delivered"]
+    assert outbox.claim("hq/hook", 1_000_000, 10_000) is None

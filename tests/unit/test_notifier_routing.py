@@ -97,6 +97,7 @@ def test_quiet_hours_span_midnight_and_let_severe_alerts_through():
     ({"schedules": {"s": {"timezone": NY, "shifts": [{"start": "25:00", "on_call": ["bob"]}]}}}, "not a time of day"),
     ({"recipients": {"x": {"contacts": [{"type": "apprise", "url": "nonsense-scheme://x"}]}}}, "Apprise does not understand"),
     ({"recipients": {"x": {"contacts": [{"type": "log"}, {"type": "log"}]}}}, "distinct names"),
+    ({"routes": [{"name": "night|east", "levels": [{"notify": ["bob"]}]}]}, "routes.0.name"),
     ({"recipients": {"x": {"contacts": [{"type": "webhook", "url": "https://h.example/${SW_TEST_UNSET_SECRET}"}]}}}, "SW_TEST_UNSET_SECRET is not set"),
 ])
 def test_a_bad_routing_file_names_the_field(change, message):
@@ -148,6 +149,24 @@ def test_webhook_signatures_cover_timestamp_and_body_and_refuse_replays_and_forg
         verify("s3cret", {}, body, now=1_800_000_000)
     rotated = {**headers, "X-ShrinkWatch-Signature": f"{sign('old', 1_800_000_000, body)}, {headers['X-ShrinkWatch-Signature']}"}
     verify("s3cret", rotated, body, now=1_800_000_000)
+    # Odd headers are refusals too, never another exception (a receiver answers 401, not 500).
+    for odd in ({**headers, "X-ShrinkWatch-Signature": "v1=é"}, {**headers, "X-ShrinkWatch-Timestamp": "9" * 400},
+                {**headers, "X-ShrinkWatch-Timestamp": "-5"}, {**headers, "X-ShrinkWatch-Timestamp": "١٢٣"}):
+        with pytest.raises(SignatureError):
+            verify("s3cret", odd, body, now=1_800_000_000)
+
+
+def test_a_webhook_that_redirects_is_refused_not_counted_as_delivered():
+    import httpx
+
+    from services.notifier.channels import PermanentDeliveryError
+    from services.notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
+
+    channel = WebhookChannel(WebhookChannelConfig(type="webhook", url="http://hooks.example/old"))
+    channel._client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(301, headers={"location": "https://hooks.example/new"})))
+    notification = alert_notification("al-1|x/hook", "x", _alert(), "https://lp.example", NY, "r", None)
+    with pytest.raises(PermanentDeliveryError, match=r"redirect to https://hooks\.example/new"):
+        channel.deliver(notification)
 
 
 def test_the_example_routing_file_is_valid(monkeypatch):

@@ -52,6 +52,10 @@ class WebhookChannel:
             raise DeliveryError(f"webhook {self.name}: {type(exc).__name__} {exc}") from None
         if response.status_code in (408, 429) or response.status_code >= 500:
             raise DeliveryError(f"webhook {self.name}: HTTP {response.status_code}")
+        if 300 <= response.status_code < 400:
+            # Not followed: the receiver never got the alert; the URL in the routing file is out of date.
+            raise PermanentDeliveryError(f"webhook {self.name}: HTTP {response.status_code} redirect to {response.headers.get('location', '?')[:200]}; "
+                                         "update the URL in the routing file")
         if response.status_code >= 400:
             raise PermanentDeliveryError(f"webhook {self.name}: HTTP {response.status_code} {response.text[:200]}")
         return f"HTTP {response.status_code}"
