@@ -37,7 +37,7 @@ def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
 
     app.include_router(pos_router(pos))
     if hq.returns is not None:
-        app.include_router(returns_router(hq.returns, pos.keys, pos.max_clock_skew_s))
+        app.include_router(returns_router(hq.returns, pos.keys, pos.max_clock_skew_s, pos.max_bytes))
     app.include_router(hq_router(hq))
     mount_dashboard(app)
 

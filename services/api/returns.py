@@ -34,10 +34,11 @@ from confluent_kafka import KafkaError, Message, Producer
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 
 from services.api.posgateway.base import PosInputError
 from services.api.posgateway.canonical import PosEventIn, context_errors
-from services.api.posgateway.keys import PosKeys
+from services.api.posgateway.keys import HEADER, PosKeys
 from services.api.posgateway.routes import authenticate
 from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH
@@ -58,6 +59,14 @@ HISTORY_DAYS = 120
 CAMERA_FRESH_MS = 10_000
 DECISIONS_KEPT = 10_000
 DECISIONS_ZSET = "sw:returns:recent"
+# Per store too: a quiet store's decisions must not be buried under a busy chain's.
+
+
+def store_decisions_key(store_id: str) -> str:
+    return f"{DECISIONS_ZSET}:{store_id}"
+
+
+
 DECISIONS_HASH = "sw:returns:decision"
 OUTCOMES = {"accept": ReturnOutcome.RETURN_OUTCOME_ACCEPT, "warn": ReturnOutcome.RETURN_OUTCOME_WARN, "deny": ReturnOutcome.RETURN_OUTCOME_DENY}
 RETURN_TYPES = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUND)
@@ -231,7 +240,8 @@ def _policy_reasons(values: dict[str, float], policy: ReturnPolicy) -> list[Reas
         "no_receipt": values["has_receipt"] == 0,
         "nobody_at_counter": values["customer_present"] == 0,
         "no_merchandise": values["merchandise_present"] == 0,
-        "camera_unknown": values["camera_unknown"] >= 0.5,
+        # Who is at the counter; a register with no merchandise zone is not "unknown" for that alone.
+        "camera_unknown": values["customer_present"] == NOT_APPLICABLE,
         "to_employee_own_token": values["to_employee_own_token"] >= 0.5,
         "cash": values["tender_cash"] >= 0.5,
     }
@@ -253,8 +263,9 @@ def decide(values: dict[str, float], policy: ReturnPolicy, model: RiskModel | No
     else:
         score, reasons = rules_score(values)
         warn_at, deny_at, scored_by = RULES_WARN_AT, RULES_DENY_AT, "rules"
-    warn_at = policy.warn_at if policy.warn_at is not None else warn_at
     deny_at = policy.deny_at if policy.deny_at is not None else deny_at
+    # A store that sets only one threshold must not end up warning above where it denies.
+    warn_at = min(policy.warn_at if policy.warn_at is not None else warn_at, deny_at)
     outcome = "deny" if score >= deny_at and not policy.never_deny else "warn" if score >= warn_at else "accept"
     if score >= deny_at and policy.never_deny:
         reasons.append(Reason("store policy: the system never refuses; staff decide", "policy:never_deny", 0.0))
@@ -317,16 +328,7 @@ class ReturnDesk:
         return decision, assessment
 
     def _keep(self, decision: ReturnDecision) -> None:
-        pipe = self.history.redis.pipeline(transaction=False)
-        pipe.hset(DECISIONS_HASH, decision.decision_id, json.dumps(view(decision)))
-        pipe.zadd(DECISIONS_ZSET, {decision.decision_id: decision.decided_time_ms})
-        pipe.execute()
-        # Bounded: the oldest fall off (sw.returns.v1 keeps them all).
-        overflow = self.history.redis.zcard(DECISIONS_ZSET) - DECISIONS_KEPT
-        if overflow > 0:
-            old = cast(list, self.history.redis.zrange(DECISIONS_ZSET, 0, overflow - 1))
-            self.history.redis.zrem(DECISIONS_ZSET, *old)
-            self.history.redis.hdel(DECISIONS_HASH, *old)
+        keep_decision(self.history.redis, decision)
 
     def _publish(self, decision: ReturnDecision) -> None:
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -341,20 +343,41 @@ class ReturnDesk:
             PUBLISH_FAILED.inc()
             log.error("return decision not published: producer queue full (kept in Redis)", extra={"decision_id": decision.decision_id})
 
-    def recent(self, stores: set[str] | None, limit: int, outcome: str | None = None) -> list[dict]:
-        """Newest first, only the given stores (None: all)."""
-        ids = cast(list, self.history.redis.zrevrange(DECISIONS_ZSET, 0, 2000))
+    def recent(self, stores: set[str], limit: int, outcome: str | None = None) -> list[dict]:
+        """Newest first, from the given stores' own lists (an outcome filter reads further back)."""
+        depth = limit if outcome is None else min(DECISIONS_KEPT, limit * 20)
+        pipe = self.history.redis.pipeline(transaction=False)
+        for store_id in sorted(stores):
+            pipe.zrevrange(store_decisions_key(store_id), 0, depth - 1, withscores=True)
+        scored = sorted(((score, decision_id) for reply in pipe.execute() for decision_id, score in reply), reverse=True)
+        ids = [decision_id for _, decision_id in scored]
         raw = cast(list, self.history.redis.hmget(DECISIONS_HASH, ids)) if ids else []
         out = []
         for value in raw:
             if value is None:
                 continue
             item = json.loads(value)
-            if (stores is None or item["store_id"] in stores) and (outcome is None or item["outcome"] == outcome):
+            if outcome is None or item["outcome"] == outcome:
                 out.append(item)
                 if len(out) >= limit:
                     break
         return out
+
+
+def keep_decision(client: redis.Redis, decision: ReturnDecision) -> None:
+    """For the dashboard: the decision by id, listed by time chain-wide and per store; bounded, the
+    oldest fall off (sw.returns.v1 keeps them all)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(DECISIONS_HASH, decision.decision_id, json.dumps(view(decision)))
+    pipe.zadd(DECISIONS_ZSET, {decision.decision_id: decision.decided_time_ms})
+    pipe.zadd(store_decisions_key(decision.store_id), {decision.decision_id: decision.decided_time_ms})
+    pipe.zremrangebyrank(store_decisions_key(decision.store_id), 0, -DECISIONS_KEPT - 1)
+    pipe.execute()
+    overflow = client.zcard(DECISIONS_ZSET) - DECISIONS_KEPT
+    if overflow > 0:
+        old = cast(list, client.zrange(DECISIONS_ZSET, 0, overflow - 1))
+        client.zrem(DECISIONS_ZSET, *old)
+        client.hdel(DECISIONS_HASH, *old)
 
 
 def view(decision: ReturnDecision) -> dict[str, Any]:
@@ -375,7 +398,20 @@ def model_card(result: LoadResult, kind: str) -> dict[str, Any]:
             "data": metadata.get("data", {}), "split": metadata.get("split", {})}
 
 
-def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float) -> APIRouter:
+async def _capped_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PosInputError(413, f"body of {declared} bytes is over the limit of {max_bytes} (SW_API_POS_MAX_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PosInputError(413, f"body is over the limit of {max_bytes} bytes (SW_API_POS_MAX_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max_bytes: int) -> APIRouter:
     """The till's route. It takes the POS keys of the gateway: a till that may publish a store's
     returns may ask about them."""
     router = APIRouter(tags=["returns"])
@@ -387,13 +423,23 @@ def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float) -> 
         "503": {"description": "Redis is unavailable; retry"},
     }
 
-    @router.post("/v1/returns/assess", responses=answers)
-    async def assess(event: PosEventIn, request: Request) -> JSONResponse:
+    @router.post("/v1/returns/assess", responses=answers, openapi_extra={
+        "parameters": [{"name": HEADER, "in": "header", "required": False, "schema": {"type": "string", "maxLength": 256},
+                        "description": "the store's POS key (or Authorization: Bearer <key>)"}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PosEventIn"}}}}})
+    async def assess(request: Request) -> JSONResponse:
         """Accept, warn or deny a return or refund while the customer waits, with the reasons."""
+        # The key first, then at most max_bytes of body: a stranger gets a 401, not a parser.
         try:
             holder = authenticate(request, keys)
+            raw = await _capped_body(request, max_bytes)
         except PosInputError as exc:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
+        try:
+            event = PosEventIn.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors(include_url=False, include_input=False)]
+            return JSONResponse(status_code=422, content={"detail": errors})
         if not holder.may_publish(event.store_id):
             return JSONResponse(status_code=403, content={"detail": f"key {holder.name!r} is not for store {event.store_id}"})
         if event.type not in ("return", "refund"):

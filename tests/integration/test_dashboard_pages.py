@@ -6,7 +6,6 @@ inline styles). A headless browser then checks that a signed-out visit ends on t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import shutil
@@ -347,7 +346,7 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
 #
 # The page reads GET /v1/returns/decisions and GET /v1/returns/model. Here a small app serves those two
 # routes as the api documents them: the decisions stored in Redis as the api stores them (returns.view()
-# of a ReturnDecision under DECISIONS_HASH and DECISIONS_ZSET) and read back by the api's own
+# of a ReturnDecision, by returns.keep_decision) and read back by the api's own
 # ReturnDesk.recent, and the card returns.model_card() makes of a real trained return-risk model.
 
 RETURN_STORES = [
@@ -390,12 +389,11 @@ def _return_decision(name: str, store_id: str, minutes_ago: float, total_minor: 
 
 
 def _keep_decisions(client: redis.Redis, decisions) -> None:
-    """As ReturnDesk keeps a decision: its view() as JSON by id, and the id by decision time."""
-    from services.api.returns import DECISIONS_HASH, DECISIONS_ZSET, view
+    """As ReturnDesk keeps a decision (its view() by id, listed by time chain-wide and per store)."""
+    from services.api.returns import keep_decision
 
     for d in decisions:
-        client.hset(DECISIONS_HASH, d.decision_id, json.dumps(view(d)))
-        client.zadd(DECISIONS_ZSET, {d.decision_id: d.decided_time_ms})
+        keep_decision(client, d)
 
 
 def returns_app(client: redis.Redis, state: dict) -> FastAPI:

@@ -136,3 +136,8 @@ def test_bad_requests_get_4xx_and_a_missing_model_falls_back_to_the_rules_with_a
     assert sale.status_code == 422 and "return or refund" in sale.text
     unknown = _assess(api, KEY, register_id="reg-9")
     assert unknown.status_code == 422 and "reg-9" in unknown.text
+    # The key is checked before the body is read, and the body is capped.
+    huge = b'{"event_id": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    assert httpx.post(f"{api}/v1/returns/assess", content=huge, headers={"Content-Type": "application/json"}).status_code == 401
+    assert httpx.post(f"{api}/v1/returns/assess", content=huge, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}).status_code == 413
+    assert httpx.post(f"{api}/v1/returns/assess", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"}).status_code == 422

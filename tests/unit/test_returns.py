@@ -83,6 +83,12 @@ def test_the_store_policy_sets_thresholds_and_always_warns():
     assert gentle.outcome == "warn" and any(r.feature == "policy:never_deny" for r in gentle.reasons)
     with pytest.raises(ValueError, match="must not be above"):
         ReturnPolicy(warn_at=0.9, deny_at=0.5)
+    # Only a deny threshold below the rules' warn threshold: warn never sits above deny.
+    low = decide(abuser(), ReturnPolicy(deny_at=0.2, never_deny=True), None, "")
+    assert low.warn_at <= low.deny_at == 0.2 and low.outcome == "warn"
+    # A register without merchandise zones is not "camera unknown" while it sees the customer.
+    seen = {**values, "merchandise_present": -1.0, "camera_unknown": 1.0, "customer_present": 1.0}
+    assert decide(seen, ReturnPolicy(always_warn=["camera_unknown"]), None, "").outcome == "accept"
 
 
 def test_the_counter_camera_says_who_is_there_only_while_fresh():
