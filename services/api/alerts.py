@@ -49,6 +49,7 @@ STATUS_OF_VERDICT: dict[str, Status] = {"acknowledged": "acknowledged", "confirm
 VERDICT_NAMES: dict[int, VerdictName] = {Verdict.VERDICT_ACKNOWLEDGED: "acknowledged", Verdict.VERDICT_CONFIRMED: "confirmed", Verdict.VERDICT_FALSE_ALARM: "false_alarm"}
 # A store's confirmed share for triage is counted over this many days of verdicts.
 TRIAGE_CONFIRM_DAYS = 30
+CONFIRM_RATE_TTL_S = 60.0
 VERDICT_VALUES: dict[str, int] = {name: value for value, name in VERDICT_NAMES.items()}
 
 
@@ -165,6 +166,20 @@ class AlertStore:
         # The triage model: each new alert gets the chance HQ confirms it, with its reasons.
         self.triage = triage
         self._zone_kinds = {z.id: z.kind for s in config.stores for c in s.cameras for z in c.zones}
+        self._confirm_rates: dict[str, tuple[float, float]] = {}
+
+    def _confirm_rate(self, store_id: str) -> float:
+        """The store's confirmed share over the last TRIAGE_CONFIRM_DAYS, recounted at most once a minute
+        (a storm of alerts must not recount 30 days of statistics each)."""
+        now = time.monotonic()
+        cached = self._confirm_rates.get(store_id)
+        if cached is not None and now - cached[1] < CONFIRM_RATE_TTL_S:
+            return cached[0]
+        judged = self.stats([store_id], TRIAGE_CONFIRM_DAYS)["by_store"]
+        confirmed = sum(row["confirmed"] for row in judged)
+        rate = store_confirm_rate(confirmed, confirmed + sum(row["false_alarm"] for row in judged))
+        self._confirm_rates[store_id] = (rate, now)
+        return rate
 
     def triage_view(self, alert: Alert) -> dict | None:
         """The chance HQ confirms this alert, from the triage model, with the features it was scored on
@@ -172,9 +187,7 @@ class AlertStore:
         if self.triage is None:
             return None
         store = self._stores.get(alert.store_id)
-        judged = self.stats([alert.store_id], TRIAGE_CONFIRM_DAYS)["by_store"] if store else []
-        confirmed = sum(row["confirmed"] for row in judged)
-        rate = store_confirm_rate(confirmed, confirmed + sum(row["false_alarm"] for row in judged))
+        rate = self._confirm_rate(alert.store_id) if store else store_confirm_rate(0, 0)
         values = triage_features(alert, TriageContext(store.timezone if store else "UTC", rate, self._zone_kinds))
         scored = self.triage.score(values)
         return {"probability": scored.probability, "decision": scored.decision, "model": self.triage.version,

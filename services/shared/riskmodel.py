@@ -74,7 +74,7 @@ class RiskModel:
         thresholds = sorted(metadata.get("thresholds", []), key=lambda t: float(t["threshold"]))
         self.thresholds: list[tuple[str, float]] = [(str(t["name"]), float(t["threshold"])) for t in thresholds]
         self.default_decision = str(metadata.get("default_decision", ""))
-        self._trees = [_tree(estimator.tree_) for estimator in forest.estimators_]
+        self._trees = [_tree(estimator.tree_, len(self.features)) for estimator in forest.estimators_]
         self.base_rate = float(np.mean([t.risk[0] for t in self._trees]))
 
     def decision(self, probability: float) -> str:
@@ -114,11 +114,17 @@ class RiskModel:
         return Score(round(probability, 4), self.decision(probability), tuple(reasons))
 
 
-def _tree(tree: Any) -> _Tree:
+def _tree(tree: Any, n_features: int) -> _Tree:
     value = np.asarray(tree.value)[:, 0, :]
     sums = value.sum(axis=1)
     risk = np.where(sums > 0, value[:, 1] / np.where(sums > 0, sums, 1), 0.0)
-    return _Tree(tree.children_left.tolist(), tree.children_right.tolist(), tree.feature.tolist(), tree.threshold.tolist(), risk.tolist())
+    left, right, feature = tree.children_left.tolist(), tree.children_right.tolist(), tree.feature.tolist()
+    # scikit-learn numbers children after their parent; a file whose links point back (or past the
+    # end, or at a feature the forest lacks) would send the walk in `contributions` round forever.
+    for node, (lo, hi, f) in enumerate(zip(left, right, feature, strict=True)):
+        if (lo == -1) != (hi == -1) or (lo != -1 and not (node < lo < len(left) and node < hi < len(left) and 0 <= f < n_features)):
+            raise _Refused(f"tree node {node} links to {lo}/{hi} on feature {f}: not a tree scikit-learn builds")
+    return _Tree(left, right, feature, tree.threshold.tolist(), risk.tolist())
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,16 @@ def test_the_counter_camera_says_who_is_there_only_while_fresh():
     assert camera_view(fake, config, "store-001", register.id, NOW + 1000).customer is True  # type: ignore[arg-type]
     assert camera_view(fake, config, "store-001", register.id, NOW + CAMERA_FRESH_MS + 1).customer is None  # type: ignore[arg-type]
     assert camera_view(fake, config, "store-001", "no-such-register", NOW) == CameraView(None, None)  # type: ignore[arg-type]
+
+
+def test_a_forest_whose_trees_link_backwards_is_refused_not_walked_forever(model):
+    import copy
+
+    from services.shared.riskmodel import RiskModel, _Refused
+
+    forest = copy.deepcopy(model.forest)
+    tree = forest.estimators_[0].tree_
+    node = next(i for i, child in enumerate(tree.children_left) if child != -1 and i > 0)
+    tree.children_left[node] = 0  # a loop back to the root
+    with pytest.raises(_Refused, match=f"tree node {node} links to 0"):
+        RiskModel("return", model.path, forest, model.metadata)
