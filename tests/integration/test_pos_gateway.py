@@ -1,6 +1,7 @@
 """The POS gateway over a real dev broker and redis-server: every route publishes to sw.pos.v1, the
-same event sent twice (or at the same moment) is published once, keys are per store, bodies are
-size-capped while they are read, and a POSLog file of many transactions streams through."""
+same event sent twice (or at the same moment, the copy told to retry) is published once per store,
+keys are per store, bodies are size-capped while they are read, and a POSLog file of many
+transactions streams through."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -80,14 +83,23 @@ def test_json_event_and_batch_are_published_once_each(gateway):
 
 
 def test_identical_requests_at_the_same_moment_publish_once(gateway):
+    """A copy that arrives while another is being published is told to retry (409, Retry-After);
+    its retry is answered with where the first one went."""
     batch = json.dumps({"events": [{**EVENT, "event_id": f"pos-race-{i}"} for i in range(40)]}).encode()
     single = json.dumps({**EVENT, "event_id": "pos-race-single"}).encode()
     start = threading.Barrier(8)
     answers: list[httpx.Response] = []
+    conflicts: list[httpx.Response] = []
 
     def send(body: bytes) -> None:
         start.wait()
-        answers.append(gateway.post("/v1/pos/events", body))
+        for _ in range(50):
+            answer = gateway.post("/v1/pos/events", body)
+            if answer.status_code != 409:
+                break
+            conflicts.append(answer)
+            time.sleep(random.uniform(0.05, 0.15))  # Retry-After says 1 s; the test need not wait that long
+        answers.append(answer)
 
     threads = [threading.Thread(target=send, args=(body,)) for body in [batch] * 4 + [single] * 4]
     for thread in threads:
@@ -98,8 +110,23 @@ def test_identical_requests_at_the_same_moment_publish_once(gateway):
     singles = [a.json() for a in answers if "event_id" in a.json()]
     assert sorted(a["duplicate"] for a in singles) == [False, True, True, True] and len({(a["partition"], a["offset"]) for a in singles}) == 1
     assert sum(a.json().get("published", 0) for a in answers) == 40
+    assert all(c.headers["Retry-After"] == "1" and "another request" in c.json()["detail"] for c in conflicts)
+    print(f"{len(conflicts)} copies were told to retry while the first was being published")
     events = gateway.events()
     assert len(events) == 41 and len({e.event_id for e in events}) == 41
+
+
+def test_the_same_event_id_in_two_stores_is_published_for_each(gateway):
+    """Separate POS systems reuse ids: store-002's event is not store-001's duplicate, and neither
+    store's key can claim the other's ids; each store's own copy again is a duplicate."""
+    first = gateway.post("/v1/pos/events", json.dumps(EVENT).encode(), key="tills-001")
+    other = gateway.post("/v1/pos/events", json.dumps({**EVENT, "store_id": "store-002"}).encode(), key="tills-002")
+    again = gateway.post("/v1/pos/events", json.dumps({**EVENT, "store_id": "store-002"}).encode(), key="tills-002")
+    assert (first.status_code, other.status_code, again.status_code) == (202, 202, 200), other.text
+    assert other.json()["duplicate"] is False and again.json()["duplicate"] is True and again.json()["offset"] == other.json()["offset"]
+    assert gateway.post("/v1/pos/events", json.dumps(EVENT).encode(), key="tills-001").json()["duplicate"] is True
+    events = gateway.events()
+    assert sorted((e.store_id, e.event_id) for e in events) == [("store-001", "pos-gw-1"), ("store-002", "pos-gw-1")]
 
 
 def test_keys_are_per_store(gateway):
@@ -225,8 +252,14 @@ def _shopify_headers(body: bytes, secret: str) -> dict[str, str]:
             "X-Shopify-Shop-Domain": SHOP, "X-Shopify-Topic": "refunds/create", "X-Shopify-Webhook-Id": "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"}
 
 
+def _dated(body: bytes, old: bytes, days_ago: float) -> bytes:
+    """An example webhook as if sent `days_ago` (refunds older than the dedupe window are not published)."""
+    return body.replace(old, (datetime.now(UTC) - timedelta(days=days_ago)).isoformat().encode())
+
+
 def test_shopify_webhook_publishes_a_refund_once(gateway):
-    body = (EXAMPLES / "shopify-refund.json").read_bytes()
+    example = (EXAMPLES / "shopify-refund.json").read_bytes()
+    body = _dated(example, b"2026-11-27T10:15:00-05:00", 0.5)
     signed = _shopify_headers(body, gateway.secrets["shopify"])
     answer = gateway.post("/v1/pos/webhooks/shopify", body, key=None, headers=signed)
     assert answer.status_code == 202, answer.text
@@ -234,13 +267,16 @@ def test_shopify_webhook_publishes_a_refund_once(gateway):
     assert gateway.post("/v1/pos/webhooks/shopify", body, key=None, headers=signed).json()["duplicate"] is True
     forged = gateway.post("/v1/pos/webhooks/shopify", body, key=None, headers=_shopify_headers(body, "not-the-secret"))
     assert forged.status_code == 401
+    replayed = _dated(example.replace(b"890088186047892319", b"890088186047892320"), b"2026-11-27T10:15:00-05:00", 8)
+    stale = gateway.post("/v1/pos/webhooks/shopify", replayed, key=None, headers=_shopify_headers(replayed, gateway.secrets["shopify"]))
+    assert stale.status_code == 200 and stale.json()["published"] is False and "days ago" in stale.json()["reason"], stale.text
     [event] = gateway.events(expect=1)
     assert (event.store_id, event.register_id, event.total_minor, event.currency, event.type) == ("store-001", "reg-1", 19900, "USD", PosEventType.POS_EVENT_TYPE_REFUND)
     assert len(gateway.events(timeout=5)) == 1
 
 
 def test_square_publishes_completed_refunds_once(gateway):
-    completed = (EXAMPLES / "square-refund-completed.json").read_bytes()
+    completed = _dated((EXAMPLES / "square-refund-completed.json").read_bytes(), b"2026-11-27T14:34:58.715Z", 0.5)
     pending = completed.replace(b'"COMPLETED"', b'"PENDING"').replace(b'"refund.updated"', b'"refund.created"')
 
     def signed(body: bytes) -> dict[str, str]:
@@ -254,6 +290,9 @@ def test_square_publishes_completed_refunds_once(gateway):
     again = gateway.post("/v1/pos/webhooks/square", completed, key=None, headers=signed(completed))
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert gateway.post("/v1/pos/webhooks/square", completed, key=None, headers=signed(pending)).status_code == 401
+    replayed = _dated((EXAMPLES / "square-refund-completed.json").read_bytes(), b"2026-11-27T14:34:58.715Z", 10).replace(b"KkAkhdMsgzn", b"ReplayedXzn")
+    stale = gateway.post("/v1/pos/webhooks/square", replayed, key=None, headers=signed(replayed))
+    assert stale.status_code == 200 and stale.json()["published"] is False and "days ago" in stale.json()["reason"], stale.text
     [event] = gateway.events(expect=1)
     assert (event.total_minor, event.currency, event.store_id) == (4599, "GBP", "store-001")
     assert len(gateway.events(timeout=5)) == 1
@@ -272,21 +311,24 @@ def test_a_claim_is_given_back_when_the_broker_fails(redis_url, start_service, s
         assert redis.Redis.from_url(redis_url).keys("sw:pos:seen:*") == []
 
 
-def test_dedupe_claims_wait_for_each_other(redis_url):
+def test_dedupe_claims_fail_fast_on_each_other(redis_url):
+    """A claim never waits for another request's: it gives back what it took and raises Busy at
+    once; once the other is done, the same claim sees where its events went."""
     client = redis.Redis.from_url(redis_url)
-    first, second = Dedupe(client, ttl_s=60, wait_s=0.5), Dedupe(client, ttl_s=60, wait_s=5)
-    token, seen = first.claim("json", ["a", "b"], hold_s=30)
-    assert seen == {"a": None, "b": None}
-    with pytest.raises(Busy):
-        Dedupe(client, ttl_s=60, wait_s=0.3).claim("json", ["a", "c"], hold_s=30)
-    assert client.get(Dedupe.key("json", "c")) is None  # a claim that gave up gives back what it took
-    def first_finishes() -> None:
-        first.published("json", {"a": {"offset": 7}})
-        first.release("json", token, ["b"])
-
-    threading.Timer(0.5, first_finishes).start()
-    _, later = second.claim("json", ["a", "b"], hold_s=30)
-    assert later == {"a": {"offset": 7}, "b": None}
-    first.release("json", token, ["b"])  # not the holder any more: the second claim keeps it
-    assert client.get(Dedupe.key("json", "b")) is not None
-    assert second.claim("poslog", ["a"], hold_s=30)[1] == {"a": None}  # per source
+    first, second = Dedupe(client, ttl_s=60), Dedupe(client, ttl_s=60)
+    a, b, c = ("store-001", "a"), ("store-001", "b"), ("store-001", "c")
+    token, seen = first.claim("json", [a, b], hold_s=30)
+    assert seen == {a: None, b: None}
+    started = time.monotonic()
+    with pytest.raises(Busy, match="another request"):
+        second.claim("json", [c, a], hold_s=30)
+    assert time.monotonic() - started < 1
+    assert client.get(Dedupe.key("json", *c)) is None  # a claim that gave up gives back what it took
+    first.published("json", {a: {"offset": 7}})
+    first.release("json", token, [b])
+    _, later = second.claim("json", [a, b], hold_s=30)
+    assert later == {a: {"offset": 7}, b: None}
+    first.release("json", token, [b])  # not the holder any more: the second claim keeps it
+    assert client.get(Dedupe.key("json", *b)) is not None
+    assert second.claim("poslog", [a], hold_s=30)[1] == {a: None}  # per source
+    assert second.claim("json", [("store-002", "a")], hold_s=30)[1] == {("store-002", "a"): None}  # per store

@@ -5,27 +5,42 @@ at all raises nothing but PosInputError, and generated valid documents give the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar, cast
 from xml.sax.saxutils import escape
 
+import httpx
 import pytest
+import redis
 import yaml
+from confluent_kafka import Producer
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from services.api.posgateway import poslog, routes
 from services.api.posgateway.base import Parsed, PosInputError, source_event_id, to_minor
 from services.api.posgateway.canonical import CanonicalAdapter, PosEventIn
-from services.api.posgateway.keys import PosKeys, file_line, key_hash, load_keys_file, new_key
+from services.api.posgateway.dedupe import Dedupe
+from services.api.posgateway.keys import KeyEntry, PosKeys, file_line, key_hash, load_keys_file, new_key
 from services.api.posgateway.poslog import PosLogAdapter
+from services.api.posgateway.routes import PosGateway, pos_router
 from services.api.posgateway.shopify import ShopifyAdapter
 from services.api.posgateway.square import SquareAdapter
+from services.shared.contracts.pos_event_pb2 import PosEvent
 from services.shared.storeconfig import StoreConfig, StoreConfigError, load_store_config
 from tests.unit.test_storeconfig import SAMPLE
 
@@ -35,6 +50,7 @@ SHOP_SECRET = "shpss_8f2b7c1d"
 SQUARE_KEY = "sq-signature-key-4d1e"
 SQUARE_URL = "https://pos.example.com/v1/pos/webhooks/square"
 ARTS = "http://www.nrf-arts.org/IXRetail/namespace/"
+T = TypeVar("T")
 PROPERTY = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -246,6 +262,54 @@ def test_poslog_streams_one_transaction_at_a_time(config):
     assert parse.feed(b"</POSLog>") == [] and parse.close() == []
 
 
+def _peak_bytes(step: Callable[[], T]) -> tuple[T, int]:
+    """What `step()` returns, and the most memory Python held above where it started while it ran."""
+    tracemalloc.start()
+    try:
+        result = step()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_poslog_one_huge_transaction_is_a_422_naming_its_index_and_the_limit(config):
+    """A Transaction is a tree in memory until it ends: one of 200,000 elements (about 16 MB as a
+    tree; an 8 MB one of <a/> grew the api by 172 MB) is refused as it grows, never built whole."""
+    huge = SALE.replace("</RetailTransaction>", "<a/>" * 200_000 + "</RetailTransaction>")
+    body = f'<POSLog xmlns="{ARTS}">{_tx(SALE, sequence="1")}{_tx(huge, sequence="2")}</POSLog>'.encode()
+    err, peak = _peak_bytes(lambda: refused(PosLogAdapter(config), body))
+    assert isinstance(err, PosInputError) and err.status == 422
+    [problem] = err.problems
+    assert problem.index == 1 and problem.loc == ("body", "Transaction", 1)
+    assert f"more than {poslog.MAX_TRANSACTION_ELEMENTS} elements" in problem.msg
+    assert peak < 5_000_000, peak
+
+
+@pytest.mark.parametrize("inside", [True, False])
+def test_poslog_nesting_is_bounded_inside_and_outside_transactions(config, inside):
+    deep = "<a>" * 40 + "</a>" * 40
+    body = (f'<POSLog xmlns="{ARTS}">{_tx(SALE, sequence="1")}{_tx(SALE + deep, sequence="2")}</POSLog>' if inside
+            else f'<POSLog xmlns="{ARTS}">{_tx(SALE, sequence="1")}<Batch>{deep}</Batch></POSLog>')
+    err = refused(PosLogAdapter(config), body.encode())
+    assert err.status == 422 and "more than 32 levels deep" in err.problems[-1].msg
+    if inside:
+        assert err.problems[-1].index == 1 and err.problems[-1].loc == ("body", "Transaction", 1)
+    else:
+        assert err.problems[-1].index is None and "outside any Transaction" in err.problems[-1].msg
+
+
+def test_poslog_wrappers_and_vendor_extensions_are_never_built(config):
+    """What is never read takes no memory: a wrapper of 150,000 elements around nothing ARTS reads,
+    and a Transaction carrying 30,000 vendor elements (which count against no limit)."""
+    extended = SALE.replace("</RetailTransaction>", "<v:Metric/>" * 30_000 + "</RetailTransaction>")
+    body = (f'<POSLog xmlns="{ARTS}" xmlns:v="urn:vendor"><Batch>' + "<a/>" * 150_000 + "</Batch>"
+            f"{_tx(extended, sequence='1')}{_tx(SALE, sequence='2')}</POSLog>").encode()
+    (events, _), peak = _peak_bytes(lambda: run(PosLogAdapter(config), body, chunk=64 * 1024))
+    assert [p.event.transaction_id for p in events] == ["3:2026-11-27:1", "3:2026-11-27:2"]
+    assert events[0].event.total_minor == 1000
+    assert peak < 2_000_000, peak
+
+
 # ---- Shopify ----------------------------------------------------------------------------------------
 
 def test_shopify_refund_as_documented_maps_to_a_refund(config):
@@ -326,6 +390,261 @@ def test_square_unknown_location_and_unconfigured_key(config):
     err = refused(square(config), body, square_headers(body))
     assert err.status == 422 and err.problems[0].loc[-1] == "location_id"
     assert refused(SquareAdapter(config, None, ""), body, square_headers(body)).status == 401
+
+
+# ---- the routes, over stand-ins for Redis and the broker ---------------------------------------------
+
+class FakeRedis:
+    """Just what Dedupe uses of Redis (SET NX EX, MGET, pipelines, the release script), in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def set(self, key: str, value: str | bytes, nx: bool = False, ex: int | None = None) -> bool | None:
+        with self.lock:
+            if nx and key in self.data:
+                return None
+            self.data[key] = value.encode() if isinstance(value, str) else value
+            return True
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        with self.lock:
+            return [self.data.get(key) for key in keys]
+
+    def release(self, key: str, token: str) -> int:
+        with self.lock:
+            if self.data.get(key) == token.encode():
+                del self.data[key]
+                return 1
+            return 0
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+    def register_script(self, _source: str):
+        def script(keys: list[str], args: list[str], client: FakePipeline | None = None):
+            if client is not None:
+                client.calls.append(lambda: self.release(keys[0], args[0]))
+                return None
+            return self.release(keys[0], args[0])
+        return script
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.calls: list[Callable[[], object]] = []
+
+    def set(self, key: str, value: str | bytes, nx: bool = False, ex: int | None = None) -> None:
+        self.calls.append(lambda: self.redis.set(key, value, nx=nx, ex=ex))
+
+    def execute(self) -> list:
+        return [call() for call in self.calls]
+
+
+class FakeMessage:
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class FakeProducer:
+    """Acknowledges what it was given on poll, once `gate` is set (cleared: a broker that is slow to answer)."""
+
+    def __init__(self) -> None:
+        self.sent: list[PosEvent] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+        self._waiting: list = []
+
+    def produce(self, topic: str, key=None, value: bytes = b"", headers=None, on_delivery=None) -> None:
+        with self.lock:
+            self.sent.append(PosEvent.FromString(value))
+            self._waiting.append((on_delivery, FakeMessage(len(self.sent) - 1)))
+
+    def poll(self, timeout: float = 0) -> int:
+        if not self.gate.wait(timeout):
+            return 0
+        with self.lock:
+            waiting, self._waiting = self._waiting, []
+        for on_delivery, message in waiting:
+            on_delivery(None, message)
+        return len(waiting)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll(timeout)
+        return 0
+
+
+HQ_KEY = "swpos_test-hq-export-key"
+
+
+@dataclass
+class PosApi:
+    """The POS routes of an app, served in-process (httpx's ASGI transport, the app's lifespan run)."""
+
+    app: FastAPI
+    gateway: PosGateway
+    producer: FakeProducer
+    redis: FakeRedis
+    client: httpx.AsyncClient | None = None
+
+    def serve(self, scenario: Callable[[], Awaitable[None]]) -> None:
+        async def served() -> None:
+            async with self.app.router.lifespan_context(self.app), httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://api") as client:
+                self.client = client
+                await scenario()
+        asyncio.run(served())
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None, key: str | None = HQ_KEY) -> httpx.Response:
+        assert self.client is not None
+        sent = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
+        return await self.client.post(path, content=body, headers=sent)
+
+
+@pytest.fixture
+def pos_api(tmp_path) -> PosApi:
+    """The POS routes for two stores (store-002 a copy of the sample store), with a key for both."""
+    raw = yaml.safe_load(SAMPLE.read_text())
+    second = json.loads(json.dumps(raw["stores"][0]).replace("cam-counter-1", "cam-counter-2"))
+    second.update(id="store-002", name="Second Store", pos={"retail_store_id": "0043"})
+    raw["stores"].append(second)
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(raw))
+    chain = load_store_config(tmp_path / "chain.yaml")
+    fake_redis, producer = FakeRedis(), FakeProducer()
+    gateway = PosGateway(config=chain, producer=cast(Producer, producer), dedupe=Dedupe(cast(redis.Redis, fake_redis), ttl_s=7 * 86400),
+                         keys=PosKeys({key_hash(HQ_KEY): KeyEntry(name="hq-export", all_stores=True)}), shopify=shopify(chain), square=square(chain))
+    app = FastAPI()
+    app.include_router(pos_router(gateway))
+    return PosApi(app, gateway, producer, fake_redis)
+
+
+def test_the_same_event_id_in_two_stores_is_published_for_each(pos_api):
+    """Each store's POS system numbers its own events: the same id from two stores is two events,
+    and the same store's event sent again is published once."""
+    async def scenario() -> None:
+        first = await pos_api.post("/v1/pos/events", json.dumps(EVENT).encode())
+        other_store = await pos_api.post("/v1/pos/events", json.dumps({**EVENT, "store_id": "store-002"}).encode())
+        again = await pos_api.post("/v1/pos/events", json.dumps({**EVENT, "store_id": "store-002"}).encode())
+        assert (first.status_code, other_store.status_code, again.status_code) == (202, 202, 200), other_store.text
+        assert other_store.json()["duplicate"] is False and again.json()["duplicate"] is True
+        assert again.json()["offset"] == other_store.json()["offset"] != first.json()["offset"]
+        batch = {"events": [{**EVENT, "event_id": "pos-7"}, {**EVENT, "event_id": "pos-7", "store_id": "store-002"}, {**EVENT, "event_id": "pos-7"}]}
+        answer = await pos_api.post("/v1/pos/events", json.dumps(batch).encode())
+        assert answer.status_code == 202 and [e["duplicate"] for e in answer.json()["events"]] == [False, False, True]
+
+    pos_api.serve(scenario)
+    assert sorted((e.store_id, e.event_id) for e in pos_api.producer.sent) == [("store-001", "pos-1"), ("store-001", "pos-7"),
+                                                                              ("store-002", "pos-1"), ("store-002", "pos-7")]
+
+
+def _days_ago(days: float) -> str:
+    return datetime.fromtimestamp(time.time() - days * 86400, UTC).isoformat()
+
+
+@pytest.mark.parametrize("vendor", ["shopify", "square"])
+def test_a_signed_refund_older_than_the_dedupe_window_is_answered_not_published(pos_api, vendor):
+    """A vendor's signature carries no time: a captured refund replayed once the dedupe record has
+    expired (7 days here) would be published again, so a refund that old is answered, not published."""
+    async def send(days: float) -> httpx.Response:
+        if vendor == "shopify":
+            payload = json.loads((EXAMPLES / "shopify-refund.json").read_text())
+            payload.update(created_at=_days_ago(days), id=int(days * 1000))
+            body = json.dumps(payload).encode()
+            return await pos_api.post("/v1/pos/webhooks/shopify", body, shopify_headers(body), key=None)
+        payload = json.loads((EXAMPLES / "square-refund-completed.json").read_text())
+        payload["data"]["object"]["refund"].update(created_at=_days_ago(days), id=f"refund{int(days * 1000)}")
+        body = json.dumps(payload).encode()
+        return await pos_api.post("/v1/pos/webhooks/square", body, square_headers(body), key=None)
+
+    async def scenario() -> None:
+        stale = await send(8)
+        assert stale.status_code == 200 and stale.json()["published"] is False, stale.text
+        assert "days ago" in stale.json()["reason"] and "SW_API_POS_DEDUPE_DAYS" in stale.json()["reason"]
+        assert pos_api.producer.sent == []
+        fresh = await send(1)
+        assert fresh.status_code == 202 and fresh.json()["duplicate"] is False, fresh.text
+
+    pos_api.serve(scenario)
+    assert len(pos_api.producer.sent) == 1
+
+
+def test_parsing_and_checking_run_off_the_event_loop(pos_api, monkeypatch):
+    """Checking and serialising a large POSLog's events takes seconds: never on the event loop."""
+    on_loop: list[bool] = []
+    take = routes._Collector.take
+
+    def spy(self, parsed: list[Parsed]) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        take(self, parsed)
+
+    monkeypatch.setattr(routes._Collector, "take", spy)
+
+    async def scenario() -> None:
+        body = (EXAMPLES / "poslog-store-0042.xml").read_bytes()
+        assert (await pos_api.post("/v1/pos/poslog", body, {"Content-Type": "application/xml"})).status_code == 202
+        assert (await pos_api.post("/v1/pos/events", json.dumps(EVENT).encode())).status_code == 202
+
+    pos_api.serve(scenario)
+    assert on_loop and not any(on_loop)
+
+
+def test_publishing_runs_in_the_gateways_own_threads_which_end_with_the_app(pos_api, monkeypatch):
+    """Publishing can block for seconds (a broker hiccup): not in the threads every other route shares."""
+    threads: list[str] = []
+    publish = routes.publish
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return publish(*args)
+
+    monkeypatch.setattr(routes, "publish", spy)
+
+    async def scenario() -> None:
+        assert (await pos_api.post("/v1/pos/events", json.dumps(EVENT).encode())).status_code == 202
+
+    pos_api.serve(scenario)
+    assert threads and all(name.startswith("pos-publish") for name in threads), threads
+    with pytest.raises(RuntimeError):  # shut down with the app
+        pos_api.gateway.publisher.submit(int)
+
+
+def test_a_copy_sent_while_the_first_is_being_published_is_answered_409_at_once(pos_api):
+    """The first copy is waiting for the broker: the second does not wait with it (a thread held
+    up to 15 s), it is told to retry; the retry, once the first is done, is a duplicate."""
+    body = json.dumps(EVENT).encode()
+
+    async def scenario() -> None:
+        pos_api.producer.gate.clear()
+        first = asyncio.create_task(pos_api.post("/v1/pos/events", body))
+        for _ in range(1000):
+            if pos_api.producer.sent:
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        try:
+            second = await asyncio.wait_for(pos_api.post("/v1/pos/events", body), 5)
+        finally:
+            pos_api.producer.gate.set()
+        assert second.status_code == 409 and time.monotonic() - started < 2, second.text
+        assert second.headers["Retry-After"] == "1" and "another request" in second.json()["detail"]
+        assert (await first).status_code == 202
+        retry = await pos_api.post("/v1/pos/events", body)
+        assert retry.status_code == 200 and retry.json()["duplicate"] is True
+
+    pos_api.serve(scenario)
+    assert len(pos_api.producer.sent) == 1
 
 
 # ---- store config, keys, ids and money -------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 The body is parsed while it arrives, one `<Transaction>` at a time: each is mapped and dropped
 before the next, so a day's log of many thousands of transactions never becomes one tree in memory.
+Only what is read is built: a Transaction's ARTS elements (at most MAX_TRANSACTION_ELEMENTS, nested
+at most MAX_DEPTH below it), never vendor extensions nor anything outside a Transaction (nested at
+most MAX_DEPTH below the root), so one huge Transaction or wrapper is a 422, not a tree of it.
 defusedxml's parser refuses DTDs, entity declarations and external references, so a "billion
 laughs" or an XXE document is a 422, never an expansion or a file read.
 
@@ -49,6 +52,11 @@ from services.shared.storeconfig import Store, StoreConfig
 ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"
 XML_TYPES = ("application/xml", "text/xml")
 MAX_PROBLEMS = 100
+# An ARTS line is some 10 to 25 elements and an event holds at most 1000 items: a real Transaction
+# stays well under this, and a tree of this many elements is a few MB.
+MAX_TRANSACTION_ELEMENTS = 25_000
+# ARTS nests some ten levels below a Transaction (LineItem/Sale/POSIdentity/POSItemID, taxes, links).
+MAX_DEPTH = 32
 _MAX_ID = 48
 _VOID_REASONS = {"void", "voided", "postvoid", "postvoided", "post-void", "transactionvoid"}
 _SUSPENDED = {"Suspended", "SuspendedDeleted", "InProcess"}
@@ -361,50 +369,100 @@ class _Transaction:
 
 class _Target:
     """The parser's target: builds the tree of one Transaction at a time, hands it over when it
-    ends and drops it from the root, so memory holds one transaction, not the file."""
+    ends and drops it from the root, so memory holds one transaction, not the file. What is never
+    read (vendor extensions, anything outside a Transaction) is not built at all, and a Transaction
+    too large or anything nested too deep stops the parse with a 422 naming the limit."""
 
-    def __init__(self, on_transaction: Callable[[Element], None]) -> None:
+    def __init__(self, on_transaction: Callable[[Element], None], max_elements: int = MAX_TRANSACTION_ELEMENTS, max_depth: int = MAX_DEPTH) -> None:
         self.builder = TreeBuilder()
         self.on_transaction = on_transaction
+        self.max_elements, self.max_depth = max_elements, max_depth
         self.depth = 0
         self.root: Element | None = None
         self.root_name: str | None = None
+        self.transactions = 0  # begun: the one open is number transactions - 1
+        self.tx_depth = 0  # the open Transaction's depth; 0 outside one
+        self.tx_elements = 0
+        self.skip_depth = 0  # the depth of the element whose subtree is not built; 0 when building
+        self.after_skip = False  # text after a skipped element is its tail: not built either
 
-    def start(self, tag: str, attrib: dict[str, str]) -> Element:
-        elem = self.builder.start(tag, attrib)
+    def _refuse(self, what: str) -> PosInputError:
+        if self.tx_depth:
+            index = self.transactions - 1
+            return PosInputError(422, [Problem(("body", "Transaction", index), f"Transaction {index} {what}", index)])
+        return PosInputError(422, [Problem(("body",), f"an element outside any Transaction {what}")])
+
+    def _begin_transaction(self) -> None:
+        self.transactions += 1
+        self.tx_depth, self.tx_elements = self.depth, 0
+
+    def start(self, tag: str, attrib: dict[str, str]) -> Element | None:
+        self.depth += 1
         if self.root is None:
+            elem = self.builder.start(tag, attrib)
             self.root, self.root_name = elem, _arts_name(tag)
             if self.root_name not in ("POSLog", "Transaction"):
                 raise PosInputError(422, [Problem(("body",), f"the root element is {tag[:100]!r}; expected an ARTS POSLog (namespace {ARTS_NAMESPACE})")])
-        self.depth += 1
-        return elem
+            if self.root_name == "Transaction":
+                self._begin_transaction()
+                self.tx_elements = 1
+            return elem
+        below = self.depth - (self.tx_depth or 1)
+        if below > self.max_depth:
+            raise self._refuse(f"nests elements more than {self.max_depth} levels deep (the limit)" if self.tx_depth
+                               else f"is nested more than {self.max_depth} levels deep (the limit)")
+        if self.skip_depth:
+            return None
+        name = _arts_name(tag)
+        if not self.tx_depth:
+            # Only a Transaction directly under the root is read; a wrapper, or anything else, is passed over.
+            if self.depth != 2 or name != "Transaction":
+                self.skip_depth = self.depth
+                return None
+            self._begin_transaction()
+        elif name is None:
+            self.skip_depth = self.depth  # a vendor's extension: never read
+            return None
+        self.tx_elements += 1
+        if self.tx_elements > self.max_elements:
+            raise self._refuse(f"has more than {self.max_elements} elements (the limit per Transaction)")
+        self.after_skip = False
+        return self.builder.start(tag, attrib)
 
-    def end(self, tag: str) -> Element:
-        elem = self.builder.end(tag)
+    def end(self, tag: str) -> Element | None:
+        depth = self.depth
         self.depth -= 1
-        if self.root_name == "Transaction" and self.depth == 0:
+        if self.skip_depth:
+            if depth == self.skip_depth:
+                self.skip_depth, self.after_skip = 0, True
+            return None
+        self.after_skip = False
+        elem = self.builder.end(tag)
+        if depth == self.tx_depth:
+            self.tx_depth = 0
             self.on_transaction(elem)
-        elif self.depth == 1 and self.root is not None and self.root_name == "POSLog":
-            if _arts_name(tag) == "Transaction":
-                self.on_transaction(elem)
-            self.root.remove(elem)
+            if self.root is not None and elem is not self.root:
+                self.root.remove(elem)
         return elem
 
     def data(self, data: str) -> None:
-        self.builder.data(data)
+        # Text is read only inside a Transaction, and never an ignored element's text or tail.
+        if self.tx_depth and not self.skip_depth and not self.after_skip:
+            self.builder.data(data)
 
     def close(self) -> Element:
         return self.builder.close()
 
 
 class _PosLogParse:
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, max_elements: int = MAX_TRANSACTION_ELEMENTS, max_depth: int = MAX_DEPTH) -> None:
         self.config = config
         self.notes: list[Note] = []
         self.problems: list[Problem] = []
         self.transactions = 0
         self._ready: list[Parsed] = []
-        self._parser = DefusedXMLParser(target=_Target(self._transaction), forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        target = _Target(self._transaction, max_elements, max_depth)
+        self._parser = DefusedXMLParser(target=target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
 
     def _transaction(self, elem: Element) -> None:
         index = self.transactions
@@ -427,7 +485,10 @@ class _PosLogParse:
     def _run(self, step: Callable[[], object]) -> list[Parsed]:
         try:
             step()
-        except PosInputError:
+        except PosInputError as exc:
+            # A limit reached: with the problems of the transactions before it, as any 422 of a file.
+            if exc.status == 422 and self.problems:
+                raise PosInputError(422, [*self.problems[:MAX_PROBLEMS], *exc.problems]) from None
             raise
         except DefusedXmlException as exc:
             raise PosInputError(422, [Problem(("body",), f"refused: {type(exc).__name__} (DTDs, entity declarations and external references are not accepted)")]) from None

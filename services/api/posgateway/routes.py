@@ -4,21 +4,32 @@ A request is authenticated (a per-store key, or the vendor's signature checked b
 its content type and size are checked, and its body is fed to the adapter while it arrives (the
 size limit counts the bytes read, whatever Content-Length said). Every event is then checked
 against the store config and the key's stores; nothing is published unless every event passes.
-Each event is claimed in Redis, produced to sw.pos.v1, and recorded as published once the broker
-has acknowledged it, so the same event sent twice, even at the same moment, is published once.
+Each event is claimed in Redis (per source and store), produced to sw.pos.v1, and recorded as
+published once the broker has acknowledged it, so the same event sent twice is published once; a
+copy sent while the first is still being published is answered 409 with Retry-After.
+
+Parsing and checking run in worker threads, never on the event loop. Publishing (Redis claims, the
+broker's acknowledgements: seconds in a broker hiccup) runs in the gateway's own bounded thread
+pool, so a slow broker never takes the threads that the api's other routes (return assessment at
+the till, the HQ dashboard) run on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import redis
 from confluent_kafka import KafkaError, KafkaException, Producer
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter
 from pydantic.json_schema import models_json_schema
@@ -27,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from services.api.posgateway import keys as pos_keys
 from services.api.posgateway.base import Note, Parsed, PosAdapter, PosInputError, Problem
 from services.api.posgateway.canonical import CanonicalAdapter, PosBatchIn, PosEventIn, check_context
-from services.api.posgateway.dedupe import Busy, Dedupe
+from services.api.posgateway.dedupe import Busy, Dedupe, EventRef
 from services.api.posgateway.keys import PosKey, PosKeys
 from services.api.posgateway.poslog import MAX_PROBLEMS, PosLogAdapter
 from services.api.posgateway.shopify import HMAC_HEADER, SHOP_HEADER, TOPIC_HEADER, WEBHOOK_ID_HEADER, ShopifyAdapter, ShopifyRefund
@@ -42,6 +53,9 @@ log = logging.getLogger(__name__)
 POS_EVENTS = Counter("sw_api_pos_events_total", "POS events by source and outcome (published, duplicate, skipped)", ["source", "outcome"])
 POS_REQUESTS = Counter("sw_api_pos_requests_total", "POS gateway requests by source and HTTP status", ["source", "status"])
 REF = "#/components/schemas/{model}"
+# Signed webhooks are refused once older than the dedupe window less the allowed clock skew and this:
+# their signatures carry no time, so only the dedupe record tells a replay from a first delivery.
+REPLAY_MARGIN_S = 3600.0
 
 
 @dataclass
@@ -58,12 +72,27 @@ class PosGateway:
     poslog_max_bytes: int = 64 * 1024 * 1024
     max_batch: int = 500
     max_clock_skew_s: float = 300.0
+    # Requests publishing at once; more wait their turn without taking the api's shared threads.
+    publish_threads: int = 4
     canonical: CanonicalAdapter = field(init=False)
     poslog: PosLogAdapter = field(init=False)
+    publisher: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.canonical = CanonicalAdapter(self.max_batch)
         self.poslog = PosLogAdapter(self.config)
+        self.publisher = ThreadPoolExecutor(max_workers=self.publish_threads, thread_name_prefix="pos-publish")
+
+    @property
+    def replay_window_s(self) -> float:
+        """How old a signed webhook's event may be and still be published: younger than the dedupe
+        window by more than any clock skew, so a replay of one already published is still remembered."""
+        ttl = float(self.dedupe.ttl_s)
+        return max(ttl - self.max_clock_skew_s - REPLAY_MARGIN_S, ttl / 2)
+
+    def close(self) -> None:
+        """With the app: publishes already accepted finish (their claims recorded), then the threads end."""
+        self.publisher.shutdown(wait=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +100,14 @@ class _Ready:
     """A checked event, already serialised: a POSLog file's events are held this small until published."""
 
     event_id: str
+    store_id: str
     key: str
     value: bytes
     index: int | None
+
+    @property
+    def ref(self) -> EventRef:
+        return self.store_id, self.event_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,48 +142,53 @@ def publish(gateway: PosGateway, source: str, ready: list[_Ready]) -> list[_Answ
     """Claim, produce and record each event, slice by slice; per event where it is and whether it
     was a duplicate. A failure stops at its slice: what was stored stays recorded, the rest is given back."""
     answers: list[_Answer] = []
-    seen_here: dict[str, _Answer] = {}
+    seen_here: dict[EventRef, _Answer] = {}
     for start in range(0, len(ready), SLICE):
         part = ready[start:start + SLICE]
         try:
-            fresh = _publish_slice(gateway, source, [r for r in part if r.event_id not in seen_here])
+            fresh = _publish_slice(gateway, source, [r for r in part if r.ref not in seen_here])
         except _Unavailable as exc:
             stored = sum(1 for a in answers if not a.duplicate)
             raise _Unavailable(f"{exc.detail}; {stored} of {len(ready)} event(s) stored before it: retry, they are answered as duplicates") from None
+        except Busy as exc:
+            stored = sum(1 for a in answers if not a.duplicate)
+            if stored:
+                raise Busy(f"{exc}; {stored} of {len(ready)} event(s) stored before it: retry, they are answered as duplicates") from None
+            raise
         for item in part:
-            earlier = seen_here.get(item.event_id)
-            answer = _Answer(True, earlier.partition, earlier.offset) if earlier is not None else fresh[item.event_id]
-            seen_here.setdefault(item.event_id, answer)
+            earlier = seen_here.get(item.ref)
+            answer = _Answer(True, earlier.partition, earlier.offset) if earlier is not None else fresh[item.ref]
+            seen_here.setdefault(item.ref, answer)
             answers.append(answer)
     return answers
 
 
-def _publish_slice(gateway: PosGateway, source: str, part: list[_Ready]) -> dict[str, _Answer]:
+def _publish_slice(gateway: PosGateway, source: str, part: list[_Ready]) -> dict[EventRef, _Answer]:
     timeout = 10.0 + len(part) / 500
-    token, seen = gateway.dedupe.claim(source, [r.event_id for r in part], hold_s=int(timeout) + 60)
-    first = {r.event_id: r for r in reversed(part)}
-    to_send = [first[event_id] for event_id, where in seen.items() if where is None]
+    token, seen = gateway.dedupe.claim(source, [r.ref for r in part], hold_s=int(timeout) + 60)
+    first = {r.ref: r for r in reversed(part)}
+    to_send = [first[ref] for ref, where in seen.items() if where is None]
     try:
         results = produce_all_and_wait(gateway.producer, topics.POS, [(r.key, r.value) for r in to_send], timeout=timeout)
     except KafkaException as exc:
-        gateway.dedupe.release(source, token, [r.event_id for r in to_send])
+        gateway.dedupe.release(source, token, [r.ref for r in to_send])
         raise _Unavailable(f"POS events not stored ({exc})") from None
-    stored: dict[str, dict] = {}
-    failed: list[tuple[str, KafkaError]] = []
+    stored: dict[EventRef, dict] = {}
+    failed: list[tuple[EventRef, KafkaError]] = []
     for item, result in zip(to_send, results, strict=True):
         if isinstance(result, KafkaError):
-            failed.append((item.event_id, result))
+            failed.append((item.ref, result))
         else:
-            stored[item.event_id] = {"partition": result.partition(), "offset": result.offset()}
+            stored[item.ref] = {"partition": result.partition(), "offset": result.offset()}
     if stored:
         gateway.dedupe.published(source, stored)
     if failed:
-        gateway.dedupe.release(source, token, [event_id for event_id, _ in failed])
+        gateway.dedupe.release(source, token, [ref for ref, _ in failed])
         raise _Unavailable(f"{len(failed)} event(s) not stored ({failed[0][1].str()})")
     answers = {}
-    for event_id, where in seen.items():
-        location = stored.get(event_id) or where or {}
-        answers[event_id] = _Answer(event_id not in stored, int(location.get("partition", -1)), int(location.get("offset", -1)))
+    for ref, where in seen.items():
+        location = stored.get(ref) or where or {}
+        answers[ref] = _Answer(ref not in stored, int(location.get("partition", -1)), int(location.get("offset", -1)))
     return answers
 
 
@@ -183,14 +222,20 @@ def _check_content_type(request: Request, adapter: PosAdapter) -> None:
 
 
 class _Collector:
-    """Checks each event as its adapter hands it over, and keeps it serialised until the end."""
+    """Checks each event as its adapter hands it over, and keeps it serialised until the end.
+    Runs in a worker thread with the parse (a POSLog chunk may hold thousands of events)."""
 
-    def __init__(self, gateway: PosGateway, holder: PosKey | None) -> None:
-        self.gateway, self.holder = gateway, holder
+    def __init__(self, gateway: PosGateway, holder: PosKey | None, signed: bool = False) -> None:
+        self.gateway, self.holder, self.signed = gateway, holder, signed
         self.ready: list[_Ready] = []
         self.problems: list[Problem] = []
+        self.notes: list[Note] = []
         self.forbidden: set[str] = set()
         self.single = False
+
+    def parse(self, step: Callable[[], list[Parsed]]) -> None:
+        """Parse a chunk (or the end of the body) and take its events: one call for a worker thread."""
+        self.take(step())
 
     def take(self, parsed: list[Parsed]) -> None:
         for item in parsed:
@@ -200,9 +245,24 @@ class _Collector:
                 continue
             if len(self.problems) < MAX_PROBLEMS:
                 self.problems += check_context(item, self.gateway.config, self.gateway.max_clock_skew_s)
+            if self.signed and self._too_old(item):
+                continue
             message = event.to_proto()
             self.single = item.index is None
-            self.ready.append(_Ready(event.event_id, f"{message.store_id}:{message.register_id}", encode(message), item.index))
+            self.ready.append(_Ready(event.event_id, event.store_id, f"{message.store_id}:{message.register_id}", encode(message), item.index))
+
+    def _too_old(self, item: Parsed) -> bool:
+        """A vendor's signature carries no time, so a captured webhook replayed once its id has left
+        the dedupe window would be published again: an event that old is answered, not published."""
+        age = time.time() - item.event.event_time.timestamp()
+        window = self.gateway.replay_window_s
+        if age <= window:
+            return False
+        event = item.event
+        self.notes.append(Note(f"{event.type} {event.transaction_id or event.event_id} was created {age / 86400:.1f} days ago, more than "
+                               f"{window / 86400:.1f} days (SW_API_POS_DEDUPE_DAYS less a margin): a copy that old cannot be told from a replay "
+                               "of one already published, so it is not published", item.index, event.transaction_id or event.event_id))
+        return True
 
 
 async def _read(request: Request, parse_feed: Callable[[bytes], list[Parsed]], collector: _Collector, limit: int, setting: str) -> None:
@@ -216,7 +276,7 @@ async def _read(request: Request, parse_feed: Callable[[bytes], list[Parsed]], c
         if received > limit:
             raise PosInputError(413, too_large)
         if chunk:
-            collector.take(await asyncio.to_thread(parse_feed, chunk))
+            await asyncio.to_thread(collector.parse, functools.partial(parse_feed, chunk))
 
 
 def _notes(notes: list[Note]) -> list[dict]:
@@ -234,8 +294,19 @@ def _batch_answer(ready: list[_Ready], answers: list[_Answer], notes: list[Note]
     yield b"]}"
 
 
+async def _publish(gateway: PosGateway, source: str, ready: list[_Ready]) -> list[_Answer]:
+    """`publish` in the gateway's own threads (as asyncio.to_thread would, context included)."""
+    call = functools.partial(contextvars.copy_context().run, publish, gateway, source, ready)
+    return await asyncio.get_running_loop().run_in_executor(gateway.publisher, call)
+
+
 def pos_router(gateway: PosGateway) -> APIRouter:
-    router = APIRouter(tags=["pos"])
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(gateway.close)
+
+    router = APIRouter(tags=["pos"], lifespan=lifespan)
 
     async def handle(request: Request, adapter: PosAdapter, limit: int, setting: str) -> Response:
         source = adapter.source
@@ -243,14 +314,14 @@ def pos_router(gateway: PosGateway) -> APIRouter:
             holder = authenticate(request, gateway.keys) if adapter.auth == "key" else None
             _check_content_type(request, adapter)
             parse = adapter.begin(request.headers)
-            collector = _Collector(gateway, holder)
+            collector = _Collector(gateway, holder, signed=adapter.auth == "signature")
             await _read(request, parse.feed, collector, limit, setting)
-            collector.take(await asyncio.to_thread(parse.close))
+            await asyncio.to_thread(collector.parse, parse.close)
             if collector.forbidden and holder is not None:
                 raise PosInputError(403, f"key {holder.name!r} may not publish for store(s) {', '.join(sorted(collector.forbidden))}")
             if collector.problems:
                 raise PosInputError(422, collector.problems[:MAX_PROBLEMS])
-            answers = await asyncio.to_thread(publish, gateway, source, collector.ready) if collector.ready else []
+            answers = await _publish(gateway, source, collector.ready) if collector.ready else []
         except PosInputError as exc:
             POS_REQUESTS.labels(source, str(exc.status)).inc()
             log.info("POS request refused", extra={"source": source, "status": exc.status, "reason": str(exc)[:300]})
@@ -260,35 +331,42 @@ def pos_router(gateway: PosGateway) -> APIRouter:
             POS_REQUESTS.labels(source, "499").inc()
             log.info("POS request abandoned by the client while sending its body", extra={"source": source})
             return Response(status_code=400)
-        except (_Unavailable, KafkaException, redis.RedisError, Busy) as exc:
+        except Busy as exc:
+            POS_REQUESTS.labels(source, "409").inc()
+            log.info("POS events being published by another request", extra={"source": source, "reason": str(exc)[:300]})
+            return JSONResponse(status_code=409, content={"detail": str(exc)}, headers={"Retry-After": "1"})
+        except (_Unavailable, KafkaException, redis.RedisError) as exc:
             POS_REQUESTS.labels(source, "503").inc()
             detail = exc.detail if isinstance(exc, _Unavailable) else f"POS events not stored, retry: {type(exc).__name__}: {exc}"
             log.warning("POS events not stored", extra={"source": source, "error": detail})
             return JSONResponse(status_code=503, content={"detail": detail}, headers={"Retry-After": "1"})
+        notes = parse.notes + collector.notes
         published = sum(1 for a in answers if not a.duplicate)
         POS_EVENTS.labels(source, "published").inc(published)
         POS_EVENTS.labels(source, "duplicate").inc(len(answers) - published)
-        POS_EVENTS.labels(source, "skipped").inc(len(parse.notes))
+        POS_EVENTS.labels(source, "skipped").inc(len(notes))
         status = 202 if published else 200
         POS_REQUESTS.labels(source, str(status)).inc()
         if collector.single and len(answers) == 1:
-            skipped = {"skipped": _notes(parse.notes)} if parse.notes else {}
+            skipped = {"skipped": _notes(notes)} if notes else {}
             return JSONResponse(status_code=status, content={**answers[0].detail(collector.ready[0]), **skipped})
         if not answers and adapter.auth == "signature":
-            reason = "; ".join(note.reason for note in parse.notes) or "nothing to publish"
-            return JSONResponse(status_code=200, content={"published": False, "reason": reason, "skipped": _notes(parse.notes)})
-        return StreamingResponse(_batch_answer(collector.ready, answers, parse.notes), status_code=status, media_type="application/json")
+            reason = "; ".join(note.reason for note in notes) or "nothing to publish"
+            return JSONResponse(status_code=200, content={"published": False, "reason": reason, "skipped": _notes(notes)})
+        return StreamingResponse(_batch_answer(collector.ready, answers, notes), status_code=status, media_type="application/json")
 
     key_parameter = {"name": pos_keys.HEADER, "in": "header", "required": False, "schema": {"type": "string", "maxLength": 256},
                      "description": "the store's POS key (or Authorization: Bearer <key>)"}
     answers: dict[int | str, dict] = {
-        "200": {"description": "nothing new published: every event was a duplicate (`duplicate: true`), or nothing to publish (`skipped`, with why)"},
+        "200": {"description": "nothing new published: every event was a duplicate (`duplicate: true`), or nothing to publish (`skipped`, with why: "
+                       "for a webhook, also a refund older than the dedupe window less a margin)"},
         "202": {"description": "published to sw.pos.v1: per event its topic, partition and offset"},
         "401": {"description": "no key, an unknown key, or a signature that does not match"},
         "403": {"description": "the key may not publish for a store named in the body"},
+        "409": {"description": "another request is publishing some of these events right now; retry after Retry-After (then a duplicate)"},
         "413": {"description": "the body is over the size limit"},
         "415": {"description": "wrong Content-Type"},
-        "422": {"description": "what is wrong, by field (and by event index in a batch or POSLog file)"},
+        "422": {"description": "what is wrong, by field (and by event index in a batch or POSLog file; a POSLog Transaction over its element or nesting limit)"},
         "503": {"description": "the broker or Redis is unavailable; retry (events already stored are answered as duplicates)"},
     }
 
