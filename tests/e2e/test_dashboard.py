@@ -175,7 +175,9 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
                 page.fill("#verdict-note", NOTE)
                 page.click("#btn-confirm")
                 page.wait_for_selector("#alert-title .status-confirmed", timeout=15_000)
-                assert "Confirmed" in page.inner_text("#history") and NOTE in page.inner_text("#history")
+                # The title follows the verdict's answer at once; the history comes with the alert's reload after it.
+                page.wait_for_function("() => document.querySelector('#history').innerText.includes('Confirmed')", timeout=15_000)
+                assert NOTE in page.inner_text("#history")
                 watcher.wait_for_selector(f"#feed li[data-alert-id='{alert_id}'] .status-confirmed", timeout=15_000)
 
                 feedback = feedback_for(bootstrap, alert_id, timeout_s=30)
