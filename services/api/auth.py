@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Literal, cast
 
 import redis
-import yaml
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from services.shared.settings import load_yaml_file
 
 Role = Literal["admin", "hq_analyst", "store_manager", "officer"]
 USERNAME = r"^[a-z0-9][a-z0-9_.@-]{1,63}$"
@@ -73,16 +74,7 @@ def load_users_file(path: Path | None, known_stores: set[str]) -> dict[str, User
     """The users file, validated: a bad entry fails the api at start with its position and field."""
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        users = UsersFile.model_validate(data).users
-    except OSError as exc:
-        raise SystemExit(f"users file {path}: cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"users file {path}: not YAML ({exc})") from None
-    except ValidationError as exc:
-        lines = [f"users file {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise SystemExit("\n".join(lines)) from None
+    users = load_yaml_file(path, UsersFile, "users file").users
     result: dict[str, UserRecord] = {}
     for user in users:
         if user.username in result:

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -81,6 +82,24 @@ class EvidenceSettings(ServiceSettings):
 
 class SettingsError(SystemExit):
     """Raised at start when the environment holds an invalid setting."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_file(path: Path, model: type[M], what: str) -> M:
+    """A YAML file named by a setting, validated at start: a bad one stops the service with one line
+    per problem, each naming the file and the field (`what` says which file it is, e.g. "users file")."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return model.model_validate(data)
+    except OSError as exc:
+        raise SystemExit(f"{what} {path}: cannot read it ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"{what} {path}: not YAML ({exc})") from None
+    except ValidationError as exc:
+        lines = [f"{what} {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise SystemExit("\n".join(lines)) from None
 
 
 def load_settings(cls: type[T]) -> T:

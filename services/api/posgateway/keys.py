@@ -16,8 +16,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.shared.settings import load_yaml_file
 
 KEY_PREFIX = "swpos_"
 HEADER = "X-ShrinkWatch-Pos-Key"
@@ -89,16 +90,7 @@ def load_keys_file(path: Path | None, known_stores: set[str]) -> PosKeys:
     """The keys file, or no keys (every keyed POS request is refused) when none is configured."""
     if path is None:
         return PosKeys({})
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        keys = KeysFile.model_validate(data).keys
-    except OSError as exc:
-        raise SystemExit(f"POS keys file {path}: cannot read it ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"POS keys file {path}: not YAML ({exc})") from None
-    except ValidationError as exc:
-        lines = [f"POS keys file {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise SystemExit("\n".join(lines)) from None
+    keys = load_yaml_file(path, KeysFile, "POS keys file").keys
     for digest, entry in keys.items():
         if not re.fullmatch(_HASH, digest):
             raise SystemExit(f"POS keys file {path}: keys.{digest[:70]}: not a SHA-256 in hex (64 lower-case hex digits): make one with `shrinkwatch pos-keys new`")
