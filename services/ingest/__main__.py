@@ -19,7 +19,7 @@ from services.ingest.camera import IngestOptions, Pace
 from services.ingest.service import IngestCollector, IngestService
 from services.ingest.sources import ffmpeg_capture_options
 from services.shared.health import HealthServer
-from services.shared.kafka import make_producer
+from services.shared.kafka import make_producer, wait_for_broker
 from services.shared.lifecycle import stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import ServiceSettings, load_settings
@@ -71,14 +71,22 @@ def main() -> int:
         drain_s=settings.ingest_drain_s,
     )
     producer = make_producer(settings.kafka_bootstrap_servers, **PRODUCER_OVERRIDES)
-    service = IngestService(producer, options).start(config)
+    service = IngestService(producer, options)
     IngestCollector(service).register()
     watcher = StoreConfigWatcher(settings.store_config, config, settings.ingest_config_poll_s)
+    connected = threading.Event()
 
     def status() -> dict:
-        return {"cameras": service.cameras(), "store_config": str(settings.store_config), "config_error": watcher.error}
+        return {"cameras": service.cameras(), "store_config": str(settings.store_config), "config_error": watcher.error, "broker_connected": connected.is_set()}
 
-    health = HealthServer(settings.http_host, settings.http_port, ready=service.sending, details=status, routes={"/cameras": status}).start()
+    health = HealthServer(settings.http_host, settings.http_port, ready=lambda: connected.is_set() and service.sending(),
+                          details=status, routes={"/cameras": status}).start()
+    # Cameras are opened once the broker answers: frames read before it would only be dropped.
+    if not wait_for_broker(settings.kafka_bootstrap_servers, "ingest", stop):
+        health.stop()
+        return 0
+    connected.set()
+    service.start(config)
     log.info("started", extra={"cameras": sorted(service.cameras()), "http_port": health.port})
     while not stop.wait(0.25):
         forced = reload_now.is_set()

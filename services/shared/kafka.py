@@ -28,6 +28,42 @@ MESSAGES_SKIPPED = Counter("sw_messages_skipped_total", "Poison messages skipped
 BATCH_RETRIES = Counter("sw_batch_retries_total", "Batches retried after a transient failure", ["service", "topic"])
 
 
+def wait_for_broker(bootstrap_servers: str, service: str, stop_event: threading.Event, topic_names: Iterable[str] = (),
+                    poll_s: float = 2.0) -> bool:
+    """Block until the broker answers; False if asked to stop first.
+
+    A broker that is absent at start is said once (not a line per retry) and waited for, so a service
+    started before Kafka, or during its restart, comes up on its own. Then the topics the service
+    reads are checked against their definition and each difference is logged as an error.
+    """
+    from services.shared.topicadmin import admin_client, check_topics
+
+    admin = admin_client(bootstrap_servers, quiet=True)
+    began, said = time.monotonic(), False
+    while not stop_event.is_set():
+        try:
+            admin.list_topics(timeout=poll_s)
+            break
+        except KafkaException as exc:
+            if not said:
+                log.warning("Kafka broker not reachable; waiting for it", extra={"service": service, "bootstrap_servers": bootstrap_servers, "error": str(exc)})
+                said = True
+            stop_event.wait(0.5)
+    else:
+        return False
+    if said:
+        log.info("Kafka broker reachable", extra={"service": service, "waited_s": round(time.monotonic() - began, 1)})
+    names = list(topic_names)
+    if names:
+        try:
+            problems = check_topics(bootstrap_servers, names)
+        except KafkaException as exc:
+            problems = [f"could not read the topics' settings: {exc}"]
+        for problem in problems:
+            log.error("topic with the wrong settings", extra={"service": service, "problem": problem})
+    return True
+
+
 class RetryableError(RuntimeError):
     """A dependency failed (model server, webhook); the same batch is tried again, nothing is committed."""
 
@@ -151,12 +187,14 @@ class ConsumeLoop:
         self.producer = make_producer(self.bootstrap_servers)
         self.ready = threading.Event()
         self.failure: BaseException | None = None
-        self._delivery_errors: list[str] = []
+        self._error_said: dict[int, float] = {}
 
     def run(self) -> None:
         """Consume until stopped; an unexpected error is kept in `failure` so the service exits non-zero."""
-        self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set())
         try:
+            if not wait_for_broker(self.bootstrap_servers, self.service, self.stop_event, self.topics):
+                return
+            self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set())
             while not self.stop_event.is_set():
                 batch = self.consumer.consume(self.batch_size, self.poll_timeout)
                 messages = [m for m in batch if not self._is_error(m)]
@@ -177,28 +215,58 @@ class ConsumeLoop:
         if err is None:
             return False
         if err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error", extra={"error": str(err)})
+            # While a broker is down librdkafka reports it on every poll: say each kind of error
+            # once a minute, not hundreds of times.
+            now = time.monotonic()
+            if now - self._error_said.get(err.code(), -60.0) >= 60.0:
+                self._error_said[err.code()] = now
+                log.warning("consumer error", extra={"service": self.service, "error": str(err)})
         return True
 
     def _process(self, messages: list[Message]) -> None:
         outputs = self._handle_with_retries(messages)
         if outputs is None:
             return  # stopping mid-retry: nothing committed, the batch is redone after restart
-        self._delivery_errors = []
-        for out in outputs:
-            self._produce(out)
-        if self.producer.flush(30) > 0:
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "outputs not acknowledged; not committing"))
-        if self._delivery_errors:
-            raise KafkaException(KafkaError(KafkaError._FAIL, f"outputs not delivered ({self._delivery_errors[0]}); not committing"))
+        if not self._deliver(outputs):
+            return  # stopping before the broker took every output: nothing committed
         try:
             self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
         except KafkaException as exc:
-            # Partitions revoked by a rebalance while we worked: their new owner redoes the batch.
+            # Partitions revoked by a rebalance while we worked (or the broker went away meanwhile):
+            # the partitions' owner redoes the batch, and deterministic ids make the replay harmless.
             log.warning("commit refused; the batch will be redone by the partitions' owner", extra={"error": str(exc)})
             return
         for msg in messages:
             MESSAGES_PROCESSED.labels(self.service, msg.topic()).inc()
+
+    def _deliver(self, outputs: list[Output]) -> bool:
+        """Produce the outputs until the broker has acknowledged every one; False if asked to stop.
+
+        A broker that is down or restarting holds the batch here (said once), and an output it
+        refused is produced again, so an outage delays the commit instead of losing an output or
+        stopping the service.
+        """
+        pending, said, backoff = list(outputs), False, 0.5
+        while pending:
+            failed: list[Output] = []
+            for out in pending:
+                self._produce(out, failed)
+            while self.producer.flush(1.0) > 0:
+                if self.stop_event.is_set():
+                    self.producer.flush(5)
+                    return False
+                if not said:
+                    log.warning("broker has not acknowledged the outputs yet; holding the batch", extra={"service": self.service, "outputs": len(pending)})
+                    said = True
+            if failed and self.stop_event.wait(backoff):
+                return False
+            if failed:
+                log.warning("outputs refused by the broker; producing them again", extra={"service": self.service, "outputs": len(failed)})
+                backoff = min(backoff * 2, self.max_retry_backoff)
+            pending = failed
+        if said:
+            log.info("broker acknowledged the held batch", extra={"service": self.service})
+        return True
 
     def _handle_with_retries(self, messages: list[Message]) -> list[Output] | None:
         """Run the handler until it succeeds; while a dependency is down, the consumer is paused but
@@ -235,10 +303,11 @@ class ConsumeLoop:
                     self.consumer.pause([TopicPartition(topic, partition)])
         return not self.stop_event.is_set()
 
-    def _produce(self, out: Output) -> None:
+    def _produce(self, out: Output, failed: list[Output]) -> None:
+        """Hand one output to the producer; if the broker finally refuses it, it lands in `failed`."""
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
-                self._delivery_errors.append(f"{out.topic}: {err}")
+                failed.append(out)
 
         while True:
             try:

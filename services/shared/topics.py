@@ -1,7 +1,9 @@
-"""Every Kafka topic the system uses, with its partition count.
+"""Every Kafka topic the system uses, with the settings it must have on any broker.
 
-One list, because the local dev broker cannot create topics on demand (no CreateTopics) and Faust
-needs changelog topics with as many partitions as the topics they are keyed like.
+One definition: the local launcher, compose's and Kubernetes' topic jobs (`python -m
+services.shared.topicadmin ensure`) create topics from it, and every service checks the topics it
+reads against it at start (services/shared/topicadmin.py). Faust needs changelog topics with as many
+partitions as the topics they are keyed like, so those are listed here too.
 """
 
 from __future__ import annotations
@@ -9,12 +11,48 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PARTITIONS = 6
+# What production runs with: three copies of every partition, and a write is acknowledged (acks=all)
+# only once two of them have it, so losing one broker loses nothing and stops no producer.
+REPLICATION_FACTOR = 3
+MIN_INSYNC_REPLICAS = 2
+
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+# Producers may send up to this much in one message (services/shared/kafka.py); the broker's own
+# default (1 MiB) would refuse a large frame or a big POSLog batch that the producer accepted.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024 + 1024
 
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """A topic and the settings it is created with (and checked against at each service's start)."""
+
     name: str
     partitions: int = PARTITIONS
+    # None: kept forever (cleanup.policy=compact keeps the newest value of each key instead).
+    retention_ms: int | None = 7 * DAY_MS
+    compact: bool = False
+
+    def configs(self, replication_factor: int) -> dict[str, str]:
+        """The topic-level configs for a cluster that replicates `replication_factor` times."""
+        configs = {
+            "cleanup.policy": "compact" if self.compact else "delete",
+            "min.insync.replicas": str(min_insync_replicas(replication_factor)),
+            "max.message.bytes": str(MAX_MESSAGE_BYTES),
+        }
+        if not self.compact:
+            configs["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
+        return configs
+
+
+def replication_factor_for(brokers: int) -> int:
+    """Three copies, or as many as a smaller (development) cluster has brokers."""
+    return max(1, min(REPLICATION_FACTOR, brokers))
+
+
+def min_insync_replicas(replication_factor: int) -> int:
+    """Two of three copies; a single copy on a one-broker development cluster."""
+    return max(1, min(MIN_INSYNC_REPLICAS, replication_factor - 1))
 
 
 FRAMES = "sw.frames.v1"
@@ -35,6 +73,24 @@ TRANSACTIONS = "sw.correlator.transactions.v1"
 CORRELATOR_APP_ID = "sw-correlator"
 CORRELATOR_TABLES = ("register-state", "till-state", "camera-state", "token-returns", "transactions", "store-feedback")
 
+# How long each data topic keeps what it holds. Frames are only worth seconds to the pipeline (the
+# recorder keeps its own evidence); POS events are history the api's return checks and the risk
+# models read back (120 days of a card's returns); alerts, verdicts and return decisions are the
+# system of record and the models' training labels.
+RETENTION_MS: dict[str, int | None] = {
+    FRAMES: 1 * HOUR_MS,
+    DETECTIONS: 1 * DAY_MS,
+    POS: 180 * DAY_MS,
+    ALERTS: None,
+    FEEDBACK: None,
+    RETURN_DECISIONS: None,
+    CAMERA_EVENTS: 1 * DAY_MS,
+    RETURNS_BY_TOKEN: 1 * DAY_MS,
+    TRANSACTIONS: 1 * DAY_MS,
+}
+# Poison messages are kept long enough for someone to look at them after a long weekend.
+DLQ_RETENTION_MS = 30 * DAY_MS
+
 
 def dlq(topic: str) -> str:
     """Name of the dead-letter topic that keeps the poison messages of `topic`."""
@@ -42,12 +98,18 @@ def dlq(topic: str) -> str:
 
 
 def faust_internal_topics(app_id: str, tables: tuple[str, ...]) -> list[TopicSpec]:
-    """Changelog topics a Faust app would declare itself on a real broker (the leader topic is disabled)."""
-    return [TopicSpec(f"{app_id}-{table}-changelog") for table in tables]
+    """Changelog topics a Faust app would declare itself (the leader topic is disabled): compacted,
+    because they are the tables' state, not a history."""
+    return [TopicSpec(f"{app_id}-{table}-changelog", compact=True, retention_ms=None) for table in tables]
 
 
 def all_topics() -> list[TopicSpec]:
-    """Every topic to pre-create, data topics and their DLQs first."""
-    data = [FRAMES, DETECTIONS, POS, ALERTS, FEEDBACK, RETURN_DECISIONS, CAMERA_EVENTS, RETURNS_BY_TOKEN, TRANSACTIONS]
-    specs = [TopicSpec(name) for name in data] + [TopicSpec(dlq(name)) for name in data]
+    """Every topic to create, data topics and their DLQs first."""
+    specs = [TopicSpec(name, retention_ms=retention) for name, retention in RETENTION_MS.items()]
+    specs += [TopicSpec(dlq(name), retention_ms=DLQ_RETENTION_MS) for name in RETENTION_MS]
     return specs + faust_internal_topics(CORRELATOR_APP_ID, CORRELATOR_TABLES)
+
+
+def topic_spec(name: str) -> TopicSpec | None:
+    """The definition of a topic by name, None for a topic this system does not define."""
+    return next((spec for spec in all_topics() if spec.name == name), None)

@@ -26,7 +26,8 @@ def test_taken_api_port_is_named(tmp_path, sample_assets, models_dir):
 
 
 def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_assets, models_dir, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None if name == "redis-server" else which(name, *args, **kwargs))
     platform = Platform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=free_port())
     with pytest.raises(LaunchError, match="redis-server binary is not installed"):
         platform.up(echo=lambda *_: None)
