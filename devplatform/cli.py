@@ -29,7 +29,8 @@ def print_cameras(ingest_http: str) -> None:
 
 
 def _platform(args: argparse.Namespace) -> Platform:
-    return Platform(run_dir=args.run_dir, store_config=args.store_config, api_port=args.api_port, ingest_pace=args.pace)
+    return Platform(run_dir=args.run_dir, store_config=args.store_config, api_port=args.api_port, ingest_pace=args.pace,
+                    brokers=getattr(args, "brokers", 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace", choices=("realtime", "fast"), default="realtime", help="how file cameras play")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="the local platform").add_subparsers(dest="action", required=True)
-    dev.add_parser("up", help="start broker, redis, model server and the services")
+    up = dev.add_parser("up", help="start Apache Kafka, redis, model server and the services")
+    up.add_argument("--brokers", type=int, choices=(1, 3), default=1,
+                    help="Kafka nodes: 1, or 3 (replication factor 3, min.insync.replicas 2, as production) for fault tests")
     dev.add_parser("status", help="show what runs, with PIDs and readiness")
     dev.add_parser("down", help="stop everything that `up` started")
     sub.add_parser("sample-store", help="generate the sample store's video and POS script into var/sample")

@@ -138,6 +138,8 @@ class Platform:
     # Nodes of the local Kafka cluster: 1 for the demo and most tests, 3 (replication factor 3,
     # min.insync.replicas 2, as production) for the fault tests.
     brokers: int = 1
+    # 0 picks free ports; tests fix it to start a broker where a service already points.
+    kafka_port: int = 0
     # How often the model server looks for new model versions and config changes.
     model_poll_s: float = 2.0
     ready_timeout_s: float = 120.0
@@ -209,6 +211,8 @@ class Platform:
             raise LaunchError(str(exc)) from None
         factor = replication_factor_for(self.brokers)
         ports = distinct_free_ports(2 * self.brokers)
+        if self.kafka_port:
+            ports = [self.kafka_port, *(port for port in ports if port != self.kafka_port)][: 2 * self.brokers]
         nodes = [kafka.KafkaNode(i + 1, ports[2 * i], ports[2 * i + 1], self.run_dir / f"kafka-{i + 1}") for i in range(self.brokers)]
         cluster_id = kafka.new_cluster_id()
         formatting = []

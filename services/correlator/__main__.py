@@ -31,8 +31,12 @@ def main() -> int:
     mode.loop.use("uvloop")
 
     def ready() -> bool:
-        consumer = app.consumer if app.consumer is not None and app.started else None
-        return bool(consumer and consumer.assignment()) and not app.rebalancing
+        # `app.consumer` is built on first access, bound to the event loop of whoever asks: never
+        # from this (HTTP) thread before the worker has built it on its own loop.
+        if not app.started:
+            return False
+        consumer = app.consumer
+        return bool(consumer is not None and consumer.assignment()) and not app.rebalancing
 
     def details() -> dict:
         return {"config_error": correlator.watcher.error} if correlator.watcher.error else {}
