@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -203,7 +204,7 @@ class Platform:
         loopback ports, with every topic created as production defines it."""
         from devplatform import broker as kafka
         from services.shared.topicadmin import ensure_topics
-        from services.shared.topics import min_insync_replicas, replication_factor_for
+        from services.shared.topics import all_topics, min_insync_replicas, replication_factor_for
 
         try:
             kafka.classpath()
@@ -240,6 +241,27 @@ class Platform:
             raise LaunchError(f"kafka: creating the topics failed: {exc}") from exc
         if problems:
             raise LaunchError("kafka: topics with the wrong settings: " + "; ".join(problems))
+        self._wait_for_topic_leaders([node.address for node in nodes], [spec.name for spec in all_topics()])
+
+    def _wait_for_topic_leaders(self, addresses: list[str], names: list[str]) -> None:
+        """Until every node's metadata has each topic with a leader for every partition: a client
+        that bootstraps from any node right after `up` must find them."""
+        from services.shared.topicadmin import admin_client
+
+        admins = [admin_client(address, quiet=True) for address in addresses]
+
+        def led(admin: Any) -> bool:
+            try:
+                found = admin.list_topics(timeout=2).topics
+            except Exception:  # a node still catching up on metadata
+                return False
+            return all(name in found and found[name].partitions and all(p.leader >= 0 for p in found[name].partitions.values()) for name in names)
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not all(led(admin) for admin in admins):
+            if time.monotonic() > deadline:
+                raise LaunchError(f"kafka: topics still without leaders after {self.ready_timeout_s:.0f}s")
+            time.sleep(0.2)
 
     def broker_name(self, node_id: int) -> str:
         """`broker` for a one-node cluster, `broker-N` for the nodes of a larger one."""

@@ -9,6 +9,7 @@ the loop; a failure of something the handler depends on (model server down) retr
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -68,9 +69,38 @@ class RetryableError(RuntimeError):
     """A dependency failed (model server, webhook); the same batch is tried again, nothing is committed."""
 
 
+class _SameLineOncePerMinute(logging.Filter):
+    """Lets a librdkafka line through once a minute: a broker that is down is otherwise reported by
+    every client, for every connection attempt, every second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The same complaint from any client, about any attempt: no client names, no numbers.
+        key = re.sub(r"\d+", "#", re.sub(r"\[rdkafka#[^\]]*\]", "", record.getMessage()))
+        now = time.monotonic()
+        with self._lock:
+            if now - self._said.get(key, -60.0) < 60.0:
+                return False
+            self._said[key] = now
+        return True
+
+
+def client_logger() -> logging.Logger:
+    """The logger every Kafka client of ours hands librdkafka (config key `logger`)."""
+    logger = logging.getLogger("librdkafka")
+    if not any(isinstance(f, _SameLineOncePerMinute) for f in logger.filters):
+        logger.addFilter(_SameLineOncePerMinute())
+    return logger
+
+
 def producer_config(bootstrap_servers: str, **overrides: object) -> dict:
     config = {
         "bootstrap.servers": bootstrap_servers,
+        "logger": client_logger(),
         "enable.idempotence": True,
         "acks": "all",
         # Java's partitioner, so keys land where Faust (aiokafka) and Kafka Streams would put them.
@@ -181,6 +211,7 @@ class ConsumeLoop:
             # Short sessions: a restarted member rejoins in seconds on the dev broker and in production.
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
+            "logger": client_logger(),
         }
         config.update(self.consumer_overrides)
         self.consumer = Consumer(config)

@@ -31,6 +31,10 @@ def admin_client(bootstrap_servers: str, quiet: bool = False) -> AdminClient:
     config: dict[str, str | int | float | bool] = {"bootstrap.servers": bootstrap_servers, "socket.connection.setup.timeout.ms": 5000}
     if quiet:
         config["log_level"] = 0
+    else:
+        from services.shared.kafka import client_logger
+
+        config["logger"] = client_logger()  # type: ignore[assignment]
     return AdminClient(config)
 
 

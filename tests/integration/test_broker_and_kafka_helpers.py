@@ -1,16 +1,21 @@
-"""The dev broker speaks Kafka to both client libraries the services use, and our helpers keep
+"""Apache Kafka (the launcher's real broker) speaks to both client libraries the services use, and our helpers keep
 at-least-once and DLQ promises over it."""
 
+import logging
 import threading
+import time
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from devplatform.launcher import Platform, free_port, http_ready
 from services.shared import topics
-from services.shared.kafka import ConsumeLoop, Output, make_producer, produce_and_wait
+from services.shared.kafka import ConsumeLoop, Output, make_producer, produce_and_wait, wait_for_broker
 from services.shared.serde import PoisonMessage
-from tests.conftest import consume_all, wait_for
+from services.shared.topicadmin import check_topics, ensure_topics
+from tests.conftest import consume_all, platform_part, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +76,98 @@ def test_consume_loop_commits_after_work_and_dead_letters_poison(broker):
     committed = consumer.committed(consumer.assignment(), timeout=10)
     assert sum(tp.offset for tp in committed if tp.offset >= 0) == 5
     consumer.close()
+
+
+def test_topics_carry_their_production_settings_read_back_from_the_broker(broker):
+    """The broker's own view of each topic: partitions, and the configs topics.py defines."""
+    admin = AdminClient({"bootstrap.servers": broker})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in topics.all_topics()]
+    described = {res.name: {k: v.value for k, v in fut.result(10).items()} for res, fut in admin.describe_configs(resources).items()}
+    assert described[topics.FRAMES]["retention.ms"] == str(topics.HOUR_MS)
+    assert described[topics.POS]["retention.ms"] == str(180 * topics.DAY_MS)
+    assert described[topics.ALERTS]["retention.ms"] == "-1" and described[topics.ALERTS]["cleanup.policy"] == "delete"
+    assert described["sw-correlator-till-state-changelog"]["cleanup.policy"] == "compact"
+    assert described[topics.dlq(topics.POS)]["retention.ms"] == str(topics.DLQ_RETENTION_MS)
+    # One broker: one copy, so one in-sync replica is enough; production's three need two.
+    assert {d["min.insync.replicas"] for d in described.values()} == {"1"}
+    assert {d["max.message.bytes"] for d in described.values()} == {str(topics.MAX_MESSAGE_BYTES)}
+    assert check_topics(broker, [spec.name for spec in topics.all_topics()]) == []
+
+
+def test_a_topic_made_by_hand_with_other_settings_is_named_at_start(broker, caplog):
+    """Somebody created sw.feedback.v1 by hand with one partition and default retention: `ensure`
+    (the launcher's and the deployments' topic job) and a service starting on it both say so."""
+    admin = AdminClient({"bootstrap.servers": broker})
+    admin.delete_topics([topics.FEEDBACK])[topics.FEEDBACK].result(10)
+    wait_for(lambda: topics.FEEDBACK not in admin.list_topics(timeout=5).topics, 15, "topic deleted")
+
+    def recreate() -> bool:
+        try:
+            admin.create_topics([NewTopic(topics.FEEDBACK, 1, 1)])[topics.FEEDBACK].result(10)
+            return True
+        except KafkaException:
+            return False  # still being deleted
+
+    wait_for(recreate, 15, "topic created by hand")
+    problems = ensure_topics(broker)
+    assert f"{topics.FEEDBACK}: 1 partitions, expected 6" in problems
+    assert f"{topics.FEEDBACK}: retention.ms=604800000, expected -1" in problems
+    assert all(p.startswith(topics.FEEDBACK) for p in problems), problems
+    with caplog.at_level(logging.ERROR, logger="services.shared.kafka"):
+        assert wait_for_broker(broker, "notifier", threading.Event(), [topics.FEEDBACK, topics.ALERTS])
+    named = [str(getattr(r, "problem", "")) for r in caplog.records if r.getMessage() == "topic with the wrong settings"]
+    assert sorted(named) == sorted(problems)
+
+
+def test_a_consumer_started_before_the_broker_says_so_once_and_is_ready_when_it_comes(tmp_path, caplog):
+    port = free_port()
+    stop = threading.Event()
+    loop = ConsumeLoop("test", f"127.0.0.1:{port}", "test-early", [topics.FEEDBACK], lambda messages: [], stop_event=stop)
+    with caplog.at_level(logging.INFO, logger="services.shared.kafka"):
+        thread = threading.Thread(target=loop.run)
+        thread.start()
+        try:
+            time.sleep(6)
+            assert not loop.ready.is_set()
+            with platform_part(tmp_path / "late-broker", Platform.start_broker, kafka_port=port):
+                assert loop.ready.wait(60), "never assigned after the broker came"
+        finally:
+            stop.set()
+            thread.join(30)
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("Kafka broker not reachable; waiting for it") == 1
+    assert said.count("Kafka broker reachable") == 1
+    assert loop.failure is None
+
+
+def test_the_correlator_started_before_the_broker_waits_and_becomes_ready(tmp_path, start_service):
+    """Faust alone would give up at start; the worker waits for the broker (one log line), unready."""
+    port = free_port()
+    worker = start_service("correlator", {"SW_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, wait_ready=False)
+    wait_for(lambda: "Kafka broker not reachable" in worker.log_text(), 60, "the waiting line", worker)
+    assert not http_ready(worker.http + "/readyz")
+    time.sleep(3)
+    with platform_part(tmp_path / "late-broker", Platform.start_broker, kafka_port=port):
+        wait_for(lambda: http_ready(worker.http + "/readyz"), 120, "correlator ready once the broker answers", worker)
+        assert worker.log_text().count("Kafka broker not reachable") == 1
+        worker.stop()
+    assert worker.popen.returncode == 0
+
+
+def test_three_node_cluster_replicates_and_keeps_taking_writes_with_one_node_down(tmp_path):
+    """`shrinkwatch dev up --brokers 3`: replication factor 3 and min.insync.replicas 2 as in
+    production, so acks=all writes go on with a node killed and nothing acknowledged is lost."""
+    with platform_part(tmp_path / "cluster", Platform.start_broker, brokers=3) as platform:
+        bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+        assert len(metadata.brokers) == 3
+        assert {len(p.replicas) for p in metadata.topics[topics.POS].partitions.values()} == {3}
+        assert check_topics(bootstrap, [topics.POS, topics.ALERTS]) == []
+        producer = make_producer(bootstrap)
+        acknowledged = [produce_and_wait(producer, topics.POS, f"k{i}", f"before-{i}".encode()).value() or b"" for i in range(20)]
+        platform.kill_component("broker-2")
+        acknowledged += [produce_and_wait(producer, topics.POS, f"k{i}", f"during-{i}".encode(), timeout=60).value() or b"" for i in range(20)]
+        platform.restart_broker("broker-2")
+        acknowledged += [produce_and_wait(producer, topics.POS, f"k{i}", f"after-{i}".encode()).value() or b"" for i in range(20)]
+        read = [m.value() or b"" for m in consume_all(bootstrap, topics.POS, expect=60, timeout=60)]
+        assert sorted(read) == sorted(acknowledged)
