@@ -26,7 +26,7 @@ from pathlib import Path
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LOG_CONFIG = KAFKA_DIR / "log4j2.yaml"
-# Heap per node: the dev broker holds little; a benchmark's bursts fit with room to spare.
+# Heap per node: a local node holds little; a benchmark's bursts fit with room to spare.
 JVM_OPTIONS = ("-Xms128m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 
 

@@ -389,7 +389,7 @@ class Platform:
             env["SW_API_POS_SECRETS_FILE"] = str(self._dev_pos_secrets())
             env["SW_API_SQUARE_NOTIFICATION_URL"] = f"http://127.0.0.1:{port}/v1/pos/webhooks/square"
         if name == "correlator":
-            # The dev broker keeps nothing across starts, so tables kept on disk from an earlier run
+            # Each `up` formats a new Kafka cluster, so tables kept on disk from an earlier run
             # would be ahead of their (now empty) changelogs, which Faust refuses at start.
             data_dir = self.run_dir / "correlator-data"
             shutil.rmtree(data_dir, ignore_errors=True)

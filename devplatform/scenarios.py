@@ -3,7 +3,7 @@
 `python -m devplatform.scenarios [--dir DIR] [--keep-logs]` (`make scenarios`). Each JSON file in
 DIR describes stores, a timeline of POS events, what each camera saw (at the FrameAnalysis level, as
 inference would publish it) and the alerts that must follow (format: scenarios/README.md). The runner
-starts the dev broker and one correlator for all of them, sends every scenario's detections and POS
+starts Apache Kafka and one correlator for all of them, sends every scenario's detections and POS
 events in event-time order, waits until the correlator has consumed everything and no alert comes
 any more, and matches the alerts on sw.alerts.v1 to the expectations. It prints one line per
 scenario and ends with a JSON line (precision, recall); the exit status is 0 only when both are 1
@@ -61,7 +61,8 @@ POSE_CUES = {"standing": (False, False), "reaching": (True, False), "hand_at_hip
 TRACK_LOST_MS = 2000
 # The correlator's tick for refunds whose camera stays silent (services/correlator/agents.py TICK_INTERVAL_S).
 TICK_S = 5.0
-# Detections and POS events not yet consumed, per partition: the dev broker keeps ~5 MiB per partition.
+# Detections and POS events not yet consumed, per partition: the runner writes at most this far ahead of
+# the correlator, so a scenario's late messages still arrive after what the correlator has read.
 MAX_UNCONSUMED_BYTES = 2 * 1024 * 1024
 CORRELATOR_GROUP = topics.CORRELATOR_APP_ID
 CONSUMED_TOPICS = (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)
@@ -780,7 +781,7 @@ class _Sender:
                 since_check = 0
                 self._throttle()
         if self.producer.flush(30):
-            raise RuntimeError("the dev broker did not acknowledge every message within 30 s")
+            raise RuntimeError("the broker did not acknowledge every message within 30 s")
         if self.failed:
             raise RuntimeError(f"{len(self.failed)} messages were not delivered: {self.failed[0]}")
 
@@ -863,7 +864,7 @@ def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: fl
         platform.start_broker()
         bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
         platform.start_service("correlator")
-        echo(f"dev broker and correlator ready in {time.monotonic() - started:.1f}s (pids {platform.components['broker']['pid']}, "
+        echo(f"Kafka and correlator ready in {time.monotonic() - started:.1f}s (pids {platform.components['broker']['pid']}, "
              f"{platform.components['correlator']['pid']}); {len(scenarios)} scenarios from {directory}")
         collector = _Collector(bootstrap)
         collector.start()

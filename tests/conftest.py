@@ -1,4 +1,4 @@
-"""Fixtures that start real infrastructure (dev broker, redis-server, model server, services) as
+"""Fixtures that start real infrastructure (Apache Kafka, redis-server, model server, services) as
 processes on loopback, and stop them by PID. Infrastructure is started by the launcher's own steps
 (`Platform.start_*`). Each test gets its own broker and Redis, so its topics, consumer groups and
 keys are its own."""
@@ -85,7 +85,7 @@ def platform_part(run_dir: Path, start: Callable[[Platform], None], **platform_a
 
 @pytest.fixture
 def broker(tmp_path):
-    """A fresh dev broker (librdkafka mock cluster) with every topic pre-created; yields bootstrap."""
+    """A fresh Apache Kafka node (KRaft) with every topic created as production defines it; yields bootstrap."""
     with platform_part(tmp_path / "broker", Platform.start_broker) as platform:
         yield platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
 

@@ -35,10 +35,6 @@ class NotifierSettings(EvidenceSettings):
     # write it (0: send at once with the link only).
     notifier_snapshot_wait_s: float = Field(10.0, ge=0, le=300)
     notifier_escalation_check_s: float = Field(1.0, gt=0, le=60)
-    # How long a fetch that finds no new alert waits at the broker: a real broker answers as soon as
-    # one arrives; librdkafka's mock (the dev broker) only after the whole wait, which would add up to
-    # its 500 ms default to every notification.
-    notifier_fetch_wait_ms: int = Field(50, ge=10, le=1500)
 
 
 def load_checked_routing(settings: NotifierSettings) -> tuple[RoutingConfig, dict[str, str]]:
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     notifier = Notifier(outbox, routing, regions, time.time, on_enqueued=dispatcher.wake.set)
     loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS, topics.FEEDBACK], notifier.handle,
                        # consume() waits for a whole batch or the poll timeout: a short one keeps a lone alert from waiting.
-                       batch_size=64, poll_timeout=0.02, stop_event=stop, consumer_overrides={"fetch.wait.max.ms": settings.notifier_fetch_wait_ms})
+                       batch_size=64, poll_timeout=0.02, stop_event=stop)
     notifier.loop = loop
 
     def ready() -> bool:

@@ -208,7 +208,7 @@ class ConsumeLoop:
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            # Short sessions: a restarted member rejoins in seconds on the dev broker and in production.
+            # Short sessions: a restarted member rejoins in seconds, locally and in production.
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
             "logger": client_logger(),

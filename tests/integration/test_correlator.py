@@ -1,4 +1,4 @@
-"""The correlator (a real Faust worker) over the dev broker: the refund rule, event time, and DLQ."""
+"""The correlator (a real Faust worker) over Apache Kafka: the refund rule, event time, and DLQ."""
 
 import time
 

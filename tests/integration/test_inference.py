@@ -1,4 +1,4 @@
-"""Inference over the dev broker and the model server: presence per zone from real pixels."""
+"""Inference over Apache Kafka and the model server: presence per zone from real pixels."""
 
 import json
 import time

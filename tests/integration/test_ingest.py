@@ -1,4 +1,4 @@
-"""Ingest over the dev broker, with real camera sources on loopback: a video file, GStreamer's RTSP
+"""Ingest over Apache Kafka, with real camera sources on loopback: a video file, GStreamer's RTSP
 server and an HTTP MJPEG server. Sources are killed and restarted; the store config is edited live."""
 
 from __future__ import annotations

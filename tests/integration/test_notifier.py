@@ -1,4 +1,4 @@
-"""The notifier over the dev broker, a real Redis and real receivers (a signed-webhook endpoint and an
+"""The notifier over Apache Kafka, a real Redis and real receivers (a signed-webhook endpoint and an
 ntfy-compatible push server, which Apprise's ntfy plugin talks to): each recipient gets each alert
 once on each contact, through a receiver outage and a SIGKILL; escalations fire on time and stop when
 acknowledged; bursts become digests; what cannot be delivered or decoded is kept in the DLQ."""

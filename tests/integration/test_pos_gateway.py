@@ -1,4 +1,4 @@
-"""The POS gateway over a real dev broker and redis-server: every route publishes to sw.pos.v1, the
+"""The POS gateway over Apache Kafka and redis-server: every route publishes to sw.pos.v1, the
 same event sent twice (or at the same moment, the copy told to retry) is published once per store,
 keys are per store, bodies are size-capped while they are read, and a POSLog file of many
 transactions streams through."""

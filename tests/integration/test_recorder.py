@@ -1,4 +1,4 @@
-"""The recorder over the dev broker and a real Redis, and the evidence store on an S3 server (moto)."""
+"""The recorder over Apache Kafka and a real Redis, and the evidence store on an S3 server (moto)."""
 
 from __future__ import annotations
 

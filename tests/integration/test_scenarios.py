@@ -1,4 +1,4 @@
-"""The scenario runner (`make scenarios`) end to end: the dev broker, one correlator, the shipped scenarios."""
+"""The scenario runner (`make scenarios`) end to end: Apache Kafka, one correlator, the shipped scenarios."""
 
 from __future__ import annotations
 
