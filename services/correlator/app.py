@@ -22,6 +22,8 @@ def create_app(settings: CorrelatorSettings) -> faust.App:
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         producer_linger=0.01,
+        # Every in-sync copy before a write counts (Faust's default, stated: the alerts are the record).
+        producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         autodiscover=False,
