@@ -7,17 +7,20 @@ Throughput. A synthetic chain (stores of four cameras at 10 fps: a counter camer
 register, one with two, two floor cameras with aisle, high-value and exit zones; 0-3 tracked persons
 per frame; each register's POS events, one every 30-60 s: mostly sales, some returns and refunds
 with card tokens, a few voids and no-sales) is written as a backlog of S seconds, in the past, into
-sw.detections.v1 and sw.pos.v1 on the dev broker. Two workers then read all of it, one after the
-other, each in its own consumer group and process:
+sw.detections.v1 and sw.pos.v1 on the local Apache Kafka broker (one KRaft node started here,
+topics created as production defines them). Two workers then read all of it, one after the other,
+each in its own consumer group and process:
 - the limit: a Faust app built by the correlator's own create_app (same settings, event loop and
   logging; app id sw-bench-decode, no tables) whose agents only decode (FrameAnalysis / PosEvent);
-- the real `python -m services.correlator` (RocksDB tables), which also works through the messages it
+- the real correlator (RocksDB tables): the main() of `python -m services.correlator`, run by this
+  script only to note when its first event reached an agent; it also works through the messages it
   sends itself (refunds routed to their camera, returns by token, transactions).
-Each is timed from its first consumed message (decode-only: it says; correlator: the CreateTime of
-its first register-state changelog message, written as it reads its first counter frame) until it last worked
-before its group's committed offsets reached the end of everything it reads. The commits confirm
-that all was done; the worker's CPU time says when, because Faust commits every 10,000 messages or
-2.8 s and its final commit comes seconds after the work (a third of a decode-only run). The time to
+Each is timed from its first consumed message (each worker writes the wall time it reached its
+agents; the correlator's own outputs cannot say it: it writes its register state back only when it
+commits) until it last worked before its group's committed offsets reached the end of everything
+it reads. The commits confirm that all was done; the worker's CPU time says when, because Faust
+commits every 10,000 messages or 2.8 s and its final commit comes seconds after the work (a third
+of a decode-only run). The time to
 that final commit is in the JSON too (*_to_final_commit_per_s), and the decode-only worker also
 times itself (decode_only_self_timed_per_s), a check on the method. ratio = correlator over
 decode-only messages/s (target 0.5); cameras_per_worker = correlator messages/s over one camera's
@@ -31,18 +34,21 @@ camera's event time passes the refund's window. Per alert, delay = raised_time_m
 rank) and max against a 1 s target, split into the wait for the first frame past the window and
 the hop from that frame to the decision; plus the count
 of the correlator's own sw_correlator_decision_delay_seconds histogram (its /metrics). The same is
-repeated with every camera of the chain live (whole_chain_live). On the dev broker a fetch that
-finds no data is answered only after the consumer's whole wait (Faust asks for 1.5 s; the correlator
-limits it to SW_CONSUMER_FETCH_WAIT_MS), even when data arrives meanwhile (librdkafka's mock cluster),
-so a hop can take that long where a real broker would not: the decode-only worker (Faust's 1.5 s) reads the live frames too, and its latency
-(decode_only_hop_p50_p99_s) is that hop alone, for comparison.
+repeated with every camera of the chain live (whole_chain_live). The broker answers a fetch as soon
+as data arrives (Faust's consumer may wait up to 1.5 s for one, but only while there is nothing to
+read); the decode-only worker, still running, reads the live frames too, and its latency
+(decode_only_hop_p50_p99_s) is one hop through the broker and Faust alone, for comparison.
 
-Progress goes to stderr every few seconds; the last line on stdout is one JSON object. The dev
-broker keeps only ~5 MiB per partition: store numbers are chosen so cameras spread evenly over the
-partitions, and a backlog that would not fit is refused before it is written.
+Progress goes to stderr every few seconds; the last line on stdout is one JSON object. Store
+numbers are chosen so a small chain's cameras spread evenly over the partitions, as a real chain's
+hundreds of cameras do by themselves. Before the workers start, the broker must hold every backlog
+message (it refuses, for instance, a message above the topic's max.message.bytes).
 
     make bench-correlator ARGS="--cameras 40 --seconds 150 --live-seconds 30"
     .venv/bin/python scripts/bench_correlator.py --cameras 10 --seconds 20 --live-seconds 20   # a quick trial
+
+A quick trial's backlog is a fraction of a second of work, too short for the CPU sampling: its
+msgs/s say only that everything ran; take figures from backlogs of 10,000 messages or more.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -93,8 +99,6 @@ TIMEZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "America/Chic
 POS_MIX = ((PosEventType.POS_EVENT_TYPE_SALE, 0.84), (PosEventType.POS_EVENT_TYPE_RETURN, 0.05), (PosEventType.POS_EVENT_TYPE_REFUND, 0.04),
            (PosEventType.POS_EVENT_TYPE_VOID, 0.03), (PosEventType.POS_EVENT_TYPE_NO_SALE, 0.03), (PosEventType.POS_EVENT_TYPE_DRAWER_OPEN, 0.01))
 REFUNDS = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUND)
-# What the dev broker keeps per partition is ~5 MiB; stay well below it (record overhead, batches).
-PARTITION_BUDGET_BYTES = 4 * 1024 * 1024
 DECODE_APP_ID = "sw-bench-decode"
 REFUND_EVERY_MS = 1500  # per live register
 BUSY_CPU_S = 0.02  # CPU seconds in one ~50 ms sampling interval that mean a worker is working, not waiting
@@ -146,8 +150,8 @@ def partition_of(key: str) -> int:
 def store_numbers(stores: int, cameras: int) -> list[int]:
     """Store numbers whose cameras spread evenly over the partitions of sw.detections.v1.
 
-    The dev broker keeps ~5 MiB per partition, so the backlog must be even to be large; a real
-    chain's hundreds of cameras even out by themselves. Numbers are skipped as chains skip them.
+    A real chain's hundreds of cameras even out by themselves; a few dozen hashed at random could
+    pile onto some partitions. Numbers are skipped as chains skip them.
     """
     weights = [CAMERA_BYTES[c % CAMERAS_PER_STORE] for c in range(cameras)]
     load = [0.0] * topics.PARTITIONS
@@ -423,41 +427,41 @@ def make_backlog(cams: list[CameraSpec], seconds: float, rng: random.Random) -> 
     return Backlog(messages, len(messages) - pos_count, pos_count, kinds)
 
 
-def check_fits(backlog: Backlog) -> float:
-    """Bytes per partition the backlog puts on the broker (Java's murmur2 partitioner, as producers use)."""
-    sizes: Counter = Counter()
-    for _, topic, key, value in backlog.messages:
-        sizes[(topic, partition_of(key.decode()))] += len(key) + len(value) + 20
-    (topic, partition), largest = sizes.most_common(1)[0]
-    if largest > PARTITION_BUDGET_BYTES:
-        raise SystemExit(f"bench-correlator: the backlog would put {largest / 2**20:.1f} MiB into partition {partition} of {topic}; the dev broker "
-                         f"keeps only ~5 MiB per partition and drops the oldest beyond it. Use fewer --cameras or --seconds.")
-    return largest / 2**20
-
-
-def produce(bootstrap: str, backlog: Backlog) -> None:
+def produce(bootstrap: str, backlog: Backlog) -> int:
+    """Write the backlog; the bytes written (keys and values)."""
     producer = make_producer(bootstrap, **{"linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
-    with Progress("writing the backlog to the dev broker", len(backlog.messages), "messages", every_s=5) as progress:
+    refused: Counter = Counter()
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            refused[err.str()] += 1
+
+    written = 0
+    with Progress("writing the backlog to the broker", len(backlog.messages), "messages", every_s=5) as progress:
         for i, (_, topic, key, value) in enumerate(backlog.messages):
             while True:
                 try:
-                    producer.produce(topic, key=key, value=value)
+                    producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.05)
+            written += len(key) + len(value)
             if i % 5000 == 0:
                 producer.poll(0)
                 progress.update(i)
         left = producer.flush(60)
         progress.update(len(backlog.messages))
-    if left:
-        raise SystemExit(f"bench-correlator: {left} backlog messages were not acknowledged by the dev broker")
+    if left or refused:
+        reasons = "; ".join(f"{n} {reason}" for reason, n in refused.most_common(3))
+        raise SystemExit(f"bench-correlator: the broker did not take {left + sum(refused.values())} of {len(backlog.messages)} backlog messages"
+                         f" ({left} unacknowledged{'; refused: ' + reasons if reasons else ''})")
+    return written
 
 
 # --- watching a consumer group ---------------------------------------------------------------------
 
 class Broker:
-    """Offsets on the dev broker through confluent-kafka: ends of topics, a group's commits."""
+    """Offsets on the broker through confluent-kafka: ends of topics, a group's commits."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
@@ -629,8 +633,8 @@ def decode_worker() -> int:
 
     Writes {"first": wall time of its first message, "last": of the message that made the count
     BENCH_EXPECT}, a check on how the bench times workers from outside; and, for frames captured in the last minute
-    (the live phase), "capture ms, wall ms when decoded" lines: one Faust hop on the dev broker, the
-    reference for the correlator's own hops."""
+    (the live phase), "capture ms, wall ms when decoded" lines: one hop through the broker and Faust,
+    the reference for the correlator's own hops."""
     import faust
     import mode.loop
 
@@ -680,6 +684,24 @@ def decode_worker() -> int:
     return 0
 
 
+def correlator_worker() -> int:
+    """The real correlator, `python -m services.correlator`'s main(), noting in BENCH_TIMES_FILE
+    {"first": wall time} when its first event reaches an agent; after that one event it runs as is."""
+    from services.correlator import agents
+    from services.correlator.__main__ import main as correlator_main
+
+    marker = Path(os.environ["BENCH_TIMES_FILE"])
+    guarded = agents.Correlator._guarded
+
+    async def first_guarded(self: Any, event: Any, work: Any) -> None:
+        agents.Correlator._guarded = guarded  # type: ignore[method-assign]
+        marker.write_text(json.dumps({"first": time.time()}))
+        await guarded(self, event, work)
+
+    agents.Correlator._guarded = first_guarded  # type: ignore[method-assign]
+    return correlator_main()
+
+
 # --- the live phase --------------------------------------------------------------------------------
 
 def metric(url: str, name: str) -> float:
@@ -714,10 +736,9 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
     """Live frames from `cams` (the refund cameras with nobody at their counters), refunds at the
     refund cameras' registers; how long after each refund's window closed its alert was raised.
 
-    The dev broker answers a fetch that finds no data only after the consumer's whole wait (Faust
-    asks for 1.5 s) and does not cut it short when data comes (librdkafka's mock cluster), so each hop
-    through it can take up to 1.5 s that a real broker would not add. The decode-only worker, still
-    running, reads the same live frames: its latency is that hop alone, for comparison."""
+    The broker answers a waiting fetch as soon as data arrives, so a hop costs the broker's and
+    Faust's own handling, not the consumer's fetch wait. The decode-only worker, still running, reads
+    the same live frames: its latency is that hop alone, for comparison."""
     regs = [r for c in refund_cams for r in c.registers]
     rules = {r.key: config.rules_for(r.store_id, register_id=r.id) for r in regs}
     settle_s = {k: v.refund_without_customer.after_s + v.timing.pos_clock_skew_s for k, v in rules.items()}
@@ -825,9 +846,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", type=Path, help="run the correlator under cProfile and write its stats here (figures are then not comparable)")
     parser.add_argument("--decode-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--correlator-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.decode_worker:
         return decode_worker()
+    if args.correlator_worker:
+        return correlator_worker()
     if args.cameras < 1 or args.seconds < 20 or args.live_registers < 1:
         parser.error("--cameras and --live-registers must be at least 1, --seconds at least 20")
 
@@ -855,17 +879,16 @@ def main(argv: list[str] | None = None) -> int:
             platform.start_broker()
             bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
             backlog = make_backlog(cams, args.seconds, rng)
-            largest_mib = check_fits(backlog)
-            produce(bootstrap, backlog)
+            written = produce(bootstrap, backlog)
             broker = Broker(bootstrap)
             total = backlog.frames + backlog.pos
             ends = broker.ends([topics.DETECTIONS, topics.POS])
             lows = broker.lows([topics.DETECTIONS, topics.POS])
             if sum(ends.values()) != total or any(lows.values()):
-                raise SystemExit(f"bench-correlator: the dev broker holds {sum(ends.values()) - sum(lows.values())} of {total} backlog messages "
-                                 "(its ~5 MiB per partition overflowed?); use fewer --cameras or --seconds")
+                raise SystemExit(f"bench-correlator: the broker holds {sum(ends.values()) - sum(lows.values())} of {total} backlog messages "
+                                 f"({sum(lows.values())} gone from the start of their partitions)")
             print(f"backlog: {backlog.frames} frames and {backlog.pos} POS events ({dict(backlog.pos_kinds)}), "
-                  f"largest partition ~{largest_mib:.1f} MiB", flush=True)
+                  f"{written / 2**20:.1f} MiB", flush=True)
             settings_env = {"SW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SW_STORE_CONFIG": str(config_path), "SW_LOG_LEVEL": "INFO"}
 
             # 1. the limit: decode only
@@ -891,29 +914,25 @@ def main(argv: list[str] | None = None) -> int:
 
             # 2. the correlator
             port = free_port()
-            correlator_env = {**settings_env, "SW_HTTP_PORT": str(port), "SW_CORRELATOR_DATA_DIR": str(tmp / "correlator-data")}
+            correlator_times = tmp / "correlator-times.json"
+            correlator_env = {**settings_env, "SW_HTTP_PORT": str(port), "SW_CORRELATOR_DATA_DIR": str(tmp / "correlator-data"),
+                              "BENCH_TIMES_FILE": str(correlator_times)}
             group = correlator_env.get("SW_CORRELATOR_APP_ID", CorrelatorSettings.model_fields["correlator_app_id"].default)
-            argv_c = [sys.executable, "-m", "services.correlator"]
+            argv_c = [sys.executable, str(Path(__file__).resolve()), "--correlator-worker"]
             if args.profile:
-                argv_c = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve()), "-m", "services.correlator"]
+                argv_c = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve()), *argv_c[1:]]
             correlator = spawn("correlator", argv_c, correlator_env, tmp)
             correlator.http = f"http://127.0.0.1:{port}"
             workers.append(correlator)
-            first_output: list[float] = []
-
-            changelog = f"{group}-register-state-changelog"
 
             def correlator_first() -> float:
-                # Its first output: the register state it saves for the first counter frame it reads
-                # (a presence change; Kafka CreateTime, stamped by its producer as it sends).
-                if not first_output and any(broker.ends([changelog]).values()):
-                    first_output.append(min(m.timestamp()[1] for m in broker.read_all(changelog, timeout=5)) / 1000)
-                return first_output[0] if first_output else 0.0
+                try:
+                    return float(json.loads(correlator_times.read_text())["first"])
+                except (OSError, ValueError, KeyError):
+                    return 0.0
 
             real = drain(broker, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
                          total, correlator_first)
-            if any(broker.lows([changelog]).values()):
-                print(f"warning: {changelog} overflowed the dev broker's window; the start time is approximate", flush=True)
             rss = correlator.rss_mb()
             print(f"correlator: {real.per_s:,.0f} msgs/s ({real.to_end_per_s:,.0f} to its final commit; {real.cores:.2f} cores, "
                   f"{real.derived_messages} messages it sent itself, RSS {rss:.0f} MB)", flush=True)

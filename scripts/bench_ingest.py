@@ -2,11 +2,12 @@
 
 The bare loop is the limit on this machine: decode a 720p H.264 file, resize to 640x360, JPEG
 encode, nothing else. The service does the same plus everything it adds in production: the motion
-detector, the Frame protobuf, the send queue and the Kafka producer, with the broker acknowledging
-every frame (the dev broker, started here). ratio = service frames/s over bare frames/s, each the
-best of --repeats alternating runs; the motion gate is off for this part so both encode every
-frame. Then the same clip, a mostly static aisle that a person crosses for a tenth of the time, goes
-through the service with the motion gate on: the JSON says how many bytes that saved.
+detector, the Frame protobuf, the send queue and the Kafka producer, with the broker (the local
+Apache Kafka broker, one KRaft node started here) acknowledging every frame. ratio = service
+frames/s over bare frames/s, each the best of --repeats alternating runs; the motion gate is off for
+this part so both encode every frame. Then the same clip, a mostly static aisle that a person
+crosses for a tenth of the time, goes through the service with the motion gate on: the JSON says
+how many bytes that saved.
 
     make bench-ingest ARGS="--seconds 60 --repeats 3"
     make bench-ingest ARGS="--live-cameras 64"   # many RTSP cameras in one process instead

@@ -1,10 +1,10 @@
 """Benchmark: alerts/s the notifier delivers, latency from sw.alerts.v1 to the receiver, and how
 often a SIGKILL repeats a notification.
 
-Everything runs on the local platform's parts, over real connections: the dev broker, a
-redis-server, the webhook sink (signed webhooks, checked; an ntfy-compatible push server) and
-`python -m services.notifier` as its own process, with two recipients: `hq` (a signed webhook) and
-`officer` (ntfy through Apprise). Each alert carries the time it was produced (raised_time_ms); the
+Everything runs on the local platform's parts, over real connections: the local Apache Kafka
+broker (one KRaft node), a redis-server, the webhook sink (signed webhooks, checked; an
+ntfy-compatible push server) and `python -m services.notifier` as its own process, with two
+recipients: `hq` (a signed webhook) and `officer` (ntfy through Apprise). Each alert carries the time it was produced (raised_time_ms); the
 sink records when each request arrived.
 
 - burst: --burst alerts produced at once; alerts/s = alerts delivered to both contacts over the time
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from confluent_kafka import KafkaError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,6 +69,11 @@ class Bench:
         self.notifier: subprocess.Popen | None = None
         self.http = ""
         self.seq = 0
+        self.refused: list[str] = []
+
+    def _delivered(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self.refused.append(err.str())
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,12 +118,14 @@ class Bench:
                           register_id="reg-1", explanation="benchmark alert", event_time_ms=now, raised_time_ms=now)
             while True:
                 try:
-                    self.producer.produce(topics.ALERTS, key="store-001", value=alert.SerializeToString())
+                    self.producer.produce(topics.ALERTS, key="store-001", value=alert.SerializeToString(), on_delivery=self._delivered)
                     break
                 except BufferError:
                     self.producer.poll(0.05)
             ids.append(alert.alert_id)
-        self.producer.flush(30)
+        left = self.producer.flush(30)
+        if left or self.refused:
+            raise SystemExit(f"the broker did not take {left + len(self.refused)} alerts ({left} unacknowledged; refused: {self.refused[:3]})")
         return ids
 
     def arrivals(self) -> dict[str, list[tuple[str, int]]]:
