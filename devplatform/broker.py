@@ -142,9 +142,11 @@ def server_properties(node: KafkaNode, nodes: list[KafkaNode], replication_facto
         "transaction.state.log.min.isr": min_insync,
         "share.coordinator.state.topic.replication.factor": replication_factor,
         "share.coordinator.state.topic.min.isr": min_insync,
-        # Fewer partitions for the consumer-offsets topic than production's 50: the first group to
-        # join waits for all of them to be created, which a test pays at every fresh broker.
+        # Fewer partitions for the consumer-offsets and transaction-state topics than production's 50:
+        # the first group to join (the first idempotent producer) waits for all of them to be created,
+        # which a test pays at every fresh broker.
         "offsets.topic.num.partitions": 6,
+        "transaction.state.log.num.partitions": 6,
         # The first member's group starts at once instead of waiting 3 s for others to join.
         "group.initial.rebalance.delay.ms": 0,
         "num.partitions": 6,
