@@ -65,6 +65,18 @@ def wait_for_broker(bootstrap_servers: str, service: str, stop_event: threading.
     return True
 
 
+# Delivery failures that an outage, a restart or a leader election explain: produce again.
+TRANSIENT_DELIVERY_ERRORS = frozenset({
+    KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.NETWORK_EXCEPTION,
+})
+
+
+def is_transient(err: KafkaError) -> bool:
+    return err.retriable() or err.code() in TRANSIENT_DELIVERY_ERRORS
+
+
 class RetryableError(RuntimeError):
     """A dependency failed (model server, webhook); the same batch is tried again, nothing is committed."""
 
@@ -279,7 +291,7 @@ class ConsumeLoop:
         """
         pending, said, backoff = list(outputs), False, 0.5
         while pending:
-            failed: list[Output] = []
+            failed: list[tuple[Output, KafkaError]] = []
             for out in pending:
                 self._produce(out, failed)
             while self.producer.flush(1.0) > 0:
@@ -289,12 +301,17 @@ class ConsumeLoop:
                 if not said:
                     log.warning("broker has not acknowledged the outputs yet; holding the batch", extra={"service": self.service, "outputs": len(pending)})
                     said = True
+            lasting = [err for _out, err in failed if not is_transient(err)]
+            if lasting:
+                # Retrying would never end (a message too large, a topic that does not exist): stop
+                # uncommitted, so the batch is redone once the cause is mended.
+                raise KafkaException(lasting[0])
             if failed and self.stop_event.wait(backoff):
                 return False
             if failed:
-                log.warning("outputs refused by the broker; producing them again", extra={"service": self.service, "outputs": len(failed)})
+                log.warning("outputs refused by the broker; producing them again", extra={"service": self.service, "outputs": len(failed), "error": str(failed[0][1])})
                 backoff = min(backoff * 2, self.max_retry_backoff)
-            pending = failed
+            pending = [out for out, _err in failed]
         if said:
             log.info("broker acknowledged the held batch", extra={"service": self.service})
         return True
@@ -334,11 +351,11 @@ class ConsumeLoop:
                     self.consumer.pause([TopicPartition(topic, partition)])
         return not self.stop_event.is_set()
 
-    def _produce(self, out: Output, failed: list[Output]) -> None:
+    def _produce(self, out: Output, failed: list[tuple[Output, KafkaError]]) -> None:
         """Hand one output to the producer; if the broker finally refuses it, it lands in `failed`."""
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             if err is not None:
-                failed.append(out)
+                failed.append((out, err))
 
         while True:
             try:
