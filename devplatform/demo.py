@@ -21,9 +21,12 @@ from confluent_kafka import Consumer
 
 from devplatform import samplestore
 from devplatform.devusers import dev_credentials, dev_pos_key
+from devplatform.expected import REFUND_EXPECTED_NOTE, DemoExpectation, expect
 from devplatform.launcher import ROOT, LaunchError, Platform
+from services.correlator.rules import REFUND_WITHOUT_CUSTOMER
 from services.shared import topics
 from services.shared.contracts.frame_pb2 import Frame
+from services.shared.storeconfig import load_store_config
 
 SAMPLE_DIR = ROOT / "var" / "sample"
 
@@ -68,13 +71,11 @@ class DemoResult:
     # alert id -> its evidence package as the HQ API shows it (None: nothing recorded)
     evidence: dict[str, dict | None] = field(default_factory=dict)
     dashboard: str = ""
+    # the alerts to expect, from the store config and the clip's capture time (devplatform/expected.py)
+    expected: DemoExpectation | None = None
 
     def problems(self, script: dict) -> list[str]:
-        expected = {e["event_id"] for e in script["events"] if "refund_without_customer expected" in e.get("note", "")}
-        raised = [a["evidence"][0]["ref"] for a in self.alerts if a.get("evidence")]
-        found = []
-        if sorted(raised) != sorted(expected):
-            found.append(f"alerts for POS events {sorted(raised)}, expected {sorted(expected)}")
+        found = self.expected.problems(self.alerts) if self.expected else ["no expectation: the clip's first frame was never seen"]
         delivered = [d["alert_id"] for d in self.deliveries]
         if sorted(delivered) != sorted(a["alert_id"] for a in self.alerts):
             found.append(f"webhook deliveries {delivered} do not match alerts one to one")
@@ -84,7 +85,7 @@ class DemoResult:
         if len(self.assessments) != len(refunds):
             found.append(f"{len(self.assessments)} return assessments for {len(refunds)} refunds")
         for event, answer in zip(refunds, self.assessments, strict=False):
-            nobody = "refund_without_customer expected" in event.get("note", "")
+            nobody = REFUND_EXPECTED_NOTE in event.get("note", "")
             if nobody and answer["outcome"] == "accept":
                 found.append(f"the till was told to accept {event['event_id']} with nobody at the counter")
         pushed = [p["message"].rsplit("/alerts/", 1)[-1] for p in self.pushes]
@@ -158,7 +159,10 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         comps = platform.components
         api = comps["api"]["http"]
         result.anchor_ms = first_frame_time(platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"], script["camera_id"])
-        echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, UTC):%H:%M:%S} UTC); replaying the POS script:")
+        echo(f"Camera {script['camera_id']} is streaming (first frame {datetime.fromtimestamp(result.anchor_ms / 1000, UTC):%H:%M:%S} UTC).")
+        result.expected = expect(load_store_config(platform.store_config), script, result.anchor_ms, samplestore.CLIP_SECONDS)
+        echo(result.expected.describe())
+        echo("Replaying the POS script:")
         result.posted = replay_pos_script(api, script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo, result.assessments)
         refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
         clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
@@ -193,7 +197,8 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         while time.time() < settle:
             result.alerts = hq.get("/v1/alerts").json()["alerts"]
             received()
-            if result.alerts and len(result.deliveries) >= len(result.alerts) and len(result.pushes) >= len(result.alerts):
+            if result.alerts and not result.expected.missing(result.alerts) \
+                    and len(result.deliveries) >= len(result.alerts) and len(result.pushes) >= len(result.alerts):
                 time.sleep(3)
                 received()
                 break
@@ -245,18 +250,25 @@ def report(result: DemoResult, echo=print) -> list[str]:
             echo(f"      {reason['text']}")
     echo(f"Deliveries: {len(result.deliveries)}")
     event_times = {a["alert_id"]: int(a["event_time_ms"]) for a in result.alerts}
+    refund_alerts = {a["alert_id"] for a in result.alerts if a["rule"] == REFUND_WITHOUT_CUSTOMER}
     window_after_s = settings_after_s()
+
+    def since(alert_id: str, received_ms: int) -> str:
+        after = (received_ms - event_times[alert_id]) / 1000 if alert_id in event_times else float("nan")
+        return f"{after:.1f}s after the refund" if alert_id in refund_alerts else f"{after:.1f}s after the frame it was seen in"
+
     for d in result.deliveries:
-        after = (d["received_ms"] - event_times[d["alert_id"]]) / 1000 if d["alert_id"] in event_times else float("nan")
+        window = f" (its camera window closes {window_after_s:.0f}s after it)" if d["alert_id"] in refund_alerts else ""
         echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, UTC):%H:%M:%S} UTC, "
-             f"{after:.1f}s after the refund (its camera window closes {window_after_s:.0f}s after it)")
+             f"{since(d['alert_id'], d['received_ms'])}{window}")
     for p in result.pushes:
         alert_id = p["message"].rsplit("/alerts/", 1)[-1]
-        after = (p["received_ms"] - event_times[alert_id]) / 1000 if alert_id in event_times else float("nan")
         snapshot = f"snapshot attached ({p['attachment_bytes']} bytes)" if p["attachment_bytes"] else "link only (the snapshot was not written yet)"
-        echo(f"  phone (ntfy topic {p['topic']}) <- \"{p['title']}\" {after:.1f}s after the refund, {snapshot}")
+        echo(f"  phone (ntfy topic {p['topic']}) <- \"{p['title']}\" {since(alert_id, p['received_ms'])}, {snapshot}")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)
-    expected = "as expected (one alert, for the refund with nobody at the counter, pushed and posted once each)"
-    echo("\nResult: " + (expected if not problems else "UNEXPECTED: " + "; ".join(problems)))
+    if not problems and result.expected:
+        echo(f"\nResult: as expected ({result.expected.summary(result.alerts)}; pushed and posted once each)")
+    else:
+        echo("\nResult: UNEXPECTED: " + "; ".join(problems))
     return problems
