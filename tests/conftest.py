@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -70,6 +72,21 @@ def wait_for(check, timeout: float, what: str, proc: Proc | None = None):
             return result
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f":\n{proc.log_text()[-3000:]}" if proc else ""))
+
+
+def at_store_time(timezone: str, weekday: int = 2, hour: int = 15) -> int:
+    """Epoch ms of the latest moment, at or before now, when the store's clock showed `hour`:00 on
+    `weekday` (Monday 0; default a Wednesday afternoon).
+
+    The return-risk model scores a return by the store's local hour and weekday (one at 03:00 scores
+    higher than one at 15:00; the quick test model warns on an ordinary return before 10:00), so a
+    test that expects an outcome dates its returns at a fixed store time, never at whenever the
+    suite happens to run."""
+    now = datetime.now(ZoneInfo(timezone))
+    at = now.replace(hour=hour, minute=0, second=0, microsecond=0) - timedelta(days=(now.weekday() - weekday) % 7)
+    if at > now:
+        at -= timedelta(days=7)
+    return int(at.timestamp() * 1000)
 
 
 @contextmanager

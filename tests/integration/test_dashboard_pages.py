@@ -28,6 +28,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 
 from devplatform.launcher import free_port
 from services.api.pages import CONTENT_SECURITY_POLICY, PAGES, STATIC_DIR, mount_dashboard, pages_router
+from tests.conftest import at_store_time
 
 pytestmark = pytest.mark.integration
 
@@ -358,6 +359,9 @@ RETURN_USERS = {
     "manager2": {"username": "manager2", "role": "store_manager", "stores": ["store-002"], "display_name": "Mo Manager"},
 }
 DAY_MS = 86_400_000
+# The returns are decided minutes before a fixed store time (a Wednesday, 15:00 in London, 10:00 or
+# 11:00 in New York): the return-risk model scores the store's local hour and weekday.
+RETURNS_AT_MS = at_store_time("Europe/London")
 RULES_WARNING = "no return risk model in models/risk/return (build one with `make train-risk`); deciding by the rules alone"
 
 
@@ -369,7 +373,7 @@ def _return_decision(name: str, store_id: str, minutes_ago: float, total_minor: 
     from services.shared.returnpolicy import ReturnPolicy
     from services.shared.riskfeatures import CameraView, OriginalSale, PastReturn, ReturnContext, return_features
 
-    now = int(time.time() * 1000 - minutes_ago * 60_000)
+    now = int(RETURNS_AT_MS - minutes_ago * 60_000)
     store = next(s for s in RETURN_STORES if s["store_id"] == store_id)
     event = PosEvent(event_id=f"pos-{name}", type=PosEventType.POS_EVENT_TYPE_REFUND, store_id=store_id, register_id="reg-1",
                      transaction_id=f"T-{name}", employee_id="emp-042", event_time_ms=now, currency="GBP" if store_id == "store-001" else "USD",

@@ -21,7 +21,7 @@ from services.shared.contracts.alert_pb2 import Alert, Severity
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.return_decision_pb2 import ReturnDecision, ReturnOutcome
 from services.shared.kafka import make_producer
-from tests.conftest import consume_all, wait_for
+from tests.conftest import at_store_time, consume_all, wait_for
 from tests.integration.test_hq_api import two_store_config
 
 pytestmark = pytest.mark.integration
@@ -58,10 +58,12 @@ def _camera(client: redis.Redis, customer: int, merchandise: int) -> None:
     client.hset(CAMERA_STATUS_HASH, "cam-counter-1", json.dumps(status))
 
 
-def _assess(api: str, key: str, **fields) -> httpx.Response:
+def _assess(api: str, key: str, at_ms: int | None = None, **fields) -> httpx.Response:
+    """Asks about a refund made at `at_ms` (default now)."""
     now = time.time()
+    when = now if at_ms is None else at_ms / 1000
     body = {"event_id": f"pos-{now:.6f}", "type": "refund", "store_id": "store-001", "register_id": "reg-1",
-            "event_time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now)), "employee_id": "emp-042", "currency": "GBP",
+            "event_time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when)), "employee_id": "emp-042", "currency": "GBP",
             "total_minor": 15999, "tender": "card", **fields}
     return httpx.post(f"{api}/v1/returns/assess", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
@@ -71,7 +73,9 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
            **_write_common(tmp_path, Path(sample_assets["store_config"]))}
     api = start_service("api", env).http
     store = redis.Redis.from_url(redis_url)
-    now = int(time.time() * 1000)
+    # The returns are made at a fixed store time (a Wednesday, 15:00 in London), since the model
+    # scores the store's local hour and weekday; the chain's history is dated from it.
+    now = at_store_time("Europe/London")
     # The chain's history, straight into sw.pos.v1 (as any POS may publish): a card returning goods
     # without receipts at four stores in three weeks; an ordinary sale four days ago.
     history = [_event(f"pos-h{i}", PosEventType.POS_EVENT_TYPE_RETURN, now - (i + 1) * 3 * DAY, store=f"store-00{i % 4 + 1}",
@@ -84,7 +88,7 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     wait_for(lambda: store.zcard(token_key("tok-abuser")) == 6 and store.exists("sw:hist:sale:store-001:T-8001"), 60, "the history projected into Redis")
 
     _camera(store, customer=0, merchandise=0)  # nobody at the counter
-    denied = _assess(api, KEY, card_token="tok-abuser")
+    denied = _assess(api, KEY, now, card_token="tok-abuser")
     assert denied.status_code == 200, denied.text
     answer = denied.json()
     assert answer["outcome"] == "deny" and answer["score"] >= answer["deny_at"] and answer["scored_by"].startswith("model ")
@@ -94,7 +98,7 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     assert answer["features"]["token_returns_30d"] == 7 and answer["features"]["customer_present"] == 0
 
     _camera(store, customer=1, merchandise=1)
-    accepted = _assess(api, KEY, card_token="tok-normal", original_transaction_id="T-8001")
+    accepted = _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001")
     assert accepted.status_code == 200 and accepted.json()["outcome"] == "accept", accepted.text
     assert accepted.json()["features"]["days_since_purchase"] == pytest.approx(4, abs=0.01)
 
@@ -119,8 +123,8 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     assert 0 <= triage["probability"] <= 1 and triage["model"] >= 1 and triage["features"]["rule_refund_without_customer"] == 1
 
     # Asked twice, the same return gets the same decision id (the till may retry).
-    again = _assess(api, KEY, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1")
-    assert again.json()["decision_id"] == _assess(api, KEY, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1").json()["decision_id"]
+    again = _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1")
+    assert again.json()["decision_id"] == _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1").json()["decision_id"]
 
 
 def test_bad_requests_get_4xx_and_a_missing_model_falls_back_to_the_rules_with_a_warning(broker, redis_url, start_service, sample_assets, tmp_path):
