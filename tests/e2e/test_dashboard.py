@@ -1,7 +1,9 @@
 """The HQ dashboard in a real headless browser (Debian's chromium through Playwright) against the
 whole pipeline started by the launcher: an analyst signs in through the form, the sample store's
 alert appears in the open feed without a reload, its page shows the recorded evidence, and the
-analyst's confirmation reaches sw.feedback.v1 and updates a second open feed in place.
+analyst's confirmation reaches sw.feedback.v1 and updates a second open feed in place. The store
+config is written for the moment the test runs, with the store open for hours either side, so the
+refund alert is the only one at any hour (test_sample_store.py plays the clip with it closed).
 
 Screenshots (feed, alert, phone-sized feed) go to $SW_TEST_ARTIFACTS or the test's tmp folder; with
 SW_UPDATE_DOCS_SCREENSHOT=1 the alert page's also replaces docs/dashboard.png (the README's)."""
@@ -14,6 +16,7 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -23,9 +26,11 @@ from confluent_kafka import Consumer
 from devplatform import samplestore
 from devplatform.demo import SAMPLE_DIR, first_frame_time, replay_pos_script
 from devplatform.devusers import dev_credentials, dev_pos_key
+from devplatform.expected import expect, store_config_for_the_moment
 from devplatform.launcher import ROOT, Platform, free_port
 from services.shared import topics
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
+from services.shared.storeconfig import load_store_config
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +91,8 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
 
     out = artifacts_dir(tmp_path)
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
-    platform = Platform(run_dir=tmp_path / "run", api_port=free_port())
+    store_config = store_config_for_the_moment(ROOT / "config" / "sample-store.yaml", tmp_path / "store-open.yaml", store_open=True, now=datetime.now(UTC))
+    platform = Platform(run_dir=tmp_path / "run", api_port=free_port(), store_config=store_config)
     replay_errors: list[BaseException] = []
     try:
         platform.up(echo=lambda *_: None)
@@ -116,6 +122,8 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
 
                 # Play the sample store: its camera is streaming; replay the till's events against it.
                 anchor_ms = first_frame_time(bootstrap, script["camera_id"])
+                expectation = expect(load_store_config(store_config), script, anchor_ms, samplestore.CLIP_SECONDS)
+                assert expectation.store_open, expectation.describe()
 
                 def replay() -> None:
                     try:
@@ -183,6 +191,9 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
                 feedback = feedback_for(bootstrap, alert_id, timeout_s=30)
                 assert feedback.verdict == Verdict.VERDICT_CONFIRMED
                 assert feedback.user == "hq" and feedback.comment == NOTE and feedback.store_id == "store-001"
+                # The store was open: the refund's alert is the only one.
+                listed = page.request.get(f"{api}/v1/alerts").json()["alerts"]
+                assert expectation.problems(listed) == [] and [a["alert_id"] for a in listed] == [alert_id], listed
                 assert problems == []
             except BaseException:
                 for i, open_page in enumerate(desk.pages):

@@ -1,33 +1,46 @@
-"""The sample store through the launcher and every service: one alert, for the right refund, once."""
+"""The sample store through the launcher and every service, as `shrinkwatch demo` runs it, with the
+store closed: the refund with nobody at the counter raises its alert, the cashier on camera after
+hours raises a critical one, each delivered once. The store config is written for the moment the
+test runs (closed for hours either side), so what it expects does not depend on the clock; the
+browser test (test_dashboard.py) plays the same clip with the store open."""
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
 from devplatform.demo import SAMPLE_DIR, report, run_demo
-from devplatform.launcher import Platform, free_port, pid_alive
+from devplatform.expected import store_config_for_the_moment
+from devplatform.launcher import ROOT, Platform, free_port, pid_alive
 
 pytestmark = pytest.mark.e2e
 
 
-
-def test_fraudulent_refund_raises_one_alert_delivered_once(tmp_path):
-    platform = Platform(run_dir=tmp_path / "run", api_port=free_port())
+def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_delivered_once(tmp_path):
+    closed = store_config_for_the_moment(ROOT / "config" / "sample-store.yaml", tmp_path / "store-closed.yaml", store_open=False, now=datetime.now(UTC))
+    platform = Platform(run_dir=tmp_path / "run", api_port=free_port(), store_config=closed)
     lines: list[str] = []
     result = run_demo(platform, echo=lines.append)
 
-    [alert] = result.alerts
+    assert result.expected is not None and result.expected.after_hours_required and "closed while the clip plays" in "\n".join(lines)
+    [after_hours] = [a for a in result.alerts if a["rule"] == "after_hours"]
+    assert after_hours["severity"] == "critical" and after_hours["camera_id"] == "cam-counter-1" and after_hours["store_id"] == "store-001"
+    assert [after_hours["facts"]["closed_period"]] == list(result.expected.after_hours_required)
+    [alert] = [a for a in result.alerts if a["rule"] != "after_hours"]
     assert alert["rule"] == "refund_without_customer"
     assert alert["register_id"] == "reg-1" and alert["store_id"] == "store-001" and alert["camera_id"] == "cam-counter-1"
     assert alert["evidence"][0]["ref"] == "pos-store-001-0003"  # the refund with nobody at the counter
-    [delivery] = result.deliveries
-    assert delivery["alert_id"] == alert["alert_id"] and delivery["body"]["alert"]["alert_id"] == alert["alert_id"]
-    assert delivery["signature"] == "valid"
-    [push] = result.pushes
-    assert push["title"].startswith("[HIGH] refund without customer") and push["message"].endswith(f"/alerts/{alert['alert_id']}")
+    deliveries = {d["alert_id"]: d for d in result.deliveries}
+    assert len(result.deliveries) == 2 and set(deliveries) == {alert["alert_id"], after_hours["alert_id"]}
+    assert deliveries[alert["alert_id"]]["body"]["alert"]["alert_id"] == alert["alert_id"]
+    assert all(d["signature"] == "valid" for d in result.deliveries)
+    pushes = {p["message"].rsplit("/alerts/", 1)[-1]: p for p in result.pushes}
+    assert len(result.pushes) == 2 and set(pushes) == set(deliveries)
+    assert pushes[alert["alert_id"]]["title"].startswith("[HIGH] refund without customer")
+    assert pushes[after_hours["alert_id"]]["title"].startswith("[CRITICAL] after hours")
     notifier_log = (tmp_path / "run" / "logs" / "notifier.log").read_text()
-    # HQ's webhook, the officer's phone and log channel, once each
-    assert notifier_log.count('"msg": "notification delivered"') == 3
+    # HQ's webhook, the officer's phone and log channel, once each, for each alert
+    assert notifier_log.count('"msg": "notification delivered"') == 6
     assert report(result, echo=lines.append) == []
     # Everything the launcher started is gone.
     assert not (tmp_path / "run" / "runtime.json").exists()
