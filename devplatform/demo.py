@@ -121,6 +121,19 @@ def metric_total(metrics_url: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def post_as_a_till(url: str, body: dict, headers: dict[str, str], echo=print, give_up_s: float = 90.0) -> httpx.Response:
+    """POST an event as a till does: a 503 (broker or Redis away) or a 409 (a copy being published) is
+    tried again after its Retry-After, and the gateway's dedupe publishes the event once."""
+    deadline = time.monotonic() + give_up_s
+    while True:
+        response = httpx.post(url, json=body, headers=headers, timeout=30)
+        if response.status_code not in (409, 503) or time.monotonic() > deadline:
+            response.raise_for_status()
+            return response
+        echo(f"  POS gateway answered {response.status_code} ({response.json().get('detail', '')}); the till tries again")
+        time.sleep(float(response.headers.get("Retry-After", "1")))
+
+
 def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo=print, assessments: list[dict] | None = None) -> list[dict]:
     posted = []
     for event in script["events"]:
@@ -142,8 +155,7 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo
                       f"merchandise {seen.get(decided['features']['merchandise_present'], 'cannot tell')}")
             reasons = "; ".join(r["text"] for r in decided["reasons"][:2])
             echo(f"  till asks about {event['event_id']}: {decided['outcome'].upper()} (score {decided['score']:.2f}, {decided['scored_by']}, {camera}): {reasons}")
-        response = httpx.post(f"{api}/v1/pos/events", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
-        response.raise_for_status()
+        response = post_as_a_till(f"{api}/v1/pos/events", body, {"Authorization": f"Bearer {pos_key}"}, echo)
         echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
         posted.append(body)
     return posted
