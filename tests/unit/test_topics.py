@@ -45,3 +45,11 @@ def test_librdkafka_says_the_same_complaint_once_a_minute(caplog):
         logger.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", refused.format(3))
         logger.error("%s [%s] %s", "REQTMOUT", "rdkafka#producer-1", "timed out")
     assert [r.getMessage().split()[0] for r in caplog.records] == ["FAIL", "REQTMOUT"]
+
+
+def test_kafka_cluster_ids_never_look_like_an_option():
+    """The storage tool takes the id as an argument: one starting with '-' failed a start in 64."""
+    from devplatform.broker import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
