@@ -223,7 +223,12 @@ class Platform:
             node.config_file.write_text(kafka.server_properties(node, nodes, factor, min_insync_replicas(factor)))
             formatting.append(subprocess.Popen(kafka.storage_format_argv(node, cluster_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         for node, proc in zip(nodes, formatting, strict=True):
-            output, _ = proc.communicate(timeout=self.ready_timeout_s)
+            try:
+                output, _ = proc.communicate(timeout=self.ready_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise LaunchError(f"kafka: formatting {node.data_dir} took over {self.ready_timeout_s:.0f}s") from None
             if proc.returncode != 0:
                 raise LaunchError(f"kafka: formatting {node.data_dir} failed (exit {proc.returncode}):\n{output.decode(errors='replace')[-2000:]}")
         bootstrap = ",".join(node.address for node in nodes)
