@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -100,11 +101,63 @@ def platform_part(run_dir: Path, start: Callable[[Platform], None], **platform_a
         platform.down(echo=lambda *_: None)
 
 
+class BrokerPool:
+    """Fresh one-node Kafka clusters for the tests, each used by one test only.
+
+    Formatting and starting a node takes seconds of a JVM's start-up, which a suite of many broker
+    tests would pay one after the other. So while a test uses its broker, the next test's is started
+    in the background, and a used one is stopped (SIGTERM, by PID) in the background too."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sw-test-brokers-"))
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="broker-start")
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix="broker-stop")
+        self._spare: Future[Platform] | None = None
+        self._count = 0
+
+    def _start(self) -> Platform:
+        self._count += 1
+        platform = Platform(run_dir=self.root / f"broker-{self._count}")
+        try:
+            platform.start_broker()
+        except BaseException:
+            platform.down(echo=lambda *_: None)
+            raise
+        return platform
+
+    def take(self) -> Platform:
+        started = self._spare or self._starter.submit(self._start)
+        self._spare = self._starter.submit(self._start)
+        return started.result()
+
+    def give_back(self, platform: Platform) -> None:
+        self._stopper.submit(platform.down, echo=lambda *_: None)
+
+    def close(self) -> None:
+        if self._spare is not None:
+            try:
+                self._spare.result().down(echo=lambda *_: None)
+            except Exception:  # a spare that failed to start has stopped what it started
+                pass
+        self._starter.shutdown(wait=True)
+        self._stopper.shutdown(wait=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_BROKER_POOL = pytest.StashKey[BrokerPool]()
+
+
 @pytest.fixture
-def broker(tmp_path):
+def broker(pytestconfig):
     """A fresh Apache Kafka node (KRaft) with every topic created as production defines it; yields bootstrap."""
-    with platform_part(tmp_path / "broker", Platform.start_broker) as platform:
+    if _BROKER_POOL not in pytestconfig.stash:
+        pytestconfig.stash[_BROKER_POOL] = BrokerPool()
+    pool = pytestconfig.stash[_BROKER_POOL]
+    platform = pool.take()
+    try:
         yield platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
+    finally:
+        pool.give_back(platform)
 
 
 @pytest.fixture
@@ -223,6 +276,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _BROKER_POOL in session.config.stash:
+        session.config.stash[_BROKER_POOL].close()
     if _SESSION_MODELS in session.config.stash:
         session.config.stash[_SESSION_MODELS].close()
 
