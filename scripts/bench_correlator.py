@@ -1,7 +1,7 @@
 """Benchmark: how many cameras one correlator worker holds, and how soon it decides live refunds.
 
-Why ratios: absolute speeds on these shared machines drift several times between runs (DESIGN.md,
-Measuring), so the correlator is measured against its own limit, in the same run, on the same data.
+Why ratios: absolute speeds on these shared machines drift several times between runs (a machine of
+the same kind trained the sample models in 44 s, another in 4 min), so the correlator is measured against its own limit, in the same run, on the same data.
 
 Throughput. A synthetic chain (stores of four cameras at 10 fps: a counter camera with one
 register, one with two, two floor cameras with aisle, high-value and exit zones; 0-3 tracked persons
