@@ -239,7 +239,7 @@ class Platform:
         self.env["SW_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         self.save()
         for node in nodes:
-            self.wait_for_broker(self.broker_name(node.node_id))
+            self._wait_for_node(self.broker_name(node.node_id))
         try:
             problems = ensure_topics(bootstrap, factor, timeout=self.ready_timeout_s)
         except Exception as exc:  # any admin failure is a failed start, named
@@ -272,7 +272,7 @@ class Platform:
         """`broker` for a one-node cluster, `broker-N` for the nodes of a larger one."""
         return "broker" if self.brokers == 1 else f"broker-{node_id}"
 
-    def wait_for_broker(self, name: str) -> None:
+    def _wait_for_node(self, name: str) -> None:
         """Until the node answers metadata requests and sees every node of the cluster."""
         from services.shared.topicadmin import admin_client
 
@@ -313,7 +313,7 @@ class Platform:
         self._spawn(name, comp["argv"])
         self.components[name].update(kept)
         self.save()
-        self.wait_for_broker(name)
+        self._wait_for_node(name)
 
     def start_redis(self) -> None:
         binary = shutil.which("redis-server")
