@@ -29,7 +29,7 @@ from confluent_kafka import Message
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
-from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.riskfeatures import TriageContext, store_confirm_rate, triage_features
 from services.shared.riskmodel import RiskModel
 from services.shared.serde import PoisonMessage, decode, to_json_dict
@@ -159,7 +159,6 @@ class AlertStore:
         self.redis = client
         self.config = config
         self.retention_ms = int(retention_days * 86400 * 1000)
-        self.loop: ConsumeLoop | None = None
         self._save_alert = client.register_script(_SAVE_ALERT)
         self._apply_verdict = client.register_script(_APPLY_VERDICT)
         self._stores = {s.id: s for s in config.stores}
@@ -257,18 +256,18 @@ class AlertStore:
             return self.apply_feedback(feedback)
         return self.save(decode(Alert, value, required=("alert_id", "store_id")))
 
-    def handle(self, messages: list[Message]) -> list[Output]:
-        """The consumer's batch: alerts and verdicts into Redis; a message that cannot be read is skipped."""
-        assert self.loop is not None
+    def handle(self, messages: list[Message]) -> Outcome:
+        """The consumer's batch: alerts and verdicts into Redis; a message that cannot be read is poison,
+        passed over (the notifier keeps bad alerts in sw.alerts.v1.dlq and the correlator bad verdicts)."""
+        outcome = Outcome()
         for msg in messages:
             try:
                 self.take(msg.topic(), msg.value())
             except PoisonMessage as exc:
-                # The notifier keeps bad alerts in sw.alerts.v1.dlq and the correlator bad verdicts.
-                self.loop.skip(msg, str(exc))
+                outcome.poison.append(Poison(msg, str(exc)))
             except redis.RedisError as exc:
                 raise RetryableError(f"redis: {exc}") from None
-        return []
+        return outcome
 
     # ---- reading -------------------------------------------------------------------------------
 

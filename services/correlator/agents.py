@@ -37,7 +37,7 @@ from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
-from services.shared.kafka import dlq_headers
+from services.shared.kafka import MESSAGES_DEAD_LETTERED, dlq_headers
 from services.shared.rulesconfig import RULE_NAMES
 from services.shared.serde import PoisonMessage, decode, encode
 from services.shared.storeconfig import StoreConfigWatcher, load_store_config
@@ -47,7 +47,6 @@ log = logging.getLogger("correlator")
 ALERTS_RAISED = Counter("sw_correlator_alerts_total", "Alerts raised", ["rule", "store"])
 REFUNDS_DECIDED = Counter("sw_correlator_refunds_decided_total", "Refunds and returns checked against the camera", ["outcome"])
 RULE_OUTCOMES = Counter("sw_correlator_refund_rule_outcomes_total", "Each refund rule's outcome per refund", ["rule", "outcome"])
-DEAD_LETTERED = Counter("sw_correlator_dead_lettered_total", "Poison messages sent to a DLQ", ["topic"])
 RULE_PRECISION = Gauge("sw_correlator_rule_precision", "Confirmed over judged alerts, per rule and store (from feedback)", ["rule", "store"])
 RULE_FACTOR = Gauge("sw_correlator_rule_threshold_factor", "Feedback's multiplier on a rule's threshold, per store", ["rule", "store"])
 DECISION_DELAY = Histogram("sw_correlator_decision_delay_seconds", "Wall time from a refund rule's window closing to its decision (live data)",
@@ -139,11 +138,12 @@ class Correlator:
 
     async def dead_letter(self, event: Any, error: str) -> None:
         message = event.message
-        DEAD_LETTERED.labels(message.topic).inc()
-        log.warning("poison message sent to DLQ", extra={"topic": message.topic, "partition": message.partition, "offset": message.offset, "error": error})
         headers = dlq_headers(message.topic, message.partition, message.offset, "correlator", error)
         fut = await self.streams.dlq(message.topic).send(key=event.key, value=event.value or b"", headers=headers)
         await fut
+        # The one DLQ metric every service counts in, once the broker holds the message.
+        MESSAGES_DEAD_LETTERED.labels("correlator", message.topic).inc()
+        log.warning("poison message sent to DLQ", extra={"topic": message.topic, "partition": message.partition, "offset": message.offset, "error": error})
 
     async def raise_alerts(self, alerts: list[Alert]) -> None:
         """Send and wait for the broker's acknowledgement of each."""

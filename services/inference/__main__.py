@@ -47,7 +47,6 @@ def main() -> int:
         batch_size=settings.inference_batch_size,
         stop_event=stop,
     )
-    analyzer.loop = loop
     health = HealthServer(settings.http_host, settings.http_port, ready=loop.ready.is_set).start()
     log.info("started", extra={"http_port": health.port, "model_server": settings.model_server})
     try:

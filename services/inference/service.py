@@ -24,7 +24,7 @@ from services.inference.zones import ZoneMask, zone_masks
 from services.shared import topics
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
-from services.shared.kafka import ConsumeLoop, Output
+from services.shared.kafka import Outcome, Output, Poison
 from services.shared.serde import PoisonMessage, decode, encode
 from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
 
@@ -60,7 +60,7 @@ def heartbeat_analysis(frame: Frame, camera: Camera, state: CameraState) -> Fram
 
 
 class FrameAnalyzer:
-    """Turns a batch of Kafka messages holding Frames into FrameAnalysis outputs (or DLQ entries)."""
+    """Turns a batch of Kafka messages holding Frames into FrameAnalysis outputs (or poison verdicts)."""
 
     def __init__(self, config: StoreConfig, client: PredictionClient, watcher: StoreConfigWatcher | None = None) -> None:
         self.config = config
@@ -71,7 +71,6 @@ class FrameAnalyzer:
         # Per camera: what its stages carry from frame to frame (anomaly history, tracks, zone visits).
         self.states: dict[str, CameraState] = {}
         self._input_shapes: dict[str, tuple[dict[str, list[int]], int]] = {}
-        self.loop: ConsumeLoop | None = None
 
     def _masks_for(self, camera: Camera, rows: int, cols: int) -> list[ZoneMask]:
         key = (camera.id, camera.model_dump_json(include={"zones"}), rows, cols)  # an edit mid-batch never mixes old and new zones
@@ -131,19 +130,19 @@ class FrameAnalyzer:
             self._input_shapes[model] = self.client.input_shapes(model)
         return self._input_shapes[model][0]
 
-    def handle(self, messages: list[Message]) -> list[Output]:
-        assert self.loop is not None
+    def handle(self, messages: list[Message]) -> Outcome:
         self.refresh_config()
-        # One answer per message, in the batch's order: a camera's analyses keep their order, and a
-        # heartbeat repeats the analysis published just before it.
-        answers: list[Output | FrameWork | tuple[Frame, Camera]] = []
+        # One answer per usable message, in the batch's order: a camera's analyses keep their order,
+        # and a heartbeat repeats the analysis published just before it.
+        answers: list[FrameWork | tuple[Frame, Camera]] = []
+        poison: list[Poison] = []
         # Cameras with the same stages (and frame size) share each model request.
         groups: dict[tuple, list[FrameWork]] = defaultdict(list)
         for msg in messages:
             try:
                 frame, camera, image = self.decode_frame(msg)
             except PoisonMessage as exc:
-                answers.append(self.loop.dead_letter(msg, str(exc)))
+                poison.append(Poison(msg, str(exc)))
                 continue
             if image is None:
                 answers.append((frame, camera))
@@ -152,7 +151,7 @@ class FrameAnalyzer:
             answers.append(item)
             groups[(camera.model_dump_json(include={"stages"}), image.shape)].append(item)
         ctx = BatchContext(self._predict, self._shapes, self._masks_for, self.states)
-        refused: dict[int, Output] = {}
+        refused: set[int] = set()
         for group in groups.values():
             cameras = {item.frame.camera_id for item in group}
             before = {cid: copy.deepcopy(ctx.working[cid]) for cid in cameras if cid in ctx.working}
@@ -161,7 +160,8 @@ class FrameAnalyzer:
                     plugin.run(group, ctx)
             except (ModelServerError, ValueError) as exc:
                 # The server refuses these frames themselves (wrong model name, wrong input): keep them in the DLQ.
-                refused.update((id(item), self.loop.dead_letter(item.msg, str(exc))) for item in group)
+                refused.update(id(item) for item in group)
+                poison += [Poison(item.msg, str(exc)) for item in group]
                 for cid in cameras:  # what the stages half-learnt from frames now in the DLQ is not kept
                     if cid in before:
                         ctx.working[cid] = before[cid]
@@ -169,11 +169,8 @@ class FrameAnalyzer:
                         ctx.working.pop(cid, None)
         outputs: list[Output] = []
         for answer in answers:
-            if isinstance(answer, Output):
-                outputs.append(answer)
-            elif isinstance(answer, FrameWork):
+            if isinstance(answer, FrameWork):
                 if id(answer) in refused:
-                    outputs.append(refused[id(answer)])
                     continue
                 state = ctx.state(answer.frame.camera_id)
                 state.last_analysis, state.last_sequence = answer.analysis, answer.frame.sequence
@@ -185,4 +182,4 @@ class FrameAnalyzer:
                 state.last_sequence = frame.sequence
         # Every stage of the batch is done (a retryable failure raised before here): keep what the stages learnt.
         self.states.update(ctx.working)
-        return outputs
+        return Outcome(outputs, poison)

@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                             snapshot_wait_s=settings.notifier_snapshot_wait_s, workers=settings.notifier_workers)
     notifier = Notifier(outbox, routing, regions, time.time, on_enqueued=dispatcher.wake.set)
     loop = ConsumeLoop("notifier", settings.kafka_bootstrap_servers, settings.notifier_group_id, [topics.ALERTS, topics.FEEDBACK], notifier.handle,
+                       # The notifier keeps bad alerts in their DLQ; the correlator keeps bad verdicts in theirs.
+                       dead_letters=[topics.ALERTS],
                        # consume() waits for a whole batch or the poll timeout: a short one keeps a lone alert from waiting.
                        batch_size=64, poll_timeout=0.02, stop_event=stop)
-    notifier.loop = loop
 
     def ready() -> bool:
         try:

@@ -29,7 +29,7 @@ from services.notifier.routing import RoutingConfig, matching_routes, quiet_unti
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
-from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.serde import PoisonMessage, decode
 
 log = logging.getLogger("notifier")
@@ -54,37 +54,29 @@ class Notifier:
         self.regions = regions
         self.clock = clock
         self.on_enqueued = on_enqueued
-        self.loop: ConsumeLoop | None = None
         self._channels: dict[str, list[tuple[str, str]]] = {name: [(f"{name}/{c.name}", str(c.type)) for c in r.contacts]
                                                             for name, r in routing.recipients.items()}
 
     # ---- the consume loop ----------------------------------------------------------------------
 
-    def handle(self, messages: list[Message]) -> list[Output]:
-        assert self.loop is not None
-        outputs = []
+    def handle(self, messages: list[Message]) -> Outcome:
+        """Alerts routed, verdicts applied; an unreadable one is poison (the loop keeps alerts' in the
+        DLQ; the correlator owns sw.feedback.v1's)."""
+        outcome = Outcome()
         try:
             for msg in messages:
-                if msg.topic() == topics.FEEDBACK:
-                    self._feedback(msg)
-                    continue
                 try:
-                    alert = decode(Alert, msg.value(), required=("alert_id", "rule", "store_id"))
+                    if msg.topic() == topics.FEEDBACK:
+                        self._feedback(decode(Feedback, msg.value(), required=("alert_id", "verdict")))
+                    else:
+                        self.route(decode(Alert, msg.value(), required=("alert_id", "rule", "store_id")), msg.value() or b"")
                 except PoisonMessage as exc:
-                    outputs.append(self.loop.dead_letter(msg, str(exc)))
-                    continue
-                self.route(alert, msg.value() or b"")
+                    outcome.poison.append(Poison(msg, str(exc)))
         except redis.RedisError as exc:
             raise RetryableError(f"redis: {exc}") from None
-        return outputs
+        return outcome
 
-    def _feedback(self, msg: Message) -> None:
-        assert self.loop is not None
-        try:
-            feedback = decode(Feedback, msg.value(), required=("alert_id", "verdict"))
-        except PoisonMessage as exc:
-            self.loop.skip(msg, str(exc))  # the correlator owns sw.feedback.v1's DLQ
-            return
+    def _feedback(self, feedback: Feedback) -> None:
         # A verdict this build does not know (a newer api) still says someone looked at the alert.
         verdict = Verdict.Name(feedback.verdict) if feedback.verdict in Verdict.values() else f"VERDICT_{feedback.verdict}"
         dropped = self.outbox.acknowledge(feedback.alert_id, verdict)

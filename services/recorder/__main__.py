@@ -74,8 +74,8 @@ def main() -> int:
     recorder = Recorder(config, store, settings.options(), watcher)
     loop = ConsumeLoop("recorder", settings.kafka_bootstrap_servers, settings.recorder_group_id,
                        [topics.FRAMES, topics.DETECTIONS, topics.POS, topics.ALERTS], recorder.handle,
-                       batch_size=settings.recorder_batch_size, stop_event=stop)
-    recorder.loop = loop
+                       # Each topic's DLQ belongs to its main reader (inference, correlator, notifier).
+                       dead_letters=(), batch_size=settings.recorder_batch_size, stop_event=stop)
     state = {"redis": False}
 
     def ready() -> bool:

@@ -40,7 +40,7 @@ from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent
 from services.shared.evidence import MANIFEST_VERSION, STORE_ERRORS, EvidenceStore, check_id, frame_name
-from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.serde import PoisonMessage, decode, to_json_dict
 from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
 
@@ -130,7 +130,6 @@ class Recorder:
         self.pending: dict[str, Pending] = {}
         # One lock for buffers and pending alerts: the consume loop and the timer threads share them.
         self.lock = threading.RLock()
-        self.loop: ConsumeLoop | None = None
         self.started_ms = self.now_ms()
         self._status_written: dict[str, int] = {}
         self._status_dirty: set[str] = set()
@@ -140,9 +139,10 @@ class Recorder:
 
     # ---- the consume loop --------------------------------------------------------------------
 
-    def handle(self, messages: list[Message]) -> list[Output]:
-        assert self.loop is not None
-        outputs: list[Output] = []
+    def handle(self, messages: list[Message]) -> Outcome:
+        """Frames, POS events and alerts into the buffers; an unreadable one is poison, which the loop
+        passes over (each topic's DLQ belongs to its main reader: inference, correlator, notifier)."""
+        outcome = Outcome()
         with self.lock:
             self.refresh_config()
             now = self.now_ms()
@@ -151,14 +151,13 @@ class Recorder:
                     try:
                         self.take(msg.topic() or "", msg.value(), now)
                     except PoisonMessage as exc:
-                        # Each topic's DLQ belongs to its main reader (inference, correlator, notifier).
-                        self.loop.skip(msg, str(exc))
+                        outcome.poison.append(Poison(msg, str(exc)))
                 self.finish_due(now)
             except STORE_ERRORS as exc:
                 # Buffers keep what they took (a retried frame is kept once); pending alerts stay pending.
                 raise RetryableError(f"evidence store {self.store.url}: {exc}") from None
             BUFFER_BYTES.set(sum(b.bytes for b in self.cameras.values()))
-        return outputs
+        return outcome
 
     def refresh_config(self, now: bool = False) -> None:
         config = self.watcher.poll(force=now) if self.watcher is not None else None

@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -191,16 +191,39 @@ class Output:
     headers: list | None = None
 
 
-Handler = Callable[[list[Message]], Iterable[Output]]
+@dataclass(frozen=True)
+class Poison:
+    """A message its handler cannot use (undecodable, invalid, refused by a model), and why."""
+
+    message: Message
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """What a handler made of a batch: the outputs to produce, and the messages it found poison.
+
+    The handler only judges; the loop keeps each poison message in its topic's DLQ (or passes
+    over it where another service owns that DLQ), and counts it once the batch is committed, so a
+    batch handled again after a retry never counts the same message twice.
+    """
+
+    outputs: list[Output] = field(default_factory=list)
+    poison: list[Poison] = field(default_factory=list)
+
+
+Handler = Callable[[list[Message]], Outcome]
 
 
 @dataclass
 class ConsumeLoop:
     """Poll a batch, hand it to `handle`, produce what it returns, then commit.
 
-    `handle` gets the batch's raw messages and returns the outputs for all of them, with a
-    `dead_letter()` output in place of each poison message; it raises RetryableError when a
-    dependency is down, and the same batch is handed to it again.
+    `handle` gets the batch's raw messages and returns an `Outcome`; it raises RetryableError when
+    a dependency is down, and the same batch is handed to it again. Poison messages from the topics
+    in `dead_letters` (all of `topics` when None) go to their DLQ with the reason; those from other
+    topics are passed over, because each topic's DLQ has one owner and a bad message is kept once,
+    not once per reader.
     """
 
     service: str
@@ -208,6 +231,7 @@ class ConsumeLoop:
     group_id: str
     topics: list[str]
     handle: Handler
+    dead_letters: Collection[str] | None = None
     batch_size: int = 32
     poll_timeout: float = 0.2
     consumer_overrides: dict = field(default_factory=dict)
@@ -267,10 +291,11 @@ class ConsumeLoop:
         return True
 
     def _process(self, messages: list[Message]) -> None:
-        outputs = self._handle_with_retries(messages)
-        if outputs is None:
+        outcome = self._handle_with_retries(messages)
+        if outcome is None:
             return  # stopping mid-retry: nothing committed, the batch is redone after restart
-        if not self._deliver(outputs):
+        kept = [poison for poison in outcome.poison if self._owns_dlq(poison.message)]
+        if not self._deliver(outcome.outputs + [self._dlq_output(poison) for poison in kept]):
             return  # stopping before the broker took every output: nothing committed
         try:
             self.consumer.commit(offsets=_next_offsets(messages), asynchronous=False)
@@ -281,6 +306,8 @@ class ConsumeLoop:
             return
         for msg in messages:
             MESSAGES_PROCESSED.labels(self.service, msg.topic()).inc()
+        for poison in outcome.poison:
+            self._say_poison(poison)
 
     def _deliver(self, outputs: list[Output]) -> bool:
         """Produce the outputs until the broker has acknowledged every one; False if asked to stop.
@@ -316,14 +343,14 @@ class ConsumeLoop:
             log.info("broker acknowledged the held batch", extra={"service": self.service})
         return True
 
-    def _handle_with_retries(self, messages: list[Message]) -> list[Output] | None:
+    def _handle_with_retries(self, messages: list[Message]) -> Outcome | None:
         """Run the handler until it succeeds; while a dependency is down, the consumer is paused but
         still polled, so the group does not evict it (max.poll.interval.ms) however long the outage."""
         backoff, paused = 0.2, False
         try:
             while True:
                 try:
-                    return list(self.handle(messages))
+                    return self.handle(messages)
                 except RetryableError as exc:
                     BATCH_RETRIES.labels(self.service, messages[0].topic()).inc()
                     log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": backoff})
@@ -364,20 +391,24 @@ class ConsumeLoop:
             except BufferError:
                 self.producer.poll(0.1)
 
-    def skip(self, msg: Message, error: str) -> None:
-        """Pass over a poison message that another service dead-letters (each topic's DLQ has one
-        owner, so a bad message is kept once, not once per reader)."""
-        MESSAGES_SKIPPED.labels(self.service, msg.topic()).inc()
-        log.warning("poison message skipped (its topic's owner keeps it in the DLQ)",
-                    extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
+    def _owns_dlq(self, msg: Message) -> bool:
+        return self.dead_letters is None or msg.topic() in self.dead_letters
 
-    def dead_letter(self, msg: Message, error: str) -> Output:
-        """The DLQ output for a poison message, to be returned among the batch's outputs."""
-        MESSAGES_DEAD_LETTERED.labels(self.service, msg.topic()).inc()
-        log.warning("poison message sent to DLQ", extra={"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error})
-        topic, partition, offset = _position(msg)
-        headers = dlq_headers(topic, partition, offset, self.service, error)
-        return Output(dlq(topic), msg.key(), msg.value() or b"", headers)
+    def _dlq_output(self, poison: Poison) -> Output:
+        topic, partition, offset = _position(poison.message)
+        headers = dlq_headers(topic, partition, offset, self.service, poison.reason)
+        return Output(dlq(topic), poison.message.key(), poison.message.value() or b"", headers)
+
+    def _say_poison(self, poison: Poison) -> None:
+        """Count and log a poison message of a committed batch: kept in the DLQ, or passed over."""
+        msg = poison.message
+        where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": poison.reason}
+        if self._owns_dlq(msg):
+            MESSAGES_DEAD_LETTERED.labels(self.service, msg.topic()).inc()
+            log.warning("poison message sent to DLQ", extra=where)
+        else:
+            MESSAGES_SKIPPED.labels(self.service, msg.topic()).inc()
+            log.warning("poison message skipped (its topic's owner keeps it in the DLQ)", extra=where)
 
 
 def _position(msg: Message) -> tuple[str, int, int]:
@@ -401,4 +432,4 @@ def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-__all__ = ["ConsumeLoop", "Output", "PoisonMessage", "RetryableError", "dlq_headers", "make_producer", "produce_all_and_wait", "produce_and_wait"]
+__all__ = ["ConsumeLoop", "Outcome", "Output", "Poison", "PoisonMessage", "RetryableError", "dlq_headers", "make_producer", "produce_all_and_wait", "produce_and_wait"]

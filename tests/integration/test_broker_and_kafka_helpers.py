@@ -9,10 +9,11 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from prometheus_client import REGISTRY
 
 from devplatform.launcher import Platform, free_port, http_ready
 from services.shared import topics
-from services.shared.kafka import ConsumeLoop, Output, make_producer, produce_and_wait, wait_for_broker
+from services.shared.kafka import ConsumeLoop, Outcome, Output, Poison, RetryableError, make_producer, produce_and_wait, wait_for_broker
 from services.shared.serde import PoisonMessage
 from services.shared.topicadmin import check_topics, ensure_topics
 from tests.conftest import consume_all, platform_part, wait_for
@@ -38,37 +39,53 @@ def test_confluent_keys_land_where_faust_expects_them(broker):
         assert delivered.partition() == partitioner(key.encode(), partitions, partitions), key
 
 
-def test_consume_loop_commits_after_work_and_dead_letters_poison(broker):
+def test_consume_loop_commits_after_work_and_dead_letters_poison_once(broker):
+    """The handler only judges; the loop keeps poison from the topics whose DLQ it owns, passes over the
+    rest, and counts each once, although the batch is handled again after a dependency failed."""
     producer = make_producer(broker)
     for i in range(5):
         producer.produce(topics.FEEDBACK, key=f"k{i}", value=b"bad" if i == 2 else f"ok-{i}".encode())
+    producer.produce(topics.POS, key="store:till", value=b"bad")
     producer.flush(10)
-    seen, stop = [], threading.Event()
+    seen: set[bytes] = set()
+    judged: set[str | None] = set()
+    calls, stop = [0], threading.Event()
+    counted = {name: REGISTRY.get_sample_value(f"sw_messages_{name}_total", {"service": "test-poison", "topic": topic}) or 0.0
+               for name, topic in (("dead_lettered", topics.FEEDBACK), ("skipped", topics.POS))}
 
     def handle(messages):
-        outputs = []
+        calls[0] += 1
+        outcome = Outcome()
         for msg in messages:
             try:
                 if msg.value() == b"bad":
-                    raise PoisonMessage("not a feedback message")
-                seen.append(msg.value())
-                outputs.append(Output(topics.ALERTS, msg.key(), msg.value().upper()))
+                    raise PoisonMessage(f"not a message of {msg.topic()}")
+                seen.add(msg.value())
+                outcome.outputs.append(Output(topics.ALERTS, msg.key(), msg.value().upper()))
             except PoisonMessage as exc:
-                outputs.append(loop.dead_letter(msg, str(exc)))
-        if len(seen) >= 4:
+                outcome.poison.append(Poison(msg, str(exc)))
+        if calls[0] == 1:
+            raise RetryableError("the first try meets a dependency that is down")
+        judged.update(poison.message.topic() for poison in outcome.poison)
+        if len(seen) >= 4 and len(judged) == 2:
             stop.set()
-        return outputs
+        return outcome
 
-    loop = ConsumeLoop("test", broker, "test-loop", [topics.FEEDBACK], handle, stop_event=stop)
+    loop = ConsumeLoop("test-poison", broker, "test-loop", [topics.FEEDBACK, topics.POS], handle, dead_letters=[topics.FEEDBACK],
+                       batch_size=100, stop_event=stop)
     thread = threading.Thread(target=loop.run)
     thread.start()
-    thread.join(30)
-    assert sorted(seen) == [b"ok-0", b"ok-1", b"ok-3", b"ok-4"]
+    thread.join(60)
+    assert sorted(seen) == [b"ok-0", b"ok-1", b"ok-3", b"ok-4"] and calls[0] >= 2
     [dead] = consume_all(broker, topics.dlq(topics.FEEDBACK), expect=1)
     headers = dict(dead.headers())
-    assert dead.value() == b"bad" and headers["sw-error"] == b"not a feedback message"
+    assert dead.value() == b"bad" and headers["sw-error"] == f"not a message of {topics.FEEDBACK}".encode()
     assert headers["sw-source-topic"] == topics.FEEDBACK.encode()
+    assert consume_all(broker, topics.dlq(topics.POS), timeout=5) == [], "sw.pos.v1's DLQ belongs to another reader"
     assert len(consume_all(broker, topics.ALERTS, expect=4)) == 4
+    for name, topic in (("dead_lettered", topics.FEEDBACK), ("skipped", topics.POS)):
+        now = REGISTRY.get_sample_value(f"sw_messages_{name}_total", {"service": "test-poison", "topic": topic})
+        assert now == counted[name] + 1, f"{name} counted {now} times"
     # Offsets were committed: the same group starts after the processed messages.
     consumer = Consumer({"bootstrap.servers": broker, "group.id": "test-loop", "enable.auto.commit": False})
     consumer.subscribe([topics.FEEDBACK])
@@ -122,7 +139,7 @@ def test_a_topic_made_by_hand_with_other_settings_is_named_at_start(broker, capl
 def test_a_consumer_started_before_the_broker_says_so_once_and_is_ready_when_it_comes(tmp_path, caplog):
     port = free_port()
     stop = threading.Event()
-    loop = ConsumeLoop("test", f"127.0.0.1:{port}", "test-early", [topics.FEEDBACK], lambda messages: [], stop_event=stop)
+    loop = ConsumeLoop("test", f"127.0.0.1:{port}", "test-early", [topics.FEEDBACK], lambda messages: Outcome(), stop_event=stop)
     with caplog.at_level(logging.INFO, logger="services.shared.kafka"):
         thread = threading.Thread(target=loop.run)
         thread.start()

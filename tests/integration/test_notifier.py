@@ -261,8 +261,7 @@ def test_escalation_fires_at_the_configured_time_reaches_whoever_took_over_and_s
                "routes": [{"name": "store", "levels": [{"notify": ["schedule:store"]}, {"after_min": 10, "notify": ["schedule:store", "manager"]}]}]}
     clock = FakeClock(datetime.fromisoformat("2026-12-01T18:55:00-05:00"))  # alice's shift; bob takes over at 19:00
     notifier, dispatcher, outbox = _in_process(redis_url, routing, clock, broker)
-    loop = ConsumeLoop("notifier", broker, "test-notifier", [topics.ALERTS, topics.FEEDBACK], notifier.handle, batch_size=16)
-    notifier.loop = loop
+    loop = ConsumeLoop("notifier", broker, "test-notifier", [topics.ALERTS, topics.FEEDBACK], notifier.handle, dead_letters=[topics.ALERTS], batch_size=16)
     consumer = threading.Thread(target=loop.run, daemon=True)
     consumer.start()
     try:

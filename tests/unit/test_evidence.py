@@ -24,7 +24,7 @@ from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedOb
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.evidence import EvidenceNotFound, EvidenceStore, evidence_store_from_settings
-from services.shared.kafka import RetryableError
+from services.shared.kafka import Outcome, RetryableError
 from services.shared.storeconfig import load_store_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample-store.yaml"
@@ -417,14 +417,7 @@ def test_sweep_expires_by_store_retention(store, clock):
     assert recorder.sweep() == 1 and store.alert_ids(STORE) == ["al-new"]
 
 
-def test_poison_is_skipped_with_its_reason_and_the_rest_is_kept(recorder, store, clock):
-    dead: list[tuple[str, str]] = []
-
-    def skip(msg: SimpleNamespace, error: str) -> None:
-        dead.append((msg.topic(), error))
-
-    recorder.loop = SimpleNamespace(skip=skip)
-
+def test_poison_is_judged_with_its_reason_and_the_rest_is_kept(recorder, store, clock):
     def msg(topic: str, value: bytes | None) -> SimpleNamespace:
         return SimpleNamespace(topic=lambda: topic, value=lambda: value)
 
@@ -434,9 +427,9 @@ def test_poison_is_skipped_with_its_reason_and_the_rest_is_kept(recorder, store,
              msg(topics.FRAMES, unknown.SerializeToString()), msg(topics.FRAMES, frame(2, T0 + 10 * 86_400_000).SerializeToString()),
              msg(topics.ALERTS, Alert(alert_id="../x", rule="r", store_id=STORE).SerializeToString()), msg(topics.POS, None),
              msg(topics.FRAMES, frame(3, T0).SerializeToString())]
-    recorder.handle(batch)
-    errors = [e for _, e in dead]
-    assert len(errors) == 6
+    outcome = recorder.handle(batch)
+    errors = [poison.reason for poison in outcome.poison]
+    assert len(errors) == 6 and not outcome.outputs
     assert "not a valid protobuf" in errors[0] and "not a JPEG" in errors[1] and "not in the store config" in errors[2]
     assert "ahead of this host's clock" in errors[3] and "path-safe" in errors[4] and "tombstone" in errors[5]
     assert list(recorder.cameras[CAM].by_sequence) == [3]
@@ -455,8 +448,6 @@ def test_camera_status_is_written_at_most_once_a_second(recorder, clock):
 
 
 def test_store_failure_retries_the_batch_and_loses_nothing(recorder, store, clock, monkeypatch):
-    recorder.loop = SimpleNamespace(skip=lambda msg, error: None)
-
     def msg(topic: str, value: bytes) -> SimpleNamespace:
         return SimpleNamespace(topic=lambda: topic, value=lambda: value)
 
@@ -471,7 +462,7 @@ def test_store_failure_retries_the_batch_and_loses_nothing(recorder, store, cloc
     with pytest.raises(RetryableError, match="No space left"):
         recorder.handle(batch)
     monkeypatch.undo()
-    assert recorder.handle(batch) == []  # the same batch again, as the consume loop retries it
+    assert recorder.handle(batch) == Outcome()  # the same batch again, as the consume loop retries it
     manifest = store.manifest(STORE, "al-1")
     assert manifest["status"] == "complete" and len(manifest["frames"]) == 81
     assert len(recorder.cameras[CAM].frames) == 121

@@ -355,12 +355,13 @@ def test_a_batch_retried_after_an_outage_leaves_the_same_state_as_one_that_never
 
     def run(outages: int) -> tuple[list[bytes], dict]:
         analyzer = FrameAnalyzer(config, client=FlakyClient(outages))  # type: ignore[arg-type]
-        analyzer.loop = object()  # type: ignore[assignment]  # no poison messages here: the DLQ is never asked for
         outputs = []
         for start in (0, 3):
             while True:
                 try:
-                    outputs += [o.value for o in analyzer.handle(batch(start))]
+                    outcome = analyzer.handle(batch(start))
+                    assert not outcome.poison
+                    outputs += [o.value for o in outcome.outputs]
                     break
                 except RetryableError:
                     continue  # what ConsumeLoop does: the same batch again, nothing committed
@@ -389,18 +390,18 @@ class CountingClient(FlakyClient):
         return super().predict(model, inputs, signature, version)
 
 
-class FakeLoop:
-    """What FrameAnalyzer needs of a ConsumeLoop: a DLQ output per poison message."""
+class JudgingAnalyzer:
+    """A FrameAnalyzer whose poison verdicts are kept, as ConsumeLoop would before the DLQ."""
 
-    def __init__(self) -> None:
+    def __init__(self, analyzer) -> None:
+        self.analyzer = analyzer
+        self.states = analyzer.states
         self.errors: list[str] = []
 
-    def dead_letter(self, msg, error):
-        from services.shared import topics
-        from services.shared.kafka import Output
-
-        self.errors.append(error)
-        return Output(topics.dlq(topics.FRAMES), "cam", msg.value() or b"")
+    def handle(self, messages):
+        outcome = self.analyzer.handle(messages)
+        self.errors += [poison.reason for poison in outcome.poison]
+        return outcome.outputs
 
 
 def _analyzer():
@@ -408,10 +409,9 @@ def _analyzer():
     from services.shared.storeconfig import StoreConfig
 
     config = StoreConfig(chain="c", stores=[{"id": "s", "timezone": "UTC", "cameras": [_camera().model_dump()]}])
-    client, loop = CountingClient(), FakeLoop()
-    analyzer = FrameAnalyzer(config, client=client)  # type: ignore[arg-type]
-    analyzer.loop = loop  # type: ignore[assignment]
-    return analyzer, client, loop
+    client = CountingClient()
+    analyzer = JudgingAnalyzer(FrameAnalyzer(config, client=client))  # type: ignore[arg-type]
+    return analyzer, client, analyzer
 
 
 def _message(sequence: int, t_ms: int, heartbeat: bool = False, jpeg: bytes | None = None) -> FakeMessage:
@@ -475,7 +475,7 @@ def test_a_dead_lettered_frame_is_never_the_analysis_a_heartbeat_repeats():
     analyzer.handle([_message(5, t0 + 1300)])
     client.refuse = True
     outputs = analyzer.handle([_message(6, t0 + 1400), _message(7, t0 + 1900, heartbeat=True)])
-    assert len(outputs) == 2 and not _analyses(outputs)[0].zones
+    assert len(outputs) == 1 and not _analyses(outputs)[0].zones
     assert analyzer.states["cam"].last_analysis.frame_sequence == 5
     # A frame without an image that is no heartbeat is still bad input.
     analyzer.handle([FakeMessage(Frame(store_id="s", camera_id="cam", capture_time_ms=t0 + 2000, sequence=8).SerializeToString())])
