@@ -8,7 +8,6 @@ encodes). Live sources reconnect with exponential backoff and jitter; files end 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -21,6 +20,8 @@ import numpy as np
 from services.ingest.frames import FrameProcessor, FrameTooLarge, Heartbeat
 from services.ingest.sendqueue import Outgoing, SendQueue
 from services.ingest.sources import SourceError, open_capture, redact, source_kind
+from services.shared.backoff import Backoff
+from services.shared.boundedqueue import DropOldestQueue
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.serde import encode
 from services.shared.storeconfig import Camera
@@ -63,48 +64,19 @@ class RateMeter:
             return len(self._times) / max(min(self.window_s, now - self._first), 1.0)
 
 
-class Handoff:
-    """Sampled frames from a camera's reader thread to its processing thread; holds `size` at most.
-
-    Two threads per camera let decoding (FFmpeg) and resize/motion/JPEG run on two cores at once.
-    """
-
-    def __init__(self, size: int = 2) -> None:
-        self.size = size
-        self._items: deque[tuple[np.ndarray, int, int]] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def put(self, item: tuple[np.ndarray, int, int], wait_unless: threading.Event | None) -> bool:
-        """Hand over a frame. Full: wait (with `wait_unless`, for files) or drop the oldest (returns False)."""
-        with self._cond:
-            while wait_unless is not None and len(self._items) >= self.size and not wait_unless.is_set():
-                self._cond.wait(0.1)
-            kept = len(self._items) < self.size
-            if not kept:
-                self._items.popleft()
-            self._items.append(item)
-            self._cond.notify_all()
-            return kept
-
-    def get(self) -> tuple[np.ndarray, int, int] | None:
-        """The next frame; None once closed and empty."""
-        with self._cond:
-            while not self._items and not self._closed:
-                self._cond.wait()
-            item = self._items.popleft() if self._items else None
-            self._cond.notify_all()
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+# Sampled frames from a camera's reader thread to its processing thread (two threads per camera
+# let decoding (FFmpeg) and resize/motion/JPEG run on two cores at once): two at most.
+Sampled = tuple[np.ndarray, int, int]
+HANDOFF_FRAMES = 2
 
 
 @dataclass
 class CameraStats:
-    """What an operator needs to know about one camera; kept across reconnects and config changes."""
+    """What an operator needs to know about one camera; kept across reconnects and config changes.
+
+    The reader, processing and sender threads write it and the HTTP thread reads it: every change
+    goes through a method that holds the lock, so no count is lost and a snapshot is consistent.
+    """
 
     store_id: str
     source: str
@@ -131,41 +103,98 @@ class CameraStats:
     next_sequence: int = 0
     sampled_rate: RateMeter = field(default_factory=RateMeter)
     sent_rate: RateMeter = field(default_factory=RateMeter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def set_state(self, state: CameraState, error: str | None = None, reconnect: bool = False) -> None:
+        with self._lock:
+            self.state = state
+            if error is not None:
+                self.last_error = error
+            if state == "connected":
+                self.connected_since_ms = int(time.time() * 1000)
+            self.reconnects += reconnect
+
+    def end(self, finished: bool, stopped: bool) -> None:
+        """The camera's thread is over: a file read to its end, or stopped (a failure stays a failure)."""
+        with self._lock:
+            if self.state == "connected":
+                self.state = "finished" if finished else "stopped"
+            elif stopped and self.state != "failed":
+                self.state = "stopped"
+
+    def frame_read(self, now: float, wall_ms: int, gap_s: float | None) -> None:
+        """One frame from the source; a silence over `gap_s` before it (live sources) is a gap."""
+        with self._lock:
+            self.frames_read += 1
+            self.last_frame_wall_ms = wall_ms
+            # Since the last frame of any connection of this camera, so an outage counts as a gap too.
+            since_last = now - (self.last_read_monotonic or now)
+            if gap_s is not None and since_last > gap_s:
+                self.gaps += 1
+                self.gap_seconds += since_last
+            self.last_read_monotonic = now
+
+    def frame_sampled(self) -> None:
+        with self._lock:
+            self.frames_sampled += 1
+        self.sampled_rate.tick()
+
+    def frame_dropped(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def frame_gated(self) -> None:
+        with self._lock:
+            self.frames_gated += 1
+
+    def frame_queued(self, heartbeat: bool, keyframe: bool = False, faces_blurred: int = 0) -> int:
+        """A frame (or a heartbeat in its place) handed to the send queue; returns its sequence number."""
+        with self._lock:
+            sequence = self.next_sequence
+            self.next_sequence += 1
+            self.heartbeats += heartbeat
+            self.keyframes += keyframe
+            self.faces_blurred += faces_blurred
+        if not heartbeat:
+            self.sent_rate.tick()
+        return sequence
 
     def frame_done(self, size: int, error: str | None) -> None:
         """Delivery outcome of one queued frame (called from the sender thread)."""
-        if error is None:
-            self.frames_published += 1
-            self.bytes_published += size
-        else:
-            self.dropped[error.split(":", 1)[0]] += 1
+        with self._lock:
+            if error is None:
+                self.frames_published += 1
+                self.bytes_published += size
+            else:
+                self.dropped[error.split(":", 1)[0]] += 1
 
     def snapshot(self, queue_depth: int) -> dict:
         now_ms = time.time() * 1000
-        return {
-            "store_id": self.store_id,
-            "source": redact(self.source),
-            "state": self.state,
-            "last_error": self.last_error,
-            "fps": round(self.sampled_rate.rate(), 2),
-            "sent_fps": round(self.sent_rate.rate(), 2),
-            "last_frame_age_s": round((now_ms - self.last_frame_wall_ms) / 1000, 2) if self.last_frame_wall_ms else None,
-            "connected_since_ms": self.connected_since_ms,
-            "reconnects": self.reconnects,
-            "frames": self.frames_sampled,
-            "frames_read": self.frames_read,
-            "frames_gated": self.frames_gated,
-            "keyframes": self.keyframes,
-            "heartbeats": self.heartbeats,
-            "frames_published": self.frames_published,
-            "bytes_published": self.bytes_published,
-            "dropped": dict(self.dropped),
-            "send_queue": queue_depth,
-            "gaps": self.gaps,
-            "gap_seconds": round(self.gap_seconds, 2),
-            "faces_blurred": self.faces_blurred,
-            "next_sequence": self.next_sequence,
-        }
+        with self._lock:
+            return {
+                "store_id": self.store_id,
+                "source": redact(self.source),
+                "state": self.state,
+                "last_error": self.last_error,
+                "fps": round(self.sampled_rate.rate(), 2),
+                "sent_fps": round(self.sent_rate.rate(), 2),
+                "last_frame_age_s": round((now_ms - self.last_frame_wall_ms) / 1000, 2) if self.last_frame_wall_ms else None,
+                "connected_since_ms": self.connected_since_ms,
+                "reconnects": self.reconnects,
+                "frames": self.frames_sampled,
+                "frames_read": self.frames_read,
+                "frames_gated": self.frames_gated,
+                "keyframes": self.keyframes,
+                "heartbeats": self.heartbeats,
+                "frames_published": self.frames_published,
+                "bytes_published": self.bytes_published,
+                "dropped": dict(self.dropped),
+                "send_queue": queue_depth,
+                "gaps": self.gaps,
+                "gap_seconds": round(self.gap_seconds, 2),
+                "faces_blurred": self.faces_blurred,
+                "next_sequence": self.next_sequence,
+            }
 
 
 @dataclass(frozen=True)
@@ -204,7 +233,7 @@ class CameraWorker:
         except (RuntimeError, cv2.error) as exc:  # e.g. blur_faces with an OpenCV build lacking the cascade
             self._fail(f"camera {self.camera.id}: {exc}")
             return
-        handoff = Handoff()
+        handoff: DropOldestQueue[Sampled] = DropOldestQueue(HANDOFF_FRAMES)
         processing = threading.Thread(target=self._process, args=(processor, handoff), name=f"process-{self.camera.id}", daemon=True)
         processing.start()
         try:
@@ -212,22 +241,20 @@ class CameraWorker:
         finally:
             handoff.close()
             processing.join()
-        if self.stats.state == "connected":
-            self.stats.state = "finished" if self.is_file and not self.stop.is_set() else "stopped"
-        elif self.stop.is_set() and self.stats.state != "failed":
-            self.stats.state = "stopped"
+        self.stats.end(finished=self.is_file and not self.stop.is_set(), stopped=self.stop.is_set())
 
-    def _process(self, processor: FrameProcessor, handoff: Handoff) -> None:
+    def _process(self, processor: FrameProcessor, handoff: DropOldestQueue[Sampled]) -> None:
         while (item := handoff.get()) is not None:
             try:
                 self._publish(processor, *item)
             except Exception:  # one bad frame must not end the camera
-                self.stats.dropped["processing_error"] += 1
+                self.stats.frame_dropped("processing_error")
                 log.exception("frame processing failed", extra={"camera": self.camera.id})
 
-    def _read(self, handoff: Handoff) -> None:
+    def _read(self, handoff: DropOldestQueue[Sampled]) -> None:
         """Open, read, reconnect; ends when stopped, on a permanent failure, or at the end of a file."""
-        backoff = self.options.min_reconnect_backoff_s
+        # With jitter, so cameras that dropped together do not retry in step.
+        backoff = Backoff(self.options.min_reconnect_backoff_s, self.options.max_reconnect_backoff_s, jitter=True)
         while not self.stop.is_set():
             try:
                 cap = open_capture(self.camera.id, self.source, self.options.open_timeout_s, self.options.read_timeout_s)
@@ -235,18 +262,17 @@ class CameraWorker:
                 if exc.permanent:
                     self._fail(str(exc))
                     return
-                backoff = self._wait_before_reconnect(str(exc), backoff)
+                self._wait_before_reconnect(str(exc), backoff)
                 continue
             except Exception as exc:  # never let a surprise end the camera thread; no text that may hold a password
                 log.exception("opening the source failed unexpectedly", extra={"camera": self.camera.id})
                 error = f"camera {self.camera.id}: cannot open source {redact(self.source)}: {type(exc).__name__}"
-                backoff = self._wait_before_reconnect(error, backoff)
+                self._wait_before_reconnect(error, backoff)
                 continue
             if self.stop.is_set():  # stopped while the open was under way
                 cap.release()
                 break
-            self.stats.state = "connected"
-            self.stats.connected_since_ms = int(time.time() * 1000)
+            self.stats.set_state("connected")
             log.info("camera connected", extra={"camera": self.camera.id, "source": redact(self.source)})
             started = time.monotonic()
             try:
@@ -268,25 +294,20 @@ class CameraWorker:
                 continue  # loop the file
             # A stream that keeps dying right after it opens must not reconnect in a tight loop.
             if time.monotonic() - started > 30:
-                backoff = self.options.min_reconnect_backoff_s
-            backoff = self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
+                backoff.reset()
+            self._wait_before_reconnect(error or f"camera {self.camera.id}: stream ended", backoff)
 
     def _fail(self, error: str) -> None:
-        self.stats.state = "failed"
-        self.stats.last_error = error
+        self.stats.set_state("failed", error)
         log.error("camera failed", extra={"camera": self.camera.id, "error": error})
 
-    def _wait_before_reconnect(self, error: str, backoff: float) -> float:
-        """Exponential backoff with jitter, so cameras that dropped together do not retry in step."""
-        self.stats.state = "reconnecting"
-        self.stats.last_error = error
-        self.stats.reconnects += 1
-        delay = backoff * random.uniform(0.5, 1.0)
+    def _wait_before_reconnect(self, error: str, backoff: Backoff) -> None:
+        self.stats.set_state("reconnecting", error, reconnect=True)
+        delay = backoff.next_delay()
         log.warning("camera unreachable, retrying", extra={"camera": self.camera.id, "error": error, "retry_in_s": round(delay, 2)})
         self.stop.wait(delay)
-        return min(backoff * 2, self.options.max_reconnect_backoff_s)
 
-    def _stream(self, cap: cv2.VideoCapture, handoff: Handoff) -> str:
+    def _stream(self, cap: cv2.VideoCapture, handoff: DropOldestQueue[Sampled]) -> str:
         """Read until the source ends or breaks; returns an error message, or "" for a clean end of file."""
         native_fps = cap.get(cv2.CAP_PROP_FPS)
         native_fps = native_fps if 0 < native_fps <= 240 else self.camera.fps
@@ -304,14 +325,7 @@ class CameraWorker:
                     return "" if index else f"camera {self.camera.id}: {self.source} has no readable frame (corrupt or truncated)"
                 return f"camera {self.camera.id}: stream from {redact(self.source)} stopped sending (no frame within {self.options.read_timeout_s:.0f}s, or the connection closed)"
             now, wall_ms = time.monotonic(), int(time.time() * 1000)
-            self.stats.frames_read += 1
-            self.stats.last_frame_wall_ms = wall_ms
-            # Since the last frame of any connection of this camera, so an outage counts as a gap too.
-            since_last = now - (self.stats.last_read_monotonic or now)
-            if not self.is_file and since_last > gap_s:
-                self.stats.gaps += 1
-                self.stats.gap_seconds += since_last
-            self.stats.last_read_monotonic = now
+            self.stats.frame_read(now, wall_ms, None if self.is_file else gap_s)
             # Files carry their own clock. Live sources are sampled on the monotonic clock (a clock
             # step must not stop sampling) and stamped with the wall clock when read.
             offset_ms = index * 1000.0 / native_fps if self.is_file else now * 1000.0 - anchor_monotonic_ms
@@ -328,7 +342,7 @@ class CameraWorker:
             ok, image = cap.retrieve()
             if not ok or image is None:
                 bad_frames += 1
-                self.stats.dropped["undecodable"] += 1
+                self.stats.frame_dropped("undecodable")
                 if bad_frames >= MAX_BAD_FRAMES:
                     return f"camera {self.camera.id}: {bad_frames} frames in a row could not be decoded"
                 continue
@@ -337,11 +351,10 @@ class CameraWorker:
                 delay = (anchor_ms + offset_ms) / 1000.0 - time.time()
                 if delay > 0 and self.stop.wait(delay):
                     return ""
-            self.stats.frames_sampled += 1
-            self.stats.sampled_rate.tick()
+            self.stats.frame_sampled()
             # A live camera never waits for processing: if it falls behind, the oldest frame goes.
-            if not handoff.put((image, capture_ms, int(anchor_monotonic_ms + offset_ms)), wait_unless=self.stop if self.is_file else None):
-                self.stats.dropped["processing_behind"] += 1
+            if handoff.put((image, capture_ms, int(anchor_monotonic_ms + offset_ms)), wait_unless=self.stop if self.is_file else None) is not None:
+                self.stats.frame_dropped("processing_behind")
         return ""
 
     def _publish(self, processor: FrameProcessor, image: np.ndarray, capture_ms: int, clock_ms: int) -> None:
@@ -349,24 +362,20 @@ class CameraWorker:
         try:
             encoded = processor.process(image, clock_ms)
         except FrameTooLarge as exc:
-            stats.dropped["too_large"] += 1
+            stats.frame_dropped("too_large")
             log.warning("frame too large, dropped", extra={"camera": self.camera.id, "error": str(exc)})
             return
         if encoded is None:
-            stats.frames_gated += 1
+            stats.frame_gated()
             return
-        frame = Frame(store_id=self.store_id, camera_id=self.camera.id, capture_time_ms=capture_ms, sequence=stats.next_sequence,
-                      motion_score=encoded.motion_score)
+        frame = Frame(store_id=self.store_id, camera_id=self.camera.id, capture_time_ms=capture_ms, motion_score=encoded.motion_score)
         if isinstance(encoded, Heartbeat):
             # Takes a sequence number like any frame, so a gap downstream still means a loss.
             frame.heartbeat = True
-            stats.heartbeats += 1
+            frame.sequence = stats.frame_queued(heartbeat=True)
         else:
             frame.jpeg, frame.width, frame.height = encoded.jpeg, encoded.width, encoded.height
-            stats.keyframes += encoded.keyframe
-            stats.faces_blurred += encoded.faces_blurred
-            stats.sent_rate.tick()
-        stats.next_sequence += 1
+            frame.sequence = stats.frame_queued(heartbeat=False, keyframe=encoded.keyframe, faces_blurred=encoded.faces_blurred)
         size = len(frame.jpeg)
         outgoing = Outgoing(self.camera.id, frame.sequence, encode(frame), lambda error: stats.frame_done(size, error))
         self.queue.put(outgoing, wait_unless=self.stop if self.is_file else None)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+
+from services.shared.boundedqueue import DropOldestQueue
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class SendQueue:
         self.max_frames = max_frames
         # How long the sender keeps delivering queued frames after it is told to stop.
         self.drain_s = drain_s
-        self._queues: OrderedDict[str, deque[Outgoing]] = OrderedDict()
+        self._queues: OrderedDict[str, DropOldestQueue[Outgoing]] = OrderedDict()
         self._in_flight: Counter[str] = Counter()
         self._cond = threading.Condition()
         self._drain_deadline: float | None = None
@@ -51,13 +53,9 @@ class SendQueue:
         set): a file has no live moment to keep up with, so it is slowed down, never thinned out.
         """
         with self._cond:
-            queue = self._queues.setdefault(item.camera_id, deque())
-            while wait_unless is not None and len(queue) >= self.max_frames and not wait_unless.is_set():
-                self._cond.wait(0.1)
-                queue = self._queues.setdefault(item.camera_id, queue)
-            dropped = queue.popleft() if len(queue) >= self.max_frames else None
-            queue.append(item)
-            self._cond.notify_all()
+            queue = self._queues.setdefault(item.camera_id, DropOldestQueue(self.max_frames, self._cond))
+            dropped = queue.put(item, wait_unless)
+            self._queues.setdefault(item.camera_id, queue)  # the sender may have emptied and removed it meanwhile
         if dropped is not None:
             dropped.on_done("queue_full")
 
@@ -73,16 +71,15 @@ class SendQueue:
             while True:
                 taken = len(items)
                 for camera_id, queue in list(self._queues.items()):
-                    if queue and self._in_flight[camera_id] < self.max_frames:
-                        items.append(queue.popleft())
+                    item = queue.take() if self._in_flight[camera_id] < self.max_frames else None
+                    if item is not None:
+                        items.append(item)
                         self._in_flight[camera_id] += 1
                         self._queues.move_to_end(camera_id)
-                    elif not queue and not self._in_flight[camera_id]:
+                    elif not len(queue) and not self._in_flight[camera_id]:
                         del self._queues[camera_id]  # a removed camera leaves nothing behind
                 if len(items) == taken:
                     break
-            if items:
-                self._cond.notify_all()  # room for a file camera waiting in put()
             return items
 
     def _waiting(self) -> tuple[int, int]:
@@ -142,9 +139,7 @@ class SendQueue:
     def _discard_queued(self) -> None:
         """At the end of the drain time: what is still queued is lost, and counted."""
         with self._cond:
-            left = [item for queue in self._queues.values() for item in queue]
-            for queue in self._queues.values():
-                queue.clear()
+            left = [item for queue in self._queues.values() for item in queue.take_all()]
             self.discarded += len(left)
         for item in left:
             item.on_done("shutdown")

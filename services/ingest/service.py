@@ -86,7 +86,7 @@ class IngestService:
                     # A new source is a new stream, but sequence numbers go on: they identify frames.
                     sequence = stats.next_sequence if stats else self._retired_sequences.pop(cid, 0)
                     stats = CameraStats(store_id, source, next_sequence=sequence)
-                stats.state = "starting"
+                stats.set_state("starting")
                 self._stats[cid] = stats
                 self._start(store_id, camera, source, stats)
         if removed or changed or added:

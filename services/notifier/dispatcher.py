@@ -26,6 +26,7 @@ from services.notifier.outbox import Job, Outbox
 from services.notifier.routing import RoutingConfig
 from services.notifier.service import Clock, ms
 from services.shared import topics
+from services.shared.backoff import Backoff
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.evidence import STORE_ERRORS, EvidenceStore
 from services.shared.kafka import MESSAGES_DEAD_LETTERED, dlq_headers, make_producer, produce_and_wait
@@ -54,8 +55,10 @@ class Contact:
 
 
 @dataclass
-class _Backoff:
-    failures: int = 0
+class _Holdoff:
+    """A contact that failed waits before its next try; delivery succeeding forgets it."""
+
+    backoff: Backoff
     until_ms: int = 0
 
 
@@ -77,7 +80,7 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver")
         self._busy: set[str] = set()
         self._lock = threading.Lock()
-        self._backoff: dict[str, _Backoff] = {}
+        self._backoff: dict[str, _Holdoff] = {}
         self._unknown_logged: set[str] = set()
         self.thread: threading.Thread | None = None
 
@@ -213,9 +216,8 @@ class Dispatcher:
             self._give_up(contact, job, now_ms, attempt, f"delivery to {contact.channel_id} {why}: {error}")
             return True
         with self._lock:
-            backoff = self._backoff.setdefault(contact.channel_id, _Backoff())
-            backoff.failures += 1
-            delay_s = min(delivery.first_backoff_s * 2 ** (backoff.failures - 1), delivery.max_backoff_s)
+            backoff = self._backoff.setdefault(contact.channel_id, _Holdoff(Backoff(delivery.first_backoff_s, delivery.max_backoff_s)))
+            delay_s = backoff.backoff.next_delay()
             backoff.until_ms = now_ms + ms(delay_s)
         self.outbox.retry(job, backoff.until_ms, attempt, error)
         DELIVERIES.labels(contact.channel_type, "retry").inc()

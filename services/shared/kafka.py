@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
+from services.shared.backoff import Backoff
 from services.shared.serde import PoisonMessage
 from services.shared.topics import dlq
 
@@ -316,7 +317,7 @@ class ConsumeLoop:
         refused is produced again, so an outage delays the commit instead of losing an output or
         stopping the service.
         """
-        pending, said, backoff = list(outputs), False, 0.5
+        pending, said, backoff = list(outputs), False, Backoff(0.5, self.max_retry_backoff)
         while pending:
             failed: list[tuple[Output, KafkaError]] = []
             for out in pending:
@@ -333,11 +334,10 @@ class ConsumeLoop:
                 # Retrying would never end (a message too large, a topic that does not exist): stop
                 # uncommitted, so the batch is redone once the cause is mended.
                 raise KafkaException(lasting[0])
-            if failed and self.stop_event.wait(backoff):
+            if failed and self.stop_event.wait(backoff.next_delay()):
                 return False
             if failed:
                 log.warning("outputs refused by the broker; producing them again", extra={"service": self.service, "outputs": len(failed), "error": str(failed[0][1])})
-                backoff = min(backoff * 2, self.max_retry_backoff)
             pending = [out for out, _err in failed]
         if said:
             log.info("broker acknowledged the held batch", extra={"service": self.service})
@@ -346,20 +346,20 @@ class ConsumeLoop:
     def _handle_with_retries(self, messages: list[Message]) -> Outcome | None:
         """Run the handler until it succeeds; while a dependency is down, the consumer is paused but
         still polled, so the group does not evict it (max.poll.interval.ms) however long the outage."""
-        backoff, paused = 0.2, False
+        backoff, paused = Backoff(0.2, self.max_retry_backoff), False
         try:
             while True:
                 try:
                     return self.handle(messages)
                 except RetryableError as exc:
                     BATCH_RETRIES.labels(self.service, messages[0].topic()).inc()
-                    log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": backoff})
+                    delay = backoff.next_delay()
+                    log.warning("dependency failed, retrying batch", extra={"error": str(exc), "retry_in_s": delay})
                     if not paused:
                         self.consumer.pause(self.consumer.assignment())
                         paused = True
-                    if not self._idle_poll(backoff):
+                    if not self._idle_poll(delay):
                         return None
-                    backoff = min(backoff * 2, self.max_retry_backoff)
         finally:
             if paused:
                 self.consumer.resume(self.consumer.assignment())
