@@ -15,6 +15,7 @@ import contextvars
 import inspect
 import weakref
 from types import SimpleNamespace
+from typing import Any
 
 import faust
 import pytest
@@ -52,7 +53,7 @@ def test_the_current_event_is_a_context_variable_of_weak_references():
 
 
 def test_a_table_takes_its_partition_from_the_current_event():
-    table = _app().Table("register-state", default=None, partitions=topics.PARTITIONS, key_type=str)
+    table: Any = _app().Table("register-state", default=None, partitions=topics.PARTITIONS, key_type=str)
     with pytest.raises(TypeError):
         table.partition_for_key("store-001:till-1")  # no event: Faust refuses, and CachedTable.put says why first
     event = _event(topics.DETECTIONS, 5)  # held here: the context holds only a weak reference
@@ -64,11 +65,11 @@ def test_a_table_takes_its_partition_from_the_current_event():
 
 
 def test_a_value_serializer_set_after_construction_is_what_the_changelog_and_the_store_use():
-    table = _app().Table("register-state", default=None, partitions=topics.PARTITIONS, key_type=str)
+    table: Any = _app().Table("register-state", default=None, partitions=topics.PARTITIONS, key_type=str)
     codec = StateCodec(RegisterState)
     table.value_serializer = codec
     sent: list[dict] = []
-    table.changelog_topic.send_soon = lambda **kwargs: sent.append(kwargs)  # type: ignore[method-assign]
+    table.changelog_topic.send_soon = lambda **kwargs: sent.append(kwargs)
     table.send_changelog(5, "store-001:till-1", RegisterState())
     assert sent[0]["value_serializer"] is codec and sent[0]["partition"] == 5
     store = table._new_store_by_url("memory://")
