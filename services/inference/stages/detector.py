@@ -23,6 +23,7 @@ from services.inference.tracking import Detection, Tracker, TrackerConfig, iou_m
 from services.inference.zones import anchor_point, zones_at
 from services.shared.coco import KEYPOINTS, PERSON, coco_names
 from services.shared.storeconfig import DetectorStage, TileGrid
+from services.shared.zonevisits import Sighting, ZoneVisits
 
 OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 MERGE_IOU = 0.5
@@ -81,6 +82,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float = 
                 keep.append(int(idx[i]))
                 suppressed |= overlaps[i] > iou
     return sorted(keep, key=lambda k: -scores[k])
+
+
+def _in_frame(box: np.ndarray | tuple[float, ...]) -> tuple[float, float, float, float]:
+    """A track's box (x0, y0, x1, y1) clipped to the frame: a coasting box may drift past its edge."""
+    x0, y0, x1, y1 = (float(np.clip(v, 0.0, 1.0)) for v in box)
+    return x0, y0, x1, y1
 
 
 class DetectorPlugin(StagePlugin):
@@ -179,51 +186,27 @@ class DetectorPlugin(StagePlugin):
                 item.analysis.models.add(name=self.stage.model, version=version)
 
     def fill(self, item: FrameWork, state: CameraState, seen: list, t_ms: int) -> None:
-        """Persons, objects and per-zone counts and dwell from this frame's tracks."""
-        zones = {z.zone_id: z for z in item.analysis.zones}
-        new_within_ms = {z.id: z.new_object_s * 1000 for z in item.camera.zones}
-        for track, box, detected in seen:
-            box = tuple(float(np.clip(v, 0.0, 1.0)) for v in box)
-            inside = zones_at(anchor_point(box, self.stage.anchor), item.camera.zones)
-            here = {zone.id for zone in inside}
-            for key in [k for k in state.visits if k[0] == track.track_id and k[1] not in here]:
-                del state.visits[key]
-            # A track's first report is its second sighting: its visits began when it was first seen.
-            first_report = detected and state.tracker is not None and track.hits == state.tracker.config.min_hits \
-                and not any(k[0] == track.track_id for k in state.visits)
-            start = track.first_seen_ms if first_report else t_ms
-            visits = [(zone_id, state.visits.setdefault((track.track_id, zone_id), start)) for zone_id in sorted(here)]
+        """Persons and objects from this frame's tracks, placed in zones with per-zone counts and dwell."""
+        boxes = [_in_frame(box) for _track, box, _detected in seen]
+        min_hits = state.tracker.config.min_hits if state.tracker is not None else None
+        sightings = [Sighting(track.track_id, track.label == PERSON, track.score,
+                              sorted(zone.id for zone in zones_at(anchor_point(box, self.stage.anchor), item.camera.zones)),
+                              new_track_first_seen_ms=track.first_seen_ms if detected and track.hits == min_hits else None)
+                     for (track, _box, detected), box in zip(seen, boxes, strict=True)]
+        visits = ZoneVisits(item.camera.zones, state.visits)
+        placed = visits.fill(item.analysis, sightings, t_ms)
+        for (track, _box, detected), box, zones in zip(seen, boxes, placed, strict=True):
             x0, y0, x1, y1 = box
             bbox = {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
             if track.label == PERSON:
                 person = item.analysis.persons.add(track_id=track.track_id, box=bbox, score=track.score, first_seen_ms=track.first_seen_ms, detected=detected,
-                                                   zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
+                                                   zones=zones)
                 if detected and track.keypoints is not None:  # from a pose detector, this frame
                     for name, (x, y, score) in zip(KEYPOINTS, track.keypoints, strict=True):
                         person.keypoints.add(name=name, x=float(x), y=float(y), score=float(score))
                 item.persons.append((track.track_id, box, detected))
             else:
                 item.analysis.objects.add(label=self.names.get(track.label, f"class-{track.label}"), score=track.score, box=bbox, class_id=track.label,
-                                          track_id=track.track_id, first_seen_ms=track.first_seen_ms,
-                                          zones=[{"zone_id": z, "entered_ms": since} for z, since in visits])
-            for zone_id, since in visits:
-                zone = zones[zone_id]
-                if track.label == PERSON:
-                    zone.person_count += 1
-                    zone.track_ids.append(track.track_id)
-                    zone.max_dwell_ms = max(zone.max_dwell_ms, t_ms - since)
-                    zone.person_present = True
-                    zone.presence_score = max(zone.presence_score, track.score)
-                else:
-                    zone.object_count += 1
-                    zone.newest_object_entered_ms = max(zone.newest_object_entered_ms, since)
-                    if t_ms - since <= new_within_ms[zone_id]:
-                        zone.new_object_count += 1
+                                          track_id=track.track_id, first_seen_ms=track.first_seen_ms, zones=zones)
         # A person the tracker gave up on leaves every zone.
-        alive = {track.track_id for track in state.tracker.tracks} if state.tracker is not None else set()
-        for key in [k for k in state.visits if k[0] not in alive]:
-            del state.visits[key]
-        # With a detector, its people decide presence: a zone nobody is tracked in is empty.
-        for zone in zones.values():
-            if zone.person_count == 0:
-                zone.person_present, zone.presence_score = False, 0.0
+        visits.keep_only({track.track_id for track in state.tracker.tracks} if state.tracker is not None else set())
