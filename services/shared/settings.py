@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -22,22 +22,38 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="ServiceSettings")
 
 
-class RuntimeFileSource(PydanticBaseSettingsSource):
+class FileNamedByEnvSource(PydanticBaseSettingsSource):
+    """Settings read from a file whose path an environment variable names; nothing when it is unset.
+
+    Where it stands among the sources decides what wins; every value it gives still passes the
+    settings' own validation.
+    """
+
+    env_var: ClassVar[str]
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(self.env_var)
+        return self.values_from(Path(path)) if path else {}
+
+    def values_from(self, path: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class RuntimeFileSource(FileNamedByEnvSource):
     """Addresses from the local platform's runtime file (SW_RUNTIME_FILE), below real env vars.
 
     Lets a developer run one service by hand against `shrinkwatch dev up`'s broker, Redis and model
     server without copying their random ports: `SW_RUNTIME_FILE=var/run/runtime.json python -m services.api`.
     """
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+    env_var = "SW_RUNTIME_FILE"
 
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("SW_RUNTIME_FILE")
-        if not path:
-            return {}
+    def values_from(self, path: Path) -> dict[str, Any]:
         try:
-            env = json.loads(Path(path).read_text()).get("env", {})
+            env = json.loads(path.read_text()).get("env", {})
         except (OSError, ValueError) as exc:
             raise ValueError(f"SW_RUNTIME_FILE {path}: cannot read the platform's runtime file ({exc})") from None
         fields = self.settings_cls.model_fields
