@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
+from services.api.httpinput import read_capped_body
 from services.api.posgateway.base import PosInputError
 from services.api.posgateway.canonical import PosEventIn, context_errors
 from services.api.posgateway.keys import HEADER, PosKeys
@@ -398,19 +399,6 @@ def model_card(result: LoadResult, kind: str) -> dict[str, Any]:
             "data": metadata.get("data", {}), "split": metadata.get("split", {})}
 
 
-async def _capped_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise PosInputError(413, f"body of {declared} bytes is over the limit of {max_bytes} (SW_API_POS_MAX_BYTES)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PosInputError(413, f"body is over the limit of {max_bytes} bytes (SW_API_POS_MAX_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max_bytes: int) -> APIRouter:
     """The till's route. It takes the POS keys of the gateway: a till that may publish a store's
     returns may ask about them."""
@@ -432,7 +420,7 @@ def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max
         # The key first, then at most max_bytes of body: a stranger gets a 401, not a parser.
         try:
             holder = authenticate(request, keys)
-            raw = await _capped_body(request, max_bytes)
+            raw = await read_capped_body(request, max_bytes, "SW_API_POS_MAX_BYTES")
         except PosInputError as exc:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
         try:

@@ -35,6 +35,7 @@ from prometheus_client import Counter
 from pydantic.json_schema import models_json_schema
 from starlette.requests import ClientDisconnect
 
+from services.api.httpinput import bearer_token, capped_body_chunks
 from services.api.posgateway import keys as pos_keys
 from services.api.posgateway.base import Note, Parsed, PosAdapter, PosInputError, Problem
 from services.api.posgateway.canonical import CanonicalAdapter, PosBatchIn, PosEventIn, check_context
@@ -196,8 +197,7 @@ def _presented_key(request: Request) -> str:
     key = request.headers.get(pos_keys.HEADER, "").strip()
     if key:
         return key
-    authorization = request.headers.get("authorization", "")
-    return authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    return bearer_token(request) or ""
 
 
 def authenticate(request: Request, keys: PosKeys) -> PosKey:
@@ -266,15 +266,7 @@ class _Collector:
 
 
 async def _read(request: Request, parse_feed: Callable[[bytes], list[Parsed]], collector: _Collector, limit: int, setting: str) -> None:
-    too_large = f"the body is larger than {limit} bytes ({setting})"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PosInputError(413, too_large)
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise PosInputError(413, too_large)
+    async for chunk in capped_body_chunks(request, limit, setting):
         if chunk:
             await asyncio.to_thread(collector.parse, functools.partial(parse_feed, chunk))
 
