@@ -5,6 +5,7 @@ import time
 import pytest
 
 from devplatform.demo import metric_total
+from devplatform.kafkatools import consumed_to_end
 from devplatform.launcher import http_ready
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
@@ -56,23 +57,6 @@ def test_poison_pos_message_goes_to_dlq_and_later_refunds_are_still_judged(broke
     assert len(dead) == 2
 
 
-def _committed_to_end(bootstrap: str, group: str, topic_names: list[str]) -> bool:
-    """Whether `group` has committed every partition of these topics up to its end."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(t, p) for t in topic_names for p in range(topics.PARTITIONS)]
-        committed = consumer.committed(parts, timeout=10)
-        for part in committed:
-            _, high = consumer.get_watermark_offsets(TopicPartition(part.topic, part.partition), timeout=10)
-            if high > 0 and part.offset < high:
-                return False
-        return True
-    finally:
-        consumer.close()
-
-
 def test_worker_killed_mid_window_resumes_with_no_alert_lost_or_duplicated(broker, start_service):
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker}
     first = start_service("correlator", env)
@@ -88,7 +72,7 @@ def test_worker_killed_mid_window_resumes_with_no_alert_lost_or_duplicated(broke
     [before] = consume_all(broker, topics.ALERTS, expect=1, timeout=40)
     assert Alert.FromString(before.value()).evidence[0].ref == "decided-before-kill"
     # Everything so far is processed and committed; the second refund's window is still open.
-    wait_for(lambda: _committed_to_end(broker, "sw-correlator", [topics.POS, topics.DETECTIONS, topics.CAMERA_EVENTS]), 60,
+    wait_for(lambda: consumed_to_end(broker, topics.CORRELATOR_APP_ID, [topics.POS, topics.DETECTIONS, topics.CAMERA_EVENTS]), 60,
              "the correlator to commit what it has read", first)
     first.kill()
     start_service("correlator", env)  # same data folder: RocksDB state, plus the changelog
