@@ -18,52 +18,49 @@ from typing import Any
 import faust
 
 
+def _through_containers(kind: Any, convert: Callable[[Any], Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """Apply `convert`'s function for the items of a list, the values of a dict, an Optional's value;
+    anything else passes as it is."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        item = convert(typing.get_args(kind)[0])
+        return lambda value: [item(v) for v in value]
+    if origin is dict:
+        item = convert(typing.get_args(kind)[1])
+        return lambda value: {k: item(v) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        inner_convert = convert(inner)
+        return lambda value: None if value is None else inner_convert(value)
+    return lambda value: value
+
+
+def _field_functions(kind: type, convert: Callable[[Any], Callable[[Any], Any]]) -> list[tuple[str, Callable[[Any], Any]]]:
+    hints = typing.get_type_hints(kind)
+    return [(f.name, convert(hints[f.name])) for f in dataclasses.fields(kind)]
+
+
 @functools.cache
 def _decoder(kind: Any) -> Callable[[Any], Any]:
     """A function that rebuilds `kind` from its JSON form, made once per type (type hints are
     resolved here, not on every read: tables are read on the hot path)."""
-    origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
-        hints = typing.get_type_hints(kind)
-        fields = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(kind)]
-        cls = kind
+        fields, cls = _field_functions(kind, _decoder), kind
 
         def dataclass_from(value: dict) -> Any:
             return cls(**{name: decode(value[name]) for name, decode in fields if name in value})
         return dataclass_from
-    if origin is list:
-        item = _decoder(typing.get_args(kind)[0])
-        return lambda value: [item(v) for v in value]
-    if origin is dict:
-        item = _decoder(typing.get_args(kind)[1])
-        return lambda value: {k: item(v) for k, v in value.items()}
-    if origin in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
-        inner_decode = _decoder(inner)
-        return lambda value: None if value is None else inner_decode(value)
-    return lambda value: value
+    return _through_containers(kind, _decoder)
 
 
 @functools.cache
 def _encoder(kind: Any) -> Callable[[Any], Any]:
     """The JSON form of `kind`, made once per type: dataclasses.asdict deep-copies every value and
     was most of the cost of a table write."""
-    origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind) and isinstance(kind, type):
-        hints = typing.get_type_hints(kind)
-        fields = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(kind)]
+        fields = _field_functions(kind, _encoder)
         return lambda value: {name: encode(getattr(value, name)) for name, encode in fields}
-    if origin is list:
-        item = _encoder(typing.get_args(kind)[0])
-        return lambda value: [item(v) for v in value]
-    if origin is dict:
-        item = _encoder(typing.get_args(kind)[1])
-        return lambda value: {k: item(v) for k, v in value.items()}
-    if origin in (types.UnionType, typing.Union):
-        (inner,) = [a for a in typing.get_args(kind) if a is not type(None)]
-        inner_encode = _encoder(inner)
-        return lambda value: None if value is None else inner_encode(value)
-    return lambda value: value
+    return _through_containers(kind, _encoder)
 
 
 class StateCodec(faust.Codec):

@@ -345,3 +345,40 @@ export async function initPage(active) {
     h("button", { type: "button", onclick: signOut }, "Sign out")));
   return user;
 }
+
+// ---- filter forms kept in the URL: the query string is the state, so a filtered list can be bookmarked or sent
+
+/** The filters in the page's query string, for these field names (blank ones left out). */
+export function filtersFromQuery(fields) {
+  const params = new URLSearchParams(location.search);
+  const filters = {};
+  for (const name of fields) {
+    const value = (params.get(name) || "").trim();
+    if (value) filters[name] = value;
+  }
+  return filters;
+}
+
+/**
+ * Applying the form puts its fields in `path`'s query, reset clears them, back and forward bring
+ * earlier ones back; each time `changed(how)` runs ("apply", "reset" or "history") to show them.
+ */
+export function keepFiltersInUrl(form, resetButton, fields, path, changed) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = new URLSearchParams();
+    for (const name of fields) {
+      const value = String(form.elements.namedItem(name)?.value || "").trim();
+      if (value) q.set(name, value);
+    }
+    const query = q.toString();
+    history.pushState(null, "", query ? `${path}?${query}` : path);
+    changed("apply");
+  });
+  resetButton.addEventListener("click", (event) => {
+    event.preventDefault();
+    history.pushState(null, "", path);
+    changed("reset");
+  });
+  window.addEventListener("popstate", () => changed("history"));
+}

@@ -2,8 +2,8 @@
 // feed can be bookmarked or sent); new alerts arrive over Server-Sent Events and are put on top when
 // they match the filters; verdicts from anyone update rows in place.
 import {
-  alertApi, alertPath, api, byId, clear, formatScore, h, initPage, loginUrl, ruleLabel, severityBadge, severityOf,
-  showError, statusBadge, storeIndex, storeName, storeZone, timeNode, relative,
+  alertApi, alertPath, api, byId, clear, filtersFromQuery, formatScore, h, initPage, keepFiltersInUrl, loginUrl, ruleLabel,
+  severityBadge, severityOf, showError, statusBadge, storeIndex, storeName, storeZone, timeNode, relative,
 } from "/static/common.js";
 
 const PAGE_SIZE = 50;
@@ -28,13 +28,7 @@ let formTouched = false;
 const baseTitle = document.title;
 
 function filtersFromUrl() {
-  const params = new URLSearchParams(location.search);
-  const filters = {};
-  for (const name of FIELDS) {
-    const value = (params.get(name) || "").trim();
-    if (value) filters[name] = value;
-  }
-  return filters;
+  return filtersFromQuery(FIELDS);
 }
 
 function fillForm(filters) {
@@ -272,28 +266,8 @@ function fillStoreOptions() {
   }
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  formTouched = true;
-  const q = new URLSearchParams();
-  for (const name of FIELDS) {
-    const value = String(form.elements.namedItem(name)?.value || "").trim();
-    if (value) q.set(name, value);
-  }
-  const query = q.toString();
-  history.pushState(null, "", query ? `/?${query}` : "/");
-  fillForm(filtersFromUrl());
-  loadPage(true);
-});
-
-byId("f-reset").addEventListener("click", (event) => {
-  event.preventDefault();
-  history.pushState(null, "", "/");
-  fillForm({});
-  loadPage(true);
-});
-
-window.addEventListener("popstate", () => {
+keepFiltersInUrl(form, byId("f-reset"), FIELDS, "/", (how) => {
+  if (how === "apply") formTouched = true;
   fillForm(filtersFromUrl());
   loadPage(true);
 });

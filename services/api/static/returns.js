@@ -3,8 +3,8 @@
 // thresholds, and which features it leans on. The filters are a GET form, as on the feed: the query
 // string is the state. The API shows a store manager only their own stores' returns.
 import {
-  api, byId, clear, formatLocal, formatMoney, formatPercent, formatScore, h, initPage, s, showError, storeIndex, storeName,
-  storeTimeNode, storeZone,
+  api, byId, clear, filtersFromQuery, formatLocal, formatMoney, formatPercent, formatScore, h, initPage, keepFiltersInUrl, s,
+  showError, storeIndex, storeName, storeTimeNode, storeZone,
 } from "/static/common.js";
 
 const FIELDS = ["store_id", "outcome"];
@@ -27,12 +27,7 @@ let shownIds = null;
 let generation = 0; // bumps on every filter change, so a slow old answer never lands in a new list
 
 function filtersFromUrl() {
-  const params = new URLSearchParams(location.search);
-  const filters = {};
-  for (const name of FIELDS) {
-    const value = (params.get(name) || "").trim();
-    if (value) filters[name] = value;
-  }
+  const filters = filtersFromQuery(FIELDS);
   if (filters.outcome && !OUTCOMES.includes(filters.outcome)) delete filters.outcome;
   return filters;
 }
@@ -333,26 +328,7 @@ async function loadModel() {
 
 // ---- filters
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const q = new URLSearchParams();
-  for (const name of FIELDS) {
-    const value = String(form.elements.namedItem(name)?.value || "").trim();
-    if (value) q.set(name, value);
-  }
-  const query = q.toString();
-  history.pushState(null, "", query ? `/returns?${query}` : "/returns");
-  loadDecisions(true);
-});
-
-byId("f-reset").addEventListener("click", (event) => {
-  event.preventDefault();
-  history.pushState(null, "", "/returns");
-  fillForm({});
-  loadDecisions(true);
-});
-
-window.addEventListener("popstate", () => {
+keepFiltersInUrl(form, byId("f-reset"), FIELDS, "/returns", () => {
   fillForm(filtersFromUrl());
   loadDecisions(true);
 });
