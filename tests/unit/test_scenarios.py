@@ -70,7 +70,7 @@ def test_named_poses_read_as_intended_by_the_concealment_rule(pose):
     bag = analysis.objects.add(label="handbag", box={"xmin": 0.47, "ymin": 0.39, "xmax": 0.53, "ymax": 0.45})
     person = analysis.persons.add(track_id=1)
     box = (0.40, 0.20, 0.52, 0.70)
-    for name, x, y in scenarios._keypoints(box, pose, [(0.47, 0.39, 0.53, 0.45)]):
+    for name, x, y in scenarios.pose_keypoints(box, pose, [(0.47, 0.39, 0.53, 0.45)]):
         person.keypoints.add(name=name, x=x, y=y, score=0.9)
     assert hand_cues(person, [bag], 0.35, 0.3) == scenarios.POSE_CUES[pose]
     assert len(person.keypoints) == 17
