@@ -66,7 +66,7 @@ down: ## Stop the local platform
 models: setup ## Train and export the models the sample store needs into models/
 	$(SW) models build
 
-eval-anomaly: setup ## Train the anomaly CNN on UCSD Ped2 and print its frame AUCs (ARGS="--data DIR --epochs N")
+eval-anomaly: setup ## Train the anomaly CNN on UCSD Ped2 and print its frame AUCs on the labelled test clips (ARGS="--data DIR --epochs N")
 	$(PY) -m modeling.evaluate_anomaly $(ARGS)
 
 eval-detector: setup ## Precision, recall and latency of the person detectors (HOG, NanoDet) on hand-labelled real frames (ARGS="--tiles 2x2")

@@ -7,7 +7,7 @@ people walk, somebody running, a bicycle. Errors are averaged over 16x16 patches
 units of the normal level (the 99th percentile, over the normal training frames, of a frame's worst
 patch), so 1.0 reads "as bad as the worst normal" on every camera; the frame score is the worst
 patch. Scoring is causal: a frame is judged only from the frames before it, as the live service
-sees them. (Dividing each place by its own normal error was tried and lost 5 AUC points on Ped2:
+sees them. (Dividing each place by its own normal error was tried and lost 5 AUC points on Ped2's test clips 01-06:
 the places where people never walk became the loudest.)
 
 Serving signature `serving_default` (TF Serving layout, `models/<name>/<version>/`):

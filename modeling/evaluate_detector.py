@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from devplatform.progress import Progress
-from modeling.evaluate_anomaly import DEFAULT_DATA
+from modeling.evaluate_anomaly import default_data
 from modeling.packages import PACKAGE_CACHE, PackageError, PackageSource, fetch
 from services.inference.stages import BatchContext, FrameWork, saved_model_predict
 from services.inference.stages.detector import DetectorPlugin
@@ -174,7 +174,7 @@ def parse_tiles(text: str | None) -> TileGrid | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="UCSD Ped2 folder for the Ped2 frames")
+    parser.add_argument("--data", type=Path, default=default_data(), help="UCSD Ped2 folder for the Ped2 frames (default: $SW_UCSD_PED2, else datasets/ucsd-ped2)")
     parser.add_argument("--model", type=Path, action="append", help="an exported detector version folder (repeatable; default: HOG and NanoDet)")
     parser.add_argument("--score", type=float, default=0.4, help="detections below this score are ignored")
     parser.add_argument("--iou", type=float, default=0.4)

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,7 +10,6 @@ import pytest
 import yaml
 
 from devplatform.launcher import Platform, free_port
-from modeling.evaluate_anomaly import DEFAULT_DATA
 from modeling.evaluate_detector import LABELS
 from modeling.presence import read_frames
 from services.shared import topics
@@ -19,6 +19,9 @@ from services.shared.kafka import make_producer
 from tests.conftest import consume_all, platform_part
 
 pytestmark = pytest.mark.integration
+
+# Beside the project where the workplace keeps it; the test skips without it.
+UCSD_PED2 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "ucsd-ped2"
 
 
 def _giant_header_jpeg() -> bytes:
@@ -94,9 +97,9 @@ def test_model_server_down_loses_no_frame(broker, models_dir, start_service, sam
 
 def test_person_boxes_from_the_detector_reach_frame_analysis(broker, model_server, start_service, sample_assets, tmp_path):
     """A camera with a detector stage gets the people it finds as tracked persons, boxes normalised to the frame, placed in zones."""
-    ped2 = DEFAULT_DATA / "testing" / "frames" / "06" / "120.jpg"
+    ped2 = UCSD_PED2 / "testing" / "frames" / "06" / "120.jpg"
     if not ped2.exists():
-        pytest.skip(f"UCSD Ped2 is not at {DEFAULT_DATA}")
+        pytest.skip(f"UCSD Ped2 is not at {UCSD_PED2}")
     raw = yaml.safe_load(sample_assets["store_config"].read_text())
     camera = raw["stores"][0]["cameras"][0]
     # Ped2's people are 25-45 px tall: tiles at the detector's size make them large enough.

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from devplatform.modelserver.server import ModelEntry, read_model_config
+from modeling.evaluate_anomaly import PUBLISHED_CLIPS, comparison_lines, min_max, roc_auc
 from modeling.evaluate_anomaly import main as evaluate_anomaly
-from modeling.evaluate_anomaly import min_max, roc_auc
 
 
 def test_hog_graph_reproduces_opencv_people_detector():
@@ -81,7 +81,17 @@ def test_evaluate_anomaly_on_another_labelled_folder(tmp_path, capsys):
     labels = {"01": [0] * 30, "02": [0] * 15 + [1] * 15}
     (data / "testing" / "frame_labels.json").write_text(json.dumps(labels))
     assert evaluate_anomaly(["--data", str(data), "--epochs", "1", "--max-windows", "40"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"auc_raw", "auc_normalized", "train_seconds", "frames_per_second"}
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert set(result) == {"auc_raw", "auc_normalized", "clips", "train_seconds", "frames_per_second"} and result["clips"] == ["01", "02"]
+    assert not any("published" in line and "MemAE" in line for line in out), "2 clips are not set beside 12-clip published figures"
     assert result["auc_raw"] > 80  # even a briefly trained predictor cannot follow the runner
     assert result["train_seconds"] > 0 and result["frames_per_second"] > 0
+
+
+def test_published_figures_are_set_beside_ours_only_on_the_same_twelve_clips():
+    ours = {"auc_raw": 85.7, "auc_normalized": 92.4}
+    on_six = comparison_lines({**ours, "clips": PUBLISHED_CLIPS[:6]})
+    assert not any("MemAE" in line for line in on_six) and "not compared" in on_six[-1]
+    on_twelve = comparison_lines({**ours, "clips": PUBLISHED_CLIPS})
+    assert any("Conv-AE" in line and "90.0" in line for line in on_twelve) and "92.4" in on_twelve[-1]
