@@ -82,24 +82,33 @@ class RetryableError(RuntimeError):
     """A dependency failed (model server, webhook); the same batch is tried again, nothing is committed."""
 
 
-class _SameLineOncePerMinute(logging.Filter):
-    """Lets a librdkafka line through once a minute: a broker that is down is otherwise reported by
-    every client, for every connection attempt, every second."""
+class OncePerMinute:
+    """Says whether something may be said again: each key once a minute. While a broker is down,
+    every client reports it on every poll and every connection attempt, every second."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._said: dict[str, float] = {}
+        self._said: dict[object, float] = {}
         self._lock = threading.Lock()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        # The same complaint from any client, about any attempt: no client names, no numbers.
-        key = re.sub(r"\d+", "#", re.sub(r"\[rdkafka#[^\]]*\]", "", record.getMessage()))
+    def due(self, key: object) -> bool:
         now = time.monotonic()
         with self._lock:
             if now - self._said.get(key, -60.0) < 60.0:
                 return False
             self._said[key] = now
-        return True
+            return True
+
+
+class _SameLineOncePerMinute(logging.Filter):
+    """Lets a librdkafka line through once a minute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit = OncePerMinute()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The same complaint from any client, about any attempt: no client names, no numbers.
+        return self._limit.due(re.sub(r"\d+", "#", re.sub(r"\[rdkafka#[^\]]*\]", "", record.getMessage())))
 
 
 def client_logger() -> logging.Logger:
@@ -255,7 +264,7 @@ class ConsumeLoop:
         self.producer = make_producer(self.bootstrap_servers)
         self.ready = threading.Event()
         self.failure: BaseException | None = None
-        self._error_said: dict[int, float] = {}
+        self._error_said = OncePerMinute()
 
     def run(self) -> None:
         """Consume until stopped; an unexpected error is kept in `failure` so the service exits non-zero."""
@@ -282,13 +291,8 @@ class ConsumeLoop:
         err = msg.error()
         if err is None:
             return False
-        if err.code() != KafkaError._PARTITION_EOF:
-            # While a broker is down librdkafka reports it on every poll: say each kind of error
-            # once a minute, not hundreds of times.
-            now = time.monotonic()
-            if now - self._error_said.get(err.code(), -60.0) >= 60.0:
-                self._error_said[err.code()] = now
-                log.warning("consumer error", extra={"service": self.service, "error": str(err)})
+        if err.code() != KafkaError._PARTITION_EOF and self._error_said.due(err.code()):
+            log.warning("consumer error", extra={"service": self.service, "error": str(err)})
         return True
 
     def _process(self, messages: list[Message]) -> None:
