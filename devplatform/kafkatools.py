@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -34,6 +35,24 @@ def _partitions(topic_names: Sequence[str]) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t in topic_names for p in range(topics.PARTITIONS)]
 
 
+# What a node answers for a few seconds after it started, though its metadata already names it the
+# leader of every partition: offsets and the groups' coordinators are still being loaded.
+STARTING_UP = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                         KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE})
+
+
+def _once_up(ask: Callable[[], T], timeout_s: float = 30.0) -> T:
+    """`ask()`, asked again while the broker answers that it is still starting up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ask()
+        except KafkaException as exc:
+            if exc.args[0].code() not in STARTING_UP or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 class Offsets:
     """Where topics end, and how far consumer groups have committed in them."""
 
@@ -44,19 +63,7 @@ class Offsets:
 
     def watermarks(self, topic_names: Sequence[str]) -> dict[Partition, tuple[int, int]]:
         """(first offset still held, end offset) of every partition."""
-        return {(tp.topic, tp.partition): self._watermarks(tp) for tp in _partitions(topic_names)}
-
-    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
-        # A node that has just started refuses to list offsets for a second or two, though its
-        # metadata already names it the partitions' leader.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return self._own.get_watermark_offsets(tp, timeout=10, cached=False)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return {(tp.topic, tp.partition): _once_up(partial(self._own.get_watermark_offsets, tp, timeout=10, cached=False)) for tp in _partitions(topic_names)}
 
     def ends(self, topic_names: Sequence[str]) -> dict[Partition, int]:
         return {part: high for part, (_low, high) in self.watermarks(topic_names).items()}
@@ -65,7 +72,8 @@ class Offsets:
         """The group's committed offset in every partition (0 where it committed none)."""
         if group not in self._groups:
             self._groups[group] = _consumer(self.bootstrap, group)
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in self._groups[group].committed(_partitions(topic_names), timeout=10)}
+        consumer = self._groups[group]
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in _once_up(lambda: consumer.committed(_partitions(topic_names), timeout=10))}
 
     def behind(self, group: str, topic_names: Sequence[str]) -> dict[Partition, tuple[int, int]]:
         """(committed, end offset) wherever the group has not consumed a partition to its end."""

@@ -58,13 +58,12 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -72,13 +71,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka.partitioner import murmur2
 
-from devplatform.launcher import ROOT, Platform, free_port, http_ready, pid_alive, stop_pid
+from devplatform.kafkatools import Offsets, TopicReader, Worker, WorkerExited
+from devplatform.launcher import Platform, free_port, http_ready
 from devplatform.progress import Progress
 from services.correlator.chain import register_key
 from services.correlator.settings import CorrelatorSettings
@@ -88,7 +88,8 @@ from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType, PosItem
 from services.shared.kafka import make_producer
 from services.shared.serde import encode
-from services.shared.storeconfig import StoreConfig, load_store_config
+from services.shared.storeconfig import StoreConfig, Zone, load_store_config
+from services.shared.zonevisits import Sighting, ZoneVisits
 
 FPS = 10
 FRAME_MS = 1000 // FPS
@@ -102,7 +103,6 @@ REFUNDS = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUN
 DECODE_APP_ID = "sw-bench-decode"
 REFUND_EVERY_MS = 1500  # per live register
 BUSY_CPU_S = 0.02  # CPU seconds in one ~50 ms sampling interval that mean a worker is working, not waiting
-CHILD_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SW_")} | {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 Rect = tuple[float, float, float, float]
 
 
@@ -337,62 +337,62 @@ def floor_presences(cam: CameraSpec, t0: int, t1: int, rng: random.Random) -> li
 
 
 class CameraSim:
-    """One camera's FrameAnalysis messages at any event time, as inference's detector stage fills them."""
+    """One camera's FrameAnalysis messages at any event time: its presences are tracks that inference's
+    own helper (services/shared/zonevisits.py) places in zones, as its detector stage does."""
 
-    def __init__(self, cam: CameraSpec, persons: list[Presence], objects: list[Presence], seq0: int) -> None:
+    def __init__(self, cam: CameraSpec, zones: Sequence[Zone], persons: list[Presence], objects: list[Presence], seq0: int) -> None:
         self.cam = cam
         self.rects = {z.id: z.rect for z in cam.zones}
         self.persons = sorted(persons, key=lambda p: p.start_ms)
         self.objects = sorted(objects, key=lambda p: p.start_ms)
+        self.visits = ZoneVisits(zones)
         self.seq = seq0
+
+    @staticmethod
+    def present(presences: list[Presence], t: int) -> list[Presence]:
+        """Who is there at t, once per track: a shopper moving on, on the boundary, is in the zone entered."""
+        here: dict[int, Presence] = {}
+        for p in presences:
+            if p.start_ms > t:
+                break
+            if p.end_ms >= t:
+                here[p.track_id] = p
+        return list(here.values())
 
     def frame(self, t: int) -> bytes:
         self.seq += 1
         detected = self.seq % 2 == 0  # detect_fps 5: the tracker carries people in between
         analysis = FrameAnalysis(store_id=self.cam.store_id, camera_id=self.cam.id, capture_time_ms=t, frame_sequence=self.seq)
-        zones = {z.id: analysis.zones.add(zone_id=z.id, kind=z.kind) for z in self.cam.zones}
-        for p in self.persons:
-            if p.start_ms > t:
-                break
-            if p.end_ms < t:
-                continue
+        for z in self.cam.zones:
+            analysis.zones.add(zone_id=z.id, kind=z.kind)
+        persons, objects = self.present(self.persons, t), self.present(self.objects, t)
+        # The simulation knows when each presence began, also before the first frame it sends.
+        seen = [Sighting(p.track_id, True, 0.55 + 0.4 * p.x, [p.zone_id], entered_ms={p.zone_id: p.start_ms}) for p in persons]
+        placed = self.visits.fill(analysis, seen + [Sighting(o.track_id, False, 0.6, [o.zone_id], entered_ms={o.zone_id: o.start_ms}) for o in objects], t)
+        for p, sighting, zones in zip(persons, seen, placed[:len(persons)], strict=True):
             x0, y0, x1, y1 = self.rects[p.zone_id]
             cx = x0 + (x1 - x0) * (0.2 + 0.6 * p.x) + 0.01 * math.sin(t / 700 + p.track_id)
             feet = y0 + (y1 - y0) * 0.7
-            score = 0.55 + 0.4 * p.x
             analysis.persons.add(track_id=p.track_id, box={"xmin": cx - 0.05, "ymin": max(0.0, feet - 0.35), "xmax": cx + 0.05, "ymax": feet},
-                                 score=score, first_seen_ms=p.first_seen_ms, detected=detected, zones=[{"zone_id": p.zone_id, "entered_ms": p.start_ms}])
-            zone = zones[p.zone_id]
-            zone.person_count += 1
-            zone.track_ids.append(p.track_id)
-            zone.max_dwell_ms = max(zone.max_dwell_ms, t - p.start_ms)
-            zone.person_present = True
-            zone.presence_score = max(zone.presence_score, score)
-        for o in self.objects:
-            if o.start_ms > t:
-                break
-            if o.end_ms < t:
-                continue
+                                 score=sighting.score, first_seen_ms=p.first_seen_ms, detected=detected, zones=zones)
+        for o, zones in zip(objects, placed[len(persons):], strict=True):
             x0, y0, x1, y1 = self.rects[o.zone_id]
             cx, cy = x0 + (x1 - x0) * (0.2 + 0.6 * o.x), (y0 + y1) / 2
             analysis.objects.add(label=o.label, score=0.6, box={"xmin": cx - 0.03, "ymin": cy - 0.03, "xmax": cx + 0.03, "ymax": cy + 0.03},
-                                 class_id=44, track_id=o.track_id, first_seen_ms=o.first_seen_ms, zones=[{"zone_id": o.zone_id, "entered_ms": o.start_ms}])
-            zone = zones[o.zone_id]
-            zone.object_count += 1
-            zone.newest_object_entered_ms = max(zone.newest_object_entered_ms, o.start_ms)
-            zone.new_object_count += 1
+                                 class_id=44, track_id=o.track_id, first_seen_ms=o.first_seen_ms, zones=zones)
+        self.visits.keep_only({p.track_id for p in persons + objects})
         if detected:
             analysis.models.add(name="detector", version=1)
         return encode(analysis)
 
 
-def simulate(cam: CameraSpec, t0: int, t1: int, pos: dict[str, list[tuple[PosEvent, bool]]], rng: random.Random) -> CameraSim:
+def simulate(cam: CameraSpec, config: StoreConfig, t0: int, t1: int, pos: dict[str, list[tuple[PosEvent, bool]]], rng: random.Random) -> CameraSim:
     """The camera over [t0, t1]: counter cameras follow their registers' POS events (none: cashiers only)."""
     if cam.kind == "counter":
         persons, objects = counter_presences(cam, t0, t1, pos, rng)
     else:
         persons, objects = floor_presences(cam, t0, t1, rng), []
-    return CameraSim(cam, persons, objects, rng.randint(1, 10**6))
+    return CameraSim(cam, config.camera(cam.id)[1].zones, persons, objects, rng.randint(1, 10**6))
 
 
 @dataclass
@@ -403,7 +403,7 @@ class Backlog:
     pos_kinds: Counter
 
 
-def make_backlog(cams: list[CameraSpec], seconds: float, rng: random.Random) -> Backlog:
+def make_backlog(cams: list[CameraSpec], config: StoreConfig, seconds: float, rng: random.Random) -> Backlog:
     t1 = now_ms() - 60_000
     t0 = t1 - int(seconds * 1000)
     messages: list[tuple[int, str, bytes, bytes]] = []
@@ -419,7 +419,7 @@ def make_backlog(cams: list[CameraSpec], seconds: float, rng: random.Random) -> 
     pos_count = len(messages)
     with Progress("generating the backlog", len(cams), "cameras", every_s=5) as progress:
         for cam in cams:
-            sim = simulate(cam, t0, t1, pos, rng)
+            sim = simulate(cam, config, t0, t1, pos, rng)
             for t in range(t0 + rng.randint(0, FRAME_MS - 1), t1, FRAME_MS):
                 messages.append((t, topics.DETECTIONS, cam.id.encode(), sim.frame(t)))
             progress.advance()
@@ -458,98 +458,24 @@ def produce(bootstrap: str, backlog: Backlog) -> int:
     return written
 
 
-# --- watching a consumer group ---------------------------------------------------------------------
+# --- watching a worker ------------------------------------------------------------------------------
 
-class Broker:
-    """Offsets on the broker through confluent-kafka: ends of topics, a group's commits."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-correlator-offsets", "enable.auto.commit": False})
-        # One consumer per watched group, never subscribed: it only asks for the group's commits.
-        self.watchers: dict[str, Consumer] = {}
-
-    def ends(self, names: list[str]) -> dict[tuple[str, int], int]:
-        return {(t, p): self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)[1]
-                for t in names for p in range(topics.PARTITIONS)}
-
-    def lows(self, names: list[str]) -> dict[tuple[str, int], int]:
-        return {(t, p): self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)[0]
-                for t in names for p in range(topics.PARTITIONS)}
-
-    def committed(self, group: str, names: list[str]) -> dict[tuple[str, int], int]:
-        if group not in self.watchers:
-            self.watchers[group] = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
-        got = self.watchers[group].committed([TopicPartition(t, p) for t in names for p in range(topics.PARTITIONS)], timeout=10)
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in got}
-
-    def read_all(self, topic: str, since: dict[int, int] | None = None, timeout: float = 15.0) -> list:
-        """Every message of a topic (from `since` offsets per partition), read by assignment."""
-        ends = {p: e for (_, p), e in self.ends([topic]).items()}
-        start = since or {}
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-correlator-reader", "enable.auto.commit": False})
-        consumer.assign([TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in ends])
-        want = sum(e - start.get(p, 0) for p, e in ends.items())
-        messages: list = []
-        deadline = time.monotonic() + timeout
-        try:
-            while len(messages) < want and time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is not None and not msg.error():
-                    messages.append(msg)
-        finally:
-            consumer.close()
-        return messages
-
-    def close(self) -> None:
-        for consumer in (self.consumer, *self.watchers.values()):
-            consumer.close()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Worker:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-    http: str = ""
-
-    def tail(self, lines: int = 25) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join("    " + line[:300] for line in text.splitlines()[-lines:])
-
-    def check(self, what: str) -> None:
-        if self.popen.poll() is not None:
-            raise SystemExit(f"bench-correlator: {self.name} exited with code {self.popen.returncode} while {what}; last log lines:\n{self.tail()}")
-
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of the process so far."""
-        try:
-            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_mb(self) -> float:
-        try:
-            status = Path(f"/proc/{self.popen.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS:")), "VmRSS: 0 kB")
-        return int(line.split()[1]) / 1024
-
-    def stop(self) -> int | None:
-        stop_pid(self.popen.pid)
-        try:
-            return self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return None
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Worker:
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(argv, cwd=ROOT, env={**CHILD_ENV, **env}, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return Worker(name, popen, log)
+def rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) / 1024
 
 
 @dataclass
@@ -590,9 +516,9 @@ def last_busy(samples: list[tuple[float, float]], after: float) -> float | None:
     return None
 
 
-def drain(broker: Broker, worker: Worker, group: str, inputs: list[str], derived: list[str], total: int, first_at: Callable[[], float]) -> Drained:
+def drain(offsets: Offsets, worker: Worker, group: str, inputs: list[str], derived: list[str], total: int, first_at: Callable[[], float]) -> Drained:
     """Wait until the group's commits reach the end of its input topics and of what it derived from them."""
-    ends = broker.ends(inputs)
+    ends = offsets.ends(inputs)
     deadline = time.monotonic() + max(300.0, total / 100)
     cpu: list[tuple[float, float]] = []
     first = 0.0
@@ -602,17 +528,17 @@ def drain(broker: Broker, worker: Worker, group: str, inputs: list[str], derived
             worker.check("working through the backlog")
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench-correlator: {worker.name} did not finish the backlog in time; last log lines:\n{worker.tail()}")
-            cpu.append((time.time(), worker.cpu_s()))
-            committed = broker.committed(group, inputs + derived)
+            cpu.append((time.time(), cpu_seconds(worker.popen.pid)))
+            committed = offsets.committed(group, inputs + derived)
             seen = time.time()
             done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
             first = first or first_at()
             if derived and len(cpu) % 20 == 1:
-                own = broker.ends(derived)
+                own = offsets.ends(derived)
                 own_note = f", its own messages {sum(min(committed.get(tp, 0), e) for tp, e in own.items())}/{sum(own.values())} done"
             progress.update(done, note=f"{done / (seen - first):,.0f} msgs/s committed{own_note}" if first and done else "waiting for its first message")
             if done >= total:
-                more = broker.ends(derived) if derived else {}
+                more = offsets.ends(derived) if derived else {}
                 if all(committed.get(tp, 0) >= end for tp, end in more.items()):
                     if derived:
                         progress.note = f"its own {sum(more.values())} messages done too"
@@ -623,7 +549,7 @@ def drain(broker: Broker, worker: Worker, group: str, inputs: list[str], derived
     busy = last_busy(cpu, first) or seen
     cpu_at = dict(cpu)
     cpu_first = next((c for t, c in cpu if t >= first), cpu[-1][1])
-    return Drained(first, busy, seen, total, cpu_at.get(busy, cpu[-1][1]) - cpu_first, sum(broker.ends(derived).values()) if derived else 0)
+    return Drained(first, busy, seen, total, cpu_at.get(busy, cpu[-1][1]) - cpu_first, sum(offsets.ends(derived).values()) if derived else 0)
 
 
 # --- the decode-only worker (a mode of this script, run as its own process) -------------------------
@@ -731,7 +657,12 @@ def refund_period(config: StoreConfig, regs: list[RegisterSpec], seconds: float)
     return int((before_s + 1.5) * 1000), int((seconds - after_s - 2) * 1000)
 
 
-def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[CameraSpec], refund_cams: list[CameraSpec], config: StoreConfig,
+def _alert_and_sent_ms(msg: Message) -> tuple[Alert, int]:
+    """An alert, and when the broker took it (its message's timestamp)."""
+    return Alert.FromString(msg.value()), msg.timestamp()[1]
+
+
+def live_phase(bootstrap: str, offsets: Offsets, correlator: Worker, cams: list[CameraSpec], refund_cams: list[CameraSpec], config: StoreConfig,
                seconds: float, rng: random.Random, label: str, hops_file: Path) -> dict:
     """Live frames from `cams` (the refund cameras with nobody at their counters), refunds at the
     refund cameras' registers; how long after each refund's window closed its alert was raised.
@@ -752,8 +683,8 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
     schedule.sort()
     start_ms = now_ms()
     # No POS events: counter cameras see only their cashiers; floor cameras their shoppers.
-    sims = [simulate(cam, start_ms, start_ms + int(seconds * 1000) + 5000, {}, rng) for cam in cams]
-    alerts_from = {p: e for (_, p), e in broker.ends([topics.ALERTS]).items()}
+    sims = [simulate(cam, config, start_ms, start_ms + int(seconds * 1000) + 5000, {}, rng) for cam in cams]
+    alerts_from = offsets.ends([topics.ALERTS])
     metrics_url = correlator.http + "/metrics"
     histogram = "sw_correlator_decision_delay_seconds_count"
     count_before = metric(metrics_url, histogram)
@@ -789,14 +720,16 @@ def live_phase(bootstrap: str, broker: Broker, correlator: Worker, cams: list[Ca
     producer.flush(10)
     # Every refund's window closed before the last frame: each must raise its alert.
     found: dict[str, tuple[Alert, int]] = {}
+    reader = TopicReader(bootstrap, [topics.ALERTS], _alert_and_sent_ms, since=alerts_from)
+    reader.start()
     deadline = time.monotonic() + 20
     while len(found) < len(refunds) and time.monotonic() < deadline:
-        for msg in broker.read_all(topics.ALERTS, since=alerts_from, timeout=2):
-            alert = Alert.FromString(msg.value())
+        for alert, sent_ms in reader.received():
             refs = [e.ref for e in alert.evidence if e.kind == "pos_event"]
             if alert.rule == "refund_without_customer" and refs and refs[0] in refunds:
-                found[refs[0]] = (alert, msg.timestamp()[1])
+                found[refs[0]] = (alert, sent_ms)
         time.sleep(0.5)
+    reader.stop()
     # Where the time went: from the window's end to the first frame at or past it (frames go out
     # every FRAME_MS), and from that frame's capture time to the decision (the alert's raised time).
     delays, sent = [], []
@@ -854,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         return correlator_worker()
     if args.cameras < 1 or args.seconds < 20 or args.live_registers < 1:
         parser.error("--cameras and --live-registers must be at least 1, --seconds at least 20")
+    # The workers get the settings this script gives them and no others (the launcher passes its own environment on).
+    for name in [name for name in os.environ if name.startswith("SW_")]:
+        del os.environ[name]
 
     rng = random.Random(args.seed)
     cams, raw_config = build_chain(args.cameras, rng)
@@ -873,30 +809,29 @@ def main(argv: list[str] | None = None) -> int:
             least = math.ceil(args.live_seconds + (warmup_ms - stop_ms + REFUND_EVERY_MS) / 1000)
             parser.error(f"--live-seconds {args.live_seconds:g} leaves no time for refunds; use at least {least}")
         platform = Platform(run_dir=tmp / "run")
-        broker: Broker | None = None
+        offsets: Offsets | None = None
         try:
             print(f"chain: {stores} stores, {len(cams)} cameras, {sum(len(c.registers) for c in cams)} registers; backlog {args.seconds:g} s at {FPS} fps", flush=True)
             platform.start_broker()
             bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
-            backlog = make_backlog(cams, args.seconds, rng)
+            backlog = make_backlog(cams, config, args.seconds, rng)
             written = produce(bootstrap, backlog)
-            broker = Broker(bootstrap)
+            offsets = Offsets(bootstrap)
             total = backlog.frames + backlog.pos
-            ends = broker.ends([topics.DETECTIONS, topics.POS])
-            lows = broker.lows([topics.DETECTIONS, topics.POS])
-            if sum(ends.values()) != total or any(lows.values()):
-                raise SystemExit(f"bench-correlator: the broker holds {sum(ends.values()) - sum(lows.values())} of {total} backlog messages "
-                                 f"({sum(lows.values())} gone from the start of their partitions)")
+            held = offsets.watermarks([topics.DETECTIONS, topics.POS]).values()
+            ends, lows = sum(high for _low, high in held), sum(low for low, _high in held)
+            if ends != total or lows:
+                raise SystemExit(f"bench-correlator: the broker holds {ends - lows} of {total} backlog messages ({lows} gone from the start of their partitions)")
             print(f"backlog: {backlog.frames} frames and {backlog.pos} POS events ({dict(backlog.pos_kinds)}), "
                   f"{written / 2**20:.1f} MiB", flush=True)
             settings_env = {"SW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SW_STORE_CONFIG": str(config_path), "SW_LOG_LEVEL": "INFO"}
 
             # 1. the limit: decode only
             times_file, hops_file = tmp / "decode-times.json", tmp / "decode-hops.txt"
-            decode = spawn("decode-only worker", [sys.executable, str(Path(__file__).resolve()), "--decode-worker"],
-                           {**settings_env, "SW_CORRELATOR_APP_ID": DECODE_APP_ID, "SW_TABLE_STORE": "memory",
-                            "SW_CORRELATOR_DATA_DIR": str(tmp / "decode-data"), "BENCH_TIMES_FILE": str(times_file), "BENCH_EXPECT": str(total),
-                            "BENCH_HOPS_FILE": str(hops_file)}, tmp)
+            decode = Worker.start(platform, "decode-only worker", [sys.executable, str(Path(__file__).resolve()), "--decode-worker"],
+                                  {**settings_env, "SW_CORRELATOR_APP_ID": DECODE_APP_ID, "SW_TABLE_STORE": "memory",
+                                   "SW_CORRELATOR_DATA_DIR": str(tmp / "decode-data"), "BENCH_TIMES_FILE": str(times_file), "BENCH_EXPECT": str(total),
+                                   "BENCH_HOPS_FILE": str(hops_file)})
             workers.append(decode)
 
             def decode_times() -> dict[str, float]:
@@ -906,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
                     return {}
 
             # It stays up, idle, to read the live frames later.
-            limit = drain(broker, decode, DECODE_APP_ID, [topics.DETECTIONS, topics.POS], [], total, lambda: decode_times().get("first", 0.0))
+            limit = drain(offsets, decode, DECODE_APP_ID, [topics.DETECTIONS, topics.POS], [], total, lambda: decode_times().get("first", 0.0))
             own = decode_times()
             self_timed = total / (own["last"] - own["first"]) if "last" in own else float("nan")
             print(f"decode-only: {limit.per_s:,.0f} msgs/s ({limit.to_end_per_s:,.0f} to its final commit, {self_timed:,.0f} as timed by itself; "
@@ -921,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
             argv_c = [sys.executable, str(Path(__file__).resolve()), "--correlator-worker"]
             if args.profile:
                 argv_c = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve()), *argv_c[1:]]
-            correlator = spawn("correlator", argv_c, correlator_env, tmp)
+            correlator = Worker.start(platform, "correlator", argv_c, correlator_env)
             correlator.http = f"http://127.0.0.1:{port}"
             workers.append(correlator)
 
@@ -931,32 +866,34 @@ def main(argv: list[str] | None = None) -> int:
                 except (OSError, ValueError, KeyError):
                     return 0.0
 
-            real = drain(broker, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
+            real = drain(offsets, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
                          total, correlator_first)
-            rss = correlator.rss_mb()
+            rss = rss_mb(correlator.popen.pid)
             print(f"correlator: {real.per_s:,.0f} msgs/s ({real.to_end_per_s:,.0f} to its final commit; {real.cores:.2f} cores, "
                   f"{real.derived_messages} messages it sent itself, RSS {rss:.0f} MB)", flush=True)
-            backlog_alerts = Counter(Alert.FromString(m.value()).rule for m in broker.read_all(topics.ALERTS, timeout=10))
+            backlog_alerts = Counter(alert.rule for alert, _sent in TopicReader(bootstrap, [topics.ALERTS], _alert_and_sent_ms).read_to_end(timeout_s=10))
             dlq_topics = [topics.dlq(t) for t in (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)]
-            dlq = sum(broker.ends(dlq_topics).values())
+            dlq = sum(offsets.ends(dlq_topics).values())
             print(f"alerts from the backlog: {dict(backlog_alerts)}; dead-lettered: {dlq}", flush=True)
 
             # 3. live decisions: the refund cameras alone, then the whole chain live
             if not http_ready(correlator.http + "/readyz"):
                 raise SystemExit(f"bench-correlator: the correlator is not ready for the live phase; last log lines:\n{correlator.tail()}")
-            few = live_phase(bootstrap, broker, correlator, refund_cams, refund_cams, config, args.live_seconds, rng, "few", hops_file)
-            chain = live_phase(bootstrap, broker, correlator, cams, refund_cams, config, args.live_seconds, rng, "chain", hops_file)
+            few = live_phase(bootstrap, offsets, correlator, refund_cams, refund_cams, config, args.live_seconds, rng, "few", hops_file)
+            chain = live_phase(bootstrap, offsets, correlator, cams, refund_cams, config, args.live_seconds, rng, "chain", hops_file)
             metrics_count = metric(correlator.http + "/metrics", "sw_correlator_decision_delay_seconds_count")
             for worker in (correlator, decode):
                 code = worker.stop()
                 if code != 0:
                     print(f"warning: the {worker.name} exited with {code} on SIGTERM; last log lines:\n{worker.tail()}", flush=True)
+        except WorkerExited as exc:
+            raise SystemExit(f"bench-correlator: {exc}") from None
         finally:
             for worker in workers:
-                if pid_alive(worker.popen.pid):
+                if worker.popen.poll() is None:
                     worker.stop()
-            if broker is not None:
-                broker.close()
+            if offsets is not None:
+                offsets.close()
             platform.down(echo=lambda *_: None)
 
     if args.profile:
