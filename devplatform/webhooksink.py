@@ -5,7 +5,7 @@ server (the phones' push service) so the demo, the tests and the benchmark see e
 notifier delivered, and how many times. Every accepted request is one JSON line in `--record`:
 
 - `POST /alerts`: a ShrinkWatch webhook. With `--secret` its signature is checked the way the
-  README tells receivers to (HMAC over timestamp and body, at most 5 minutes old); a forged or stale
+  docs/notifications.md tells receivers to (HMAC over timestamp and body, at most 5 minutes old); a forged or stale
   request gets 401 and is not recorded as a delivery. `GET /alerts` lists what was recorded.
 - `POST /` with a JSON body (`topic`, `message`, `title`, ...) and `PUT|POST /<topic>` with a file
   (`?filename=&title=&message=`): ntfy's publish API, as Apprise's ntfy plugin speaks it.

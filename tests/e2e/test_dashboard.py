@@ -6,7 +6,7 @@ config is written for the moment the test runs, with the store open for hours ei
 refund alert is the only one at any hour (test_sample_store.py plays the clip with it closed).
 
 Screenshots (feed, alert, phone-sized feed) go to $SW_TEST_ARTIFACTS or the test's tmp folder; with
-SW_UPDATE_DOCS_SCREENSHOT=1 the alert page's also replaces docs/dashboard.png (the README's)."""
+SW_UPDATE_DOCS_SCREENSHOT=1 the alert page's also replaces docs/dashboard.png (shown in docs/dashboard.md)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ def test_tracks_on_the_labelled_plaza_clip_cover_people_and_their_zone_time(mode
     clip = vtest_clip(DetectorStage(kind="detector", model="detector", min_score=0.4, detect_fps=5))
     assert clip is not None
     result = evaluate(clip, saved_model_predict(serve, tf), iou=0.3)
-    # Regression bounds with wide margins around the measured figures (README: 93.7 % tracked, 96.8 % agree, 0.75 s).
+    # Regression bounds with wide margins around the measured figures (docs/models.md: 93.7 % tracked, 96.8 % agree, 0.75 s).
     assert result["frames_scored"] == 31 and len(result["persons"]) == 9
     assert result["coverage"] >= 0.8
     crossing = result["zones"]["crossing"]

@@ -1,6 +1,6 @@
 """Webhook channel: POST the notification's JSON, signed over a timestamp and the body.
 
-How a receiver checks it is in `services.shared.webhooks` and the README.
+How a receiver checks it is in `services.shared.webhooks` and docs/notifications.md.
 """
 
 from __future__ import annotations
