@@ -8,12 +8,15 @@ import stat
 import pytest
 import yaml
 from argon2 import PasswordHasher
+from starlette.requests import Request
 
 from devplatform.devusers import dev_credentials, write_dev_users
 from services.api.alerts import AlertFilter, AlertStore, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
 from services.api.audit import _valid_entry_id
-from services.api.auth import Principal, UserRecord, hash_password, load_users_file
-from services.api.hq import _camera_view, _package_view
+from services.api.auth import COOKIE, Principal, UserRecord, hash_password, load_users_file
+from services.api.hq.alerts import _package_view
+from services.api.hq.base import session_token
+from services.api.hq.stores import _camera_view
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 
 HASH = hash_password("a password long enough")
@@ -103,6 +106,17 @@ def test_evidence_package_view_links_only_listed_files():
     assert view["frames"] == [{"sequence": 7, "capture_time_ms": 1, "url": "/v1/alerts/al-1/evidence/frames/0000000007.jpg"}]
     assert view["status"] == "partial" and view["missing"] == ["camera silent"]
     assert _package_view("al-1", None) is None
+
+
+def test_session_token_from_the_bearer_header_before_the_cookie():
+    def token(**headers: str) -> str:
+        raw = [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]
+        return session_token(Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "query_string": b""}))
+
+    assert token(authorization="Bearer from-script", cookie=f"{COOKIE}=from-page") == "from-script"
+    assert token(cookie=f"{COOKIE}=from-page") == token(authorization="Basic eDp5", cookie=f"{COOKIE}=from-page") == "from-page"
+    assert token(authorization="Bearer ", cookie=f"{COOKIE}=from-page") == ""  # an empty bearer is no session, whatever the cookie
+    assert token() == ""
 
 
 def test_audit_cursor_must_be_a_stream_id():

@@ -1,0 +1,113 @@
+"""Alerts: the filtered, paged list, one alert with its evidence and history, and the live feed."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from services.api.alerts import LIVE_CHANNEL, AlertFilter, BadCursor
+from services.api.auth import Principal
+from services.api.hq.base import AlertId, Hq, RegionFilter, StoreIdFilter, session_token
+from services.shared.deliveries import read_deliveries
+from services.shared.rulesconfig import RULE_NAMES
+
+
+def routes(hq: Hq) -> APIRouter:
+    router = APIRouter(tags=["alerts"])
+    Signed = Annotated[Principal, Depends(hq.principal)]
+
+    @router.get("/v1/alerts")
+    async def list_alerts(
+        who: Signed,
+        store_id: StoreIdFilter = None,
+        region: RegionFilter = None,
+        rule: Annotated[str | None, Query(max_length=64)] = None,
+        severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None,
+        status: Annotated[Literal["new", "acknowledged", "confirmed", "dismissed"] | None, Query()] = None,
+        since_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
+        until_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(max_length=300)] = None,
+    ) -> dict:
+        """Newest first by event time; pass `next_cursor` back as `cursor` for the next page."""
+        if rule is not None and rule not in RULE_NAMES:
+            raise HTTPException(422, f"unknown rule {rule!r}; rules: {', '.join(RULE_NAMES)}")
+        scoped = store_id is not None or region is not None or not who.every_store
+        stores = frozenset(hq.visible_stores(who, store_id, region)) if scoped else None
+        wanted = AlertFilter(stores=stores, rule=rule, severity=severity, status=status, since_ms=since_ms, until_ms=until_ms)
+        try:
+            items, next_cursor = await asyncio.to_thread(hq.alerts.query, wanted, limit, cursor)
+        except BadCursor as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"alerts": items, "count": len(items), "next_cursor": next_cursor}
+
+    @router.get("/v1/alerts/stream")
+    async def stream(who: Signed, request: Request) -> StreamingResponse:
+        """Server-sent events: `alert` for each new alert the caller may see, `status` when a verdict changes one."""
+        return StreamingResponse(_live_events(hq, who, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @router.get("/v1/alerts/{alert_id}")
+    async def get_alert(alert_id: AlertId, who: Signed, request: Request) -> dict:
+        """The alert, its evidence (frames, snapshot, clip, detections), its POS events, verdicts and notifications."""
+        view = await asyncio.to_thread(hq.load_alert, who, alert_id)
+        manifest = await asyncio.to_thread(hq.read_manifest, view)
+        await asyncio.to_thread(hq.record_audit, who, "evidence.view", request, view)
+        history = await asyncio.to_thread(hq.alerts.history, alert_id)
+        deliveries = await asyncio.to_thread(read_deliveries, hq.redis, alert_id)
+        return {**view, "evidence_package": _package_view(alert_id, manifest), "pos_events": (manifest or {}).get("pos_events", []), "history": history,
+                "deliveries": deliveries}
+
+    return router
+
+
+def _package_view(alert_id: str, manifest: dict | None) -> dict | None:
+    if manifest is None:
+        return None
+    base = f"/v1/alerts/{alert_id}/evidence/"
+    snapshot, clip = manifest.get("snapshot"), manifest.get("clip")
+    return {
+        "status": manifest.get("status", "complete"), "missing": manifest.get("missing", []),
+        "window_ms": manifest.get("window_ms"),
+        "snapshot_url": base + snapshot["name"] if snapshot else None,
+        "clip_url": base + clip["name"] if clip else None,
+        "frames": [{"sequence": f["sequence"], "capture_time_ms": f["capture_time_ms"], "url": base + f["name"]} for f in manifest.get("frames", [])],
+        "detections": snapshot.get("detections") if snapshot else None,
+    }
+
+
+async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterator[bytes]:
+    """Relay the live channel to one dashboard, only what its user may see; a comment keeps proxies open."""
+    client = aioredis.Redis.from_url(hq.redis_url)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(LIVE_CHANNEL)
+        yield b": connected\n\n"
+        last_ping = time.monotonic()
+        while not await request.is_disconnected():
+            if time.monotonic() - last_ping >= hq.ping_s:
+                # On a clock, busy or not: a feed outlives neither its session nor its user.
+                last_ping = time.monotonic()
+                if await asyncio.to_thread(hq.directory.principal, session_token(request)) is None:
+                    yield b"event: expired\ndata: {}\n\n"
+                    return
+                yield b": ping\n\n"
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            event = json.loads(message["data"])
+            if not who.may_see(event.get("store_id", "")):
+                continue  # most messages of a chain: not even a lookup
+            view = await asyncio.to_thread(hq.alerts.view, event["alert_id"])
+            if view is None or not who.may_see(view["store_id"]):
+                continue
+            data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
+            yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
