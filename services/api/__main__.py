@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -22,8 +21,6 @@ import uvicorn
 import yaml
 from confluent_kafka import Producer
 from pydantic import Field, SecretStr, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import PydanticBaseSettingsSource
 
 from services.api.alerts import AlertStore, rebuild
 from services.api.app import create_app
@@ -40,7 +37,7 @@ from services.shared import topics
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging, logging_dict_config
 from services.shared.riskmodel import load_latest
-from services.shared.settings import EvidenceSettings, SettingsError, load_settings
+from services.shared.settings import EvidenceSettings, FileNamedByEnvSource, SettingsError, load_settings
 from services.shared.storeconfig import StoreConfig, load_store_config
 
 
@@ -60,19 +57,15 @@ class _Server(uvicorn.Server):
 _SECRETS_FILE_FIELDS = MappingProxyType({"shopify_secrets": "api_shopify_secrets", "square_signature_key": "api_square_signature_key"})
 
 
-class PosSecretsFile(PydanticBaseSettingsSource):
+class PosSecretsFile(FileNamedByEnvSource):
     """The POS webhook secrets from a YAML file (SW_API_POS_SECRETS_FILE, e.g. a mounted Secret):
     `shopify_secrets: {shop domain: secret}` and `square_signature_key`. Environment variables win."""
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+    env_var = "SW_API_POS_SECRETS_FILE"
 
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("SW_API_POS_SECRETS_FILE")
-        if not path:
-            return {}
+    def values_from(self, path: Path) -> dict[str, Any]:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise SettingsError(f"invalid setting SW_API_POS_SECRETS_FILE: cannot read {path} ({exc})") from None
         unknown = sorted(set(data) - set(_SECRETS_FILE_FIELDS)) if isinstance(data, dict) else ["(not a mapping)"]
@@ -159,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             evidence=evidence, producer=producer, redis=redis_client, redis_url=settings.redis_url.get_secret_value(), cookie_secure=settings.api_cookie_secure,
             ping_s=settings.api_live_ping_s)
     stop = threading.Event()
-    loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS, topics.FEEDBACK], store.handle, stop_event=stop)
-    store.loop = loop
+    # The api reads what others own: poison alerts and verdicts are passed over, not dead-lettered.
+    loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, settings.api_group_id, [topics.ALERTS, topics.FEEDBACK], store.handle,
+                       dead_letters=(), stop_event=stop)
     # Return authorization: its own consumer group projects sw.pos.v1 into Redis for the till's question.
     history = PosHistory(redis_client, config)
     history_loop = ConsumeLoop("api", settings.kafka_bootstrap_servers, f"{settings.api_group_id}-history", [topics.POS], history.handle,
-                               batch_size=256, stop_event=stop)
-    history.loop = history_loop
+                               dead_letters=(), batch_size=256, stop_event=stop)
     returns_model = load_latest(settings.api_models_dir, "return")
     hq.returns = ReturnDesk(config, history, producer, returns_model)
     for kind, result in (("return", returns_model), ("triage", triage)):

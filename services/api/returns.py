@@ -45,7 +45,7 @@ from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.return_decision_pb2 import ReturnDecision, ReturnOutcome, ReturnReason
-from services.shared.kafka import ConsumeLoop, Output, RetryableError
+from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.returnpolicy import ALWAYS_WARN_WORDS, ReturnPolicy
 from services.shared.riskfeatures import NOT_APPLICABLE, RETURN_FEATURES, CameraView, EmployeeTransaction, OriginalSale, PastReturn, ReturnContext, return_features
 from services.shared.riskmodel import LoadResult, RiskModel
@@ -105,7 +105,6 @@ class PosHistory:
         self.config = config
         self.keep_ms = int(keep_days * DAY_MS)
         self.employee_tokens = config.employee_tokens()
-        self.loop: ConsumeLoop | None = None
 
     def record(self, events: list[PosEvent]) -> None:
         """Idempotent: an entry is its event's JSON, so a replayed event adds nothing."""
@@ -130,20 +129,19 @@ class PosHistory:
                 pipe.set(sale_key(event.store_id, event.transaction_id), sale, px=self.keep_ms)
         pipe.execute()
 
-    def handle(self, messages: list[Message]) -> list[Output]:
-        """The consumer's batch; a poison event is skipped (the correlator keeps sw.pos.v1's DLQ)."""
-        assert self.loop is not None
-        events = []
+    def handle(self, messages: list[Message]) -> Outcome:
+        """The consumer's batch; a poison event is passed over (the correlator keeps sw.pos.v1's DLQ)."""
+        events, outcome = [], Outcome()
         for msg in messages:
             try:
                 events.append(decode(PosEvent, msg.value(), required=("event_id", "store_id", "event_time_ms")))
             except PoisonMessage as exc:
-                self.loop.skip(msg, str(exc))
+                outcome.poison.append(Poison(msg, str(exc)))
         try:
             self.record(events)
         except redis.RedisError as exc:
             raise RetryableError(f"redis: {exc}") from None
-        return []
+        return outcome
 
     def context(self, event: PosEvent, timezone: str, camera: CameraView) -> ReturnContext:
         """The return's ReturnContext, in one pipeline; the assessed event itself is left out of its history."""
