@@ -136,9 +136,11 @@ class _Tracks:
         """The tracker forgets a track unseen for TRACK_LOST_MS: seen again, its visits start afresh."""
         self.zones.keep_only({_visit_key(kind, track) for (kind, track), last in self.last_seen.items() if now - last <= TRACK_LOST_MS})
 
-    def sighting(self, kind: str, track: int, score: float, zones: VisitedZones, start_ms: int) -> Sighting:
-        entered = {zone: start_ms + round(t * 1000) for zone, t in zones.items()} if isinstance(zones, dict) else {}
-        return Sighting(_visit_key(kind, track), kind == "person", score, list(zones), entered_ms=entered)
+
+def _sighting(kind: str, track: int, score: float, zones: VisitedZones, start_ms: int) -> Sighting:
+    """A scripted person or object as a tracked sighting; zones given with times say when it entered them."""
+    entered = {zone: start_ms + round(t * 1000) for zone, t in zones.items()} if isinstance(zones, dict) else {}
+    return Sighting(_visit_key(kind, track), kind == "person", score, list(zones), entered_ms=entered)
 
 
 def _visit_key(kind: str, track: int) -> int:
@@ -197,8 +199,8 @@ def frame_messages(sc: Scenario, config: StoreConfig) -> Iterator[tuple[bool, in
                 for z in camera.zones:
                     analysis.zones.add(zone_id=z.id, kind=z.kind)
                 tracks.lose_unseen(now)
-                sightings = [tracks.sighting("object", o.track, o.score, o.zones, sc.start_ms) for o in segment.objects]
-                sightings += [tracks.sighting("person", p.track, p.score, p.zones, sc.start_ms) for p in segment.persons]
+                sightings = [_sighting("object", o.track, o.score, o.zones, sc.start_ms) for o in segment.objects]
+                sightings += [_sighting("person", p.track, p.score, p.zones, sc.start_ms) for p in segment.persons]
                 placed = tracks.zones.fill(analysis, sightings, now)
                 bags = []
                 for obj, visits in zip(segment.objects, placed[:len(segment.objects)], strict=True):
