@@ -11,17 +11,16 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from confluent_kafka import Consumer
 
 from devplatform import samplestore
 from devplatform.devusers import dev_credentials, dev_pos_key
 from devplatform.expected import REFUND_EXPECTED_NOTE, DemoExpectation, expect
+from devplatform.kafkatools import TopicReader
 from devplatform.launcher import ROOT, LaunchError, Platform
 from services.correlator.rules import REFUND_WITHOUT_CUSTOMER
 from services.shared import topics
@@ -100,19 +99,10 @@ class DemoResult:
 
 
 def first_frame_time(bootstrap: str, camera_id: str, timeout_s: float = 60.0) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"sw-demo-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topics.FRAMES])
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error() or msg.key() != camera_id.encode():
-                continue
-            frame = Frame.FromString(msg.value())
-            if frame.sequence == 0:
-                return frame.capture_time_ms
-    finally:
-        consumer.close()
+    reader = TopicReader(bootstrap, [topics.FRAMES], lambda msg: Frame.FromString(msg.value()))
+    first = reader.first(lambda frame: frame.camera_id == camera_id and frame.sequence == 0, timeout_s)
+    if first is not None:
+        return first.capture_time_ms
     raise LaunchError(f"demo: no first frame from camera {camera_id} on {topics.FRAMES} within {timeout_s:.0f}s (see var/run/logs/ingest.log)")
 
 

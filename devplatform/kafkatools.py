@@ -152,6 +152,26 @@ class TopicReader(Generic[T]):
             self._close()
         return self.received()
 
+    @property
+    def at_end(self) -> bool:
+        """Every partition was read up to its end (as it was when reached)."""
+        return not self._not_at_end
+
+    def first(self, match: Callable[[T], bool], timeout_s: float) -> T | None:
+        """The first message read that `match`es, reading for timeout_s at most (None then); then close."""
+        deadline, seen = time.monotonic() + timeout_s, 0
+        try:
+            while time.monotonic() < deadline:
+                self._poll(0.2)
+                with self._lock:
+                    new, seen = self._received[seen:], len(self._received)
+                for item in new:
+                    if match(item):
+                        return item
+        finally:
+            self._close()
+        return None
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._read_until_stopped, daemon=True, name="topic-reader")
         self._thread.start()
@@ -186,10 +206,10 @@ class Worker:
 
     @classmethod
     def start(cls, platform: Platform, name: str, argv: list[str], env: dict[str, str]) -> Worker:
-        return cls(platform, name, platform._spawn(name, argv, env))
+        return cls(platform, name, platform.spawn(name, argv, env))
 
     def tail(self, lines: int = 25) -> str:
-        return self.platform._tail(self.name, lines)
+        return self.platform.tail(self.name, lines)
 
     def check(self, what: str) -> None:
         """Raise WorkerExited, with its exit code and last log lines, if the worker no longer runs."""

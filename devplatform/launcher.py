@@ -125,6 +125,20 @@ def http_ready(url: str) -> bool:
         return False
 
 
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process of ours: this one's, unbuffered, quiet TensorFlow, no GPU."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(extra or {})}
+
+
+def spawn_logged(argv: list[str], log_path: Path, env: dict[str, str] | None = None, own_session: bool = False) -> subprocess.Popen:
+    """A child process of ours, run from the project's root: its output appended to `log_path`, no
+    standard input, no GPU, unbuffered. In its own session it outlives a terminal's Ctrl-C and is
+    stopped by PID."""
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(argv, cwd=ROOT, env=child_env(env), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=own_session)
+
 @dataclass
 class Platform:
     """What `up` started; serialised to the runtime file."""
@@ -168,12 +182,11 @@ class Platform:
 
     # ---- starting ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a component (its log in the platform's log folder), recorded so that `down` stops it by PID."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-        with log_path.open("ab") as log_file:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = spawn_logged(argv, log_path, env, own_session=True)
         self.components[name] = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "log": str(log_path), "argv": argv}
         self.save()
         return proc
@@ -182,13 +195,13 @@ class Platform:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise LaunchError(f"{name} exited with code {proc.returncode} before it was ready; last log lines:\n{self._tail(name)}")
+                raise LaunchError(f"{name} exited with code {proc.returncode} before it was ready; last log lines:\n{self.tail(name)}")
             if check():
                 return
             time.sleep(0.2)
-        raise LaunchError(f"{name} did not become ready ({what}) within {self.ready_timeout_s:.0f}s; last log lines:\n{self._tail(name)}")
+        raise LaunchError(f"{name} did not become ready ({what}) within {self.ready_timeout_s:.0f}s; last log lines:\n{self.tail(name)}")
 
-    def _tail(self, name: str, lines: int = 15) -> str:
+    def tail(self, name: str, lines: int = 15) -> str:
         path = self.log_dir / f"{name}.log"
         if not path.exists():
             return "(no log)"
@@ -234,7 +247,7 @@ class Platform:
         bootstrap = ",".join(node.address for node in nodes)
         for node in nodes:
             name = self.broker_name(node.node_id)
-            self._spawn(name, kafka.broker_argv(node))
+            self.spawn(name, kafka.broker_argv(node))
             self.components[name].update(bootstrap_servers=bootstrap, address=node.address, node_id=node.node_id, folder=str(node.folder))
         self.env["SW_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         self.save()
@@ -288,11 +301,11 @@ class Platform:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if not is_ours(comp):
-                raise LaunchError(f"{name} exited before it was ready; last log lines:\n{self._tail(name)}")
+                raise LaunchError(f"{name} exited before it was ready; last log lines:\n{self.tail(name)}")
             if answers():
                 return
             time.sleep(0.2)
-        raise LaunchError(f"{name} did not answer on {comp['address']} within {self.ready_timeout_s:.0f}s; last log lines:\n{self._tail(name)}")
+        raise LaunchError(f"{name} did not answer on {comp['address']} within {self.ready_timeout_s:.0f}s; last log lines:\n{self.tail(name)}")
 
     def kill_component(self, name: str) -> None:
         """SIGKILL, as a crash or a pulled plug: no flush, no controlled shutdown."""
@@ -310,7 +323,7 @@ class Platform:
         if is_ours(comp):
             raise LaunchError(f"{name} is still running (pid {comp['pid']})")
         kept = {key: comp[key] for key in ("bootstrap_servers", "address", "node_id", "folder")}
-        self._spawn(name, comp["argv"])
+        self.spawn(name, comp["argv"])
         self.components[name].update(kept)
         self.save()
         self._wait_for_node(name)
@@ -321,7 +334,7 @@ class Platform:
             raise LaunchError("redis: the redis-server binary is not installed; run `make setup` (apt-get install redis-server)")
         port = free_port()
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir), "--daemonize", "no"]
-        proc = self._spawn("redis", argv)
+        proc = self.spawn("redis", argv)
 
         def pong() -> bool:
             try:
@@ -342,7 +355,7 @@ class Platform:
         ready = self._ready_file("modelserver")
         argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(config_file),
                 "--models-dir", str(self.models_dir), "--port", str(self.model_server_port or free_port()), "--poll-seconds", str(self.model_poll_s), "--ready-file", str(ready)]
-        proc = self._spawn("modelserver", argv)
+        proc = self.spawn("modelserver", argv)
         self._wait("modelserver", proc, ready.exists, "models loaded")
         info = json.loads(ready.read_text())
         self.components["modelserver"].update(address=info["address"], models=info["models"])
@@ -360,7 +373,7 @@ class Platform:
         # A fresh shared secret per start: the notifier signs with it, the sink verifies.
         self.env["SW_DEV_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
         argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), f"--secret={self.env['SW_DEV_WEBHOOK_SECRET']}"]
-        proc = self._spawn("webhook-sink", argv)
+        proc = self.spawn("webhook-sink", argv)
         self._wait("webhook-sink", proc, ready.exists, "listening")
         info = json.loads(ready.read_text())
         self.components["webhook-sink"].update(url=info["url"], ntfy=info["ntfy"], record=str(record))
@@ -403,7 +416,7 @@ class Platform:
             env["SW_INGEST_PACE"] = self.ingest_pace
         if name == "notifier":
             env["SW_NOTIFIER_ROUTING_FILE"] = str(self._dev_routing())
-        proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+        proc = self.spawn(name, [sys.executable, "-m", f"services.{name}"], env)
         url = f"http://127.0.0.1:{port}/readyz"
         self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
         self.components[name].update(http=f"http://127.0.0.1:{port}")

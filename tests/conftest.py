@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from devplatform.launcher import Platform, free_port, http_ready, pid_alive, stop_pid
+from devplatform.launcher import Platform, child_env, free_port, http_ready, pid_alive, spawn_logged, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+BASE_ENV = child_env()
 
 
 @dataclass
@@ -58,9 +58,7 @@ class Proc:
 
 def _spawn(name: str, argv: list[str], tmp_path: Path, env: dict | None = None) -> Proc:
     log = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    with log.open("wb") as fh:
-        popen = subprocess.Popen(argv, cwd=ROOT, env={**BASE_ENV, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Proc(name, popen, log)
+    return Proc(name, spawn_logged(argv, log, env), log)
 
 
 def wait_for(check, timeout: float, what: str, proc: Proc | None = None):
@@ -367,23 +365,22 @@ def camera_servers(tmp_path):
         assert not pid_alive(proc.popen.pid)
 
 
-def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 15.0, idle: float = 2.0):
-    """Read a topic from the beginning with a fresh group until `expect` messages or `idle` seconds of quiet."""
-    from confluent_kafka import Consumer
+def consume_all(bootstrap: str, topic: str, expect: int | None = None, timeout: float = 15.0, idle: float = 2.0) -> list:
+    """Read a topic from the beginning until `expect` messages, or (no `expect`) `idle` seconds of quiet
+    after the last one (`idle` + 3 while none came): a message still on its way is waited for."""
+    from devplatform.kafkatools import TopicReader
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    messages, deadline, last = [], time.monotonic() + timeout, time.monotonic()
+    reader = TopicReader(bootstrap, [topic], lambda msg: msg)
+    reader.start()
+    began, deadline = time.monotonic(), time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                messages.append(msg)
-                last = time.monotonic()
-                if expect is not None and len(messages) >= expect:
-                    break
-            elif (expect is None and messages and time.monotonic() - last > idle) or (expect is None and not messages and time.monotonic() - last > idle + 3):
+            messages = reader.received()
+            if expect is not None and len(messages) >= expect:
+                return messages[:expect]
+            if expect is None and time.monotonic() - (reader.last_received if messages else began) > (idle if messages else idle + 3):
                 break
+            time.sleep(0.05)
     finally:
-        consumer.close()
-    return messages
+        reader.stop()
+    return reader.received()

@@ -231,7 +231,7 @@ def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: fl
         code = 2
     except RuntimeError as exc:
         echo(f"failed: {exc}")
-        tail = platform._tail("correlator") if "correlator" in platform.components else ""
+        tail = platform.tail("correlator") if "correlator" in platform.components else ""
         if tail:
             echo(f"  correlator log (last lines):\n{tail}")
         code = 1

@@ -31,7 +31,6 @@ import platform
 import shutil
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -161,44 +160,23 @@ def _read_jsonl(path: Path) -> HqRecords:
 
 
 def _read_topic(bootstrap: str, topic: str, message_type: type[Message], timeout_s: float = 60.0) -> tuple[list[Any], int]:
-    """Every message of a topic from the beginning to its end now (a fresh group, nothing committed)."""
-    from confluent_kafka import Consumer, KafkaError
-
+    """Every message of a topic from the beginning to its end now (nothing committed), and how many
+    could not be read."""
+    from devplatform.kafkatools import TopicReader
     from services.shared.serde import PoisonMessage, decode
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"sw-train-risk-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    consumer.subscribe([topic])
-    messages: list[Any] = []
-    bad = 0
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            assigned = {tp.partition for tp in consumer.assignment()}
-            if msg is None:
-                if assigned and at_end >= assigned:
-                    break
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition() or 0)
-                    if assigned and at_end >= assigned:
-                        break
-                    continue
-                raise RuntimeError(f"reading {topic} from {bootstrap}: {error}")
-            at_end.discard(msg.partition() or 0)
-            try:
-                messages.append(decode(message_type, msg.value()))
-            except PoisonMessage:
-                bad += 1
-        else:
-            raise TimeoutError(f"reading {topic} from {bootstrap}: not at its end after {timeout_s:.0f}s")
-    finally:
-        consumer.close()
-    return messages, bad
+    def parse(msg: Any) -> Any:
+        try:
+            return decode(message_type, msg.value())
+        except PoisonMessage:
+            return None
+
+    reader = TopicReader(bootstrap, [topic], parse)
+    read = reader.read_to_end(timeout_s)
+    if not reader.at_end:
+        raise TimeoutError(f"reading {topic} from {bootstrap}: not at its end after {timeout_s:.0f}s")
+    messages = [m for m in read if m is not None]
+    return messages, len(read) - len(messages)
 
 
 def read_source(source: str, topic: str) -> HqRecords:

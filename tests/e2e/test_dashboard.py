@@ -15,18 +15,17 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import pytest
-from confluent_kafka import Consumer
 
 from devplatform import samplestore
 from devplatform.demo import SAMPLE_DIR, first_frame_time, replay_pos_script
 from devplatform.devusers import dev_credentials, dev_pos_key
 from devplatform.expected import expect, store_config_for_the_moment
+from devplatform.kafkatools import TopicReader
 from devplatform.launcher import ROOT, Platform, free_port
 from services.shared import topics
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -48,20 +47,10 @@ def artifacts_dir(tmp_path: Path) -> Path:
 
 def feedback_for(bootstrap: str, alert_id: str, timeout_s: float) -> Feedback:
     """The first Feedback on sw.feedback.v1 for this alert (read from the beginning, fresh group)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-dashboard-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topics.FEEDBACK])
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            feedback = Feedback.FromString(msg.value())
-            if feedback.alert_id == alert_id:
-                return feedback
-    finally:
-        consumer.close()
+    reader = TopicReader(bootstrap, [topics.FEEDBACK], lambda msg: Feedback.FromString(msg.value()))
+    feedback = reader.first(lambda f: f.alert_id == alert_id, timeout_s)
+    if feedback is not None:
+        return feedback
     raise AssertionError(f"no feedback for {alert_id} on {topics.FEEDBACK} within {timeout_s:.0f}s")
 
 
