@@ -69,10 +69,10 @@ models: setup ## Train and export the models the sample store needs into models/
 eval-anomaly: setup ## Train the anomaly CNN on UCSD Ped2 and print its frame AUCs on the labelled test clips (ARGS="--data DIR --epochs N")
 	$(PY) -m modeling.evaluate_anomaly $(ARGS)
 
-eval-detector: setup ## Precision, recall and latency of the person detectors (HOG, NanoDet) on hand-labelled real frames (ARGS="--tiles 2x2")
+eval-detector: setup ## Precision, recall and latency of the person detectors (HOG, NanoDet; YOLO11n-pose with --yolo11n-pose) on hand-labelled real frames (ARGS="--tiles 2x2 --yolo11n-pose")
 	$(PY) -m modeling.evaluate_detector $(ARGS)
 
-eval-tracking: setup ## Id switches and zone occupancy against the sample clip's ground truth, through inference's detector stage
+eval-tracking: setup ## Id switches and zone occupancy on a hand-labelled real clip (plaza) and the sample clip, through inference's detector stage
 	$(PY) -m modeling.evaluate_tracking $(ARGS)
 
 train-risk: setup ## Train the return-risk and alert-triage RandomForests into models/risk/ (ARGS="--alerts-from X --verdicts-from Y": HQ's verdicts too)
