@@ -371,8 +371,8 @@ class Platform:
         record = self.run_dir / "webhook-deliveries.jsonl"
         record.unlink(missing_ok=True)
         # A fresh shared secret per start: the notifier signs with it, the sink verifies.
-        self.env["SW_DEV_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
-        argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), f"--secret={self.env['SW_DEV_WEBHOOK_SECRET']}"]
+        self.env["SW_ROUTING_DEV_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
+        argv = [sys.executable, "-m", "devplatform.webhooksink", "--record", str(record), "--ready-file", str(ready), f"--secret={self.env['SW_ROUTING_DEV_WEBHOOK_SECRET']}"]
         proc = self.spawn("webhook-sink", argv)
         self._wait("webhook-sink", proc, ready.exists, "listening")
         info = json.loads(ready.read_text())
@@ -388,7 +388,7 @@ class Platform:
             "dashboard_url": f"http://127.0.0.1:{self.api_port}",
             "recipients": {
                 "officer": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-officer"}, {"type": "log"}]},
-                "hq": {"contacts": [{"type": "webhook", "name": "webhook-sink", "url": sink["url"], "secret": "${SW_DEV_WEBHOOK_SECRET}"}]},
+                "hq": {"contacts": [{"type": "webhook", "name": "webhook-sink", "url": sink["url"], "secret": "${SW_ROUTING_DEV_WEBHOOK_SECRET}"}]},
                 "manager": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-manager"}]},
             },
             "routes": [{"name": "every-alert", "levels": [{"notify": ["officer", "hq"]}, {"after_min": 10, "notify": ["manager"]}]}],

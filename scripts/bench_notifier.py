@@ -81,7 +81,7 @@ class Bench:
             step()
         sink = self.platform.components["webhook-sink"]
         self.sink_url, self.record = sink["url"], Path(sink["record"])
-        routing = {"recipients": {"hq": {"contacts": [{"type": "webhook", "name": "hook", "url": self.sink_url, "secret": "${SW_DEV_WEBHOOK_SECRET}"}]},
+        routing = {"recipients": {"hq": {"contacts": [{"type": "webhook", "name": "hook", "url": self.sink_url, "secret": "${SW_ROUTING_DEV_WEBHOOK_SECRET}"}]},
                                   "officer": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-officer"}]}},
                    "routes": [{"name": "all", "levels": [{"notify": ["officer", "hq"]}]}],
                    "limits": {"max_per_window": 1_000_000}}
@@ -181,7 +181,7 @@ def main() -> int:
     try:
         bench.start()
         # The limit first; what it posted is discarded from the record.
-        limit = bare_posts(bench.sink_url, bench.platform.env["SW_DEV_WEBHOOK_SECRET"], min(args.burst, 1000))
+        limit = bare_posts(bench.sink_url, bench.platform.env["SW_ROUTING_DEV_WEBHOOK_SECRET"], min(args.burst, 1000))
         bench.record.unlink(missing_ok=True)
 
         log(f"burst: {args.burst} alerts at once")
