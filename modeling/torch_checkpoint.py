@@ -6,14 +6,20 @@ GB with the CUDA libraries PyPI's wheel pulls in), and unpickling with it would 
 callables the file names. This reader allows a short list of harmless callables (containers, the
 tensor and parameter rebuilders); every other class the pickle names becomes a `PickledObject`
 that only records its name and state. Tensors become numpy arrays.
+
+Every number the file gives about memory is checked before numpy sees it: each storage entry's byte
+length against the element count the pickle declares, and each tensor's offset, sizes and strides
+against its storage (a crafted file could otherwise make numpy read outside the storage's buffer).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,13 @@ _STORAGE_DTYPES = {"HalfStorage": np.float16, "FloatStorage": np.float32, "Doubl
                    "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
 _SAFE_BUILTINS = {("collections", "OrderedDict"): collections.OrderedDict, ("builtins", "set"): set, ("__builtin__", "set"): set,
                   ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice}
+# numpy 1.x's limit; a model's tensors have four dimensions at most.
+_MAX_DIMS = 32
+# Sizes and strides beyond this are never real (2**48 elements is 256 TiB of bytes).
+_MAX_EXTENT = 1 << 48
+# A tensor may hold more elements than its storage only where a stride is 0 (an expanded tensor);
+# the copy made of one is capped so that a crafted size cannot ask for unbounded memory.
+_MAX_EXPANDED_BYTES = 1 << 30
 
 
 class CheckpointError(ValueError):
@@ -75,13 +88,53 @@ class _StorageType:
         self.dtype = _STORAGE_DTYPES[name]
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
-    if not size:
-        return storage[offset].copy()
-    if int(np.prod(size)) == 0:
-        return np.zeros(size, storage.dtype)
-    strides = tuple(s * storage.itemsize for s in stride)
-    return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size), strides=strides).copy()
+class _Storage:
+    """One storage of the archive: its key under data/ and its elements (1-D, read-only)."""
+
+    def __init__(self, key: str, data: np.ndarray) -> None:
+        self.key = key
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<storage {self.key} ({self.data.size} x {self.data.dtype})>"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_EXTENT
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> Any:
+    """A tensor as numpy, after checking that its offset, sizes and strides stay inside its storage."""
+    if not isinstance(storage, _Storage):
+        raise CheckpointError(f"a tensor's storage is {type(storage).__name__}, not tensor data from the archive")
+    data = storage.data
+    where = f"tensor on storage {storage.key!r} ({data.size} elements of {data.dtype})"
+    if not _is_count(offset):
+        raise CheckpointError(f"{where}: storage offset {offset!r} is not an integer in 0..{_MAX_EXTENT}")
+    if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
+        raise CheckpointError(f"{where}: size {size!r} and stride {stride!r} are not sequences")
+    if len(size) > _MAX_DIMS or len(size) != len(stride):
+        raise CheckpointError(f"{where}: {len(size)} sizes and {len(stride)} strides (at most {_MAX_DIMS} dimensions, one stride each)")
+    if not all(_is_count(n) for n in size) or not all(_is_count(s) for s in stride):
+        raise CheckpointError(f"{where}: size {tuple(size)!r} or stride {tuple(stride)!r} holds something other than integers in 0..{_MAX_EXTENT}")
+    shape, steps = tuple(size), tuple(stride)
+    numel = math.prod(shape)
+    if numel == 0:
+        if offset > data.size:
+            raise CheckpointError(f"{where}: storage offset {offset} lies past the storage's end")
+        if math.prod(n for n in shape if n) > _MAX_EXTENT:
+            raise CheckpointError(f"{where}: size {shape} is larger than any array")
+        return np.zeros(shape, data.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(shape, steps, strict=True))
+    if last >= data.size:
+        raise CheckpointError(f"{where}: size {shape} with stride {steps} from offset {offset} reaches element {last}, "
+                              f"past the storage's last element {data.size - 1}")
+    if numel * data.itemsize > max(data.nbytes, _MAX_EXPANDED_BYTES):
+        raise CheckpointError(f"{where}: size {shape} with stride {steps} repeats its storage into {numel} elements, more than this reader copies")
+    if not shape:
+        return data[offset].copy()
+    byte_strides = tuple(s * data.itemsize if n > 1 else 0 for n, s in zip(shape, steps, strict=True))
+    return np.lib.stride_tricks.as_strided(data[offset:], shape=shape, strides=byte_strides, writeable=False).copy()
 
 
 def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
@@ -105,15 +158,28 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(name)
         return type(name, (PickledObject,), {"qualname": f"{module}.{name}"})
 
-    def persistent_load(self, pid: Any) -> np.ndarray:
+    def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise CheckpointError(f"unsupported persistent id {pid!r}")
-        _, storage_type, key, _location, _numel = pid
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(key, str):
+            raise CheckpointError(f"tensor storage key {key!r} is not a string")
+        if not _is_count(numel):
+            raise CheckpointError(f"tensor data {key}: element count {numel!r} is not an integer in 0..{_MAX_EXTENT}")
+        name = f"{self.prefix}/data/{key}"
         try:
-            raw = self.archive.read(f"{self.prefix}/data/{key}")
+            entry = self.archive.getinfo(name)
         except KeyError as exc:
             raise CheckpointError(f"tensor data {key} is missing from the archive") from exc
-        return np.frombuffer(raw, dtype=storage_type.dtype)
+        itemsize = np.dtype(storage_type.dtype).itemsize
+        if entry.file_size != numel * itemsize:
+            raise CheckpointError(f"tensor data {key}: the archive holds {entry.file_size} bytes, the checkpoint declares {numel} elements "
+                                  f"of {np.dtype(storage_type.dtype)} ({numel * itemsize} bytes)")
+        try:
+            raw = self.archive.read(entry)  # zipfile checks the length and CRC it reads against the entry's
+        except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError) as exc:
+            raise CheckpointError(f"tensor data {key} cannot be read from the archive: {exc}") from exc
+        return _Storage(key, np.frombuffer(raw, dtype=storage_type.dtype))
 
 
 def read_checkpoint(path: Path) -> Any:

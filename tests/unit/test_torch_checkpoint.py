@@ -3,6 +3,8 @@ rebuilt in TensorFlow (NHWC) compute what the PyTorch originals (NCHW) compute."
 
 import collections
 import pickle
+import re
+import subprocess
 import sys
 import types
 import zipfile
@@ -15,8 +17,9 @@ from modeling.torch_checkpoint import CheckpointError, PickledObject, read_check
 
 
 class _Storage:
-    def __init__(self, key: str, data: np.ndarray) -> None:
+    def __init__(self, key: str, data: np.ndarray, numel: int | None = None) -> None:
         self.key, self.data = key, data
+        self.numel = data.size if numel is None else numel  # the element count the pickle declares
 
 
 def _fake_torch(monkeypatch) -> dict:
@@ -43,7 +46,7 @@ def _write_checkpoint(path: Path, obj, storages: list[_Storage], fake: dict, red
     class Writer(pickle.Pickler):
         def persistent_id(self, o):
             if isinstance(o, _Storage):
-                return ("storage", vars(fake["torch"])["HalfStorage"], o.key, "cpu", o.data.size)
+                return ("storage", vars(fake["torch"])["HalfStorage"], o.key, "cpu", o.numel)
             return None
 
         def reducer_override(self, o):
@@ -111,6 +114,77 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
         archive.writestr("a.txt", "x")
     with pytest.raises(CheckpointError, match=r"expected one \*/data.pkl"):
         read_checkpoint(tmp_path / "empty.pt")
+
+
+# A crafted file must get a clear error, never a read outside the storage: the reader runs in a child
+# process, so that a segfault fails the test instead of ending pytest.
+_READ_IN_A_CHILD = """
+import sys
+from modeling.torch_checkpoint import CheckpointError, read_checkpoint
+try:
+    read_checkpoint(sys.argv[1])
+except CheckpointError as exc:
+    print(exc)
+    sys.exit(3)
+print("read without an error")
+"""
+
+
+def _crafted(tmp_path: Path, monkeypatch, offset, size, stride, storage: _Storage | None = None) -> Path:
+    fake = _fake_torch(monkeypatch)
+    storage = storage or _Storage("0", np.arange(12, dtype=np.float16))
+    tensor = object()
+    _write_checkpoint(tmp_path / "crafted.pt", {"weight": tensor}, [storage], fake, {id(tensor): (storage, offset, size, stride)})
+    monkeypatch.undo()
+    return tmp_path / "crafted.pt"
+
+
+def _error_read_in_a_child(path: Path) -> str:
+    child = subprocess.run([sys.executable, "-c", _READ_IN_A_CHILD, str(path)], capture_output=True, text=True, timeout=120,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == 3, f"the reader ended with {child.returncode} (negative: killed by that signal): {child.stdout}{child.stderr[-2000:]}"
+    return child.stdout
+
+
+@pytest.mark.parametrize(("offset", "size", "stride", "reason"), [
+    (0, (1 << 20, 64), (1 << 20, 1), r"size \(1048576, 64\) with stride \(1048576, 1\) from offset 0 reaches element 1099510579263, past the storage's last element 11"),
+    (8, (2, 3), (3, 1), r"from offset 8 reaches element 13, past the storage's last element 11"),
+    (1 << 40, (), (), r"from offset 1099511627776 reaches element 1099511627776"),
+    (0, (3,), (-1,), r"stride \(-1,\) holds something other than integers"),
+    (0, (-2, 3), (3, 1), r"size \(-2, 3\) .* holds something other than integers"),
+    (0, (2,), (1.5,), r"holds something other than integers"),
+    (-4, (2,), (1,), r"storage offset -4 is not an integer"),
+    (0, (2, 3), (3,), r"2 sizes and 1 strides"),
+    (0, (1,) * 40, (1,) * 40, r"40 sizes and 40 strides \(at most 32 dimensions"),
+    (0, (1 << 47,), (0,), r"repeats its storage into 140737488355328 elements"),
+], ids=["far-past-the-end", "rows-past-the-end", "scalar-past-the-end", "negative-stride", "negative-size", "float-stride",
+        "negative-offset", "fewer-strides", "too-many-dims", "expanded-beyond-any-memory"])
+def test_a_tensor_reaching_outside_its_storage_is_a_clear_error_not_a_crash(tmp_path, monkeypatch, offset, size, stride, reason):
+    message = _error_read_in_a_child(_crafted(tmp_path, monkeypatch, offset, size, stride))
+    assert "tensor on storage '0' (12 elements of float16)" in message
+    assert re.search(reason, message), message
+
+
+def test_a_storage_shorter_than_it_declares_is_refused_by_key(tmp_path, monkeypatch):
+    short = _Storage("7", np.arange(3, dtype=np.float16), numel=1 << 30)  # 6 bytes in the archive, 2 GiB declared
+    message = _error_read_in_a_child(_crafted(tmp_path, monkeypatch, 0, (1 << 30,), (1,), storage=short))
+    assert "tensor data 7: the archive holds 6 bytes, the checkpoint declares 1073741824 elements of float16 (2147483648 bytes)" in message
+
+
+def test_the_checks_leave_real_layouts_alone(tmp_path, monkeypatch):
+    """A size-1 dimension's stride is never used, an expanded (stride 0) tensor repeats its element,
+    and an empty tensor may start at the storage's end: all as PyTorch writes them."""
+    fake = _fake_torch(monkeypatch)
+    storage = _Storage("0", np.arange(12, dtype=np.float16))
+    column, expanded, empty, scalar = object(), object(), object(), object()
+    _write_checkpoint(tmp_path / "m.pt", {"column": column, "expanded": expanded, "empty": empty, "scalar": scalar}, [storage], fake,
+                      {id(column): (storage, 9, (3, 1), (1, 1000)), id(expanded): (storage, 11, (2, 3), (0, 0)),
+                       id(empty): (storage, 12, (0, 4), (4, 1)), id(scalar): (storage, 11, (), ())})
+    monkeypatch.undo()
+    checkpoint = read_checkpoint(tmp_path / "m.pt")
+    np.testing.assert_array_equal(checkpoint["column"], [[9], [10], [11]])
+    np.testing.assert_array_equal(checkpoint["expanded"], np.full((2, 3), 11, np.float16))
+    assert checkpoint["empty"].shape == (0, 4) and checkpoint["scalar"] == 11
 
 
 # --- the YOLO layers against NCHW references written the PyTorch way --------------------------------------------
