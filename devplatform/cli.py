@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("use a password of at least 12 characters")
             print(hash_password(password))
         elif args.command == "pos-keys":
-            from services.api.posgateway.keys import file_line, new_key
+            from services.pos.gateway.keys import file_line, new_key
             from services.shared.storeconfig import load_store_config
 
             unknown = sorted(set(args.store or []) - {s.id for s in load_store_config(args.store_config).stores})
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"stores not in {args.store_config}: {unknown}")
             key = new_key()
             print(f"key (shown once; give it to the POS system, as Authorization: Bearer <key>):\n  {key}")
-            print(f"line for the keys file (SW_API_POS_KEYS_FILE), under `keys:`:\n  {file_line(key, args.name, args.store or [])}")
+            print(f"line for the keys file (SW_POS_KEYS_FILE), under `keys:`:\n  {file_line(key, args.name, args.store or [])}")
         elif args.command == "demo":
             from devplatform.demo import report, run_demo
 

@@ -124,7 +124,7 @@ def post_as_a_till(url: str, body: dict, headers: dict[str, str], echo=print, gi
         time.sleep(float(response.headers.get("Retry-After", "1")))
 
 
-def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo=print, assessments: list[dict] | None = None) -> list[dict]:
+def replay_pos_script(pos: str, script: dict, anchor_ms: int, pos_key: str, echo=print, assessments: list[dict] | None = None) -> list[dict]:
     posted = []
     for event in script["events"]:
         at_ms = anchor_ms + int(event["offset_s"] * 1000)
@@ -136,16 +136,16 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo
                     event_time=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat())
         if event["type"] in ("refund", "return") and assessments is not None:
             # The till asks first, as the customer waits; then it rings the refund up.
-            answer = httpx.post(f"{api}/v1/returns/assess", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
+            answer = httpx.post(f"{pos}/v1/returns/assess", json=body, headers={"Authorization": f"Bearer {pos_key}"}, timeout=10)
             answer.raise_for_status()
             assessments.append(answer.json())
             decided = answer.json()
-            seen = {1.0: "yes", 0.0: "no"}
-            camera = (f"camera: customer {seen.get(decided['features']['customer_present'], 'cannot tell')}, "
-                      f"merchandise {seen.get(decided['features']['merchandise_present'], 'cannot tell')}")
+            seen = {True: "yes", False: "no"}
+            camera = (f"camera: customer {seen.get(decided['camera']['customer_present'], 'cannot tell')}, "
+                      f"merchandise {seen.get(decided['camera']['merchandise_present'], 'cannot tell')}")
             reasons = "; ".join(r["text"] for r in decided["reasons"][:2])
             echo(f"  till asks about {event['event_id']}: {decided['outcome'].upper()} (score {decided['score']:.2f}, {decided['scored_by']}, {camera}): {reasons}")
-        response = post_as_a_till(f"{api}/v1/pos/events", body, {"Authorization": f"Bearer {pos_key}"}, echo)
+        response = post_as_a_till(f"{pos}/v1/pos/events", body, {"Authorization": f"Bearer {pos_key}"}, echo)
         echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
         posted.append(body)
     return posted
@@ -154,7 +154,7 @@ def replay_pos_script(api: str, script: dict, anchor_ms: int, pos_key: str, echo
 def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> DemoResult:
     ensure_sample_assets(echo)
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
-    echo("Starting the local platform (dev broker, redis-server, model server, webhook sink, 6 services):")
+    echo("Starting the local platform (dev broker, redis-server, model server, webhook sink, 7 services):")
     platform.up(echo)
     result = DemoResult()
     try:
@@ -165,7 +165,7 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         result.expected = expect(load_store_config(platform.store_config), script, result.anchor_ms, samplestore.CLIP_SECONDS)
         echo(result.expected.describe())
         echo("Replaying the POS script:")
-        result.posted = replay_pos_script(api, script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo, result.assessments)
+        result.posted = replay_pos_script(comps["pos"]["http"], script, result.anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo, result.assessments)
         refunds = sum(1 for e in script["events"] if e["type"] in ("refund", "return"))
         clip_end = result.anchor_ms / 1000 + samplestore.CLIP_SECONDS
         deadline = max(time.time(), clip_end) + 90

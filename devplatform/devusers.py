@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from services.api.auth import hash_password
-from services.api.posgateway.keys import key_hash, new_key
+from services.pos.gateway.keys import key_hash, new_key
 
 USERS_FILE = "dev-users.yaml"
 CREDENTIALS_FILE = "dev-credentials.json"
@@ -63,7 +63,7 @@ def dev_pos_key(run_dir: Path, store_id: str) -> str:
 
 def write_dev_pos_secrets(run_dir: Path, shops: list[str]) -> Path:
     """Fresh webhook secrets (mode 600) for the store config's Shopify shops and for Square, as the
-    api's SW_API_POS_SECRETS_FILE; sign a request with them to try the webhook routes locally."""
+    api's SW_POS_SECRETS_FILE; sign a request with them to try the webhook routes locally."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / POS_SECRETS_FILE
     _write_private(path, {"shopify_secrets": {shop: secrets.token_urlsafe(24) for shop in shops}, "square_signature_key": secrets.token_urlsafe(24)})

@@ -1,7 +1,7 @@
 """The local platform launcher: start, check and stop everything, in order, by PID.
 
 `shrinkwatch dev up` starts Apache Kafka (KRaft), a real redis-server, the local model server, a webhook
-sink and the six services, waits for each to be ready before the next, and writes the addresses it
+sink and the seven services, waits for each to be ready before the next, and writes the addresses it
 chose to one runtime file (var/run/runtime.json) that services and tests read. Anything that fails
 to start (a taken port, a missing binary, a service that never gets ready) ends `up` with a message
 naming it, after stopping whatever had already been started.
@@ -29,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = ROOT / "var" / "run"
-SERVICES = ("correlator", "inference", "notifier", "recorder", "api", "ingest")
+SERVICES = ("correlator", "inference", "notifier", "recorder", "pos", "api", "ingest")
 
 
 class LaunchError(RuntimeError):
@@ -147,6 +147,8 @@ class Platform:
     store_config: Path = ROOT / "config" / "sample-store.yaml"
     models_dir: Path = ROOT / "models"
     api_port: int = 8080
+    # The store-facing service (POS gateway, return authorization at the till); 0 picks a free port.
+    pos_port: int = 0
     ingest_pace: str = "realtime"
     # 0 picks a free port; tests fix it to start a model server where a client already points.
     model_server_port: int = 0
@@ -398,14 +400,22 @@ class Platform:
         return path
 
     def start_service(self, name: str) -> None:
-        port = self.api_port if name == "api" else free_port()
-        env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(port), "SW_LOG_LEVEL": "INFO"}
+        """Start a service and wait for its /readyz. The api and pos serve their routes on a public
+        port and /metrics (and the OpenAPI document) on a health port of their own."""
+        public = {"api": "SW_API_PORT", "pos": "SW_POS_PORT"}
+        if name == "pos" and not self.pos_port:
+            self.pos_port = free_port()
+        port = self.api_port if name == "api" else self.pos_port if name == "pos" else free_port()
+        health_port = free_port() if name in public else port
+        env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(health_port), "SW_LOG_LEVEL": "INFO"}
+        if name in public:
+            env[public[name]] = str(port)
         if name == "api":
-            env["SW_API_PORT"] = str(port)
             env["SW_API_USERS_FILE"] = str(self.users_file or self._dev_users())
-            env["SW_API_POS_KEYS_FILE"] = str(self.pos_keys_file or self._dev_pos_keys())
-            env["SW_API_POS_SECRETS_FILE"] = str(self._dev_pos_secrets())
-            env["SW_API_SQUARE_NOTIFICATION_URL"] = f"http://127.0.0.1:{port}/v1/pos/webhooks/square"
+        if name == "pos":
+            env["SW_POS_KEYS_FILE"] = str(self.pos_keys_file or self._dev_pos_keys())
+            env["SW_POS_SECRETS_FILE"] = str(self._dev_pos_secrets())
+            env["SW_POS_SQUARE_NOTIFICATION_URL"] = f"http://127.0.0.1:{port}/v1/pos/webhooks/square"
         if name == "correlator":
             # Each `up` formats a new Kafka cluster, so tables kept on disk from an earlier run
             # would be ahead of their (now empty) changelogs, which Faust refuses at start.
@@ -419,7 +429,7 @@ class Platform:
         proc = self.spawn(name, [sys.executable, "-m", f"services.{name}"], env)
         url = f"http://127.0.0.1:{port}/readyz"
         self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
-        self.components[name].update(http=f"http://127.0.0.1:{port}")
+        self.components[name].update(http=f"http://127.0.0.1:{port}", health=f"http://127.0.0.1:{health_port}")
         self.save()
 
     def _dev_users(self) -> Path:

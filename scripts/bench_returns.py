@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from devplatform.launcher import Platform, free_port, http_ready, stop_pid  # noqa: E402
 from devplatform.progress import Progress  # noqa: E402
 from services.api.auth import hash_password  # noqa: E402
-from services.api.posgateway.keys import key_hash, new_key  # noqa: E402
-from services.api.returns import token_key  # noqa: E402
+from services.pos.gateway.keys import key_hash, new_key  # noqa: E402
+from services.pos.returns import token_key  # noqa: E402
 from services.shared import topics  # noqa: E402
 from services.shared.cameras import CAMERA_STATUS_HASH  # noqa: E402
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> int:
         users = run_dir / "users.yaml"
         users.write_text(yaml.safe_dump({"users": [{"username": "admin", "role": "admin", "password_hash": hash_password("bench-password")}]}))
         port = free_port()
-        env = {**os.environ, **platform.env, "SW_API_PORT": str(port), "SW_API_POS_KEYS_FILE": str(keys), "SW_API_USERS_FILE": str(users),
+        env = {**os.environ, **platform.env, "SW_API_PORT": str(port), "SW_POS_KEYS_FILE": str(keys), "SW_API_USERS_FILE": str(users),
                "SW_API_MODELS_DIR": str(run_dir / "none" if args.no_model else args.models_dir), "SW_EVIDENCE_URL": str(run_dir / "evidence"),
                "SW_LOG_LEVEL": "WARNING"}
         with (run_dir / "api.log").open("ab") as out:

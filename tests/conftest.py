@@ -37,6 +37,7 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     http: str = ""
+    health: str = ""
     killed: bool = False
 
     def kill(self) -> None:
@@ -310,11 +311,14 @@ def start_service(tmp_path, sample_assets):
     started: list[Proc] = []
 
     def start(name: str, env: dict[str, str], wait_ready: bool = True) -> Proc:
+        # The api and pos answer on a public port and serve /metrics and /openapi.json on a health port.
         port = free_port()
-        full_env = {"SW_STORE_CONFIG": str(sample_assets["store_config"]), "SW_HTTP_PORT": str(port), "SW_API_PORT": str(port),
-                    "SW_CORRELATOR_DATA_DIR": str(tmp_path / f"{name}-data"), **env}
+        health_port = free_port() if name in ("api", "pos") else port
+        full_env = {"SW_STORE_CONFIG": str(sample_assets["store_config"]), "SW_HTTP_PORT": str(health_port), "SW_API_PORT": str(port),
+                    "SW_POS_PORT": str(port), "SW_CORRELATOR_DATA_DIR": str(tmp_path / f"{name}-data"), **env}
         proc = _spawn(name, [sys.executable, "-m", f"services.{name}"], tmp_path, full_env)
         proc.http = f"http://127.0.0.1:{port}"
+        proc.health = f"http://127.0.0.1:{health_port}"
         started.append(proc)
         if wait_ready:
             wait_for(lambda: http_ready(proc.http + "/readyz"), 120, f"{name} /readyz", proc)

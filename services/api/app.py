@@ -1,4 +1,5 @@
-"""FastAPI app: the POS gateway (posgateway/: JSON, POSLog, Shopify, Square), the HQ API and the dashboard pages."""
+"""FastAPI app of the HQ api: alerts with evidence, verdicts, statistics, the live feed, users and
+audit, the tills' return decisions (read from Redis), and the dashboard pages."""
 
 from __future__ import annotations
 
@@ -6,22 +7,20 @@ import asyncio
 from collections.abc import Callable
 
 import redis
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.hq import Hq, hq_router
 from services.api.pages import mount_dashboard
-from services.api.posgateway.routes import PosGateway, openapi_schemas, pos_router
-from services.api.returns import returns_router
 from services.shared.evidence import STORE_ERRORS
+from services.shared.httpguard import BodyLimit, SecurityHeaders
 
 
-def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
-    # The OpenAPI document is published at /openapi.json; FastAPI's /docs and /redoc pages load their
-    # scripts from a CDN, which store back offices cannot reach, so they are off.
-    app = FastAPI(title="ShrinkWatch API", version="0.2.0", docs_url=None, redoc_url=None,
-                  description="POS gateway, return authorization at the till, HQ alerts with evidence, verdicts, statistics, live feed, users and audit.")
+def create_app(hq: Hq, ready: Callable[[], bool], max_body_bytes: int = 64 * 1024) -> FastAPI:
+    # The OpenAPI document and /metrics are served on the health port (internal), not to browsers;
+    # FastAPI's /docs and /redoc pages load their scripts from a CDN, which back offices cannot reach.
+    app = FastAPI(title="ShrinkWatch HQ API", version="0.3.0", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="HQ alerts with evidence, verdicts, statistics, live feed, the tills' return decisions, users and audit.")
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -35,9 +34,6 @@ def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
         if issubclass(error, Exception):
             app.add_exception_handler(error, storage_down)
 
-    app.include_router(pos_router(pos))
-    if hq.returns is not None:
-        app.include_router(returns_router(hq.returns, pos.keys, pos.max_clock_skew_s, pos.max_bytes))
     app.include_router(hq_router(hq))
     mount_dashboard(app)
 
@@ -50,17 +46,7 @@ def create_app(hq: Hq, ready: Callable[[], bool], pos: PosGateway) -> FastAPI:
         ok = await asyncio.to_thread(ready)
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok})
 
-    @app.get("/metrics", tags=["health"])
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    # The POS routes read their bodies themselves (streamed, size-capped); their schemas are added here.
-    build_openapi = app.openapi
-
-    def openapi() -> dict:
-        schema = build_openapi()
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    # Every route's body cap, before any route reads a byte (a 300 MB sign-in is a 413, not 1 GB of RSS).
+    app.add_middleware(BodyLimit, default=max_body_bytes, default_setting="SW_API_MAX_BODY_BYTES")
+    app.add_middleware(SecurityHeaders)
     return app

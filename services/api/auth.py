@@ -114,7 +114,7 @@ class UserExists(ValueError):
 
 
 class LoginLocked(RuntimeError):
-    """Too many failed sign-ins for a user name; try later."""
+    """Too many failed sign-ins for a user name from one address, or from one address; try later."""
 
 
 class Directory:
@@ -163,38 +163,42 @@ class Directory:
     # ---- sign-in and sessions ------------------------------------------------------------------
 
     def authenticate(self, username: str, password: str, address: str = "") -> UserRecord | None:
-        """The user when the password matches; LoginLocked after too many failures for that name, or
-        from that address (which also keeps failed attempts from growing the audit log without end)."""
-        failed_key = FAILED_PREFIX + hashlib.sha256(username.encode()).hexdigest()
+        """The user when the password matches. Failures count after the check, per user name and
+        client address: LoginLocked once that address has failed too often for that name, or too
+        often in all (which also keeps failed attempts from growing the audit log without end).
+        A lock is never chain-wide for a name, so nobody can lock a user out from elsewhere; the
+        callers bound how many checks run at once (one per address), so guesses in parallel cannot
+        slip past the count."""
+        pair_key = FAILED_PREFIX + hashlib.sha256(f"{address}\n{username}".encode()).hexdigest()
         address_key = FAILED_PREFIX + "address:" + hashlib.sha256(address.encode()).hexdigest()
-        # Count the attempt before the (slow) check, atomically, so parallel guesses cannot slip past
-        # the limit; a successful sign-in takes its count back.
-        pipe = self.redis.pipeline()
-        for key in (failed_key, address_key):
-            pipe.incr(key)
-            pipe.expire(key, self.lockout_s)
-        name_attempts, _, address_attempts, _ = pipe.execute()
-        if name_attempts > self.max_failures:
-            raise LoginLocked(f"too many failed sign-ins for this user; try again in {self.lockout_s // 60} minutes")
-        if address_attempts > self.max_failures_per_address:
+        pair_failures, address_failures = (int(value or 0) for value in cast(list, self.redis.mget(pair_key, address_key)))
+        if pair_failures >= self.max_failures:
+            raise LoginLocked(f"too many failed sign-ins for this user from this address; try again in {self.lockout_s // 60} minutes")
+        if address_failures >= self.max_failures_per_address:
             raise LoginLocked(f"too many failed sign-ins from this address; try again in {self.lockout_s // 60} minutes")
         found = self.user(username)
         stored_hash = found[0].password_hash.get_secret_value() if found else self._dummy_hash
         try:
             _hasher.verify(stored_hash, password)
         except (VerificationError, InvalidHashError):
+            self._count_failure(pair_key, address_key)
             return None
         if found is None:
+            self._count_failure(pair_key, address_key)
             return None
-        pipe = self.redis.pipeline()
-        pipe.delete(failed_key)
-        pipe.decr(address_key)
-        pipe.execute()
+        self.redis.delete(pair_key)
         record = found[0]
         if _hasher.check_needs_rehash(stored_hash):
             record = record.model_copy(update={"password_hash": SecretStr(hash_password(password))})
             self._store_hash(record)
         return record
+
+    def _count_failure(self, *keys: str) -> None:
+        pipe = self.redis.pipeline()
+        for key in keys:
+            pipe.incr(key)
+            pipe.expire(key, self.lockout_s)
+        pipe.execute()
 
     def open_session(self, record: UserRecord) -> tuple[str, int]:
         """A new token for the user and when it expires (epoch ms)."""

@@ -6,13 +6,14 @@ message that names the variable, never later in the middle of a stream.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -79,10 +80,33 @@ class ServiceSettings(BaseSettings):
     max_clock_skew_s: float = Field(300.0, gt=0)
 
 
-class EvidenceSettings(ServiceSettings):
+class RedisSettings(ServiceSettings):
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+
+class WebSettings(RedisSettings):
+    """For the services with a public HTTP port (the HQ api, the store-facing pos service)."""
+
+    # The proxies (addresses or CIDR networks, JSON list: ["10.0.0.0/8"]) whose X-Forwarded-For is
+    # believed: the Ingress or load balancer in front. Empty: each client is the address that
+    # connected. Sign-in limits and the audit log go by the client's address, so set it wherever a
+    # proxy is in front, or every user shares the proxy's address.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address or a CIDR network") from None
+        return values
+
+
+class EvidenceSettings(RedisSettings):
     """For the services that read or write evidence (recorder, api, notifier)."""
 
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     # Where evidence goes: a folder, file:///path, or s3://bucket/prefix (any S3-compatible store:
     # set the endpoint for MinIO and the like; without keys the usual AWS credential chain is used).
     evidence_url: str = "var/evidence"

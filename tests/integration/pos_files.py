@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from services.api.posgateway.keys import file_line, new_key
+from services.pos.gateway.keys import file_line, new_key
 
 SHOP = "sample-high-street.myshopify.com"
 

@@ -1,5 +1,5 @@
-"""The api's POS gateway over a real broker: validated POS events in (every format, keys, duplicates and
-limits: test_pos_gateway.py; the HQ routes: test_hq_api.py)."""
+"""The store-facing service's POS gateway over a real broker: validated POS events in (every format,
+keys, duplicates and limits: test_pos_gateway.py; the HQ routes: test_hq_api.py)."""
 
 
 import httpx
@@ -22,8 +22,11 @@ VALID = {
 @pytest.fixture
 def api(broker, redis_url, start_service, tmp_path):
     keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
-    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")}
-    return httpx.Client(base_url=start_service("api", env).http, headers={"Authorization": f"Bearer {keys['tills-001']}"})
+    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")}
+    proc = start_service("pos", env)
+    client = httpx.Client(base_url=proc.http, headers={"Authorization": f"Bearer {keys['tills-001']}"})
+    client.health = proc.health  # type: ignore[attr-defined]
+    return client
 
 
 def test_valid_pos_event_is_published_as_protobuf(api, broker):
@@ -60,6 +63,9 @@ def test_non_json_body_gets_422(api, broker):
     assert consume_all(broker, topics.POS, timeout=4, idle=1) == []
 
 
-def test_health_and_metrics(api):
-    assert api.get("/metrics").status_code == 200
+def test_health_and_metrics_on_the_health_port_only(api):
     assert api.get("/healthz").json() == {"status": "ok"}
+    # /metrics and the OpenAPI document are for the operators' network, not for the stores.
+    assert api.get("/metrics").status_code == 404 and api.get("/openapi.json").status_code == 404
+    assert "sw_pos_requests_total" in httpx.get(f"{api.health}/metrics").text
+    assert "/v1/returns/assess" in httpx.get(f"{api.health}/openapi.json").json()["paths"]

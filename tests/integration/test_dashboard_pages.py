@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -258,7 +257,7 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
         pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
     from playwright.sync_api import sync_playwright
 
-    from services.api.returns import decision_id
+    from services.pos.returns import decision_id
     from services.shared.contracts.pos_event_pb2 import PosEvent
 
     api = real_api
@@ -367,7 +366,7 @@ RULES_WARNING = "no return risk model in models/risk/return (build one with `mak
 
 def _return_decision(name: str, store_id: str, minutes_ago: float, total_minor: int, abusive: bool, receipt: bool, model, policy=None):
     """A return assessed as the api assesses one (features, decide(), the ReturnDecision it keeps)."""
-    from services.api.returns import decide, decision_id
+    from services.pos.returns import decide, decision_id
     from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType, PosItem
     from services.shared.contracts.return_decision_pb2 import ReturnDecision, ReturnReason
     from services.shared.returnpolicy import ReturnPolicy
@@ -393,8 +392,8 @@ def _return_decision(name: str, store_id: str, minutes_ago: float, total_minor: 
 
 
 def _keep_decisions(client: redis.Redis, decisions) -> None:
-    """As ReturnDesk keeps a decision (its view() by id, listed by time chain-wide and per store)."""
-    from services.api.returns import keep_decision
+    """As the till's service keeps a decision (its view() by id, listed by time in its store's list)."""
+    from services.shared.returndecisions import keep_decision
 
     for d in decisions:
         keep_decision(client, d)
@@ -402,13 +401,10 @@ def _keep_decisions(client: redis.Redis, decisions) -> None:
 
 def returns_app(client: redis.Redis, state: dict) -> FastAPI:
     """The dashboard plus the routes the Returns page reads; the user comes from a test cookie."""
-    from services.api.returns import ReturnDesk
-    from services.shared.riskmodel import LoadResult
+    from services.shared.returndecisions import recent_decisions
 
     app = FastAPI()
     mount_dashboard(app)
-    # recent() reads only Redis: the rest of the desk (config, POS history, producer) is not needed to list decisions.
-    desk = ReturnDesk(config=cast(Any, None), history=cast(Any, SimpleNamespace(redis=client)), producer=cast(Any, None), model_result=LoadResult(None, ""))
 
     def who(request: Request) -> dict:
         user = RETURN_USERS.get(request.cookies.get("sw_test_user", ""))
@@ -434,7 +430,7 @@ def returns_app(client: redis.Redis, state: dict) -> FastAPI:
     @app.get("/v1/returns/decisions")
     async def decisions(request: Request, store_id: str | None = None, outcome: Literal["accept", "warn", "deny"] | None = None,
                         limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
-        return {"decisions": desk.recent(visible(who(request), store_id), limit, outcome)}
+        return {"decisions": recent_decisions(client, visible(who(request), store_id), limit, outcome)}
 
     @app.get("/v1/returns/model")
     async def model(request: Request) -> dict:
@@ -447,7 +443,7 @@ def returns_app(client: redis.Redis, state: dict) -> FastAPI:
 
 @pytest.fixture
 def returns_site(redis_url, risk_models, tmp_path):
-    from services.api.returns import model_card
+    from services.shared.returndecisions import model_card
     from services.shared.returnpolicy import ReturnPolicy
     from services.shared.riskmodel import load_latest
 

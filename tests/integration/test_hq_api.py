@@ -27,7 +27,6 @@ from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.evidence import EvidenceStore, frame_name
 from services.shared.kafka import make_producer
 from tests.conftest import BASE_ENV, ROOT, consume_all, wait_for
-from tests.integration.pos_files import write_pos_keys, write_pos_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -58,16 +57,11 @@ def hq(broker, redis_url, start_service, sample_assets, tmp_path):
     users_file = tmp_path / "users.yaml"
     users_file.write_text(yaml.safe_dump({"users": [{"username": name, **spec, "password_hash": hash_password(PASSWORD)} for name, spec in USERS.items()]}))
     evidence_dir = tmp_path / "evidence"
-    # The POS gateway too (its own tests: test_pos_gateway.py), so the fuzzer reaches past its keys.
-    pos_keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
-    pos_secrets = write_pos_secrets(tmp_path / "pos-secrets.yaml")
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_STORE_CONFIG": str(config),
-           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1",
-           "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml"), "SW_API_POS_SECRETS_FILE": str(tmp_path / "pos-secrets.yaml"),
-           "SW_API_SQUARE_NOTIFICATION_URL": pos_secrets["square_url"]}
+           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1"}
     proc = start_service("api", env)
-    return type("Hq", (), {"url": proc.http, "env": env, "broker": broker, "redis_url": redis_url, "evidence": EvidenceStore(str(evidence_dir)), "proc": proc,
-                           "pos_key": pos_keys["tills-001"]})
+    return type("Hq", (), {"url": proc.http, "health": proc.health, "env": env, "broker": broker, "redis_url": redis_url,
+                           "evidence": EvidenceStore(str(evidence_dir)), "proc": proc})
 
 
 def client(hq, username: str, password: str = PASSWORD) -> httpx.Client:
@@ -316,7 +310,7 @@ def test_poison_verdict_is_skipped_and_alert_store_rebuilds_from_topics(hq):
     analyst.post("/v1/alerts/al-r/verdict", json={"verdict": "confirmed", "note": "rebuild me"})
     # The correlator keeps bad verdicts in the DLQ; the api passes over them, counted, and goes on.
     skipped = 'sw_messages_skipped_total{service="api",topic="sw.feedback.v1"} 1.0'
-    wait_for(lambda: skipped in httpx.get(f"{hq.url}/metrics").text, 20, "the poison verdict skipped")
+    wait_for(lambda: skipped in httpx.get(f"{hq.health}/metrics").text, 20, "the poison verdict skipped")
     assert consume_all(hq.broker, topics.dlq(topics.FEEDBACK), timeout=3, idle=1) == []
     wait_for(lambda: analyst.get("/v1/alerts/al-r").json()["history"], 20, "the verdict kept")
 

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from devplatform.launcher import Platform
-from services.api.posgateway.dedupe import Busy, Dedupe
+from services.pos.gateway.dedupe import Busy, Dedupe
 from services.shared import topics
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from tests.conftest import consume_all, platform_part
@@ -58,9 +58,9 @@ def gateway(broker, redis_url, start_service, sample_assets, tmp_path) -> Gatewa
     keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"], "tills-002": ["store-002"]})
     secrets = write_pos_secrets(tmp_path / "pos-secrets.yaml")
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_STORE_CONFIG": str(config),
-           "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml"), "SW_API_POS_SECRETS_FILE": str(tmp_path / "pos-secrets.yaml"),
-           "SW_API_SQUARE_NOTIFICATION_URL": secrets["square_url"], "SW_API_POS_MAX_BYTES": str(MAX_BYTES), "SW_API_POS_POSLOG_MAX_BYTES": str(POSLOG_MAX_BYTES)}
-    proc = start_service("api", env)
+           "SW_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml"), "SW_POS_SECRETS_FILE": str(tmp_path / "pos-secrets.yaml"),
+           "SW_POS_SQUARE_NOTIFICATION_URL": secrets["square_url"], "SW_POS_MAX_BYTES": str(MAX_BYTES), "SW_POS_POSLOG_MAX_BYTES": str(POSLOG_MAX_BYTES)}
+    proc = start_service("pos", env)
     return Gateway(proc.http, broker, redis_url, keys, secrets, proc)
 
 
@@ -148,7 +148,7 @@ def test_size_and_content_type_limits_publish_nothing(gateway):
     big = json.dumps({"events": [{**EVENT, "event_id": f"pos-big-{i}"} for i in range(400)]}).encode()
     assert len(big) > MAX_BYTES
     declared = gateway.post("/v1/pos/events", big)
-    assert declared.status_code == 413 and "SW_API_POS_MAX_BYTES" in declared.json()["detail"]
+    assert declared.status_code == 413 and "SW_POS_MAX_BYTES" in declared.json()["detail"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while the body is read
         for start in range(0, len(big), 8192):
@@ -244,7 +244,7 @@ def test_poslog_stream_of_many_transactions(gateway):
     events = gateway.events(expect=count, timeout=120)
     assert len(events) == count and len({e.event_id for e in events}) == count
     too_big = gateway.post("/v1/pos/poslog", _transactions(POSLOG_MAX_BYTES // 2000), content_type="application/xml")
-    assert too_big.status_code == 413 and "SW_API_POS_POSLOG_MAX_BYTES" in too_big.json()["detail"]
+    assert too_big.status_code == 413 and "SW_POS_POSLOG_MAX_BYTES" in too_big.json()["detail"]
 
 
 def _shopify_headers(body: bytes, secret: str) -> dict[str, str]:
@@ -303,7 +303,7 @@ def test_a_claim_is_given_back_when_the_broker_fails(redis_url, start_service, s
     keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
     with platform_part(tmp_path / "broker", Platform.start_broker) as platform:
         bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
-        proc = start_service("api", {"SW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SW_REDIS_URL": redis_url, "SW_API_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")})
+        proc = start_service("pos", {"SW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SW_REDIS_URL": redis_url, "SW_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")})
         platform.down(echo=lambda *_: None)
         answer = httpx.post(f"{proc.http}/v1/pos/events", json={**EVENT, "event_id": "pos-broker-down"}, headers={"Authorization": f"Bearer {keys['tills-001']}"},
                             timeout=60)

@@ -1,5 +1,7 @@
-"""Return authorization over real connections: the api projects sw.pos.v1 into Redis, reads the
-counter camera's status, scores with the return-risk model and publishes each decision on sw.returns.v1."""
+"""Return authorization over real connections: the store-facing service (pos) projects sw.pos.v1 into
+Redis, reads the counter camera's status, scores with the return-risk model and publishes each
+decision on sw.returns.v1; the HQ api lists the decisions. The till keeps its answers while the HQ
+api is flooded, killed or without its Redis."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import redis
 import yaml
 
 from services.api.auth import hash_password
-from services.api.posgateway.keys import key_hash
-from services.api.returns import token_key
+from services.pos.gateway.keys import key_hash
+from services.pos.returns import token_key
 from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH
 from services.shared.contracts.alert_pb2 import Alert, Severity
@@ -41,7 +43,7 @@ def _write_common(tmp_path: Path, sample_config: Path) -> dict[str, str]:
     # Store 001 checks every receipt-less return, whatever the score.
     config["stores"][0]["returns"] = {"always_warn": ["no_receipt"]}
     (tmp_path / "chain.yaml").write_text(yaml.safe_dump(config))
-    return {"SW_API_POS_KEYS_FILE": str(keys), "SW_API_USERS_FILE": str(users), "SW_STORE_CONFIG": str(tmp_path / "chain.yaml"),
+    return {"SW_POS_KEYS_FILE": str(keys), "SW_API_USERS_FILE": str(users), "SW_STORE_CONFIG": str(tmp_path / "chain.yaml"),
             "SW_EVIDENCE_URL": str(tmp_path / "evidence")}
 
 
@@ -69,8 +71,9 @@ def _assess(api: str, key: str, at_ms: int | None = None, **fields) -> httpx.Res
 
 
 def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_published(broker, redis_url, start_service, sample_assets, risk_models, tmp_path):
-    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_MODELS_DIR": str(risk_models),
+    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_MODELS_DIR": str(risk_models), "SW_POS_MODELS_DIR": str(risk_models),
            **_write_common(tmp_path, Path(sample_assets["store_config"]))}
+    till = start_service("pos", env).http
     api = start_service("api", env).http
     store = redis.Redis.from_url(redis_url)
     # The returns are made at a fixed store time (a Wednesday, 15:00 in London), since the model
@@ -88,19 +91,20 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     wait_for(lambda: store.zcard(token_key("tok-abuser")) == 6 and store.exists("sw:hist:sale:store-001:T-8001"), 60, "the history projected into Redis")
 
     _camera(store, customer=0, merchandise=0)  # nobody at the counter
-    denied = _assess(api, KEY, now, card_token="tok-abuser")
+    denied = _assess(till, KEY, now, card_token="tok-abuser")
     assert denied.status_code == 200, denied.text
     answer = denied.json()
+    # The till gets the outcome, the reasons and what its own camera saw; not the card's chain-wide
+    # history or the employee's figures (HQ sees those).
+    assert "features" not in answer and answer["camera"]["customer_present"] is False
     assert answer["outcome"] == "deny" and answer["score"] >= answer["deny_at"] and answer["scored_by"].startswith("model ")
     texts = [r["text"] for r in answer["reasons"]]
     assert any("with this card or account" in t or "without a receipt" in t or "no customer" in t.lower() for t in texts), texts
     assert "store policy: returns without a receipt are checked" in texts
-    assert answer["features"]["token_returns_30d"] == 7 and answer["features"]["customer_present"] == 0
 
     _camera(store, customer=1, merchandise=1)
-    accepted = _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001")
+    accepted = _assess(till, KEY, now, card_token="tok-normal", original_transaction_id="T-8001")
     assert accepted.status_code == 200 and accepted.json()["outcome"] == "accept", accepted.text
-    assert accepted.json()["features"]["days_since_purchase"] == pytest.approx(4, abs=0.01)
 
     # Both decisions on sw.returns.v1, keyed by store; and on the dashboard's list for HQ.
     published = {ReturnDecision.FromString(m.value()).decision_id: ReturnDecision.FromString(m.value()) for m in consume_all(broker, topics.RETURN_DECISIONS, expect=2)}
@@ -108,6 +112,8 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     token = httpx.post(f"{api}/v1/auth/login", json={"username": "hq", "password": PASSWORD}).json()["token"]
     listed = httpx.get(f"{api}/v1/returns/decisions", headers={"Authorization": f"Bearer {token}"}).json()["decisions"]
     assert [d["outcome"] for d in listed] == ["accept", "deny"] and set(published) == {d["decision_id"] for d in listed}
+    assert listed[1]["features"]["token_returns_30d"] == 7 and listed[1]["features"]["customer_present"] == 0
+    assert listed[0]["features"]["days_since_purchase"] == pytest.approx(4, abs=0.01)
     card = httpx.get(f"{api}/v1/returns/model", headers={"Authorization": f"Bearer {token}"}).json()
     assert card["return"]["loaded"] and card["return"]["importances"]["impurity"]
     other = httpx.post(f"{api}/v1/auth/login", json={"username": "manager2", "password": PASSWORD}).json()["token"]
@@ -123,14 +129,14 @@ def test_a_scripted_abuser_is_denied_and_a_normal_return_accepted_with_reasons_p
     assert 0 <= triage["probability"] <= 1 and triage["model"] >= 1 and triage["features"]["rule_refund_without_customer"] == 1
 
     # Asked twice, the same return gets the same decision id (the till may retry).
-    again = _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1")
-    assert again.json()["decision_id"] == _assess(api, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1").json()["decision_id"]
+    again = _assess(till, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1")
+    assert again.json()["decision_id"] == _assess(till, KEY, now, card_token="tok-normal", original_transaction_id="T-8001", event_id="pos-retry-1").json()["decision_id"]
 
 
 def test_bad_requests_get_4xx_and_a_missing_model_falls_back_to_the_rules_with_a_warning(broker, redis_url, start_service, sample_assets, tmp_path):
-    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_MODELS_DIR": str(tmp_path / "no-models"),
-           **_write_common(tmp_path, Path(sample_assets["store_config"]))}
-    api = start_service("api", env).http
+    env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_POS_MODELS_DIR": str(tmp_path / "no-models"),
+           "SW_POS_ASSESS_PER_KEY_PER_S": "0.05", "SW_POS_ASSESS_BURST": "12", **_write_common(tmp_path, Path(sample_assets["store_config"]))}
+    api = start_service("pos", env).http
     answer = _assess(api, KEY, card_token="tok-x", original_transaction_id="T-1")
     assert answer.status_code == 200 and answer.json()["scored_by"] == "rules" and "no return risk model" in answer.json()["warning"]
     assert _assess(api, OTHER_KEY).status_code == 403
@@ -140,8 +146,15 @@ def test_bad_requests_get_4xx_and_a_missing_model_falls_back_to_the_rules_with_a
     assert sale.status_code == 422 and "return or refund" in sale.text
     unknown = _assess(api, KEY, register_id="reg-9")
     assert unknown.status_code == 422 and "reg-9" in unknown.text
-    # The key is checked before the body is read, and the body is capped.
+    # A body over the cap is refused before a byte is read, key or not; the key before the body is parsed.
     huge = b'{"event_id": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-    assert httpx.post(f"{api}/v1/returns/assess", content=huge, headers={"Content-Type": "application/json"}).status_code == 401
+    assert httpx.post(f"{api}/v1/returns/assess", content=huge, headers={"Content-Type": "application/json"}).status_code == 413
     assert httpx.post(f"{api}/v1/returns/assess", content=huge, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}).status_code == 413
+    assert httpx.post(f"{api}/v1/returns/assess", content=b"{}", headers={"Content-Type": "application/json"}).status_code == 401
     assert httpx.post(f"{api}/v1/returns/assess", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"}).status_code == 422
+    # A key that asks faster than a till does (looking cards up) is told to wait; another store's key is not.
+    answers = [_assess(api, KEY, card_token=f"tok-scan-{i}").status_code for i in range(12)]
+    assert answers[-1] == 429 and 200 in answers, answers
+    limited = _assess(api, KEY, card_token="tok-scan-x")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert _assess(api, OTHER_KEY, store_id="store-002").status_code != 429

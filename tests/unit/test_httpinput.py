@@ -6,10 +6,11 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from services.api.httpinput import bearer_token, capped_body_chunks, read_capped_body
-from services.api.posgateway.base import PosInputError
+from services.pos.gateway.base import PosInputError
+from services.pos.httpinput import capped_body_chunks, read_capped_body
+from services.shared.httpguard import bearer_token
 
-SETTING = "SW_API_POS_MAX_BYTES"
+SETTING = "SW_POS_MAX_BYTES"
 
 
 def request(chunks: tuple[bytes, ...] = (), headers: dict[str, str] | None = None) -> Request:

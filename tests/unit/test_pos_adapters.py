@@ -31,15 +31,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from services.api.posgateway import poslog, routes
-from services.api.posgateway.base import Parsed, PosInputError, source_event_id, to_minor
-from services.api.posgateway.canonical import CanonicalAdapter, PosEventIn
-from services.api.posgateway.dedupe import Dedupe
-from services.api.posgateway.keys import KeyEntry, PosKeys, file_line, key_hash, load_keys_file, new_key
-from services.api.posgateway.poslog import PosLogAdapter
-from services.api.posgateway.routes import PosGateway, pos_router
-from services.api.posgateway.shopify import ShopifyAdapter
-from services.api.posgateway.square import SquareAdapter
+from services.pos.gateway import poslog, routes
+from services.pos.gateway.base import Parsed, PosInputError, source_event_id, to_minor
+from services.pos.gateway.canonical import CanonicalAdapter, PosEventIn
+from services.pos.gateway.dedupe import Dedupe
+from services.pos.gateway.keys import KeyEntry, PosKeys, file_line, key_hash, load_keys_file, new_key
+from services.pos.gateway.poslog import PosLogAdapter
+from services.pos.gateway.routes import PosGateway, pos_router
+from services.pos.gateway.shopify import ShopifyAdapter
+from services.pos.gateway.square import SquareAdapter
 from services.shared.contracts.pos_event_pb2 import PosEvent
 from services.shared.storeconfig import StoreConfig, StoreConfigError, load_store_config
 from tests.unit.test_storeconfig import SAMPLE
@@ -567,7 +567,7 @@ def test_a_signed_refund_older_than_the_dedupe_window_is_answered_not_published(
     async def scenario() -> None:
         stale = await send(8)
         assert stale.status_code == 200 and stale.json()["published"] is False, stale.text
-        assert "days ago" in stale.json()["reason"] and "SW_API_POS_DEDUPE_DAYS" in stale.json()["reason"]
+        assert "days ago" in stale.json()["reason"] and "SW_POS_DEDUPE_DAYS" in stale.json()["reason"]
         assert pos_api.producer.sent == []
         fresh = await send(1)
         assert fresh.status_code == 202 and fresh.json()["duplicate"] is False, fresh.text
@@ -899,25 +899,25 @@ def test_square_valid_refunds_give_their_event(refund_id, amount, status, create
 
 
 def test_example_files_and_secrets_from_file_or_environment(tmp_path, monkeypatch):
-    from services.api.__main__ import ApiSettings
+    from services.pos.__main__ import PosSettings
     from services.shared.settings import SettingsError
 
     config_dir = SAMPLE.parent
     assert len(load_keys_file(config_dir / "pos-keys.example.yaml", {"store-001"})) == 2
-    monkeypatch.setenv("SW_API_POS_SECRETS_FILE", str(config_dir / "pos-secrets.example.yaml"))
-    monkeypatch.setenv("SW_API_SQUARE_NOTIFICATION_URL", SQUARE_URL)
-    from_file = ApiSettings()
-    assert from_file.api_shopify_secrets[SHOP].get_secret_value() == "REPLACE_WITH_THE_APP_SECRET"
-    assert from_file.api_square_signature_key is not None and "REPLACE" in from_file.api_square_signature_key.get_secret_value()
+    monkeypatch.setenv("SW_POS_SECRETS_FILE", str(config_dir / "pos-secrets.example.yaml"))
+    monkeypatch.setenv("SW_POS_SQUARE_NOTIFICATION_URL", SQUARE_URL)
+    from_file = PosSettings()
+    assert from_file.pos_shopify_secrets[SHOP].get_secret_value() == "REPLACE_WITH_THE_APP_SECRET"
+    assert from_file.pos_square_signature_key is not None and "REPLACE" in from_file.pos_square_signature_key.get_secret_value()
     assert "REPLACE" not in repr(from_file)
-    monkeypatch.setenv("SW_API_SQUARE_SIGNATURE_KEY", "from-the-environment")
-    assert ApiSettings().api_square_signature_key == SecretStr("from-the-environment")
+    monkeypatch.setenv("SW_POS_SQUARE_SIGNATURE_KEY", "from-the-environment")
+    assert PosSettings().pos_square_signature_key == SecretStr("from-the-environment")
     odd = tmp_path / "secrets.yaml"
     odd.write_text("square_key: typo\n")
-    monkeypatch.setenv("SW_API_POS_SECRETS_FILE", str(odd))
+    monkeypatch.setenv("SW_POS_SECRETS_FILE", str(odd))
     with pytest.raises(SettingsError, match="square_key"):
-        ApiSettings()
-    monkeypatch.delenv("SW_API_POS_SECRETS_FILE")
-    monkeypatch.delenv("SW_API_SQUARE_NOTIFICATION_URL")
-    with pytest.raises(ValueError, match="SW_API_SQUARE_NOTIFICATION_URL"):
-        ApiSettings()
+        PosSettings()
+    monkeypatch.delenv("SW_POS_SECRETS_FILE")
+    monkeypatch.delenv("SW_POS_SQUARE_NOTIFICATION_URL")
+    with pytest.raises(ValueError, match="SW_POS_SQUARE_NOTIFICATION_URL"):
+        PosSettings()

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from services.api.posgateway.canonical import PosEventIn, context_errors
+from services.pos.gateway.canonical import PosEventIn, context_errors
 from services.shared.contracts.pos_event_pb2 import PosEventType
 from services.shared.storeconfig import load_store_config
 from tests.unit.test_storeconfig import SAMPLE

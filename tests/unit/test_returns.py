@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from services.api.returns import CAMERA_FRESH_MS, camera_view, decide, rules_score
+from services.pos.returns import CAMERA_FRESH_MS, camera_view, decide, rules_score
 from services.shared.cameras import CAMERA_STATUS_HASH
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType, PosItem
 from services.shared.returnpolicy import ReturnPolicy

@@ -49,6 +49,9 @@ def routes(hq: Hq) -> APIRouter:
     @router.get("/v1/alerts/stream")
     async def stream(who: Signed, request: Request) -> StreamingResponse:
         """Server-sent events: `alert` for each new alert the caller may see, `status` when a verdict changes one."""
+        # Each feed holds a Redis connection: past the cap a new one is refused at once, not queued.
+        if hq.live_streams.try_enter() is not None:
+            raise HTTPException(503, "too many live feeds open on this api; retry later", headers={"Retry-After": "5"})
         return StreamingResponse(_live_events(hq, who, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -109,5 +112,6 @@ async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterato
             data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
             yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()
     finally:
+        hq.live_streams.leave()
         await pubsub.aclose()
         await client.aclose()

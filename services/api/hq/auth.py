@@ -24,10 +24,20 @@ def routes(hq: Hq) -> APIRouter:
     @router.post("/v1/auth/login")
     async def login(body: LoginIn, request: Request) -> JSONResponse:
         """Sign in; sets the session cookie and returns the same token for scripts (Bearer)."""
+        # A password check costs 64 MiB and tens of ms (argon2id): a few at once, one per address,
+        # and the rest refused at once, so a flood of sign-ins cannot take the api's memory.
+        address = client_ip(request)
+        refused = hq.logins.try_enter(address)
+        if refused == "key":
+            raise HTTPException(429, "a sign-in from this address is being checked; retry in a second", headers={"Retry-After": "1"})
+        if refused is not None:
+            raise HTTPException(503, "too many sign-ins being checked at once; retry in a second", headers={"Retry-After": "1"})
         try:
-            record = await asyncio.to_thread(hq.directory.authenticate, body.username, body.password.get_secret_value(), client_ip(request))
+            record = await asyncio.to_thread(hq.directory.authenticate, body.username, body.password.get_secret_value(), address)
         except LoginLocked as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(hq.directory.lockout_s)}) from None
+        finally:
+            hq.logins.leave(address)
         if record is None:
             await asyncio.to_thread(hq.record_audit, None, "sign_in_failed", request, None, "", body.username[:64])
             raise HTTPException(401, "wrong user name or password")

@@ -7,7 +7,7 @@ definition, and the dependencies in them (`Depends(hq.principal)`) belong to one
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any
 
@@ -18,9 +18,8 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 from services.api.alerts import AlertStore
 from services.api.audit import AuditEntry, AuditLog
 from services.api.auth import COOKIE, Directory, Principal, Role
-from services.api.httpinput import bearer_token
-from services.api.returns import ReturnDesk
 from services.shared.evidence import EvidenceStore
+from services.shared.httpguard import Admission, bearer_token
 from services.shared.storeconfig import StoreConfig
 
 AlertId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", max_length=128)]
@@ -53,8 +52,9 @@ class Hq:
     redis_url: str
     cookie_secure: bool = False
     ping_s: float = 15.0
-    # Return authorization (decisions and the risk model); None where the api runs without it.
-    returns: ReturnDesk | None = None
+    # Password checks at once (argon2id: 64 MiB and tens of ms each), and live feeds at once.
+    logins: Admission = field(default_factory=lambda: Admission(2, 1))
+    live_streams: Admission = field(default_factory=lambda: Admission(200))
 
     @cached_property
     def store_ids(self) -> list[str]:

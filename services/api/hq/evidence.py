@@ -38,7 +38,7 @@ def routes(hq: Hq) -> APIRouter:
         if first:
             await asyncio.to_thread(hq.record_audit, who, "evidence.file", request, view, name)
         media = "image/jpeg" if name.endswith(".jpg") else "video/x-msvideo" if name.endswith(".avi") else "application/octet-stream"
-        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
 
     @router.get("/v1/alerts/{alert_id}/export")
     async def export(alert_id: AlertId, who: Annotated[Principal, Depends(hq.role("admin", "hq_analyst", "store_manager"))], request: Request) -> Response:

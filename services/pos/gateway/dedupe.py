@@ -2,8 +2,9 @@
 
 An event is known by its source, its store and its event id: separate POS systems (one per store)
 reuse ids, so the key is scoped by store, and a key for one store can never claim another store's
-ids. POSLog ids already include the RetailStoreID; Shopify's and Square's are global, and scoping
-them by store changes nothing.
+ids. POSLog ids already include the RetailStoreID. Shopify's and Square's ids are global and their
+signatures do not cover the shop: their claims are chain-wide (store "*"), so the same signed
+webhook sent again under another shop's header is a duplicate.
 
 Before producing, a request claims each event with SET NX of a short-lived "publishing" marker;
 once the broker has acknowledged the event, the marker becomes a long-lived "published" record with

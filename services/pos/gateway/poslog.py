@@ -45,8 +45,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 from pydantic import ValidationError
 
-from services.api.posgateway.base import Auth, Note, Parsed, PosInputError, Problem, decimal_of, minor_digits, to_minor
-from services.api.posgateway.canonical import PosEventIn, validation_problems
+from services.pos.gateway.base import Auth, Note, Parsed, PosInputError, Problem, decimal_of, minor_digits, to_minor
+from services.pos.gateway.canonical import PosEventIn, validation_problems
 from services.shared.storeconfig import Store, StoreConfig
 
 ARTS_NAMESPACE = "http://www.nrf-arts.org/IXRetail/namespace/"

@@ -10,8 +10,8 @@ copy sent while the first is still being published is answered 409 with Retry-Af
 
 Parsing and checking run in worker threads, never on the event loop. Publishing (Redis claims, the
 broker's acknowledgements: seconds in a broker hiccup) runs in the gateway's own bounded thread
-pool, so a slow broker never takes the threads that the api's other routes (return assessment at
-the till, the HQ dashboard) run on.
+pool, so a slow broker never takes the threads that the service's other route (return assessment
+at the till) runs on.
 """
 
 from __future__ import annotations
@@ -35,24 +35,25 @@ from prometheus_client import Counter
 from pydantic.json_schema import models_json_schema
 from starlette.requests import ClientDisconnect
 
-from services.api.httpinput import bearer_token, capped_body_chunks
-from services.api.posgateway import keys as pos_keys
-from services.api.posgateway.base import Note, Parsed, PosAdapter, PosInputError, Problem
-from services.api.posgateway.canonical import CanonicalAdapter, PosBatchIn, PosEventIn, check_context
-from services.api.posgateway.dedupe import Busy, Dedupe, EventRef
-from services.api.posgateway.keys import PosKey, PosKeys
-from services.api.posgateway.poslog import MAX_PROBLEMS, PosLogAdapter
-from services.api.posgateway.shopify import HMAC_HEADER, SHOP_HEADER, TOPIC_HEADER, WEBHOOK_ID_HEADER, ShopifyAdapter, ShopifyRefund
-from services.api.posgateway.square import SIGNATURE_HEADER, SquareAdapter, SquareEvent
+from services.pos.gateway import keys as pos_keys
+from services.pos.gateway.base import Note, Parsed, PosAdapter, PosInputError, Problem
+from services.pos.gateway.canonical import CanonicalAdapter, PosBatchIn, PosEventIn, check_context
+from services.pos.gateway.dedupe import Busy, Dedupe, EventRef
+from services.pos.gateway.keys import PosKey, PosKeys
+from services.pos.gateway.poslog import MAX_PROBLEMS, PosLogAdapter
+from services.pos.gateway.shopify import HMAC_HEADER, SHOP_HEADER, TOPIC_HEADER, WEBHOOK_ID_HEADER, ShopifyAdapter, ShopifyRefund
+from services.pos.gateway.square import SIGNATURE_HEADER, SquareAdapter, SquareEvent
+from services.pos.httpinput import capped_body_chunks
 from services.shared import topics
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.httpguard import RateLimiter, bearer_token
 from services.shared.kafka import produce_all_and_wait
 from services.shared.serde import encode
 from services.shared.storeconfig import StoreConfig
 
 log = logging.getLogger(__name__)
-POS_EVENTS = Counter("sw_api_pos_events_total", "POS events by source and outcome (published, duplicate, skipped)", ["source", "outcome"])
-POS_REQUESTS = Counter("sw_api_pos_requests_total", "POS gateway requests by source and HTTP status", ["source", "status"])
+POS_EVENTS = Counter("sw_pos_events_total", "POS events by source and outcome (published, duplicate, skipped)", ["source", "outcome"])
+POS_REQUESTS = Counter("sw_pos_requests_total", "POS gateway requests by source and HTTP status", ["source", "status"])
 REF = "#/components/schemas/{model}"
 # Signed webhooks are refused once older than the dedupe window less the allowed clock skew and this:
 # their signatures carry no time, so only the dedupe record tells a replay from a first delivery.
@@ -75,6 +76,8 @@ class PosGateway:
     max_clock_skew_s: float = 300.0
     # Requests publishing at once; more wait their turn without taking the api's shared threads.
     publish_threads: int = 4
+    # Requests per POS key (a store's tills and back office); None: no limit.
+    limiter: RateLimiter | None = None
     canonical: CanonicalAdapter = field(init=False)
     poslog: PosLogAdapter = field(init=False)
     publisher: ThreadPoolExecutor = field(init=False)
@@ -105,10 +108,14 @@ class _Ready:
     key: str
     value: bytes
     index: int | None
+    # A signed vendor's ids are global (a Shopify refund id names one refund in all of Shopify): the
+    # claim is not scoped by store, so a webhook signed for one shop and replayed under another
+    # shop's domain (two shops sharing an app's secret) is a duplicate, not a refund in a second store.
+    global_id: bool = False
 
     @property
     def ref(self) -> EventRef:
-        return self.store_id, self.event_id
+        return ("*" if self.global_id else self.store_id), self.event_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +210,7 @@ def _presented_key(request: Request) -> str:
 def authenticate(request: Request, keys: PosKeys) -> PosKey:
     challenge = {"WWW-Authenticate": "Bearer"}
     if not len(keys):
-        raise PosInputError(401, "no POS keys are configured on this api (SW_API_POS_KEYS_FILE)", challenge)
+        raise PosInputError(401, "no POS keys are configured on this api (SW_POS_KEYS_FILE)", challenge)
     key = _presented_key(request)
     if not key:
         raise PosInputError(401, f"no POS key: send Authorization: Bearer <key> or {pos_keys.HEADER}: <key>", challenge)
@@ -249,7 +256,7 @@ class _Collector:
                 continue
             message = event.to_proto()
             self.single = item.index is None
-            self.ready.append(_Ready(event.event_id, event.store_id, f"{message.store_id}:{message.register_id}", encode(message), item.index))
+            self.ready.append(_Ready(event.event_id, event.store_id, f"{message.store_id}:{message.register_id}", encode(message), item.index, self.signed))
 
     def _too_old(self, item: Parsed) -> bool:
         """A vendor's signature carries no time, so a captured webhook replayed once its id has left
@@ -260,7 +267,7 @@ class _Collector:
             return False
         event = item.event
         self.notes.append(Note(f"{event.type} {event.transaction_id or event.event_id} was created {age / 86400:.1f} days ago, more than "
-                               f"{window / 86400:.1f} days (SW_API_POS_DEDUPE_DAYS less a margin): a copy that old cannot be told from a replay "
+                               f"{window / 86400:.1f} days (SW_POS_DEDUPE_DAYS less a margin): a copy that old cannot be told from a replay "
                                "of one already published, so it is not published", item.index, event.transaction_id or event.event_id))
         return True
 
@@ -304,6 +311,10 @@ def pos_router(gateway: PosGateway) -> APIRouter:
         source = adapter.source
         try:
             holder = authenticate(request, gateway.keys) if adapter.auth == "key" else None
+            wait = gateway.limiter.wait_s(holder.name) if holder is not None and gateway.limiter is not None else 0.0
+            if wait > 0:
+                raise PosInputError(429, f"key {holder.name!r} sends too often (SW_POS_EVENTS_PER_KEY_PER_S); retry in {wait:.1f} s",  # type: ignore[union-attr]
+                                    {"Retry-After": str(max(1, round(wait + 0.5)))})
             _check_content_type(request, adapter)
             parse = adapter.begin(request.headers)
             collector = _Collector(gateway, holder, signed=adapter.auth == "signature")
@@ -358,6 +369,7 @@ def pos_router(gateway: PosGateway) -> APIRouter:
         "409": {"description": "another request is publishing some of these events right now; retry after Retry-After (then a duplicate)"},
         "413": {"description": "the body is over the size limit"},
         "415": {"description": "wrong Content-Type"},
+        "429": {"description": "this key sent more requests than SW_POS_EVENTS_PER_KEY_PER_S allows; retry after Retry-After"},
         "422": {"description": "what is wrong, by field (and by event index in a batch or POSLog file; a POSLog Transaction over its element or nesting limit)"},
         "503": {"description": "the broker or Redis is unavailable; retry (events already stored are answered as duplicates)"},
     }
@@ -370,13 +382,13 @@ def pos_router(gateway: PosGateway) -> APIRouter:
         "requestBody": body("application/json", {"oneOf": [{"$ref": REF.format(model="PosEventIn")}, {"$ref": REF.format(model="PosBatchIn")}]})})
     async def post_pos_events(request: Request) -> Response:
         """One POS event, or a batch `{"events": [...]}`, as ShrinkWatch's canonical JSON."""
-        return await handle(request, gateway.canonical, gateway.max_bytes, "SW_API_POS_MAX_BYTES")
+        return await handle(request, gateway.canonical, gateway.max_bytes, "SW_POS_MAX_BYTES")
 
     @router.post("/v1/pos/poslog", status_code=202, responses=answers, openapi_extra={
         "parameters": [key_parameter], "requestBody": body("application/xml", {"type": "string", "description": "an ARTS POSLog document"})})
     async def post_poslog(request: Request) -> Response:
         """An ARTS POSLog document (one Transaction or a day's log), parsed as it streams in."""
-        return await handle(request, gateway.poslog, gateway.poslog_max_bytes, "SW_API_POS_POSLOG_MAX_BYTES")
+        return await handle(request, gateway.poslog, gateway.poslog_max_bytes, "SW_POS_POSLOG_MAX_BYTES")
 
     def header(name: str, required: bool = True) -> dict:
         return {"name": name, "in": "header", "required": required, "schema": {"type": "string", "maxLength": 256}}
@@ -386,13 +398,13 @@ def pos_router(gateway: PosGateway) -> APIRouter:
         "requestBody": body("application/json", {"$ref": REF.format(model="ShopifyRefund")})})
     async def post_shopify(request: Request) -> Response:
         """Shopify's refunds/create webhook, verified with the shop's secret."""
-        return await handle(request, gateway.shopify, gateway.max_bytes, "SW_API_POS_MAX_BYTES")
+        return await handle(request, gateway.shopify, gateway.max_bytes, "SW_POS_MAX_BYTES")
 
     @router.post("/v1/pos/webhooks/square", status_code=202, responses=answers, openapi_extra={
         "parameters": [header(SIGNATURE_HEADER)], "requestBody": body("application/json", {"$ref": REF.format(model="SquareEvent")})})
     async def post_square(request: Request) -> Response:
         """Square's refund.created and refund.updated webhooks; COMPLETED refunds are published."""
-        return await handle(request, gateway.square, gateway.max_bytes, "SW_API_POS_MAX_BYTES")
+        return await handle(request, gateway.square, gateway.max_bytes, "SW_POS_MAX_BYTES")
 
     return router
 

@@ -2,7 +2,7 @@
 
 Square signs the notification URL followed by the raw body: `x-square-hmacsha256-signature` is
 base64(HMAC-SHA256(signature key, URL + body)). The URL is the one registered with Square
-(`SW_API_SQUARE_NOTIFICATION_URL`), not the one this request arrived at, which proxies rewrite.
+(`SW_POS_SQUARE_NOTIFICATION_URL`), not the one this request arrived at, which proxies rewrite.
 A refund is published when its status is COMPLETED, once: the event id is the refund id, so a later
 `refund.updated` for the same completed refund is a duplicate. PENDING, FAILED and REJECTED refunds
 are answered 200 (Square would otherwise retry) and not published, with the reason in the answer.
@@ -19,8 +19,8 @@ from collections.abc import Mapping
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from services.api.posgateway.base import Auth, Buffered, Note, Parsed, PosInputError, Problem, header, json_with_decimals, same_signature, source_event_id
-from services.api.posgateway.canonical import JSON_TYPES, PosEventIn, validation_problems
+from services.pos.gateway.base import Auth, Buffered, Note, Parsed, PosInputError, Problem, header, json_with_decimals, same_signature, source_event_id
+from services.pos.gateway.canonical import JSON_TYPES, PosEventIn, validation_problems
 from services.shared.storeconfig import StoreConfig
 
 SIGNATURE_HEADER = "x-square-hmacsha256-signature"
@@ -121,7 +121,7 @@ class SquareAdapter:
     def begin(self, headers: Mapping[str, str]) -> _SquareParse:
         signature = header(headers, SIGNATURE_HEADER)
         if self.signature_key is None or not self.notification_url:
-            raise PosInputError(401, "Square webhooks are not configured here (SW_API_SQUARE_SIGNATURE_KEY, SW_API_SQUARE_NOTIFICATION_URL)")
+            raise PosInputError(401, "Square webhooks are not configured here (SW_POS_SQUARE_SIGNATURE_KEY, SW_POS_SQUARE_NOTIFICATION_URL)")
         if not signature:
             raise PosInputError(401, f"{SIGNATURE_HEADER} is missing: Square signs every webhook")
         return _SquareParse(self.config, self.signature_key, self.notification_url, signature)

@@ -18,8 +18,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from services.api.posgateway.base import Auth, Buffered, Note, Parsed, PosInputError, Problem, header, json_with_decimals, minor_digits, same_signature, source_event_id, to_minor
-from services.api.posgateway.canonical import JSON_TYPES, PosEventIn, validation_problems
+from services.pos.gateway.base import Auth, Buffered, Note, Parsed, PosInputError, Problem, header, json_with_decimals, minor_digits, same_signature, source_event_id, to_minor
+from services.pos.gateway.canonical import JSON_TYPES, PosEventIn, validation_problems
 from services.shared.storeconfig import Store, StoreConfig
 
 HMAC_HEADER = "X-Shopify-Hmac-Sha256"
@@ -148,5 +148,5 @@ class ShopifyAdapter:
         secret = self.secrets.get(shop)
         store = self.config.store_for_pos(shopify_shop=shop)
         if secret is None or store is None:
-            raise PosInputError(401, f"shop {shop[:100]!r} is not configured (a store's pos.shopify_shop_domain and its secret in SW_API_SHOPIFY_SECRETS)")
+            raise PosInputError(401, f"shop {shop[:100]!r} is not configured (a store's pos.shopify_shop_domain and its secret in SW_POS_SHOPIFY_SECRETS)")
         return _ShopifyParse(store, secret, signature, header(headers, TOPIC_HEADER).strip(), header(headers, WEBHOOK_ID_HEADER).strip())

@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from services.api.posgateway.canonical import PosEventIn
+    from services.pos.gateway.canonical import PosEventIn
 
 Loc = tuple[str | int, ...]
 # "key": a per-store API key (checked by the route); "signature": the adapter verifies the sender itself.

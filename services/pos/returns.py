@@ -36,20 +36,22 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from services.api.httpinput import read_capped_body
-from services.api.posgateway.base import PosInputError
-from services.api.posgateway.canonical import PosEventIn, context_errors
-from services.api.posgateway.keys import HEADER, PosKeys
-from services.api.posgateway.routes import authenticate
+from services.pos.gateway.base import PosInputError
+from services.pos.gateway.canonical import PosEventIn, context_errors
+from services.pos.gateway.keys import HEADER, PosKeys
+from services.pos.gateway.routes import authenticate
+from services.pos.httpinput import read_capped_body
 from services.shared import topics
 from services.shared.cameras import CAMERA_STATUS_HASH
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.contracts.return_decision_pb2 import ReturnDecision, ReturnOutcome, ReturnReason
+from services.shared.httpguard import RateLimiter
 from services.shared.kafka import Outcome, Poison, RetryableError
+from services.shared.returndecisions import keep_decision, view
 from services.shared.returnpolicy import ALWAYS_WARN_WORDS, ReturnPolicy
 from services.shared.riskfeatures import NOT_APPLICABLE, RETURN_FEATURES, CameraView, EmployeeTransaction, OriginalSale, PastReturn, ReturnContext, return_features
 from services.shared.riskmodel import LoadResult, RiskModel
-from services.shared.serde import PoisonMessage, decode, encode, to_json_dict
+from services.shared.serde import PoisonMessage, decode, encode
 from services.shared.storeconfig import StoreConfig
 
 log = logging.getLogger("api.returns")
@@ -58,17 +60,6 @@ DAY_MS = 86_400_000
 HISTORY_DAYS = 120
 # A camera status (or a zone's analysis) older than this cannot say who is at the counter now.
 CAMERA_FRESH_MS = 10_000
-DECISIONS_KEPT = 10_000
-DECISIONS_ZSET = "sw:returns:recent"
-# Per store too: a quiet store's decisions must not be buried under a busy chain's.
-
-
-def store_decisions_key(store_id: str) -> str:
-    return f"{DECISIONS_ZSET}:{store_id}"
-
-
-
-DECISIONS_HASH = "sw:returns:decision"
 OUTCOMES = {"accept": ReturnOutcome.RETURN_OUTCOME_ACCEPT, "warn": ReturnOutcome.RETURN_OUTCOME_WARN, "deny": ReturnOutcome.RETURN_OUTCOME_DENY}
 RETURN_TYPES = (PosEventType.POS_EVENT_TYPE_RETURN, PosEventType.POS_EVENT_TYPE_REFUND)
 # Without a model: what the rules score, and where they warn and deny.
@@ -342,70 +333,32 @@ class ReturnDesk:
             PUBLISH_FAILED.inc()
             log.error("return decision not published: producer queue full (kept in Redis)", extra={"decision_id": decision.decision_id})
 
-    def recent(self, stores: set[str], limit: int, outcome: str | None = None) -> list[dict]:
-        """Newest first, from the given stores' own lists (an outcome filter reads further back)."""
-        depth = limit if outcome is None else min(DECISIONS_KEPT, limit * 20)
-        pipe = self.history.redis.pipeline(transaction=False)
-        for store_id in sorted(stores):
-            pipe.zrevrange(store_decisions_key(store_id), 0, depth - 1, withscores=True)
-        scored = sorted(((score, decision_id) for reply in pipe.execute() for decision_id, score in reply), reverse=True)
-        ids = [decision_id for _, decision_id in scored]
-        raw = cast(list, self.history.redis.hmget(DECISIONS_HASH, ids)) if ids else []
-        out = []
-        for value in raw:
-            if value is None:
-                continue
-            item = json.loads(value)
-            if outcome is None or item["outcome"] == outcome:
-                out.append(item)
-                if len(out) >= limit:
-                    break
-        return out
 
 
-def keep_decision(client: redis.Redis, decision: ReturnDecision) -> None:
-    """For the dashboard: the decision by id, listed by time chain-wide and per store; bounded, the
-    oldest fall off (sw.returns.v1 keeps them all)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(DECISIONS_HASH, decision.decision_id, json.dumps(view(decision)))
-    pipe.zadd(DECISIONS_ZSET, {decision.decision_id: decision.decided_time_ms})
-    pipe.zadd(store_decisions_key(decision.store_id), {decision.decision_id: decision.decided_time_ms})
-    pipe.zremrangebyrank(store_decisions_key(decision.store_id), 0, -DECISIONS_KEPT - 1)
-    pipe.execute()
-    overflow = client.zcard(DECISIONS_ZSET) - DECISIONS_KEPT
-    if overflow > 0:
-        old = cast(list, client.zrange(DECISIONS_ZSET, 0, overflow - 1))
-        client.zrem(DECISIONS_ZSET, *old)
-        client.hdel(DECISIONS_HASH, *old)
-
-
-def view(decision: ReturnDecision) -> dict[str, Any]:
-    """The decision as the till and the dashboard get it (outcome as a word)."""
-    data = to_json_dict(decision)
-    data["outcome"] = ReturnOutcome.Name(decision.outcome).removeprefix("RETURN_OUTCOME_").lower()
+def till_view(decision: ReturnDecision) -> dict[str, Any]:
+    """The answer the till gets: outcome, score, reasons in words, thresholds. Not the feature vector
+    it was scored on: that is the card's chain-wide return history and the employee's refund figures,
+    which a store's key must not be able to look up (HQ sees them on the dashboard)."""
+    data = view(decision)
+    features = data.pop("features", {})
+    seen = {1.0: True, 0.0: False}
+    # What the counter's own camera saw is the store's own fact: the till shows it to the cashier.
+    data["camera"] = {"customer_present": seen.get(features.get("customer_present", -1.0)),
+                      "merchandise_present": seen.get(features.get("merchandise_present", -1.0))}
     return data
 
 
-def model_card(result: LoadResult, kind: str) -> dict[str, Any]:
-    """What the dashboard shows of a model: version, metrics, thresholds, importances, or why there is none."""
-    if result.model is None:
-        return {"kind": kind, "loaded": False, "warning": result.error}
-    metadata = result.model.metadata
-    return {"kind": kind, "loaded": True, "version": result.model.version, "warning": "; ".join(result.warnings),
-            "created": metadata.get("created"), "features": [f.get("name") if isinstance(f, dict) else f for f in metadata.get("features", [])],
-            "thresholds": metadata.get("thresholds", []), "metrics": metadata.get("metrics", {}), "importances": metadata.get("importances", {}),
-            "data": metadata.get("data", {}), "split": metadata.get("split", {})}
-
-
-def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max_bytes: int) -> APIRouter:
+def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max_bytes: int, limiter: RateLimiter) -> APIRouter:
     """The till's route. It takes the POS keys of the gateway: a till that may publish a store's
-    returns may ask about them."""
+    returns may ask about them, at most at the limiter's rate per key."""
     router = APIRouter(tags=["returns"])
     answers: dict[int | str, dict] = {
         "200": {"description": "the decision: outcome (accept, warn, deny), score, reasons in words, what scored it, a warning where the rules decided"},
         "401": {"description": "no key or an unknown key"},
         "403": {"description": "the key is not for this store"},
+        "413": {"description": "the body is over SW_POS_MAX_BYTES"},
         "422": {"description": "what is wrong, by field (an event that is not a return or refund, an unknown store or register)"},
+        "429": {"description": "this key asked more often than SW_POS_ASSESS_PER_KEY_PER_S allows; Retry-After says when to ask again"},
         "503": {"description": "Redis is unavailable; retry"},
     }
 
@@ -418,7 +371,10 @@ def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max
         # The key first, then at most max_bytes of body: a stranger gets a 401, not a parser.
         try:
             holder = authenticate(request, keys)
-            raw = await read_capped_body(request, max_bytes, "SW_API_POS_MAX_BYTES")
+            wait = limiter.wait_s(holder.name)
+            if wait > 0:
+                raise PosInputError(429, f"key {holder.name!r} asks too often; retry in {wait:.1f} s", {"Retry-After": str(max(1, round(wait + 0.5)))})
+            raw = await read_capped_body(request, max_bytes, "SW_POS_MAX_BYTES")
         except PosInputError as exc:
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
         try:
@@ -435,6 +391,6 @@ def returns_router(desk: ReturnDesk, keys: PosKeys, max_clock_skew_s: float, max
         if errors:
             return JSONResponse(status_code=422, content={"detail": errors})
         decision, _ = await asyncio.to_thread(desk.assess, event.to_proto())
-        return JSONResponse(status_code=200, content=view(decision))
+        return JSONResponse(status_code=200, content=till_view(decision))
 
     return router

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.api.posgateway.base import EVENT_ID, Auth, Buffered, Loc, Parsed, PosInputError, Problem
+from services.pos.gateway.base import EVENT_ID, Auth, Buffered, Loc, Parsed, PosInputError, Problem
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType, PosItem
 from services.shared.storeconfig import StoreConfig
 
@@ -73,7 +73,7 @@ class PosEventIn(BaseModel):
 
 
 class PosBatchIn(BaseModel):
-    """Several events in one request (at most SW_API_POS_MAX_BATCH); each is published once, and
+    """Several events in one request (at most SW_POS_MAX_BATCH); each is published once, and
     none is published when any of them is invalid."""
 
     model_config = ConfigDict(extra="forbid")

@@ -1,4 +1,4 @@
-"""What the api's routes read from a request themselves: a bearer token, and a body under a size cap.
+"""What the POS routes read from a request themselves: a body under a size cap, chunk by chunk.
 
 The cap counts the bytes as they arrive, whatever Content-Length said: a sender that declares a
 small body, or none (chunked), still cannot make a route read more than the limit.
@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 
-from services.api.posgateway.base import PosInputError
-
-
-def bearer_token(connection: HTTPConnection) -> str | None:
-    """The token of `Authorization: Bearer <token>`, maybe empty; None without that header (no header,
-    or another scheme), so a caller can tell "no token sent" from "sent, but empty"."""
-    header = connection.headers.get("authorization", "")
-    return header[7:].strip() if header.lower().startswith("bearer ") else None
+from services.pos.gateway.base import PosInputError
 
 
 async def capped_body_chunks(request: Request, max_bytes: int, setting: str) -> AsyncIterator[bytes]:
