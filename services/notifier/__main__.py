@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.notifier.channels import build_channel
 from services.notifier.dispatcher import Contact, Dispatcher
 from services.notifier.outbox import Outbox
-from services.notifier.routing import RoutingConfig, RoutingError, load_routing, on_call
+from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX, RoutingConfig, RoutingError, load_routing, on_call
 from services.notifier.service import Notifier, ms, run_escalator
 from services.shared import topics
 from services.shared.health import HealthServer
@@ -35,12 +35,25 @@ class NotifierSettings(EvidenceSettings):
     # write it (0: send at once with the link only).
     notifier_snapshot_wait_s: float = Field(10.0, ge=0, le=300)
     notifier_escalation_check_s: float = Field(1.0, gt=0, le=60)
+    # `${NAME}` placeholders in the routing file (only in a contact's url or secret) may name only
+    # variables with this prefix: the notifier's own secrets (SW_REDIS_URL, the S3 keys) stay out of reach.
+    notifier_secret_env_prefix: str = Field(DEFAULT_SECRET_ENV_PREFIX, pattern=r"^[A-Za-z_][A-Za-z0-9_]*_$")
+
+    @field_validator("notifier_secret_env_prefix")
+    @classmethod
+    def _prefix_excludes_own_settings(cls, prefix: str) -> str:
+        env_prefix = cls.model_config.get("env_prefix", "")
+        reachable = sorted(name for name in (f"{env_prefix}{field}".upper() for field in cls.model_fields) if name.startswith(prefix.upper()))
+        if reachable:
+            raise ValueError(f"{prefix} would let the routing file read the notifier's own settings ({', '.join(reachable[:3])}); "
+                             f"use a prefix of its own such as {DEFAULT_SECRET_ENV_PREFIX}")
+        return prefix
 
 
 def load_checked_routing(settings: NotifierSettings) -> tuple[RoutingConfig, dict[str, str]]:
     """The routing file, checked against the store config; regions by store id."""
     try:
-        routing = load_routing(settings.notifier_routing_file)
+        routing = load_routing(settings.notifier_routing_file, settings.notifier_secret_env_prefix)
         stores = load_store_config(settings.store_config).stores
         regions = {s.id: s.region for s in stores}
         routing.check_stores(regions, set(regions.values()) - {""})

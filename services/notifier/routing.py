@@ -6,8 +6,12 @@ acknowledgement; an on-call schedule says who a `schedule:<name>` target is at a
 in the schedule's time zone, a handover at each shift's start); quiet hours hold a recipient's
 non-urgent notifications for a digest at the end of them.
 
-Secrets (webhook keys, tokens inside Apprise URLs) are written `${ENV_NAME}` and read from the
-environment at start, so the file itself can live in a repository or a ConfigMap.
+Secrets (webhook keys, tokens inside Apprise URLs) are written `${SW_ROUTING_NAME}` and read from
+the environment at start, so the file itself can live in a repository or a ConfigMap. Placeholders
+are read only in a contact's `url` and `secret` (the fields that carry credentials) and only from
+variables with the allowed prefix (`SW_ROUTING_`, the notifier setting `notifier_secret_env_prefix`):
+the notifier's environment also holds its own secrets (Redis URL, S3 keys), and a routing file must
+not be able to send those to a URL of its choosing. Anything else fails at start.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SCHEDULE_PREFIX = "schedule:"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The prefix a placeholder's variable must have unless the notifier is told otherwise.
+DEFAULT_SECRET_ENV_PREFIX = "SW_ROUTING_"
+# The contact fields that carry credentials (webhook `url` and `secret`, Apprise `url`): the only
+# ones whose placeholders are read.
+SECRET_FIELDS = frozenset({"url", "secret"})
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 
 
@@ -304,39 +313,85 @@ def resolve_targets(config: RoutingConfig, level: Level, at: datetime) -> list[s
     return people
 
 
-def _expand_env(value: Any, path: str) -> Any:
+Location = tuple[str | int, ...]
+
+
+def _where(location: Location) -> str:
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    return text or "(top level)"
+
+
+def _is_secret_field(location: Location) -> bool:
+    """recipients.<name>.contacts[<n>].url or .secret"""
+    return (len(location) == 5 and location[0] == "recipients" and location[2] == "contacts" and isinstance(location[3], int)
+            and location[4] in SECRET_FIELDS)
+
+
+def _expand_secret(value: str, where: str, prefix: str) -> str:
+    """A secret field's `${NAME}`s from the environment; NAME must have the allowed prefix. No message shows a value."""
+    for name in _ENV_REFERENCE.findall(value):
+        if not name.startswith(prefix):
+            raise RoutingError(f"{where}: ${{{name}}} is not allowed: placeholders may only name environment variables starting with {prefix} "
+                               "(the notifier setting notifier_secret_env_prefix), so that the routing file cannot read the notifier's own secrets")
+        if name not in os.environ:
+            raise RoutingError(f"{where}: environment variable {name} is not set (referenced as ${{{name}}})")
+    return _ENV_REFERENCE.sub(lambda match: os.environ[match.group(1)], value)
+
+
+def _refuse_placeholder(text: str, location: Location, source: str, prefix: str) -> None:
+    if names := _ENV_REFERENCE.findall(text):
+        raise RoutingError(f"{source}: {_where(location)}: ${{{names[0]}}}: placeholders are read only in a contact's url or secret "
+                           f"(recipients.<name>.contacts[<n>].url or .secret), and only from environment variables starting with {prefix}")
+
+
+def _expand_env(value: Any, location: Location, source: str, prefix: str) -> Any:
+    """`value` with the placeholders of its contacts' secret fields expanded; one anywhere else is refused."""
     if isinstance(value, str):
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise RoutingError(f"{path}: environment variable {name} is not set (referenced as ${{{name}}})")
-            return os.environ[name]
-        return _ENV_REFERENCE.sub(replace, value)
+        if _is_secret_field(location):
+            return _expand_secret(value, f"{source}: {_where(location)}", prefix)
+        _refuse_placeholder(value, location, source, prefix)
+        return value
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        for key in value:
+            _refuse_placeholder(str(key), (*location, str(key)), source, prefix)
+        return {key: _expand_env(item, (*location, str(key)), source, prefix) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_expand_env(item, (*location, index), source, prefix) for index, item in enumerate(value)]
     return value
 
 
-def parse_routing(raw: Any, source: str = "routing") -> RoutingConfig:
+def parse_routing(raw: Any, source: str = "routing", secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> RoutingConfig:
+    """The routing file's content, checked; `${NAME}` placeholders read as the module's docstring says."""
     if not isinstance(raw, dict):
         raise RoutingError(f"{source}: expected a mapping at the top level")
+    if not secret_env_prefix:
+        raise RoutingError(f"{source}: no prefix for the environment variables that placeholders may name")
     try:
-        return RoutingConfig.model_validate(_expand_env(raw, ""))
+        return RoutingConfig.model_validate(_expand_env(raw, (), source, secret_env_prefix))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise RoutingError(f"{source}: {where}: {first['msg']}" + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")) from None
 
 
-def load_routing(path: Path | str) -> RoutingConfig:
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's usual quote of the offending line (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return where + "; ".join(part[:200] for part in (exc.problem, exc.context) if part)
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.position + 1}: {exc.reason}"
+    return type(exc).__name__
+
+
+def load_routing(path: Path | str, secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> RoutingConfig:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise RoutingError(f"{path}: cannot read the routing file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise RoutingError(f"{path}: not valid YAML ({exc})") from None
-    return parse_routing(raw, str(path))
+        raise RoutingError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    return parse_routing(raw, str(path), secret_env_prefix)
 

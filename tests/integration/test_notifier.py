@@ -106,7 +106,7 @@ def _alert(alert_id: str, severity: int = Severity.SEVERITY_HIGH, store: str = "
                  explanation=f"test alert {alert_id}", event_time_ms=int(time.time() * 1000), raised_time_ms=int(time.time() * 1000))
 
 
-def _webhook(sink: Sink, secret: str = "${SW_TEST_SECRET}", timeout_s: float = 2.0) -> dict:
+def _webhook(sink: Sink, secret: str = "${SW_ROUTING_TEST_SECRET}", timeout_s: float = 2.0) -> dict:
     return {"type": "webhook", "name": "hook", "url": sink.url, "secret": secret, "timeout_s": timeout_s}
 
 
@@ -118,7 +118,7 @@ def _notifier_env(broker: str, redis_url: str, tmp_path: Path, routing: dict) ->
     path = tmp_path / "routing.yaml"
     path.write_text(yaml.safe_dump(routing))
     return {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_NOTIFIER_ROUTING_FILE": str(path),
-            "SW_NOTIFIER_SNAPSHOT_WAIT_S": "0", "SW_EVIDENCE_URL": str(tmp_path / "evidence"), "SW_TEST_SECRET": SECRET}
+            "SW_NOTIFIER_SNAPSHOT_WAIT_S": "0", "SW_EVIDENCE_URL": str(tmp_path / "evidence"), "SW_ROUTING_TEST_SECRET": SECRET}
 
 
 def _produce(broker: str, values: list[bytes], topic: str = topics.ALERTS) -> None:
@@ -252,7 +252,7 @@ def _in_process(redis_url: str, routing_raw: dict, clock: FakeClock, broker: str
 
 
 def test_escalation_fires_at_the_configured_time_reaches_whoever_took_over_and_stops_when_acknowledged(broker, redis_url, sinks, monkeypatch):
-    monkeypatch.setenv("SW_TEST_SECRET", SECRET)
+    monkeypatch.setenv("SW_ROUTING_TEST_SECRET", SECRET)
     sink = sinks()
     people = {name: {"contacts": [_webhook(sink)]} for name in ("alice", "bob", "manager")}
     routing = {"recipients": people,
@@ -289,7 +289,7 @@ def test_escalation_fires_at_the_configured_time_reaches_whoever_took_over_and_s
 
 
 def test_a_burst_becomes_a_digest_and_quiet_hours_hold_all_but_critical(redis_url, sinks, monkeypatch):
-    monkeypatch.setenv("SW_TEST_SECRET", SECRET)
+    monkeypatch.setenv("SW_ROUTING_TEST_SECRET", SECRET)
     sink = sinks()
     routing = {"recipients": {"busy": {"contacts": [_webhook(sink)]},
                               "sleeper": {"contacts": [_webhook(sink)], "timezone": "Europe/London", "quiet_hours": {"start": "22:00", "end": "06:30"}}},

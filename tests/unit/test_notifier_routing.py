@@ -3,6 +3,7 @@
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_quiet_hours_span_midnight_and_let_severe_alerts_through():
     ({"recipients": {"x": {"contacts": [{"type": "apprise", "url": "nonsense-scheme://x"}]}}}, "Apprise does not understand"),
     ({"recipients": {"x": {"contacts": [{"type": "log"}, {"type": "log"}]}}}, "distinct names"),
     ({"routes": [{"name": "night|east", "levels": [{"notify": ["bob"]}]}]}, "routes.0.name"),
-    ({"recipients": {"x": {"contacts": [{"type": "webhook", "url": "https://h.example/${SW_TEST_UNSET_SECRET}"}]}}}, "SW_TEST_UNSET_SECRET is not set"),
+    ({"recipients": {"x": {"contacts": [{"type": "webhook", "url": "https://h.example/${SW_ROUTING_TEST_UNSET_SECRET}"}]}}}, "SW_ROUTING_TEST_UNSET_SECRET is not set"),
 ])
 def test_a_bad_routing_file_names_the_field(change, message):
     base = {"recipients": {"bob": {"contacts": [{"type": "log"}]}, "carol": {"contacts": [{"type": "log"}]}},
@@ -116,10 +117,82 @@ def test_routes_naming_unknown_stores_or_regions_are_refused():
 
 
 def test_secrets_come_from_the_environment(monkeypatch):
-    monkeypatch.setenv("SW_TEST_HOOK_SECRET", "from-env")
-    config = parse_routing({"recipients": {"x": {"contacts": [{"type": "webhook", "url": "https://h.example/", "secret": "${SW_TEST_HOOK_SECRET}"}]}},
+    monkeypatch.setenv("SW_ROUTING_TEST_HOOK_SECRET", "from-env")
+    config = parse_routing({"recipients": {"x": {"contacts": [{"type": "webhook", "url": "https://h.example/", "secret": "${SW_ROUTING_TEST_HOOK_SECRET}"}]}},
                             "routes": [{"name": "r", "levels": [{"notify": ["x"]}]}]})
     assert config.recipients["x"].contacts[0].secret.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+def _one_contact(contact: dict, **extra) -> dict:
+    return {"recipients": {"x": {"contacts": [contact]}}, "routes": [{"name": "r", "levels": [{"notify": ["x"]}]}], **extra}
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (_one_contact({"type": "webhook", "name": "${SW_ROUTING_TEST_NAME}", "url": "https://h.example/"}), r"recipients\.x\.contacts\[0\]\.name"),
+    (_one_contact({"type": "log"}, routes=[{"name": "${SW_ROUTING_TEST_NAME}", "levels": [{"notify": ["x"]}]}]), r"routes\[0\]\.name"),
+    (_one_contact({"type": "log"}, dashboard_url="https://lp.example/?k=${SW_ROUTING_TEST_NAME}"), r"dashboard_url"),
+    ({**_one_contact({"type": "log"}), "recipients": {"${SW_ROUTING_TEST_NAME}": {"contacts": [{"type": "log"}]}}}, r"recipients\.\$\{SW_ROUTING_TEST_NAME\}"),
+])
+def test_a_placeholder_outside_a_contacts_url_or_secret_is_refused(monkeypatch, raw, field):
+    monkeypatch.setenv("SW_ROUTING_TEST_NAME", "expanded-value")
+    with pytest.raises(RoutingError, match=field) as refused:
+        parse_routing(raw, "routing.yaml")
+    message = str(refused.value)
+    assert message.startswith("routing.yaml: ") and "read only in a contact's url or secret" in message and "SW_ROUTING_" in message
+    assert "expanded-value" not in message
+
+
+@pytest.mark.parametrize("contact", [
+    {"type": "webhook", "url": "https://evil.example/?x=${SW_REDIS_URL}"},
+    {"type": "webhook", "url": "https://h.example/", "secret": "${SW_REDIS_URL}"},
+    {"type": "apprise", "url": "ntfys://evil.example/${SW_REDIS_URL}"},
+])
+def test_a_placeholder_naming_a_variable_outside_the_prefix_is_refused_without_its_value(monkeypatch, contact):
+    monkeypatch.setenv("SW_REDIS_URL", "redis://:hunter2@redis.internal:6379/0")
+    with pytest.raises(RoutingError) as refused:
+        parse_routing(_one_contact(contact), "routing.yaml")
+    message = str(refused.value)
+    assert message.startswith("routing.yaml: recipients.x.contacts[0].")
+    assert "${SW_REDIS_URL} is not allowed" in message and "starting with SW_ROUTING_" in message
+    assert "hunter2" not in message and "redis.internal" not in message
+    # The prefix is the notifier's setting: another one moves the line, and SW_ROUTING_ is refused then.
+    monkeypatch.setenv("LP_HOOK_SECRET", "from-env")
+    config = parse_routing(_one_contact({"type": "webhook", "url": "https://h.example/", "secret": "${LP_HOOK_SECRET}"}), secret_env_prefix="LP_")
+    assert config.recipients["x"].contacts[0].secret.get_secret_value() == "from-env"  # type: ignore[union-attr]
+    with pytest.raises(RoutingError, match="starting with LP_"):
+        parse_routing(_one_contact({"type": "webhook", "url": "https://h.example/", "secret": "${SW_ROUTING_X}"}), secret_env_prefix="LP_")
+
+
+def test_the_prefix_setting_cannot_take_in_the_notifiers_own_settings():
+    from pydantic import ValidationError
+
+    from services.notifier.__main__ import NotifierSettings
+
+    assert NotifierSettings().notifier_secret_env_prefix == "SW_ROUTING_"
+    assert NotifierSettings(notifier_secret_env_prefix="LP_NOTIFY_").notifier_secret_env_prefix == "LP_NOTIFY_"
+    for prefix in ("SW_", "sw_", "SW_EVIDENCE_", "SW_REDIS_"):
+        with pytest.raises(ValidationError, match="the notifier's own settings"):
+            NotifierSettings(notifier_secret_env_prefix=prefix)
+    with pytest.raises(ValidationError, match="pattern"):
+        NotifierSettings(notifier_secret_env_prefix="")
+
+
+def test_an_allowed_placeholder_in_a_url_is_expanded(monkeypatch):
+    monkeypatch.setenv("SW_ROUTING_TEST_TOKEN", "tok123")
+    monkeypatch.setenv("SW_ROUTING_TEST_HOST", "hooks.example")
+    config = parse_routing(_one_contact({"type": "webhook", "url": "https://${SW_ROUTING_TEST_HOST}/in/${SW_ROUTING_TEST_TOKEN}"}))
+    assert str(config.recipients["x"].contacts[0].url) == "https://hooks.example/in/tok123"  # type: ignore[union-attr]
+    config = parse_routing(_one_contact({"type": "apprise", "url": "ntfys://ntfy.example.com/lp-${SW_ROUTING_TEST_TOKEN}"}))
+    assert config.recipients["x"].contacts[0].url.get_secret_value() == "ntfys://ntfy.example.com/lp-tok123"  # type: ignore[union-attr]
+
+
+def test_a_routing_file_that_is_not_yaml_is_refused_by_line_and_column_without_quoting_it(tmp_path):
+    path = tmp_path / "routing.yaml"
+    path.write_text("recipients:\n  x:\n    contacts:\n      - {type: apprise, url: ntfys://ntfy.example.com/s3cr3t-topic: oops}\n")
+    with pytest.raises(RoutingError) as refused:
+        load_routing(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not valid YAML: line 4, column ") and "s3cr3t" not in message and "ntfy.example.com" not in message
 
 
 def test_alert_and_digest_messages_name_the_facts_and_link_the_alert_page():
@@ -169,15 +242,67 @@ def test_a_webhook_that_redirects_is_refused_not_counted_as_delivered():
         channel.deliver(notification)
 
 
+class _FakeSMTP:
+    """Stands in for smtplib.SMTP under Apprise's email plugin: keeps each message it is given."""
+
+    sent: ClassVar[list[str]] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def starttls(self, **kwargs) -> None:
+        pass
+
+    def login(self, user: str, password: str) -> None:
+        pass
+
+    def sendmail(self, from_addr: str, to_addrs: list[str], message: str) -> dict:
+        self.sent.append(message)
+        return {}
+
+    def quit(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("url", ["mailtos://lp:pw@smtp.example.com?to=alice@example.com",
+                                 "mailtos://lp:pw@smtp.example.com?to=alice@example.com&format=html"])
+def test_email_never_carries_a_pos_supplied_value_as_html(monkeypatch, url):
+    import email
+    import email.policy
+    import smtplib
+
+    from services.notifier.channels.apprise import AppriseChannel, AppriseChannelConfig
+
+    monkeypatch.setattr(smtplib, "SMTP", _FakeSMTP)
+    monkeypatch.setattr(_FakeSMTP, "sent", [])
+    markup = "<img src=x onerror=alert(1)>"
+    alert = _alert(register_id=markup, explanation=f"refund by employee {markup} of <b>txn-9</b> & more")
+    channel = AppriseChannel(AppriseChannelConfig(type="apprise", url=url, attach_snapshot=False))
+    for notification in (alert_notification("al-1|x/email", "x", alert, "https://lp.example", NY, "r", None),
+                         digest_notification("digest|x/email|1", "x", [alert, _alert(alert_id="al-2")], "https://lp.example", NY, "burst")):
+        assert channel.deliver(notification).startswith("sent via")
+    assert len(_FakeSMTP.sent) == 2
+    for raw in _FakeSMTP.sent:
+        message = email.message_from_string(raw, policy=email.policy.default)
+        parts = {part.get_content_type(): part.get_content() for part in message.walk() if not part.is_multipart()}
+        for content_type, text in sorted(parts.items()):  # text/html first
+            if content_type == "text/html":
+                assert "<img" not in text and "<b>" not in text and "&lt;img" in text
+            else:
+                assert content_type == "text/plain" and markup in text  # plain text shows the id as it is
+        if "format=html" not in url:
+            assert list(parts) == ["text/plain"]
+
+
 def test_the_example_routing_file_is_valid(monkeypatch):
     text = (Path(__file__).resolve().parents[2] / "config" / "notifier-routing.example.yaml").read_text()
     for name in set(re.findall(r"\$\{([A-Z0-9_]+)\}", text)):
         monkeypatch.setenv(name, "placeholder")
-    monkeypatch.setenv("SW_PUSHOVER_USER", "u" * 30)
-    monkeypatch.setenv("SW_PUSHOVER_TOKEN", "a" * 30)
-    monkeypatch.setenv("SW_SLACK_TOKEN_A", "T1JJ3T3L2")
-    monkeypatch.setenv("SW_SLACK_TOKEN_B", "A1BRTD4JD")
-    monkeypatch.setenv("SW_SLACK_TOKEN_C", "TIiajkdnlazkcOXrIdevi7FQ")
+    monkeypatch.setenv("SW_ROUTING_PUSHOVER_USER", "u" * 30)
+    monkeypatch.setenv("SW_ROUTING_PUSHOVER_TOKEN", "a" * 30)
+    monkeypatch.setenv("SW_ROUTING_SLACK_TOKEN_A", "T1JJ3T3L2")
+    monkeypatch.setenv("SW_ROUTING_SLACK_TOKEN_B", "A1BRTD4JD")
+    monkeypatch.setenv("SW_ROUTING_SLACK_TOKEN_C", "TIiajkdnlazkcOXrIdevi7FQ")
     config = load_routing(Path(__file__).resolve().parents[2] / "config" / "notifier-routing.example.yaml")
     config.check_stores(["store-001"], ["uk-south"])
     assert on_call(config.schedules["store-001-officers"], _at("2026-12-05T12:00:00+00:00")).people == ["bob"]

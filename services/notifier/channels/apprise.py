@@ -5,6 +5,11 @@ One Apprise URL per contact (`ntfys://ntfy.example.com/lp-alice`, `pover://user@
 evidence snapshot goes as an attachment where the service takes one, the alert page's link always.
 Apprise reports failure as False plus log lines; the lines logged by this thread during the call
 become the error text.
+
+Title and body are handed over as plain text: they carry ids and explanations a POS system or a
+camera's config supplied, and Apprise escapes plain text for a service that renders HTML or
+Markdown (email goes out as text/plain; an email URL with `format=html`, Telegram and the like get
+it HTML-escaped), so no such value is ever read as markup.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ class AppriseChannel:
         self._errors.local.lines = []
         try:
             ok = plugin.notify(body=body, title=notification.title, notify_type=_NOTIFY_TYPES.get(notification.severity, apprise.NotifyType.INFO),
-                               attach=attachments)
+                               attach=attachments, body_format=apprise.NotifyFormat.TEXT)
         except Exception as exc:  # a plugin bug must fail this delivery, not the worker
             raise DeliveryError(f"apprise {self.name} ({plugin.service_name}): {type(exc).__name__} {exc}") from None
         finally:
