@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -58,7 +59,9 @@ def hq(broker, redis_url, start_service, sample_assets, tmp_path):
     users_file.write_text(yaml.safe_dump({"users": [{"username": name, **spec, "password_hash": hash_password(PASSWORD)} for name, spec in USERS.items()]}))
     evidence_dir = tmp_path / "evidence"
     env = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_STORE_CONFIG": str(config),
-           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1"}
+           "SW_API_USERS_FILE": str(users_file), "SW_EVIDENCE_URL": str(evidence_dir), "SW_API_LIVE_PING_S": "1",
+           # As behind an Ingress: the loopback "proxy" says who the client is (X-Forwarded-For).
+           "SW_TRUSTED_PROXIES": '["127.0.0.1/32"]'}
     proc = start_service("api", env)
     return type("Hq", (), {"url": proc.http, "health": proc.health, "env": env, "broker": broker, "redis_url": redis_url,
                            "evidence": EvidenceStore(str(evidence_dir)), "proc": proc})
@@ -368,27 +371,87 @@ def test_live_feed_ends_when_its_session_does(hq):
     assert "event: expired" in lines
 
 
-def test_failed_sign_ins_lock_the_name_then_the_address(hq):
-    def sign_in(username: str, password: str) -> int:
-        return httpx.post(f"{hq.url}/v1/auth/login", json={"username": username, "password": password}, timeout=20).status_code
+def _sign_in(hq, username: str, password: str, address: str = "203.0.113.7") -> int:
+    """A sign-in from a client address, as the Ingress forwards it."""
+    return httpx.post(f"{hq.url}/v1/auth/login", json={"username": username, "password": password}, headers={"X-Forwarded-For": address},
+                      timeout=30).status_code
 
-    assert [sign_in("officer", "guess") for _ in range(10)] == [401] * 10
-    assert sign_in("officer", PASSWORD) == 429  # the right password too, until the lockout ends
-    assert sign_in("hq", PASSWORD) == 200  # other users are not locked
-    # Every attempt that is not a sign-in counts against the address (the locked one too): 50 in all.
-    answers = [sign_in(f"nobody{i}", "guess") for i in range(40)]
-    assert answers == [401] * 39 + [429]
-    assert sign_in("hq", PASSWORD) == 429  # the address waits now, whoever signs in from it
+
+def test_failed_sign_ins_lock_that_address_for_that_name_never_the_user_everywhere(hq):
+    attacker, officer_at_work, scanner = "203.0.113.7", "198.51.100.20", "192.0.2.99"
+    assert [_sign_in(hq, "officer", "guess", attacker) for _ in range(10)] == [401] * 10
+    assert _sign_in(hq, "officer", PASSWORD, attacker) == 429  # that address waits for that name
+    # The attacker cannot lock the officer out: from anywhere else the right password works.
+    assert _sign_in(hq, "officer", PASSWORD, officer_at_work) == 200
+    assert _sign_in(hq, "hq", PASSWORD, attacker) == 200  # nor other users from that address
+    # The audit log has each client's own address (forwarded by the trusted proxy), not the proxy's.
+    entries = [fields for _, fields in redis.Redis.from_url(hq.redis_url, decode_responses=True).xrange("sw:audit")]
+    assert {e["ip"] for e in entries if e["action"] == "sign_in_failed"} == {attacker}
+    assert {e["ip"] for e in entries if e["action"] == "sign_in"} == {officer_at_work, attacker}
+    # An address that fails for any names 50 times waits, whoever signs in from it.
+    answers = [_sign_in(hq, f"nobody{i}", "guess", scanner) for i in range(51)]
+    assert answers == [401] * 50 + [429]
+    assert _sign_in(hq, "hq", PASSWORD, scanner) == 429
     audited = redis.Redis.from_url(hq.redis_url).xlen("sw:audit")
-    assert audited == 10 + 1 + 39  # failed sign-ins and the one sign-in; refused attempts are not written
+    assert audited == 10 + 2 + 50  # failed sign-ins and the two sign-ins; refused attempts are not written
 
 
 def test_parallel_guesses_cannot_pass_the_lockout(hq):
     from concurrent.futures import ThreadPoolExecutor
 
-    def guess(_: int) -> int:
-        return httpx.post(f"{hq.url}/v1/auth/login", json={"username": "manager", "password": "guess"}, timeout=30).status_code
-
+    # One password check per address at a time: the rest are told at once to retry, so guesses in
+    # parallel are counted exactly, however many are sent.
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(guess, range(24)))
-    assert answers.count(401) == 10 and answers.count(429) == 14
+        answers = list(pool.map(lambda _: _sign_in(hq, "manager", "guess"), range(24)))
+    assert set(answers) <= {401, 429} and 1 <= answers.count(401) <= 10, answers
+    more = [_sign_in(hq, "manager", "guess") for _ in range(12)]
+    assert answers.count(401) + more.count(401) == 10 and more[-1] == 429
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_sign_in_flood_and_a_huge_body_are_refused_at_once_within_bounded_memory(hq):
+    """50 sign-ins at once from 50 addresses: at most two argon2 checks (64 MiB each) run, the rest
+    are a 503 at once; a 300 MB sign-in body is a 413 before it is read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = hq.proc.popen.pid
+    before = _rss_mb(pid)
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda i: _sign_in(hq, f"guess{i}", "wrong", f"10.9.{i // 200}.{i % 200 + 1}"), range(50)))
+    assert set(answers) <= {401, 503} and 503 in answers and 401 in answers, answers
+    grown = _rss_mb(pid) - before
+    # Unbounded, 50 checks at once took the api from 231 MB to 615 MB; two at a time hold 128 MiB at most.
+    assert grown < 250, f"the api grew {grown:.0f} MB under the flood"
+
+    host, port = hq.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(f"POST /v1/auth/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode() + b'{"username": "' + b"x" * 65536)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(f"POST /v1/auth/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        answer = b""
+        try:
+            for _ in range(16 * 1024):  # at most 1 GB in 64 KiB chunks, until the api answers
+                sock.sendall(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+                sock.settimeout(0.001)
+                try:
+                    answer = sock.recv(4096)
+                except (TimeoutError, BlockingIOError):
+                    continue
+                finally:
+                    sock.settimeout(20)
+                if answer:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = answer or sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert _rss_mb(pid) - before < 250
+    assert httpx.get(f"{hq.url}/healthz", timeout=10).status_code == 200

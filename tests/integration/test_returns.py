@@ -158,3 +158,66 @@ def test_bad_requests_get_4xx_and_a_missing_model_falls_back_to_the_rules_with_a
     limited = _assess(api, KEY, card_token="tok-scan-x")
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert _assess(api, OTHER_KEY, store_id="store-002").status_code != 429
+
+
+def test_the_till_keeps_its_answers_while_the_hq_api_is_flooded_killed_or_without_redis(broker, redis_url, start_service, sample_assets, tmp_path):
+    """The tills talk to the store-facing service only: whatever happens to the HQ api (a sign-in
+    flood, a 1 GB body, its Redis gone, the process killed) the till's question is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devplatform.launcher import Platform
+    from tests.conftest import platform_part
+
+    common = {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, **_write_common(tmp_path, Path(sample_assets["store_config"]))}
+    till = start_service("pos", {**common, "SW_REDIS_URL": redis_url, "SW_POS_MODELS_DIR": str(tmp_path / "no-models"),
+                                 "SW_POS_ASSESS_PER_KEY_PER_S": "1000", "SW_POS_ASSESS_BURST": "1000"}).http
+    with platform_part(tmp_path / "hq-redis", Platform.start_redis) as hq_redis:
+        hq = start_service("api", {**common, "SW_REDIS_URL": hq_redis.env["SW_REDIS_URL"]})
+
+        def asks(count: int) -> list[int]:
+            return [_assess(till, KEY, card_token=f"tok-{time.monotonic_ns()}").status_code for _ in range(count)]
+
+        assert asks(3) == [200] * 3
+        # Flooded: sign-ins from 40 threads and a 1 GB body, while the till asks.
+        def flood(i: int) -> int:
+            return httpx.post(f"{hq.http}/v1/auth/login", json={"username": f"x{i}", "password": "guess"}, timeout=60).status_code
+
+        def huge() -> int:
+            def body():
+                for _ in range(16 * 1024):
+                    yield b"x" * 65536
+            try:
+                return httpx.post(f"{hq.http}/v1/auth/login", content=body(), headers={"Content-Type": "application/json"}, timeout=60).status_code
+            except httpx.HTTPError:
+                return 413  # the api answered and closed while the client was still sending
+        with ThreadPoolExecutor(41) as pool:
+            flooding = [pool.submit(flood, i) for i in range(200)] + [pool.submit(huge)]
+            during = asks(10)
+            results = [f.result() for f in flooding]
+        assert during == [200] * 10 and set(results) <= {401, 413, 429, 503}, (during, sorted(set(results)))
+        # Without its Redis the HQ api is not ready; the till does not notice.
+        hq_redis.kill_component("redis")
+        wait_for(lambda: httpx.get(f"{hq.http}/readyz", timeout=10).status_code == 503, 30, "the HQ api not ready without Redis")
+        assert asks(3) == [200] * 3
+    hq.kill()
+    assert asks(3) == [200] * 3
+    assert httpx.get(f"{till}/readyz", timeout=10).status_code == 200
+
+
+def test_one_stores_decisions_never_push_out_anothers(redis_url):
+    """Each store has its own bounded list: a store (or its key) sending thousands of returns trims
+    only its own oldest decisions; the chain-wide view still finds a quiet store's."""
+    from services.shared.contracts.return_decision_pb2 import ReturnDecision
+    from services.shared.returndecisions import keep_decision, recent_decisions, store_decisions_hash, store_decisions_key
+
+    client = redis.Redis.from_url(redis_url)
+    for store in ("store-busy", "store-quiet"):
+        client.delete(store_decisions_key(store), store_decisions_hash(store))
+    keep_decision(client, ReturnDecision(decision_id="rd-quiet", store_id="store-quiet", decided_time_ms=1_000, outcome=1), kept=5)
+    for i in range(40):
+        keep_decision(client, ReturnDecision(decision_id=f"rd-busy-{i}", store_id="store-busy", decided_time_ms=2_000 + i, outcome=3), kept=5)
+    busy = recent_decisions(client, {"store-busy"}, 100)
+    assert [d["decision_id"] for d in busy] == [f"rd-busy-{i}" for i in range(39, 34, -1)]
+    assert client.hlen(store_decisions_hash("store-busy")) == 5  # the trimmed ones' records went with them
+    both = recent_decisions(client, {"store-busy", "store-quiet"}, 100)
+    assert both[-1]["decision_id"] == "rd-quiet" and both[-1]["outcome"] == "accept"

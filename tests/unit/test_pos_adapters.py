@@ -576,6 +576,39 @@ def test_a_signed_refund_older_than_the_dedupe_window_is_answered_not_published(
     assert len(pos_api.producer.sent) == 1
 
 
+def test_a_shopify_refund_replayed_under_another_shops_domain_is_a_duplicate(tmp_path):
+    """Shopify signs the body, not the shop header: two shops that share an app's secret would let a
+    refund signed for one be sent again as the other's. Shopify's ids are global, so the claim is
+    chain-wide and the replay is answered as a duplicate, never a refund in a second store."""
+    raw = yaml.safe_load(SAMPLE.read_text())
+    second = json.loads(json.dumps(raw["stores"][0]).replace("cam-counter-1", "cam-counter-2"))
+    second_shop = "second-street.myshopify.com"
+    register = raw["stores"][0]["pos"]["default_register"]
+    second.update(id="store-002", name="Second Store", pos={"shopify_shop_domain": second_shop, "retail_store_id": "0043", "default_register": register})
+    raw["stores"].append(second)
+    (tmp_path / "chain.yaml").write_text(yaml.safe_dump(raw))
+    chain = load_store_config(tmp_path / "chain.yaml")
+    fake_redis, producer = FakeRedis(), FakeProducer()
+    gateway = PosGateway(config=chain, producer=cast(Producer, producer), dedupe=Dedupe(cast(redis.Redis, fake_redis), ttl_s=7 * 86400),
+                         keys=PosKeys({}), shopify=ShopifyAdapter(chain, {SHOP: SecretStr(SHOP_SECRET), second_shop: SecretStr(SHOP_SECRET)}),
+                         square=square(chain))
+    app = FastAPI()
+    app.include_router(pos_router(gateway))
+    api = PosApi(app, gateway, producer, fake_redis)
+    payload = json.loads((EXAMPLES / "shopify-refund.json").read_text())
+    payload.update(created_at=_days_ago(1))
+    body = json.dumps(payload).encode()
+
+    async def scenario() -> None:
+        first = await api.post("/v1/pos/webhooks/shopify", body, shopify_headers(body), key=None)
+        assert first.status_code == 202 and first.json()["duplicate"] is False, first.text
+        replayed = await api.post("/v1/pos/webhooks/shopify", body, shopify_headers(body, shop=second_shop), key=None)
+        assert replayed.status_code == 200 and replayed.json()["duplicate"] is True, replayed.text
+
+    api.serve(scenario)
+    assert [(e.store_id, e.event_id) for e in producer.sent] == [("store-001", f"shopify-{payload['id']}")]
+
+
 def test_parsing_and_checking_run_off_the_event_loop(pos_api, monkeypatch):
     """Checking and serialising a large POSLog's events takes seconds: never on the event loop."""
     on_loop: list[bool] = []
