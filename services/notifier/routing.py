@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from services.notifier.channels import ContactConfig
 from services.shared.contracts.alert_pb2 import Alert, Severity
+from services.shared.settings import yaml_problem
 
 SEVERITIES = ("low", "medium", "high", "critical")
 SeverityName = Literal["low", "medium", "high", "critical"]
@@ -374,17 +375,6 @@ def parse_routing(raw: Any, source: str = "routing", secret_env_prefix: str = DE
         raise RoutingError(f"{source}: {where}: {first['msg']}" + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")) from None
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """Where and what, without PyYAML's usual quote of the offending line (it may hold a secret)."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        return where + "; ".join(part[:200] for part in (exc.problem, exc.context) if part)
-    if isinstance(exc, yaml.reader.ReaderError):
-        return f"character {exc.position + 1}: {exc.reason}"
-    return type(exc).__name__
-
-
 def load_routing(path: Path | str, secret_env_prefix: str = DEFAULT_SECRET_ENV_PREFIX) -> RoutingConfig:
     path = Path(path)
     try:
@@ -392,6 +382,6 @@ def load_routing(path: Path | str, secret_env_prefix: str = DEFAULT_SECRET_ENV_P
     except OSError as exc:
         raise RoutingError(f"{path}: cannot read the routing file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise RoutingError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise RoutingError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     return parse_routing(raw, str(path), secret_env_prefix)
 

@@ -31,7 +31,7 @@ from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging
 from services.shared.returndecisions import model_card, publish_model_card
 from services.shared.riskmodel import load_latest
-from services.shared.settings import FileNamedByEnvSource, SettingsError, WebSettings, load_settings
+from services.shared.settings import FileNamedByEnvSource, SettingsError, WebSettings, load_settings, yaml_problem
 from services.shared.storeconfig import StoreConfig, load_store_config
 
 _SECRETS_FILE_FIELDS = MappingProxyType({"shopify_secrets": "pos_shopify_secrets", "square_signature_key": "pos_square_signature_key"})
@@ -49,10 +49,7 @@ class PosSecretsFile(FileNamedByEnvSource):
         except OSError as exc:
             raise SettingsError(f"invalid setting SW_POS_SECRETS_FILE: cannot read {path} ({exc.strerror})") from None
         except yaml.YAMLError as exc:
-            # The file holds secrets: say where it is broken, never what the line says.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise SettingsError(f"invalid setting SW_POS_SECRETS_FILE: {path} is not valid YAML{where}") from None
+            raise SettingsError(f"invalid setting SW_POS_SECRETS_FILE: {path} is not valid YAML: {yaml_problem(exc)}") from None
         unknown = sorted(set(data) - set(_SECRETS_FILE_FIELDS)) if isinstance(data, dict) else ["(not a mapping)"]
         if unknown:
             raise SettingsError(f"invalid setting SW_POS_SECRETS_FILE: {path} holds {unknown}; it may hold {sorted(_SECRETS_FILE_FIELDS)}")

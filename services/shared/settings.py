@@ -127,6 +127,18 @@ class SettingsError(SystemExit):
 M = TypeVar("M", bound=BaseModel)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, without PyYAML's usual quote of the offending line: the files these errors
+    are about (users, POS keys and secrets, notification routing) may hold secrets."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return where + "; ".join(part[:200] for part in (exc.problem, exc.context) if part)
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.position + 1}: {exc.reason}"
+    return type(exc).__name__
+
+
 def load_yaml_file(path: Path, model: type[M], what: str) -> M:
     """A YAML file named by a setting, validated at start: a bad one stops the service with one line
     per problem, each naming the file and the field (`what` says which file it is, e.g. "users file")."""
@@ -136,7 +148,7 @@ def load_yaml_file(path: Path, model: type[M], what: str) -> M:
     except OSError as exc:
         raise SystemExit(f"{what} {path}: cannot read it ({exc})") from None
     except yaml.YAMLError as exc:
-        raise SystemExit(f"{what} {path}: not YAML ({exc})") from None
+        raise SystemExit(f"{what} {path}: not valid YAML: {yaml_problem(exc)}") from None
     except ValidationError as exc:
         lines = [f"{what} {path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise SystemExit("\n".join(lines)) from None

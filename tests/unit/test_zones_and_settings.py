@@ -94,3 +94,21 @@ def test_anomaly_input_is_causal_and_restarts_after_a_gap():
     assert stack(5, context()) == stack(5, context()) == [20, 30, 40, 50, 60]
     assert stack(6, context(), time_ms=60_000) == [70] * 5  # after a 59 s gap: no stale past
     assert stack(6, context(), time_ms=500) == [70] * 5  # older than the history (a replay): start afresh
+
+
+def test_a_broken_yaml_file_is_reported_by_line_and_column_without_its_text(tmp_path, monkeypatch):
+    """Users, POS keys and secrets files hold secrets: a YAML error says where, never what the line says."""
+    from pydantic import BaseModel
+
+    from services.pos.__main__ import PosSettings
+    from services.shared.settings import SettingsError, load_yaml_file
+
+    broken = tmp_path / "secrets.yaml"
+    broken.write_text('shopify_secrets:\n  shop.myshopify.com: "shpss_TOPSECRET\nsquare_signature_key: [\n')
+    with pytest.raises(SystemExit) as exc:
+        load_yaml_file(broken, BaseModel, "users file")
+    assert "line " in str(exc.value) and "TOPSECRET" not in str(exc.value)
+    monkeypatch.setenv("SW_POS_SECRETS_FILE", str(broken))
+    with pytest.raises(SettingsError) as exc:
+        PosSettings()
+    assert "line " in str(exc.value) and "TOPSECRET" not in str(exc.value)
