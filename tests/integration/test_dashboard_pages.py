@@ -221,8 +221,12 @@ def real_api(broker, redis_url, start_service, risk_models, tmp_path):
     ]}))
     api = start_service("api", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_API_USERS_FILE": str(users),
                                 "SW_EVIDENCE_URL": str(tmp_path / "evidence"), "SW_API_MODELS_DIR": str(risk_models)}).http
-    # A return the rules decided, kept where the api keeps its decisions.
+    # A return the rules decided, and the return model's card, kept where the store-facing service keeps them.
+    from services.shared.returndecisions import model_card, publish_model_card
+    from services.shared.riskmodel import load_latest
+
     _keep_decisions(redis.Redis.from_url(redis_url), [_return_decision("real-api", "store-001", 2, 2599, abusive=True, receipt=False, model=None)])
+    publish_model_card(redis.Redis.from_url(redis_url), model_card(load_latest(risk_models, "return"), "return"))
     producer = make_producer(broker)
     for alert in (_alert("al-dash-1", 30, Severity.SEVERITY_LOW), _alert("al-dash-2", 10, Severity.SEVERITY_CRITICAL)):
         producer.produce(topics.ALERTS, key=alert.store_id, value=alert.SerializeToString())
@@ -345,9 +349,9 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
 # ---- the Returns page ------------------------------------------------------------------------------
 #
 # The page reads GET /v1/returns/decisions and GET /v1/returns/model. Here a small app serves those two
-# routes as the api documents them: the decisions stored in Redis as the api stores them (returns.view()
-# of a ReturnDecision, by returns.keep_decision) and read back by the api's own
-# ReturnDesk.recent, and the card returns.model_card() makes of a real trained return-risk model.
+# routes as the api documents them: the decisions stored in Redis as the store-facing service stores
+# them (returndecisions.keep_decision) and read back as the HQ api reads them (recent_decisions), and
+# the card returndecisions.model_card() makes of a real trained return-risk model.
 
 RETURN_STORES = [
     {"store_id": "store-001", "name": "High Street", "region": "south", "timezone": "Europe/London", "cameras": [], "registers": []},

@@ -455,3 +455,19 @@ def test_a_sign_in_flood_and_a_huge_body_are_refused_at_once_within_bounded_memo
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert _rss_mb(pid) - before < 250
     assert httpx.get(f"{hq.url}/healthz", timeout=10).status_code == 200
+
+
+def test_live_feeds_past_the_cap_are_refused_at_once_and_a_closed_one_frees_its_place(hq, start_service):
+    capped = start_service("api", {**hq.env, "SW_API_LIVE_MAX_STREAMS": "1"})
+    analyst = client(type("Capped", (), {"url": capped.http}), "hq")
+    with analyst.stream("GET", "/v1/alerts/stream", timeout=httpx.Timeout(30, read=30)) as first:
+        lines = first.iter_lines()  # kept: a dropped line iterator would close the feed
+        assert first.status_code == 200 and next(lines) == ": connected"
+        second = analyst.get("/v1/alerts/stream", timeout=10)
+        assert second.status_code == 503 and second.headers["Retry-After"]
+
+    def reopened() -> bool:
+        with analyst.stream("GET", "/v1/alerts/stream", timeout=httpx.Timeout(30, read=30)) as again:
+            return again.status_code == 200 and next(again.iter_lines()) == ": connected"
+    # The server notices the closed feed within its one-second poll.
+    wait_for(reopened, 20, "a new live feed once the first is closed")

@@ -50,7 +50,7 @@ def routes(hq: Hq) -> APIRouter:
     async def stream(who: Signed, request: Request) -> StreamingResponse:
         """Server-sent events: `alert` for each new alert the caller may see, `status` when a verdict changes one."""
         # Each feed holds a Redis connection: past the cap a new one is refused at once, not queued.
-        if hq.live_streams.try_enter() is not None:
+        if hq.live_streams.active >= hq.live_streams.limit:
             raise HTTPException(503, "too many live feeds open on this api; retry later", headers={"Retry-After": "5"})
         return StreamingResponse(_live_events(hq, who, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -85,33 +85,40 @@ def _package_view(alert_id: str, manifest: dict | None) -> dict | None:
 
 
 async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterator[bytes]:
-    """Relay the live channel to one dashboard, only what its user may see; a comment keeps proxies open."""
-    client = aioredis.Redis.from_url(hq.redis_url)
-    pubsub = client.pubsub()
+    """Relay the live channel to one dashboard, only what its user may see; a comment keeps proxies open.
+    Its place among the capped feeds is taken here, where `finally` is sure to give it back (one
+    that lost the race since the route's check ends at once)."""
+    if hq.live_streams.try_enter() is not None:
+        yield b"event: busy\ndata: {}\n\n"
+        return
     try:
-        await pubsub.subscribe(LIVE_CHANNEL)
-        yield b": connected\n\n"
-        last_ping = time.monotonic()
-        while not await request.is_disconnected():
-            if time.monotonic() - last_ping >= hq.ping_s:
-                # On a clock, busy or not: a feed outlives neither its session nor its user.
-                last_ping = time.monotonic()
-                if await asyncio.to_thread(hq.directory.principal, session_token(request)) is None:
-                    yield b"event: expired\ndata: {}\n\n"
-                    return
-                yield b": ping\n\n"
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
-                continue
-            event = json.loads(message["data"])
-            if not who.may_see(event.get("store_id", "")):
-                continue  # most messages of a chain: not even a lookup
-            view = await asyncio.to_thread(hq.alerts.view, event["alert_id"])
-            if view is None or not who.may_see(view["store_id"]):
-                continue
-            data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
-            yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()
+        client = aioredis.Redis.from_url(hq.redis_url)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(LIVE_CHANNEL)
+            yield b": connected\n\n"
+            last_ping = time.monotonic()
+            while not await request.is_disconnected():
+                if time.monotonic() - last_ping >= hq.ping_s:
+                    # On a clock, busy or not: a feed outlives neither its session nor its user.
+                    last_ping = time.monotonic()
+                    if await asyncio.to_thread(hq.directory.principal, session_token(request)) is None:
+                        yield b"event: expired\ndata: {}\n\n"
+                        return
+                    yield b": ping\n\n"
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    continue
+                event = json.loads(message["data"])
+                if not who.may_see(event.get("store_id", "")):
+                    continue  # most messages of a chain: not even a lookup
+                view = await asyncio.to_thread(hq.alerts.view, event["alert_id"])
+                if view is None or not who.may_see(view["store_id"]):
+                    continue
+                data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
+                yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
     finally:
         hq.live_streams.leave()
-        await pubsub.aclose()
-        await client.aclose()
