@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import cv2
 import httpx
@@ -385,7 +386,7 @@ def test_failed_sign_ins_lock_that_address_for_that_name_never_the_user_everywhe
     assert _sign_in(hq, "officer", PASSWORD, officer_at_work) == 200
     assert _sign_in(hq, "hq", PASSWORD, attacker) == 200  # nor other users from that address
     # The audit log has each client's own address (forwarded by the trusted proxy), not the proxy's.
-    entries = [fields for _, fields in redis.Redis.from_url(hq.redis_url, decode_responses=True).xrange("sw:audit")]
+    entries = [cast(dict, fields) for _, fields in cast(list, redis.Redis.from_url(hq.redis_url, decode_responses=True).xrange("sw:audit"))]
     assert {e["ip"] for e in entries if e["action"] == "sign_in_failed"} == {attacker}
     assert {e["ip"] for e in entries if e["action"] == "sign_in"} == {officer_at_work, attacker}
     # An address that fails for any names 50 times waits, whoever signs in from it.

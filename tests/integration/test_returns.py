@@ -213,9 +213,9 @@ def test_one_stores_decisions_never_push_out_anothers(redis_url):
     client = redis.Redis.from_url(redis_url)
     for store in ("store-busy", "store-quiet"):
         client.delete(store_decisions_key(store), store_decisions_hash(store))
-    keep_decision(client, ReturnDecision(decision_id="rd-quiet", store_id="store-quiet", decided_time_ms=1_000, outcome=1), kept=5)
+    keep_decision(client, ReturnDecision(decision_id="rd-quiet", store_id="store-quiet", decided_time_ms=1_000, outcome=ReturnOutcome.RETURN_OUTCOME_ACCEPT), kept=5)
     for i in range(40):
-        keep_decision(client, ReturnDecision(decision_id=f"rd-busy-{i}", store_id="store-busy", decided_time_ms=2_000 + i, outcome=3), kept=5)
+        keep_decision(client, ReturnDecision(decision_id=f"rd-busy-{i}", store_id="store-busy", decided_time_ms=2_000 + i, outcome=ReturnOutcome.RETURN_OUTCOME_DENY), kept=5)
     busy = recent_decisions(client, {"store-busy"}, 100)
     assert [d["decision_id"] for d in busy] == [f"rd-busy-{i}" for i in range(39, 34, -1)]
     assert client.hlen(store_decisions_hash("store-busy")) == 5  # the trimmed ones' records went with them
