@@ -24,8 +24,7 @@ from services.api.audit import AuditLog
 from services.api.auth import Directory, load_users_file
 from services.api.hq import Hq
 from services.shared import topics
-from services.shared.health import HealthServer
-from services.shared.httpguard import Admission, GracefulServer, server_config
+from services.shared.httpguard import Admission, serve
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging
 from services.shared.riskmodel import load_latest
@@ -99,14 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     consumer = threading.Thread(target=loop.run, name="alerts-consumer")
     consumer.start()
     app = create_app(hq, ready, settings.api_max_body_bytes)
-    health = HealthServer(settings.http_host, settings.http_port, ready, routes={"/openapi.json": app.openapi}).start()
-    log.info("started", extra={"port": settings.api_port, "health_port": health.port, "users_from_file": len(users)})
     # SIGTERM stops serving first; then the consumer stops and the producer flushes.
-    GracefulServer(server_config(app, "api", settings.http_host, settings.api_port, settings.log_level, settings.trusted_proxies)).run()
+    serve(app, "api", settings, settings.api_port, ready, log, users_from_file=len(users))
     stop.set()
     consumer.join(15)
     producer.flush(10)
-    health.stop()
     failed = loop.failure is not None
     log.info("stopped", extra={"failed": failed})
     return 1 if failed else 0

@@ -3,7 +3,6 @@ audit, the tills' return decisions (read from Redis), and the dashboard pages.""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import redis
@@ -13,7 +12,7 @@ from fastapi.responses import JSONResponse
 from services.api.hq import Hq, hq_router
 from services.api.pages import mount_dashboard
 from services.shared.evidence import STORE_ERRORS
-from services.shared.httpguard import BodyLimit, SecurityHeaders
+from services.shared.httpguard import BodyLimit, SecurityHeaders, add_health_routes
 
 
 def create_app(hq: Hq, ready: Callable[[], bool], max_body_bytes: int = 64 * 1024) -> FastAPI:
@@ -37,14 +36,7 @@ def create_app(hq: Hq, ready: Callable[[], bool], max_body_bytes: int = 64 * 102
     app.include_router(hq_router(hq))
     mount_dashboard(app)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        ok = await asyncio.to_thread(ready)
-        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok})
+    add_health_routes(app, ready)
 
     # Every route's body cap, before any route reads a byte (a 300 MB sign-in is a 413, not 1 GB of RSS).
     app.add_middleware(BodyLimit, default=max_body_bytes, default_setting="SW_API_MAX_BODY_BYTES")

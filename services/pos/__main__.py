@@ -25,8 +25,7 @@ from services.pos.gateway.shopify import ShopifyAdapter
 from services.pos.gateway.square import SquareAdapter
 from services.pos.returns import PosHistory, ReturnDesk
 from services.shared import topics
-from services.shared.health import HealthServer
-from services.shared.httpguard import GracefulServer, RateLimiter, server_config
+from services.shared.httpguard import RateLimiter, serve
 from services.shared.kafka import ConsumeLoop, make_producer
 from services.shared.logs import configure_logging
 from services.shared.returndecisions import model_card, publish_model_card
@@ -139,20 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     consumer.start()
     gateway = settings.pos_gateway(config, producer, redis_client)
     app = create_app(gateway, desk, ready, RateLimiter(settings.pos_assess_per_key_per_s, settings.pos_assess_burst))
-    health = HealthServer(settings.http_host, settings.http_port, ready, routes={"/openapi.json": app.openapi}).start()
     signed_shops = {shop.lower() for shop in settings.pos_shopify_secrets}
     unsigned = [s.pos.shopify_shop_domain for s in config.stores if s.pos.shopify_shop_domain and s.pos.shopify_shop_domain not in signed_shops]
     if unsigned:
         log.warning("Shopify shops without a webhook secret: their webhooks are refused (401)", extra={"shops": unsigned})
     if not len(gateway.keys):
         log.warning("no POS keys (SW_POS_KEYS_FILE): every keyed route refuses every request (401)")
-    log.info("started", extra={"port": settings.pos_port, "health_port": health.port, "pos_keys": len(gateway.keys)})
     # SIGTERM stops serving first; then the consumer stops and the producer flushes.
-    GracefulServer(server_config(app, "pos", settings.http_host, settings.pos_port, settings.log_level, settings.trusted_proxies)).run()
+    serve(app, "pos", settings, settings.pos_port, ready, log, pos_keys=len(gateway.keys))
     stop.set()
     consumer.join(15)
     producer.flush(10)
-    health.stop()
     failed = history_loop.failure is not None
     log.info("stopped", extra={"failed": failed})
     return 1 if failed else 0

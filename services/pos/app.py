@@ -4,7 +4,6 @@ that happens to HQ (a sign-in flood, a consumer that fails, Redis lost to HQ) re
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import redis
@@ -13,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from services.pos.gateway.routes import PosGateway, openapi_schemas, pos_router
 from services.pos.returns import ReturnDesk, returns_router
-from services.shared.httpguard import BodyLimit, RateLimiter, SecurityHeaders
+from services.shared.httpguard import BodyLimit, RateLimiter, SecurityHeaders, add_health_routes
 
 
 def create_app(gateway: PosGateway, desk: ReturnDesk, ready: Callable[[], bool], assess_limiter: RateLimiter) -> FastAPI:
@@ -28,14 +27,7 @@ def create_app(gateway: PosGateway, desk: ReturnDesk, ready: Callable[[], bool],
     app.include_router(pos_router(gateway))
     app.include_router(returns_router(desk, gateway.keys, gateway.max_clock_skew_s, gateway.max_bytes, assess_limiter))
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
-        ok = await asyncio.to_thread(ready)
-        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok})
+    add_health_routes(app, ready)
 
     # The routes read their bodies themselves (streamed, size-capped); their schemas are added here.
     build_openapi = app.openapi

@@ -1,7 +1,7 @@
 """/healthz, /readyz and Prometheus /metrics on a small HTTP server thread.
 
-Used by the services that are not web apps themselves (ingest, inference, correlator, notifier);
-the api serves the same paths from FastAPI.
+Used by every service: the ones that are not web apps (ingest, inference, correlator, notifier,
+recorder) serve only these; the api and pos serve them beside their public port (httpguard.serve).
 """
 
 from __future__ import annotations

@@ -9,25 +9,32 @@ does work for a request it cannot yet trust.
 - `RateLimiter`: a token bucket per caller (a POS key), bounded in memory.
 - `SecurityHeaders`: `X-Content-Type-Options: nosniff` and, for API answers, `Cache-Control:
   no-store` (shared back-office browsers), on every response.
-- `GracefulServer` and `server_config`: uvicorn with SIGTERM handled by us and forwarded headers
-  trusted only from the configured proxies (an Ingress), so each client keeps its own address.
+- `serve`: the health port (`/healthz`, `/readyz`, `/metrics`, the OpenAPI document: for the
+  operators' network) beside the public one, and uvicorn with SIGTERM handled by us and forwarded
+  headers trusted only from the configured proxies (an Ingress), so each client keeps its own address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.shared.health import HealthServer
 from services.shared.logs import logging_dict_config
+from services.shared.settings import WebSettings
 
 
 def bearer_token(connection: HTTPConnection) -> str | None:
@@ -206,3 +213,26 @@ def server_config(app: ASGIApp, service: str, host: str, port: int, log_level: s
     return uvicorn.Config(app, host=host, port=port, log_config=logging_dict_config(service, log_level), access_log=False,
                           timeout_graceful_shutdown=3, proxy_headers=bool(trusted_proxies),
                           forwarded_allow_ips=list(trusted_proxies) if trusted_proxies else None)
+
+
+def add_health_routes(app: FastAPI, ready: Callable[[], bool]) -> None:
+    """/healthz and /readyz on the public port too, for a load balancer in front."""
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        ok = await asyncio.to_thread(ready)
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok})
+
+
+def serve(app: FastAPI, service: str, settings: WebSettings, port: int, ready: Callable[[], bool], log: logging.Logger, **started: object) -> None:
+    """Serve until SIGTERM: the health port first (logged with `started`), then the public port."""
+    health = HealthServer(settings.http_host, settings.http_port, ready, routes={"/openapi.json": app.openapi}).start()
+    log.info("started", extra={"port": port, "health_port": health.port, **started})
+    try:
+        GracefulServer(server_config(app, service, settings.http_host, port, settings.log_level, settings.trusted_proxies)).run()
+    finally:
+        health.stop()
