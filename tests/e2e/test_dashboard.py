@@ -116,7 +116,7 @@ def test_analyst_sees_the_alert_live_opens_its_evidence_and_confirms_it(tmp_path
 
                 def replay() -> None:
                     try:
-                        replay_pos_script(api, script, anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo=lambda *_: None)
+                        replay_pos_script(platform.components["pos"]["http"], script, anchor_ms, dev_pos_key(platform.run_dir, script["store_id"]), echo=lambda *_: None)
                     except BaseException as exc:  # handed to the test thread below
                         replay_errors.append(exc)
 
