@@ -53,6 +53,11 @@ def _manifest(evidence: Path, alert_id: str, status: str | None = None):
     return check
 
 
+def _metrics(proc) -> str:
+    with urllib.request.urlopen(proc.http + "/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
 def test_alert_evidence_camera_status_and_poison_skipped(broker, redis_url, start_service, tmp_path):
     evidence = tmp_path / "evidence"
     recorder = start_service("recorder", {"SW_KAFKA_BOOTSTRAP_SERVERS": broker, "SW_REDIS_URL": redis_url, "SW_EVIDENCE_URL": str(evidence),
@@ -61,13 +66,19 @@ def test_alert_evidence_camera_status_and_poison_skipped(broker, redis_url, star
     producer.produce(topics.FRAMES, key=CAM, value=b"\x00 not a frame")
     now = int(time.time() * 1000)
     start = now - 10_000
+    # The analyses go first and are read before any frame: a recorder that has read frames but no
+    # analysis yet takes the camera for one without inference and draws the snapshot bare (a real
+    # broker may hand one topic over before the other).
     for i in range(101):
-        t = start + i * 100
-        producer.produce(topics.FRAMES, key=CAM, value=Frame(store_id=STORE, camera_id=CAM, capture_time_ms=t, sequence=i, jpeg=_jpeg(i),
-                                                             width=320, height=240).SerializeToString())
-        analysis = FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=t, frame_sequence=i, persons=[
+        analysis = FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=start + i * 100, frame_sequence=i, persons=[
             PersonObservation(track_id=4, score=0.8, box=BoundingBox(ymin=0.3, xmin=0.2, ymax=0.9, xmax=0.5), detected=True)])
         producer.produce(topics.DETECTIONS, key=CAM, value=analysis.SerializeToString())
+    producer.flush(10)
+    wait_for(lambda: 'sw_messages_processed_total{service="recorder",topic="sw.detections.v1"} 101.0' in _metrics(recorder), 60,
+             "the analyses read", recorder)
+    for i in range(101):
+        producer.produce(topics.FRAMES, key=CAM, value=Frame(store_id=STORE, camera_id=CAM, capture_time_ms=start + i * 100, sequence=i,
+                                                             jpeg=_jpeg(i), width=320, height=240).SerializeToString())
         producer.poll(0)
     producer.produce(topics.POS, key=f"{STORE}:reg-1", value=_refund("ev-77", now - 5000))
     alert = Alert(alert_id="al-rec-1", rule="refund_without_customer", store_id=STORE, camera_id=CAM, register_id="reg-1",
@@ -98,8 +109,7 @@ def test_alert_evidence_camera_status_and_poison_skipped(broker, redis_url, star
     assert status["store_id"] == STORE and status["fps"] > 5 and not status["heartbeat"]
 
     # Inference keeps the bad frame in the DLQ; the recorder passes over it, counted.
-    with urllib.request.urlopen(recorder.http + "/metrics", timeout=5) as resp:
-        metrics = resp.read().decode()
+    metrics = _metrics(recorder)
     assert 'sw_recorder_evidence_written_total{status="complete"} 1.0' in metrics
     assert 'sw_messages_skipped_total{service="recorder",topic="sw.frames.v1"} 1.0' in metrics
     assert consume_all(broker, topics.dlq(topics.FRAMES), timeout=3, idle=1) == []
