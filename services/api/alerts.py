@@ -11,13 +11,11 @@ and its store's and rule's verdict counts, and is relayed live as well.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import heapq
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, cast
@@ -26,6 +24,11 @@ from zoneinfo import ZoneInfo
 import redis
 from confluent_kafka import Message
 
+# Re-exported: the alert routes and their tests know the cursor from here.
+from services.api.index import BadCursor as BadCursor
+from services.api.index import decode_cursor as decode_cursor
+from services.api.index import encode_cursor as encode_cursor
+from services.api.index import newest_page
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -135,23 +138,6 @@ class AlertFilter:
                 and (self.status is None or view["status"] == self.status)
                 and (self.since_ms is None or int(view["event_time_ms"]) >= self.since_ms)
                 and (self.until_ms is None or int(view["event_time_ms"]) <= self.until_ms))
-
-
-class BadCursor(ValueError):
-    """A pagination cursor this api did not hand out."""
-
-
-def encode_cursor(score: float, alert_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{int(score)}:{alert_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, alert_id = raw.split(":", 1)
-        return float(int(score)), alert_id
-    except (ValueError, UnicodeDecodeError):
-        raise BadCursor("not a cursor from this api: use next_cursor from the previous page") from None
 
 
 class AlertStore:
@@ -309,63 +295,16 @@ class AlertStore:
     def query(self, wanted: AlertFilter, limit: int, cursor: str | None = None, scan_limit: int = 2000) -> tuple[list[dict], str | None]:
         """Newest first (event time, then id). Reads the narrowest index (the stores', else the rule's,
         else all) and filters the rest; a page stops early after `scan_limit` alerts, with a cursor."""
-        before = decode_cursor(cursor) if cursor else None
         if wanted.stores is not None:
             keys = [store_index(s) for s in sorted(wanted.stores)]
         elif wanted.rule is not None:
             keys = [rule_index(wanted.rule)]
         else:
             keys = [ALL_BY_TIME]
-        upper = min(before[0] if before else float("inf"), float(wanted.until_ms) if wanted.until_ms is not None else float("inf"))
+        upper = float(wanted.until_ms) if wanted.until_ms is not None else float("inf")
         lower = float(wanted.since_ms) if wanted.since_ms is not None else float("-inf")
-        merged = heapq.merge(*(self._scan(k, upper, lower, before) for k in keys), reverse=True)
-        found: list[dict] = []
-        scanned = 0
-        last: tuple[float, str] | None = None
-        batch: list[tuple[float, str]] = []
-
-        def flush() -> None:
-            for view in self.views([member for _, member in batch]):
-                if view is not None and wanted.matches(view) and len(found) < limit:
-                    found.append(view)
-            batch.clear()
-
-        for score, member in merged:
-            batch.append((score, member))
-            last = (score, member)
-            scanned += 1
-            if len(batch) == 100:
-                flush()
-            if len(found) >= limit or scanned >= scan_limit:
-                break
-        flush()
-        if len(found) >= limit:
-            tail = found[-1]
-            return found, encode_cursor(tail["event_time_ms"], tail["alert_id"])
-        if scanned >= scan_limit and last is not None:
-            return found, encode_cursor(*last)
-        return found, None
-
-    def _scan(self, key: str, upper: float, lower: float, before: tuple[float, str] | None, chunk: int = 200) -> Iterator[tuple[float, str]]:
-        """One index, newest first, strictly after the cursor; ties in time ordered by id like Redis does.
-        Each chunk starts at the last time read (skipping the alerts already read at that time), not
-        at an offset from the top, so an alert that arrives late, below the page, shifts nothing."""
-        top, skip = upper, 0
-        bottom = "-inf" if lower == float("-inf") else int(lower)
-        while True:
-            rows = cast(list[tuple[bytes, float]], self.redis.zrevrangebyscore(
-                key, "+inf" if top == float("inf") else int(top), bottom, start=skip, num=chunk, withscores=True))
-            for raw, score in rows:
-                member = raw.decode()
-                if before is not None and (score > before[0] or (score == before[0] and member >= before[1])):
-                    continue
-                yield score, member
-            if len(rows) < chunk:
-                return
-            last = rows[-1][1]
-            at_last = sum(1 for _, score in rows if score == last)
-            skip = skip + at_last if last == top else at_last
-            top = last
+        return newest_page(self.redis, keys, upper, lower, cursor, self.views, wanted.matches,
+                           lambda view: (view["event_time_ms"], view["alert_id"]), limit, scan_limit)
 
     def stats(self, stores: Iterable[str], days: int, today: str | None = None) -> dict:
         """Alerts per day per store and per rule over the last `days` days, and verdict counts with precision."""

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import stat
+from typing import cast
 
 import pytest
+import redis
 import yaml
 from argon2 import PasswordHasher
 from starlette.requests import Request
 
 from devplatform.devusers import dev_credentials, write_dev_users
-from services.api.alerts import AlertFilter, AlertStore, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
+from services.api.alerts import AlertFilter, BadCursor, decode_cursor, encode_cursor, feedback_id, severity_name
 from services.api.audit import _valid_entry_id
 from services.api.auth import COOKIE, Principal, UserRecord, hash_password, load_users_file
 from services.api.hq.alerts import _package_view
 from services.api.hq.base import session_token
 from services.api.hq.stores import _camera_view
+from services.api.index import scan_newest
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 
 HASH = hash_password("a password long enough")
@@ -154,18 +157,16 @@ class SortedSet:
 
 def test_index_scan_survives_ties_and_late_alerts_below_the_page():
     members = {f"al-{i:03d}": float(1000 + i // 4) for i in range(40)}  # ties of four at each time
-    index = SortedSet(members)
-    store = AlertStore.__new__(AlertStore)
-    store.redis = index  # type: ignore[assignment]
+    index = cast(redis.Redis, SortedSet(members))  # zrevrangebyscore is all a scan asks of Redis
     expected = [m for m, _ in sorted(members.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
-    assert [m for _, m in store._scan("k", float("inf"), float("-inf"), None, chunk=3)] == expected
+    assert [m for _, m in scan_newest(index, "k", float("inf"), float("-inf"), None, chunk=3)] == expected
     # Alerts that arrive late (older event times) while a scan is under way do not repeat any alert.
-    scan = store._scan("k", float("inf"), float("-inf"), None, chunk=3)
+    scan = scan_newest(index, "k", float("inf"), float("-inf"), None, chunk=3)
     seen = [next(scan)[1] for _ in range(10)]
     for i in range(5):
         members[f"late-{i}"] = 1000.0 + i
     seen += [m for _, m in scan]
     assert len(seen) == len(set(seen)) and set(expected) <= set(seen)
     # From a cursor in the middle of a tie: strictly after it.
-    after = [m for _, m in store._scan("k", 1005.0, float("-inf"), (1005.0, "al-021"), chunk=2)]
+    after = [m for _, m in scan_newest(index, "k", 1005.0, float("-inf"), (1005.0, "al-021"), chunk=2)]
     assert after[:3] == ["al-020", "late-4", "al-019"] and "al-021" not in after
