@@ -158,6 +158,31 @@ class Expectation(_Strict):
         return " ".join(parts)
 
 
+class IncidentExpectation(_Strict):
+    """An incident that must come out of folding the scenario's alerts (services/shared/incidents.py):
+    exactly these rules among its reasons, and, where given, a reason at this store, camera,
+    register or naming this POS event."""
+
+    rules: list[str] = Field(min_length=1)
+    store: str = ""
+    register_id: str = Field("", alias="register")
+    camera: str = ""
+    pos_event: str = ""
+
+    @field_validator("rules")
+    @classmethod
+    def _known_rules(cls, rules: list[str]) -> list[str]:
+        unknown = [r for r in rules if r not in RULE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown} (one of {', '.join(RULE_NAMES)})")
+        return sorted(set(rules))
+
+    def describe(self) -> str:
+        parts = ["+".join(self.rules)] + [f"{k}={v}" for k, v in (("store", self.store), ("register", self.register_id), ("camera", self.camera),
+                                                                    ("pos_event", self.pos_event)) if v]
+        return "incident " + " ".join(parts)
+
+
 class ScenarioSpec(_Strict):
     description: str = ""
     start: datetime
@@ -168,6 +193,8 @@ class ScenarioSpec(_Strict):
     pos: list[PosSpec] = []
     video: dict[str, list[Segment]] = {}
     expect: list[Expectation] = []
+    # None: the scenario says nothing about incidents; [] : it expects none.
+    incidents: list[IncidentExpectation] | None = None
 
     @field_validator("start")
     @classmethod
@@ -219,11 +246,17 @@ def _error_lines(exc: ValidationError) -> str:
 
 
 def load_scenario(path: Path) -> Scenario:
-    name = path.stem
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScenarioError(f"{path.name}: not readable JSON ({exc})") from None
+    return build_scenario(path, raw)
+
+
+def build_scenario(path: Path, raw: Any) -> Scenario:
+    """A scenario from its parsed JSON; `path` names it (its stem prefixes the ids) and its errors,
+    and need not exist (a generated scenario such as the busy day)."""
+    name = path.stem
     if not re.match(STEM, name):
         raise ScenarioError(f"{path.name}: the file stem prefixes ids, so it may hold only letters, digits, '_' and '-'")
     try:
@@ -292,6 +325,14 @@ def _check_references(sc: Scenario, config: StoreConfig) -> None:
             raise ScenarioError(f"{sc.path.name}: expect[{i}]: camera {exp.camera!r} is not a camera of {store_id}")
         if exp.pos_event and exp.pos_event not in {e.id for e in sc.spec.pos}:
             raise ScenarioError(f"{sc.path.name}: expect[{i}]: pos_event {exp.pos_event!r} is not the id of any POS event")
+    for i, inc in enumerate(sc.spec.incidents or []):
+        store = config.store(sc.pid(sc.store_of(inc.store, f"incidents[{i}]")))
+        if inc.register_id and inc.register_id not in {r.id for r in store.registers} | {e.register_id for e in sc.spec.pos}:
+            raise ScenarioError(f"{sc.path.name}: incidents[{i}]: register {inc.register_id!r} is neither configured in {store.id} nor used by a POS event")
+        if inc.camera and sc.pid(inc.camera) not in {c.id for c in store.cameras}:
+            raise ScenarioError(f"{sc.path.name}: incidents[{i}]: camera {inc.camera!r} is not a camera of {store.id}")
+        if inc.pos_event and inc.pos_event not in {e.id for e in sc.spec.pos}:
+            raise ScenarioError(f"{sc.path.name}: incidents[{i}]: pos_event {inc.pos_event!r} is not the id of any POS event")
     last_s = max([e.t + (e.clock_offset_s if e.clock_offset_s is not None else sc.spec.pos_clock_offset_s) for e in sc.spec.pos]
                  + [s.until for segs in sc.spec.video.values() for s in segs] + [0.0])
     if sc.start_ms + last_s * 1000 > time.time() * 1000:
