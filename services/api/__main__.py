@@ -1,6 +1,6 @@
 """Run the HQ api: `python -m services.api` (uvicorn, plus the alerts and verdicts consumer in a thread).
 
-`python -m services.api rebuild [--clear]` refills the alert store in Redis from sw.alerts.v1 and
+`python -m services.api rebuild [--clear]` refills the alert store (and its incidents) in Redis from sw.alerts.v1 and
 sw.feedback.v1 (the system of record) and exits.
 
 The tills do not talk to this service: the POS gateway and return authorization are the

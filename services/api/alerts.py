@@ -24,8 +24,9 @@ from zoneinfo import ZoneInfo
 import redis
 from confluent_kafka import Message
 
-# Re-exported: the alert routes and their tests know the cursor from here.
-from services.api.index import BadCursor as BadCursor
+from services.api.incidents import IncidentIndex
+from services.api.incidents import day_key as incident_day_key
+from services.api.index import BadCursor as BadCursor  # the cursor's names, re-exported for the alert routes
 from services.api.index import decode_cursor as decode_cursor
 from services.api.index import encode_cursor as encode_cursor
 from services.api.index import newest_page
@@ -148,6 +149,8 @@ class AlertStore:
         self._save_alert = client.register_script(_SAVE_ALERT)
         self._apply_verdict = client.register_script(_APPLY_VERDICT)
         self._stores = {s.id: s for s in config.stores}
+        # Every alert kept is folded into an incident, with the same retention.
+        self.incidents = IncidentIndex(client, STATUS_HASH, LIVE_CHANNEL, self.retention_ms, self.local_day, self.store_names)
         # The triage model: each new alert gets the chance HQ confirms it, with its reasons.
         self.triage = triage
         self._zone_kinds = {z.id: z.kind for s in config.stores for c in s.cameras for z in c.zones}
@@ -198,6 +201,7 @@ class AlertStore:
         created = self._save_alert(
             keys=[ALERTS_HASH, ALL_BY_TIME, store_index(alert.store_id), rule_index(alert.rule), day_key(day), LIVE_CHANNEL],
             args=[alert.alert_id, body, alert.event_time_ms, f"{alert.store_id}\t{alert.rule}", int(self.retention_ms / 1000) + 2 * 86400, live])
+        self.incidents.fold(alert)
         return bool(created)
 
     def _expire(self, cutoff: int, alert: Alert) -> None:
@@ -208,9 +212,11 @@ class AlertStore:
             pipe.hdel(STATUS_HASH, *expired)
             pipe.zrem(ALL_BY_TIME, *expired)
             pipe.delete(*[history_key(a.decode()) for a in expired])
+            self.incidents.forget_alerts(pipe, expired)
         pipe.zremrangebyscore(store_index(alert.store_id), "-inf", f"({cutoff}")
         pipe.zremrangebyscore(rule_index(alert.rule), "-inf", f"({cutoff}")
         pipe.execute()
+        self.incidents.expire(cutoff, alert.store_id, alert.rule)
 
     def apply_feedback(self, feedback: Feedback) -> bool:
         """Record a verdict once; True when it is new (a replay changes nothing). A verdict on an alert
@@ -230,6 +236,9 @@ class AlertStore:
             keys=[STATUS_HASH, history_key(feedback.alert_id), verdict_day_key(day), LIVE_CHANNEL],
             args=[feedback.alert_id, feedback_id(feedback), json.dumps(entry), feedback.time_ms, verdict,
                   f"{alert['store_id']}\t{alert['rule']}\t", int(self.retention_ms / 1000) + 2 * 86400, live])
+        # The incident's status follows its reasons' newest verdict (a replay, too, in case the api
+        # stopped between the two steps).
+        self.incidents.verdict_given(feedback.alert_id)
         return bool(result)
 
     def take(self, topic: str | None, value: bytes | None) -> bool:
@@ -262,15 +271,21 @@ class AlertStore:
         zone = ZoneInfo(store.timezone) if store else UTC
         return datetime.fromtimestamp(time_ms / 1000, zone).date().isoformat()
 
+    def store_names(self, store_id: str) -> tuple[str, str]:
+        """The store's name and region ("" for a store no longer in the config)."""
+        store = self._stores.get(store_id)
+        return (store.name, store.region) if store else ("", "")
+
     def views(self, alert_ids: list[str]) -> list[dict | None]:
-        """Each alert as the API shows it, with its status; None for ids no longer kept."""
+        """Each alert as the API shows it, with its status and incident; None for ids no longer kept."""
         if not alert_ids:
             return []
         pipe = self.redis.pipeline()
         pipe.hmget(ALERTS_HASH, alert_ids)
         pipe.hmget(STATUS_HASH, alert_ids)
         raw_alerts, raw_status = pipe.execute()
-        return [self._view(a, s) if a else None for a, s in zip(raw_alerts, raw_status, strict=True)]
+        incident_ids = self.incidents.incident_ids(alert_ids)
+        return [{**self._view(a, s), "incident_id": i} if a else None for a, s, i in zip(raw_alerts, raw_status, incident_ids, strict=True)]
 
     def view(self, alert_id: str) -> dict | None:
         return self.views([alert_id])[0]
@@ -289,8 +304,15 @@ class AlertStore:
                 "has_snapshot": bool(alert["camera_id"])}
 
     def history(self, alert_id: str) -> list[dict]:
-        entries = [json.loads(v) for v in cast(dict[bytes, bytes], self.redis.hgetall(history_key(alert_id))).values()]
-        return sorted(entries, key=lambda e: e["time_ms"])
+        return self.histories([alert_id])[alert_id]
+
+    def histories(self, alert_ids: list[str]) -> dict[str, list[dict]]:
+        """Each alert's verdicts, oldest first, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for alert_id in alert_ids:
+            pipe.hgetall(history_key(alert_id))
+        replies = cast(list[dict[bytes, bytes]], pipe.execute()) if alert_ids else []
+        return {a: sorted((json.loads(v) for v in raw.values()), key=lambda e: e["time_ms"]) for a, raw in zip(alert_ids, replies, strict=True)}
 
     def query(self, wanted: AlertFilter, limit: int, cursor: str | None = None, scan_limit: int = 2000) -> tuple[list[dict], str | None]:
         """Newest first (event time, then id). Reads the narrowest index (the stores', else the rule's,
@@ -307,7 +329,9 @@ class AlertStore:
                            lambda view: (view["event_time_ms"], view["alert_id"]), limit, scan_limit)
 
     def stats(self, stores: Iterable[str], days: int, today: str | None = None) -> dict:
-        """Alerts per day per store and per rule over the last `days` days, and verdict counts with precision."""
+        """Alerts and incidents per day per store and per rule over the last `days` days (an incident
+        counts on the day it opened, under each rule among its reasons), and verdict counts on the
+        alerts with each rule's precision."""
         wanted = set(stores)
         if today:
             end = datetime.fromisoformat(today).date()
@@ -320,13 +344,15 @@ class AlertStore:
         for name in day_names:
             pipe.hgetall(day_key(name))
             pipe.hgetall(verdict_day_key(name))
+            pipe.hgetall(incident_day_key(name))
         replies = pipe.execute()
-        per_day, per_day_verdicts = replies[0::2], replies[1::2]
+        per_day, per_day_verdicts, per_day_incidents = replies[0::3], replies[1::3], replies[2::3]
         by_store: dict[str, dict] = {}
         by_rule: dict[str, dict] = {}
 
         def row(table: dict[str, dict], key: str) -> dict:
-            return table.setdefault(key, {"alerts": 0, "per_day": [0] * days, "confirmed": 0, "false_alarm": 0, "acknowledged": 0})
+            return table.setdefault(key, {"alerts": 0, "per_day": [0] * days, "incidents": 0, "incidents_per_day": [0] * days,
+                                          "confirmed": 0, "false_alarm": 0, "acknowledged": 0})
 
         for index, counts in enumerate(per_day):
             for field, value in counts.items():
@@ -337,6 +363,14 @@ class AlertStore:
                     entry = row(table, key)
                     entry["alerts"] += int(value)
                     entry["per_day"][index] += int(value)
+        for index, counts in enumerate(per_day_incidents):
+            for field, value in counts.items():
+                store_id, rule = field.decode().split("\t", 1)
+                if store_id not in wanted:
+                    continue
+                entry = row(by_rule, rule) if rule else row(by_store, store_id)
+                entry["incidents"] += int(value)
+                entry["incidents_per_day"][index] += int(value)
         for verdicts in per_day_verdicts:
             for field, value in verdicts.items():
                 store_id, rule, verdict = field.decode().split("\t", 2)
@@ -352,12 +386,13 @@ class AlertStore:
         for store_id, entry in sorted(by_store.items()):
             store = self._stores.get(store_id)
             stores_out.append({"store_id": store_id, "store_name": store.name if store else "", "region": store.region if store else "", **entry})
-        return {"days": day_names, "by_store": stores_out, "by_rule": [{"rule": rule, **entry} for rule, entry in sorted(by_rule.items())]}
+        totals = {"alerts": sum(e["alerts"] for e in by_store.values()), "incidents": sum(e["incidents"] for e in by_store.values())}
+        return {"days": day_names, "totals": totals, "by_store": stores_out, "by_rule": [{"rule": rule, **entry} for rule, entry in sorted(by_rule.items())]}
 
     def clear(self) -> int:
-        """Forget every alert, verdict and count (before a rebuild from the topics); returns keys removed."""
+        """Forget every alert, verdict, incident and count (before a rebuild from the topics); returns keys removed."""
         removed = 0
-        for pattern in (f"{KEY_PREFIX}*", "sw:stats:*"):
+        for pattern in (f"{KEY_PREFIX}*", "sw:stats:*", "sw:incidents*"):
             keys = list(self.redis.scan_iter(match=pattern, count=1000))
             for start in range(0, len(keys), 500):
                 removed += self.redis.delete(*keys[start:start + 500])
@@ -370,7 +405,7 @@ def rebuild(store: AlertStore, bootstrap_servers: str, echo=print, timeout_s: fl
     an alert or a verdict twice changes nothing, so the api can keep consuming meanwhile."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    counts = {"alerts": 0, "verdicts": 0, "unreadable": 0}
+    counts = {"alerts": 0, "verdicts": 0, "unreadable": 0, "incidents": 0}
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"sw-api-rebuild-{int(time.time())}",
                          "enable.auto.commit": False, "enable.partition.eof": False})
     try:
@@ -398,4 +433,5 @@ def rebuild(store: AlertStore, bootstrap_servers: str, echo=print, timeout_s: fl
             consumer.unassign()
     finally:
         consumer.close()
+    counts["incidents"] = store.incidents.count()
     return counts

@@ -48,7 +48,9 @@ def routes(hq: Hq) -> APIRouter:
 
     @router.get("/v1/alerts/stream")
     async def stream(who: Signed, request: Request) -> StreamingResponse:
-        """Server-sent events: `alert` for each new alert the caller may see, `status` when a verdict changes one."""
+        """Server-sent events the caller may see: `alert` (a new alert), `status` (a verdict changed an alert's),
+        `incident` (an incident opened, took a reason or rose in severity: its view and `change`),
+        `incident_status` (its status changed)."""
         # Each feed holds a Redis connection: past the cap a new one is refused at once, not queued.
         if hq.live_streams.active >= hq.live_streams.limit:
             raise HTTPException(503, "too many live feeds open on this api; retry later", headers={"Retry-After": "5"})
@@ -84,6 +86,24 @@ def _package_view(alert_id: str, manifest: dict | None) -> dict | None:
     }
 
 
+def _live_data(hq: Hq, event: dict) -> dict | None:
+    """What a live event carries: a new alert's view; an alert's new status; an incident's view and
+    what changed (`opened`, `reason`, `escalated`); an incident's new status. None: gone meanwhile."""
+    kind = event.get("type")
+    if kind in ("alert", "status"):
+        view = hq.alerts.view(event["alert_id"])
+        if view is None or kind == "alert":
+            return view
+        return {"alert_id": view["alert_id"], "store_id": view["store_id"], "status": view["status"], "verdict": view["verdict"],
+                "incident_id": view["incident_id"]}
+    if kind in ("incident", "incident_status"):
+        incident = hq.alerts.incidents.view(event["incident_id"])
+        if incident is None or kind == "incident":
+            return {**incident, "change": event.get("change", "")} if incident is not None else None
+        return {"incident_id": incident["incident_id"], "store_id": incident["store_id"], "status": incident["status"]}
+    return None
+
+
 async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterator[bytes]:
     """Relay the live channel to one dashboard, only what its user may see; a comment keeps proxies open.
     Its place among the capped feeds is taken here, where `finally` is sure to give it back (one
@@ -112,10 +132,9 @@ async def _live_events(hq: Hq, who: Principal, request: Request) -> AsyncIterato
                 event = json.loads(message["data"])
                 if not who.may_see(event.get("store_id", "")):
                     continue  # most messages of a chain: not even a lookup
-                view = await asyncio.to_thread(hq.alerts.view, event["alert_id"])
-                if view is None or not who.may_see(view["store_id"]):
+                data = await asyncio.to_thread(_live_data, hq, event)
+                if data is None or not who.may_see(data["store_id"]):
                     continue
-                data = view if event["type"] == "alert" else {"alert_id": view["alert_id"], "status": view["status"], "verdict": view["verdict"]}
                 yield f"event: {event['type']}\ndata: {json.dumps(data)}\n\n".encode()
         finally:
             await pubsub.aclose()

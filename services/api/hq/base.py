@@ -23,6 +23,7 @@ from services.shared.httpguard import Admission, bearer_token
 from services.shared.storeconfig import StoreConfig
 
 AlertId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", max_length=128)]
+IncidentId = Annotated[str, Path(pattern=r"^in-[0-9a-f]{24}$", max_length=27)]
 # The filters of the routes that cover several stores (`visible_stores`).
 StoreIdFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 RegionFilter = Annotated[str | None, Query(max_length=64)]
@@ -96,6 +97,12 @@ class Hq:
         view = self.alerts.view(alert_id)
         if view is None or not who.may_see(view["store_id"]):
             raise HTTPException(404, f"no alert {alert_id}")
+        return view
+
+    def load_incident(self, who: Principal, incident_id: str) -> dict:
+        view = self.alerts.incidents.view(incident_id)
+        if view is None or not who.may_see(view["store_id"]):
+            raise HTTPException(404, f"no incident {incident_id}")
         return view
 
     def read_manifest(self, view: dict) -> dict | None:
