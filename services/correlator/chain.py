@@ -47,6 +47,7 @@ class ChainIndex:
                     {z.id: z.kind for z in camera.zones},
                     {z.id: config.rules_for(store.id, camera_id=camera.id, zone_id=z.id) for z in camera.zones},
                     index.store_rules[store.id],
+                    shifts=tuple(s for s in store.staff_shifts if not s.cameras or camera.id in s.cameras),
                 )
         return index
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -39,10 +40,10 @@ from services.correlator.state import (
 )
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
-from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis, PersonObservation
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis, PersonObservation, ZoneVisit
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.rulesconfig import RulesConfig, Tuning
-from services.shared.storeconfig import OpeningHours
+from services.shared.storeconfig import OpeningHours, StaffShift
 
 REFUND_WITHOUT_CUSTOMER = "refund_without_customer"
 REFUND_WITHOUT_MERCHANDISE = "refund_without_merchandise"
@@ -60,6 +61,11 @@ DRAWER_TYPES = {PosEventType.POS_EVENT_TYPE_NO_SALE, PosEventType.POS_EVENT_TYPE
 BAG_LABELS = {"backpack", "handbag", "suitcase"}
 DECIDED_KEPT = 100
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+# Zone kinds loitering watches; concealment watches high_value only.
+LOITERING_KINDS = ("high_value", "exit")
+# A person's concealment cue shortens their loitering limits for this long (a shop visit).
+CUE_KEPT_MS = HOUR_MS
 
 
 def alert_id(rule: str, *parts: str) -> str:
@@ -454,39 +460,65 @@ def _crowded_window(items: list, event_ms: int, span_ms: int, limit: int, time_o
 # --- chain-wide: returns per card or customer token -----------------------------------------------
 
 def return_abuse(state: TokenState, token: str, event: PosEvent, rules: RulesConfig, feedback: FeedbackState | None, raised_ms: int) -> list[Alert]:
-    """The same token returning in `min_stores` or more stores, or `min_returns` or more times, within
-    a sliding period (event time). One alert per token per period."""
+    """The same token returning in `min_stores` stores or `min_returns` times within `period_days`
+    (slow window: the serial returner), or in `fast_min_stores` stores within `fast_period_h` (fast
+    window: a run through the chain), sliding, in event time.
+
+    One alert per token per period: after an alert, only returns from its first return plus the
+    longer period on count again, so the fast and the slow window never alert on the same returns.
+    """
     settings = rules.return_abuse
     if any(r.event_id == event.event_id for r in state.returns):
         return []
     period_ms = int(settings.period_days * DAY_MS)
+    fast_ms = int(settings.fast_period_h * HOUR_MS)
+    longest_ms = max(period_ms, fast_ms)
     state.returns.append(TokenReturn(event.event_id, event.event_time_ms, event.store_id, event.register_id, event.total_minor))
     state.returns.sort(key=lambda r: r.time_ms)
     newest = state.returns[-1].time_ms
-    state.returns = [r for r in state.returns if r.time_ms > newest - 2 * period_ms]
-    if not settings.enabled:
+    state.returns = [r for r in state.returns if r.time_ms > newest - 2 * longest_ms]
+    if not settings.enabled or event.event_time_ms < state.quiet_until_ms:
         return []
     scale = factor(feedback, RETURN_ABUSE)
     min_stores, min_returns = max(2, math.ceil(settings.min_stores * scale)), max(2, math.ceil(settings.min_returns * scale))
-    recent = _crowded_window(state.returns, event.event_time_ms, period_ms, 0, lambda r: r.time_ms,
-                             lambda window: len({r.store_id for r in window}) >= min_stores or len(window) >= min_returns)
-    if recent is None or recent[0].time_ms < state.quiet_until_ms:
+    fast_min_stores = max(2, math.ceil(settings.fast_min_stores * scale))
+    # Returns of an earlier alert's period count for nothing more (its alert already names the token).
+    counting = [r for r in state.returns if r.time_ms >= state.quiet_until_ms]
+    found: list[tuple[str, list]] = []
+    if fast_ms:
+        fast = _crowded_window(counting, event.event_time_ms, fast_ms, 0, lambda r: r.time_ms,
+                               lambda window: len({r.store_id for r in window}) >= fast_min_stores)
+        if fast is not None:
+            found.append(("fast", fast))
+    slow = _crowded_window(counting, event.event_time_ms, period_ms, 0, lambda r: r.time_ms,
+                           lambda window: len({r.store_id for r in window}) >= min_stores or len(window) >= min_returns)
+    if slow is not None:
+        found.append(("slow", slow))
+    if not found:
         return []
+    # The window that would have been complete first (in event time), the longer one of two that end together.
+    window, recent = min(found, key=lambda f: (f[1][-1].time_ms, f[1][0].time_ms))
     stores = sorted({r.store_id for r in recent})
-    state.quiet_until_ms = recent[0].time_ms + period_ms
+    state.quiet_until_ms = recent[0].time_ms + longest_ms
     total = sum(r.total_minor for r in recent)
     latest = recent[-1]
+    facts: dict[str, object] = {"token": token, "window": window, "returns": len(recent), "stores": ",".join(stores)}
+    if window == "fast":
+        span, limits = f"{settings.fast_period_h:g} hours", f"limit: {fast_min_stores} stores"
+        score = 0.7 * len(stores) / fast_min_stores
+        facts |= {"period_days": f"{settings.fast_period_h / 24:g}", "min_stores": fast_min_stores}
+    else:
+        span, limits = f"{settings.period_days:g} days", f"limits: {min_returns} returns or {min_stores} stores"
+        score = 0.5 * max(len(stores) / min_stores, len(recent) / min_returns)
+        facts |= {"period_days": f"{settings.period_days:g}", "min_stores": min_stores, "min_returns": min_returns}
+    facts["total"] = _money(total, event.currency)
     explanation = (f"card or customer token {token[:12]} returned goods {len(recent)} times in {len(stores)} stores "
-                   f"within {settings.period_days:g} days (limits: {min_returns} returns or {min_stores} stores), "
-                   f"{_money(total, event.currency)} in all; latest at {latest.store_id} register {latest.register_id}")
-    score = min(1.0, 0.5 + 0.5 * max(len(stores) / min_stores, len(recent) / min_returns) - 0.5)
-    # The id names the window's first return, not the token or the return that happened to arrive
-    # last: the same returns give the same id whatever their arrival order, and a return that carries
-    # both a card and a customer token gives one alert id through both tokens' tables.
-    alert = _alert(RETURN_ABUSE, Severity.SEVERITY_HIGH, max(score, 0.6), explanation, latest.store_id, latest.time_ms, raised_ms,
-                   {"token": token, "returns": len(recent), "stores": ",".join(stores), "period_days": settings.period_days,
-                    "min_returns": min_returns, "min_stores": min_stores, "total": _money(total, event.currency)},
-                   recent[0].event_id, register_id=latest.register_id)
+                   f"within {span} ({limits}), {_money(total, event.currency)} in all; latest at {latest.store_id} register {latest.register_id}")
+    # The id names the window's first return, not the token, the window or the return that happened
+    # to arrive last: the same returns give the same id whatever their arrival order, and a return
+    # that carries both a card and a customer token gives one alert id through both tokens' tables.
+    alert = _alert(RETURN_ABUSE, Severity.SEVERITY_HIGH, max(min(score, 1.0), 0.6), explanation, latest.store_id, latest.time_ms, raised_ms,
+                   facts, recent[0].event_id, register_id=latest.register_id)
     for r in recent:
         alert.evidence.append(EvidenceRef(kind="pos_event", ref=r.event_id, time_ms=r.time_ms))
     return [alert]
@@ -558,6 +590,29 @@ def _closed_period_at_second(hours: OpeningHours, holidays: tuple[date, ...], ti
     return night_of.isoformat()
 
 
+def expected_shift(shifts: tuple[StaffShift, ...], holidays: tuple[date, ...], timezone: str, time_ms: int) -> StaffShift | None:
+    """The staff shift (cleaners, a stock-take) during which people are expected at `time_ms`, in
+    store time, or None. A shift whose end is before its start runs past midnight and belongs to
+    the day it started."""
+    if not shifts:
+        return None
+    return _shift_at_second(shifts, holidays, timezone, time_ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shift_at_second(shifts: tuple[StaffShift, ...], holidays: tuple[date, ...], timezone: str, second: int) -> StaffShift | None:
+    local = datetime.fromtimestamp(second, ZoneInfo(timezone))
+    today, now = local.date(), local.time()
+    yesterday = today - timedelta(days=1)
+    for shift in shifts:
+        if shift.start < shift.end:
+            if shift.start <= now < shift.end and shift.starts_on(today, holidays):
+                return shift
+        elif (now >= shift.start and shift.starts_on(today, holidays)) or (now < shift.end and shift.starts_on(yesterday, holidays)):
+            return shift
+    return None
+
+
 @dataclass(frozen=True)
 class CameraContext:
     store_id: str
@@ -570,6 +625,8 @@ class CameraContext:
     zone_rules: dict[str, RulesConfig]
     store_rules: RulesConfig
     feedback: FeedbackState | None = None
+    # The store's staff shifts that cover this camera: people expected while the store is closed.
+    shifts: tuple[StaffShift, ...] = ()
 
 
 def _camera_evidence(alert: Alert, analysis: FrameAnalysis, first_seq: int, first_ms: int) -> None:
@@ -591,9 +648,9 @@ def camera_rules(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis
     changed = False
     now = analysis.capture_time_ms
     alerts += _after_hours(state, ctx, analysis)
+    hand_cues_now, visits_changed = _update_visits(state, ctx, analysis)
+    alerts += _concealment(state, ctx, analysis, hand_cues_now)
     alerts += _loitering(state, ctx, analysis)
-    found, visits_changed = _concealment(state, ctx, analysis)
-    alerts += found
     changed = bool(alerts) or visits_changed
     stale = [k for k, t in state.raised.items() if now - t > DAY_MS]
     for key in stale:
@@ -612,37 +669,131 @@ def _after_hours(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis
         return []
     min_ms = rules.min_track_s * 1000 * factor(ctx.feedback, AFTER_HOURS)
     lasting = [p for p in analysis.persons if analysis.capture_time_ms - p.first_seen_ms >= min_ms]
-    if not lasting or not _raise_once(state, f"{AFTER_HOURS}:{period}", analysis.capture_time_ms):
+    if not lasting:
+        return []
+    # Cleaners and stock-takers are expected in their shift; more of them than the shift has are not.
+    shift = expected_shift(ctx.shifts, ctx.holidays, ctx.timezone, analysis.capture_time_ms)
+    if shift is not None and (shift.max_persons is None or len(lasting) <= shift.max_persons):
+        return []
+    if not _raise_once(state, f"{AFTER_HOURS}:{period}", analysis.capture_time_ms):
         return []
     person = min(lasting, key=lambda p: p.first_seen_ms)
     explanation = (f"{len(lasting)} person(s) on camera {ctx.camera_id} at {_clock(analysis.capture_time_ms, ctx.timezone)} store time "
                    f"while the store is closed ({period}); seen since {_clock(person.first_seen_ms, ctx.timezone)}")
+    facts: dict[str, object] = {"persons": len(lasting), "closed_period": period, "track": person.track_id, "timezone": ctx.timezone}
+    if shift is not None:
+        explanation += f"; more than the {shift.max_persons} expected for staff shift {shift.name}"
+        facts |= {"shift": shift.name, "shift_max_persons": shift.max_persons}
     alert = _alert(AFTER_HOURS, Severity.SEVERITY_CRITICAL, min(1.0, 0.7 + 0.1 * len(lasting)), explanation, ctx.store_id,
-                   analysis.capture_time_ms, 0, {"persons": len(lasting), "closed_period": period, "track": person.track_id,
-                                                 "timezone": ctx.timezone},
-                   ctx.camera_id, period, camera_id=ctx.camera_id)
+                   analysis.capture_time_ms, 0, facts, ctx.camera_id, period, camera_id=ctx.camera_id)
     _camera_evidence(alert, analysis, analysis.frame_sequence, person.first_seen_ms)
     return [alert]
 
 
+def _occupants(analysis: FrameAnalysis) -> Counter[str]:
+    """People per zone in this frame: the tracked persons in it, or the zone's own count if higher."""
+    counts = Counter(z.zone_id for p in analysis.persons for z in p.zones)
+    for zone in analysis.zones:
+        counts[zone.zone_id] = max(counts[zone.zone_id], zone.person_count)
+    return counts
+
+
+def _update_visits(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> tuple[dict[str, tuple[bool, bool]], bool]:
+    """Keep each person's visits of high_value and exit zones (where loitering or concealment is on):
+    when the visit began, since when the person is alone in the zone, whether they reached out; and
+    each person's first concealment cue on this camera (reached out, then a hand at waist, pocket or
+    in a bag). Returns the hand cues (reaching, concealing) of this frame per high_value visit, and
+    whether the state changed. Heartbeats repeat an old frame and change nothing."""
+    cues: dict[str, tuple[bool, bool]] = {}
+    changed = False
+    now = analysis.capture_time_ms
+    current: set[str] = set()
+    if not analysis.heartbeat:
+        occupants = _occupants(analysis)
+        bags = [o for o in analysis.objects if o.label in BAG_LABELS]
+        for person in analysis.persons:
+            for zone_visit in person.zones:
+                kind = ctx.zone_kinds.get(zone_visit.zone_id)
+                rules = ctx.zone_rules.get(zone_visit.zone_id)
+                if kind not in LOITERING_KINDS or rules is None:
+                    continue
+                if not (rules.loitering.enabled or (kind == "high_value" and rules.concealment.enabled)):
+                    continue
+                key = f"{person.track_id}:{zone_visit.zone_id}"
+                current.add(key)
+                visit = state.visits.get(key)
+                if visit is None or visit.entered_ms != zone_visit.entered_ms:
+                    visit = state.visits[key] = Visit(entered_ms=zone_visit.entered_ms, last_ms=now)
+                if occupants[zone_visit.zone_id] > 1:
+                    visit.alone_since_ms = 0
+                elif not visit.alone_since_ms:
+                    visit.alone_since_ms = now
+                visit.last_ms = now
+                changed = True
+                if kind != "high_value":
+                    continue
+                settings = rules.concealment
+                reaching, concealing = hand_cues(person, bags, settings.hand_reach, settings.min_keypoint_score)
+                visit.reached = visit.reached or reaching
+                cues[key] = (reaching, concealing)
+                if visit.reached and concealing and not reaching:
+                    state.cues.setdefault(str(person.track_id), now)
+    # Visits not seen for a minute are over (the track left or was lost).
+    for key in [k for k, v in state.visits.items() if k not in current and now - v.last_ms > 60_000]:
+        del state.visits[key]
+        changed = True
+    for track in [k for k, at in state.cues.items() if now - at > CUE_KEPT_MS]:
+        del state.cues[track]
+        changed = True
+    return cues, changed
+
+
+def _loitering_limit(ctx: CameraContext, state: CameraState, kind: str, person: PersonObservation, zone_visit: ZoneVisit,
+                     rules: RulesConfig, now: int) -> tuple[str, float, int] | None:
+    """The limit this visit has passed, as (which: cue, alone or plain; limit in seconds; the time it
+    counts from), the most specific first; None while within all three."""
+    settings, scale = rules.loitering, factor(ctx.feedback, LOITERING)
+    plain, alone, cue = ((settings.high_value_s, settings.high_value_alone_s, settings.high_value_cue_s) if kind == "high_value"
+                         else (settings.exit_s, settings.exit_alone_s, settings.exit_cue_s))
+    visit = state.visits.get(f"{person.track_id}:{zone_visit.zone_id}")
+    cue_ms = state.cues.get(str(person.track_id), 0)
+    candidates = []
+    if cue_ms:
+        candidates.append(("cue", cue * scale, max(zone_visit.entered_ms, cue_ms)))
+    if visit is not None and visit.entered_ms == zone_visit.entered_ms and visit.alone_since_ms:
+        candidates.append(("alone", alone * scale, visit.alone_since_ms))
+    candidates.append(("plain", plain * scale, zone_visit.entered_ms))
+    return next(((name, limit_s, since) for name, limit_s, since in candidates if now - since >= limit_s * 1000), None)
+
+
 def _loitering(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> list[Alert]:
     alerts = []
+    now = analysis.capture_time_ms
     for person in analysis.persons:
         for visit in person.zones:
             kind = ctx.zone_kinds.get(visit.zone_id)
             rules = ctx.zone_rules.get(visit.zone_id)
-            if kind not in ("high_value", "exit") or rules is None or not rules.loitering.enabled:
+            if kind not in LOITERING_KINDS or rules is None or not rules.loitering.enabled:
                 continue
-            limit_s = (rules.loitering.high_value_s if kind == "high_value" else rules.loitering.exit_s) * factor(ctx.feedback, LOITERING)
-            dwell_s = (analysis.capture_time_ms - visit.entered_ms) / 1000
+            passed = _loitering_limit(ctx, state, kind, person, visit, rules, now)
             episode = f"{person.track_id}:{visit.zone_id}:{visit.entered_ms}"
-            if dwell_s < limit_s or not _raise_once(state, f"{LOITERING}:{episode}", analysis.capture_time_ms):
+            if passed is None or not _raise_once(state, f"{LOITERING}:{episode}", now):
                 continue
+            which, limit_s, since = passed
+            dwell_s, counted_s = (now - visit.entered_ms) / 1000, (now - since) / 1000
+            if which == "cue":
+                why = (f"{counted_s:.0f} s here since reaching out and then a hand at waist, pocket or bag "
+                       f"({_clock(state.cues[str(person.track_id)], ctx.timezone)}), limit {limit_s:.0f} s after such a cue")
+            elif which == "alone":
+                why = f"alone in the zone for the last {counted_s:.0f} s, limit {limit_s:.0f} s alone"
+            else:
+                why = f"limit {limit_s:.0f} s"
             explanation = (f"person {person.track_id} has stayed {dwell_s:.0f} s in {kind.replace('_', '-')} zone {visit.zone_id} on camera "
-                           f"{ctx.camera_id} since {_clock(visit.entered_ms, ctx.timezone)} store time (limit {limit_s:.0f} s)")
-            alert = _alert(LOITERING, Severity.SEVERITY_LOW if kind == "exit" else Severity.SEVERITY_MEDIUM, min(1.0, 0.5 * dwell_s / limit_s),
-                           explanation, ctx.store_id, analysis.capture_time_ms, 0,
-                           {"track": person.track_id, "zone": visit.zone_id, "zone_kind": kind, "dwell_s": f"{dwell_s:.1f}", "limit_s": f"{limit_s:.0f}"},
+                           f"{ctx.camera_id} since {_clock(visit.entered_ms, ctx.timezone)} store time ({why})")
+            severity = Severity.SEVERITY_LOW if kind == "exit" and which != "cue" else Severity.SEVERITY_MEDIUM
+            alert = _alert(LOITERING, severity, min(1.0, 0.5 * counted_s / limit_s), explanation, ctx.store_id, now, 0,
+                           {"track": person.track_id, "zone": visit.zone_id, "zone_kind": kind, "dwell_s": f"{dwell_s:.1f}",
+                            "limit": which, "limit_s": f"{limit_s:.0f}", "counted_s": f"{counted_s:.1f}"},
                            ctx.camera_id, episode, camera_id=ctx.camera_id)
             _camera_evidence(alert, analysis, analysis.frame_sequence, visit.entered_ms)
             alerts.append(alert)
@@ -691,61 +842,48 @@ def _bits(history: int, hit: bool, n: int) -> int:
     return ((history << 1) | int(hit)) & ((1 << n) - 1)
 
 
-def _concealment(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> tuple[list[Alert], bool]:
+def _concealment(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis, cues: dict[str, tuple[bool, bool]]) -> list[Alert]:
     """Per person and high_value zone visit: the pose cue after reaching, or the zone's anomaly, in
-    k of the last n frames. Heartbeats repeat an old frame and count for nothing."""
+    k of the last n frames. `cues` holds this frame's hand cues per visit (_update_visits); a
+    heartbeat has none and counts for nothing."""
     alerts: list[Alert] = []
-    changed = False
     now = analysis.capture_time_ms
-    current: set[str] = set()
-    if not analysis.heartbeat:
-        zone_anomaly = {z.zone_id: z.anomaly_score for z in analysis.zones}
-        bags = [o for o in analysis.objects if o.label in BAG_LABELS]
-        for person in analysis.persons:
-            for zone_visit in person.zones:
-                rules = ctx.zone_rules.get(zone_visit.zone_id)
-                if ctx.zone_kinds.get(zone_visit.zone_id) != "high_value" or rules is None or not rules.concealment.enabled:
-                    continue
-                settings = rules.concealment
-                key = f"{person.track_id}:{zone_visit.zone_id}"
-                current.add(key)
-                visit = state.visits.get(key)
-                if visit is None or visit.entered_ms != zone_visit.entered_ms:
-                    visit = state.visits[key] = Visit(entered_ms=zone_visit.entered_ms, last_ms=now)
-                reaching, concealing = hand_cues(person, bags, settings.hand_reach, settings.min_keypoint_score)
-                visit.reached = visit.reached or reaching
-                pose_hit = visit.reached and concealing and not reaching
-                anomaly_hit = zone_anomaly.get(zone_visit.zone_id, 0.0) >= settings.anomaly_level
-                visit.pose_bits = _bits(visit.pose_bits, pose_hit, settings.pose_n)
-                visit.anomaly_bits = _bits(visit.anomaly_bits, anomaly_hit, settings.anomaly_n)
-                visit.last_ms = now
-                if (pose_hit or anomaly_hit) and not visit.first_cue_seq:
-                    visit.first_cue_seq = analysis.frame_sequence
-                changed = True
-                scale = factor(ctx.feedback, CONCEALMENT)
-                pose_k, anomaly_k = min(settings.pose_n, math.ceil(settings.pose_k * scale)), min(settings.anomaly_n, math.ceil(settings.anomaly_k * scale))
-                pose_count, anomaly_count = bin(visit.pose_bits).count("1"), bin(visit.anomaly_bits).count("1")
-                cue = "pose" if pose_count >= pose_k else "anomaly" if anomaly_count >= anomaly_k else ""
-                episode = f"{person.track_id}:{zone_visit.zone_id}:{zone_visit.entered_ms}"
-                if not cue or not _raise_once(state, f"{CONCEALMENT}:{episode}", now):
-                    continue
-                if cue == "pose":
-                    what = f"reached to the shelf, then hands at waist, pocket or bag in {pose_count} of the last {settings.pose_n} frames"
-                    score = pose_count / settings.pose_n
-                else:
-                    what = f"anomaly above {settings.anomaly_level:g}x the camera's normal level in {anomaly_count} of the last {settings.anomaly_n} frames"
-                    score = anomaly_count / settings.anomaly_n
-                explanation = (f"possible concealment by person {person.track_id} in high-value zone {zone_visit.zone_id} on camera {ctx.camera_id} "
-                               f"at {_clock(now, ctx.timezone)} store time: {what}")
-                alert = _alert(CONCEALMENT, Severity.SEVERITY_HIGH, score, explanation, ctx.store_id, now, 0,
-                               {"track": person.track_id, "zone": zone_visit.zone_id, "cue": cue, "pose_frames": pose_count,
-                                "anomaly_frames": anomaly_count, "pose_k": pose_k, "anomaly_k": anomaly_k,
-                                "anomaly_score": f"{zone_anomaly.get(zone_visit.zone_id, 0.0):.2f}"},
-                               ctx.camera_id, episode, camera_id=ctx.camera_id)
-                _camera_evidence(alert, analysis, visit.first_cue_seq or analysis.frame_sequence, zone_visit.entered_ms)
-                alerts.append(alert)
-    # Visits not seen for a minute are over (the track left or was lost).
-    for key in [k for k, v in state.visits.items() if k not in current and now - v.last_ms > 60_000]:
-        del state.visits[key]
-        changed = True
-    return alerts, changed
+    zone_anomaly = {z.zone_id: z.anomaly_score for z in analysis.zones}
+    for person in analysis.persons:
+        for zone_visit in person.zones:
+            rules = ctx.zone_rules.get(zone_visit.zone_id)
+            key = f"{person.track_id}:{zone_visit.zone_id}"
+            if ctx.zone_kinds.get(zone_visit.zone_id) != "high_value" or rules is None or not rules.concealment.enabled or key not in cues:
+                continue
+            settings = rules.concealment
+            visit = state.visits[key]
+            reaching, concealing = cues[key]
+            pose_hit = visit.reached and concealing and not reaching
+            anomaly_hit = zone_anomaly.get(zone_visit.zone_id, 0.0) >= settings.anomaly_level
+            visit.pose_bits = _bits(visit.pose_bits, pose_hit, settings.pose_n)
+            visit.anomaly_bits = _bits(visit.anomaly_bits, anomaly_hit, settings.anomaly_n)
+            if (pose_hit or anomaly_hit) and not visit.first_cue_seq:
+                visit.first_cue_seq = analysis.frame_sequence
+            scale = factor(ctx.feedback, CONCEALMENT)
+            pose_k, anomaly_k = min(settings.pose_n, math.ceil(settings.pose_k * scale)), min(settings.anomaly_n, math.ceil(settings.anomaly_k * scale))
+            pose_count, anomaly_count = bin(visit.pose_bits).count("1"), bin(visit.anomaly_bits).count("1")
+            cue = "pose" if pose_count >= pose_k else "anomaly" if anomaly_count >= anomaly_k else ""
+            episode = f"{person.track_id}:{zone_visit.zone_id}:{zone_visit.entered_ms}"
+            if not cue or not _raise_once(state, f"{CONCEALMENT}:{episode}", now):
+                continue
+            if cue == "pose":
+                what = f"reached to the shelf, then hands at waist, pocket or bag in {pose_count} of the last {settings.pose_n} frames"
+                score = pose_count / settings.pose_n
+            else:
+                what = f"anomaly above {settings.anomaly_level:g}x the camera's normal level in {anomaly_count} of the last {settings.anomaly_n} frames"
+                score = anomaly_count / settings.anomaly_n
+            explanation = (f"possible concealment by person {person.track_id} in high-value zone {zone_visit.zone_id} on camera {ctx.camera_id} "
+                           f"at {_clock(now, ctx.timezone)} store time: {what}")
+            alert = _alert(CONCEALMENT, Severity.SEVERITY_HIGH, score, explanation, ctx.store_id, now, 0,
+                           {"track": person.track_id, "zone": zone_visit.zone_id, "cue": cue, "pose_frames": pose_count,
+                            "anomaly_frames": anomaly_count, "pose_k": pose_k, "anomaly_k": anomaly_k,
+                            "anomaly_score": f"{zone_anomaly.get(zone_visit.zone_id, 0.0):.2f}"},
+                           ctx.camera_id, episode, camera_id=ctx.camera_id)
+            _camera_evidence(alert, analysis, visit.first_cue_seq or analysis.frame_sequence, zone_visit.entered_ms)
+            alerts.append(alert)
+    return alerts

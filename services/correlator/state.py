@@ -151,7 +151,7 @@ class TillState:
 
 @dataclass
 class Visit:
-    """A tracked person's visit of a high_value zone, for the concealment rule."""
+    """A tracked person's visit of a high_value or exit zone, for the concealment and loitering rules."""
 
     entered_ms: int
     last_ms: int
@@ -161,6 +161,8 @@ class Visit:
     pose_bits: int = 0
     anomaly_bits: int = 0
     first_cue_seq: int = 0
+    # Since when nobody else has been in the zone with the person (0: someone is).
+    alone_since_ms: int = 0
 
 
 @dataclass
@@ -169,6 +171,9 @@ class CameraState:
     visits: dict[str, Visit] = field(default_factory=dict)
     # Alert keys raised (rule episodes) -> event time, kept a day, so a replay pages nobody twice.
     raised: dict[str, int] = field(default_factory=dict)
+    # Track id -> capture time of the person's first concealment cue on this camera (kept an hour):
+    # loitering's shorter `*_cue_s` limits apply to them from then on, in any zone.
+    cues: dict[str, int] = field(default_factory=dict)
 
 
 # --- chain-wide returns: card or customer token --------------------------------------------------

@@ -69,18 +69,48 @@ class AfterHours(_Rule):
 
 
 class Loitering(_Rule):
-    """A person staying in a high_value or exit zone beyond a limit."""
+    """A person staying in a high_value or exit zone beyond a limit; once per visit.
 
-    high_value_s: float = Field(120.0, gt=0, le=86400)
-    exit_s: float = Field(60.0, gt=0, le=86400)
+    Three limits per zone kind, the first one passed raises: plain (dwell since entering the zone),
+    alone (time since nobody else has been in the zone with the person) and cue (time since the
+    person showed a concealment cue on this camera: reached out, then a hand at waist, pocket or in a
+    bag, as the concealment rule sees it, in a single frame). Browsing takes minutes; lingering alone
+    at a fixture, or after a hand went to a pocket, is the signal (docs/rules.md, "Defaults and why").
+    """
+
+    # Comparing phones, perfumes or spirits takes several minutes; ten with other people around is not browsing.
+    high_value_s: float = Field(600.0, gt=0, le=86400)
+    # Nobody else in the zone (no shopper, no staff) to see what happens: five minutes alone with the stock.
+    high_value_alone_s: float = Field(300.0, gt=0, le=86400)
+    # After reach-then-hand-at-hip or hand-in-bag: staying on is waiting for the moment to leave with it.
+    high_value_cue_s: float = Field(60.0, gt=0, le=86400)
+    # People wait at the doors for a companion, a ride or the rain to stop.
+    exit_s: float = Field(180.0, gt=0, le=86400)
+    # Alone at the doors (no greeter, nobody passing): watching for an unguarded moment to walk out.
+    exit_alone_s: float = Field(120.0, gt=0, le=86400)
+    # A person who showed a concealment cue on this camera, now waiting at the exit: page before they leave.
+    exit_cue_s: float = Field(20.0, gt=0, le=86400)
 
 
 class ReturnAbuse(_Rule):
-    """The same hashed card or customer token returning in many stores or many times (chain-wide)."""
+    """The same hashed card or customer token returning in many stores or many times (chain-wide).
 
-    period_days: float = Field(7.0, gt=0, le=365)
+    Two sliding windows: the slow one (`period_days`) finds the serial returner, the fast one
+    (`fast_period_h`) a card taken round the chain's stores in a day or two. One alert per token per
+    `period_days`, whichever window finds it first, so the two never alert on the same returns.
+    """
+
+    # The slow window: a month, the span over which serial returning shows against normal returning.
+    period_days: float = Field(30.0, gt=0, le=365)
+    # A customer uses two or three stores of a chain (home, work, town centre); five in a month is a round.
     min_stores: int = Field(5, ge=2, le=1000)
+    # Eight returns in a month is two a week, every week: several times what any ordinary customer returns.
     min_returns: int = Field(8, ge=2, le=10000)
+    # The fast window, in hours (0: off): three stores inside two days is a run through the chain
+    # before the stores compare notes. Returns at one store count only in the slow window (one trip
+    # with several gift receipts is several returns).
+    fast_period_h: float = Field(48.0, ge=0, le=24 * 365)
+    fast_min_stores: int = Field(3, ge=2, le=1000)
 
 
 class EmployeeOwnCard(_Rule):

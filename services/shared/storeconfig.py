@@ -250,6 +250,43 @@ class OpeningHours(_Strict):
         return self
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class StaffShift(_Strict):
+    """A time in which people are expected on camera while the store is closed (cleaners, a
+    stock-take, a delivery), in store time: after_hours does not fire for them. Loitering still
+    applies, presence outside the window still raises after_hours, and so do more people than
+    `max_persons` on one camera."""
+
+    name: str = Field(min_length=1, max_length=64)
+    # Weekdays the shift starts on (default: every day); weekly shifts skip the store's holidays.
+    days: tuple[Weekday, ...] | None = Field(None, min_length=1)
+    # Or the dates it starts on instead (a stock-take), holidays included.
+    dates: tuple[date, ...] = ()
+    start: dtime
+    # Before `start`: the shift runs past midnight into the next day.
+    end: dtime
+    # Cameras the shift is expected on (default: every camera of the store).
+    cameras: tuple[str, ...] = ()
+    # More people than this on one camera still raise after_hours (default: any number).
+    max_persons: int | None = Field(None, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _a_window(self) -> StaffShift:
+        if self.start == self.end:
+            raise ValueError(f"end: equals start {self.start}; a shift needs a length (an end before start runs past midnight)")
+        if self.days is not None and self.dates:
+            raise ValueError("days, dates: give the weekdays of a weekly shift or the dates of a one-off, not both")
+        return self
+
+    def starts_on(self, day: date, holidays: tuple[date, ...]) -> bool:
+        if self.dates:
+            return day in self.dates
+        return day not in holidays and WEEKDAYS[day.weekday()] in (self.days or WEEKDAYS)
+
+
 class StorePos(_Strict):
     """How the store's POS systems name it, for the api's POS gateway adapters (all optional)."""
 
@@ -276,6 +313,8 @@ class Store(_Strict):
     opening_hours: OpeningHours | None = None
     # Days the store stays closed all day (local dates): anyone seen is there after hours.
     holidays: list[date] = []
+    # When people are expected on camera while the store is closed (cleaners, stock-takes).
+    staff_shifts: list[StaffShift] = []
     rules: RuleOverrides = {}
     cameras: list[Camera] = Field(min_length=1)
     registers: list[Register] = []
@@ -310,6 +349,10 @@ class Store(_Strict):
             for zone in reg.customer_zones + reg.merchandise_zones:
                 if zone not in zone_ids:
                     raise ValueError(f"register {reg.id}: zone {zone!r} is not a zone of camera {cam.id}")
+        for i, shift in enumerate(self.staff_shifts):
+            unknown = [c for c in shift.cameras if c not in cameras]
+            if unknown:
+                raise ValueError(f"staff_shifts.{i}.cameras: {unknown} not camera(s) of this store")
         registers = {r.id for r in self.registers}
         for workstation, register in self.pos.workstations.items():
             if register not in registers:

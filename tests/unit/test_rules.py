@@ -7,6 +7,8 @@ Event times are relative to T0, a fixed instant in the past. Where a rule reads 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import random
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, time
 from typing import Any
@@ -15,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.correlator import rules
+from services.correlator.chain import ChainIndex
 from services.correlator.state import (
     CameraState,
     Change,
@@ -36,7 +39,7 @@ from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedObject, FrameAnalysis, Keypoint, PersonObservation, ZoneObservation, ZoneVisit
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.rulesconfig import RulesConfig, Tuning, resolve
-from services.shared.storeconfig import OpeningHours
+from services.shared.storeconfig import OpeningHours, StaffShift, StoreConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -455,10 +458,11 @@ def analysis(at_ms: int, seq: int, persons: Sequence[PersonObservation] = (), an
 
 def camera_ctx(zone_rules: dict[str, RulesConfig] | None = None, *, hours: OpeningHours | None = None, holidays: Sequence[date] = (),
                timezone: str = "UTC", store_rules: RulesConfig | None = None, camera_id: str = CAMERA,
-               feedback: FeedbackState | None = None) -> rules.CameraContext:
+               feedback: FeedbackState | None = None, shifts: Sequence[StaffShift] = ()) -> rules.CameraContext:
     default = RulesConfig()
     return rules.CameraContext(STORE, camera_id, timezone, hours, tuple(holidays), dict(ZONE_KINDS),
-                               zone_rules if zone_rules is not None else dict.fromkeys(ZONE_KINDS, default), store_rules or default, feedback)
+                               zone_rules if zone_rules is not None else dict.fromkeys(ZONE_KINDS, default), store_rules or default, feedback,
+                               tuple(shifts))
 
 
 ENTERED = s(0)
@@ -766,51 +770,250 @@ def test_after_hours_disabled_or_without_opening_hours_raises_nothing() -> None:
     assert night_frame(cam, local_ms(2025, 1, 15, 23), tracked_s=60) == []
 
 
+CLEANERS = StaffShift(name="cleaners", start=time(21), end=time(22, 30))
+NIGHT_FILL = StaffShift(name="night fill", days=("fri",), start=time(23), end=time(2), max_persons=3)
+STOCK_TAKE = StaffShift(name="stock-take", dates=(date(2025, 1, 19), date(2025, 12, 26)), start=time(6), end=time(9))
+
+
+@pytest.mark.parametrize(("when", "shift"), [
+    ((2025, 1, 15, 20, 59), None),  # open anyway; a Wednesday
+    ((2025, 1, 15, 21, 0), CLEANERS),
+    ((2025, 1, 15, 22, 29), CLEANERS),
+    ((2025, 1, 15, 22, 30), None),
+    ((2025, 1, 17, 23, 30), NIGHT_FILL),  # Friday night
+    ((2025, 1, 18, 1, 59), NIGHT_FILL),  # past midnight: still Friday's shift
+    ((2025, 1, 18, 2, 0), None),
+    ((2025, 1, 18, 23, 30), None),  # Saturday: no night fill
+    ((2025, 1, 16, 0, 30), None),  # Wednesday's night is not Friday's
+    ((2025, 1, 19, 7, 0), STOCK_TAKE),  # its date (a Sunday)
+    ((2025, 1, 20, 7, 0), None),
+])
+def test_expected_shift(when: tuple[int, int, int, int, int], shift: StaffShift | None) -> None:
+    assert rules.expected_shift((CLEANERS, NIGHT_FILL, STOCK_TAKE), (), "UTC", local_ms(*when)) == shift
+
+
+def test_weekly_shifts_skip_holidays_and_dated_ones_do_not() -> None:
+    shifts, holidays = (CLEANERS, STOCK_TAKE), (date(2025, 12, 25), date(2025, 12, 26))
+    assert rules.expected_shift(shifts, holidays, "UTC", local_ms(2025, 12, 25, 21, 30)) is None
+    assert rules.expected_shift(shifts, holidays, "UTC", local_ms(2025, 12, 26, 7)) == STOCK_TAKE
+    assert rules.expected_shift(shifts, (), "UTC", local_ms(2025, 12, 25, 21, 30)) == CLEANERS
+
+
+def test_shifts_are_in_store_time() -> None:
+    instant = local_ms(2025, 7, 1, 20, 30)  # 21:30 in London (summer time), 16:30 in New York
+    assert rules.expected_shift((CLEANERS,), (), "Europe/London", instant) == CLEANERS
+    assert rules.expected_shift((CLEANERS,), (), "America/New_York", instant) is None
+
+
+def test_cleaners_in_their_shift_raise_nothing_and_anyone_after_it_raises_after_hours() -> None:
+    """The outside review's case: cleaners 21:00-22:30 are expected; a person at 22:40 is not."""
+    cam = after_hours_camera(shifts=(CLEANERS,))  # London: UTC in January
+    for minute in range(0, 90, 5):
+        assert night_frame(cam, local_ms(2025, 1, 15, 21) + minute * 60_000, tracked_s=600, track=7) == []
+    (alert,) = night_frame(cam, local_ms(2025, 1, 15, 22, 40), tracked_s=10, track=8)
+    assert alert.facts["track"] == "8" and alert.facts["closed_period"] == "2025-01-15" and "shift" not in alert.facts
+    # The next evening's cleaners are expected again, and raise nothing.
+    assert night_frame(cam, local_ms(2025, 1, 16, 21, 30), tracked_s=600, track=9) == []
+
+
+def test_more_people_than_a_shift_expects_raise_after_hours() -> None:
+    cam = Camera(camera_ctx(hours=DAY_HOURS, shifts=(NIGHT_FILL,)))
+    friday_night = local_ms(2025, 1, 17, 23, 30)
+    crew = [person(track, first_seen_ms=friday_night - 60_000) for track in (1, 2, 3)]
+    cam.at_ms = friday_night - 200
+    assert of_rule(cam.frame(crew), rules.AFTER_HOURS) == []
+    (alert,) = of_rule(cam.frame([*crew, person(4, first_seen_ms=friday_night - 10_000)]), rules.AFTER_HOURS)
+    assert {k: alert.facts[k] for k in ("persons", "shift", "shift_max_persons", "track")} == {
+        "persons": "4", "shift": "night fill", "shift_max_persons": "3", "track": "1"}
+    assert "more than the 3 expected for staff shift night fill" in alert.explanation
+
+
+def test_staff_shifts_only_for_the_cameras_they_name() -> None:
+    config = StoreConfig.model_validate({"chain": "c", "stores": [{
+        "id": "s1", "timezone": "UTC", "opening_hours": {"open": "09:00", "close": "21:00"},
+        "staff_shifts": [{"name": "cleaners", "start": "21:00", "end": "22:30"},
+                         {"name": "cash-up", "start": "21:00", "end": "21:30", "cameras": ["cam-office"]}],
+        "cameras": [{"id": "cam-floor", "source": "file:x.mp4"}, {"id": "cam-office", "source": "file:y.mp4"}]}]})
+    index = ChainIndex.build(config)
+    assert [s.name for s in index.cameras["cam-floor"].shifts] == ["cleaners"]
+    assert [s.name for s in index.cameras["cam-office"].shifts] == ["cleaners", "cash-up"]
+
+
 # --- loitering ---------------------------------------------------------------------------------------------
 
 def dwell(cam: Camera, dwell_s: float, zone: str = HV, track: int = 1, entered_ms: int = ENTERED) -> list[Alert]:
+    """One frame `dwell_s` into the visit (the first frame seen of it, so alone only from now)."""
     cam.at_ms = entered_ms + round(dwell_s * 1000) - 200
     return of_rule(cam.frame([person(track, {zone: entered_ms})]), rules.LOITERING)
 
 
-def test_loitering_in_a_high_value_zone_raises_one_alert_per_track_zone_and_visit() -> None:
+def stay(cam: Camera, from_s: float, to_s: float, persons: Callable[[float], Sequence[PersonObservation]], step_s: float = 1.0) -> list[Alert]:
+    """A frame every `step_s` from `from_s` to `to_s` (seconds after ENTERED), as a camera sends them."""
+    found: list[Alert] = []
+    for sec in seconds(from_s, to_s, step_s):
+        cam.at_ms = ENTERED + round(sec * 1000) - 200
+        found += of_rule(cam.frame(persons(sec)), rules.LOITERING)
+    return found
+
+
+def shopper(track: int = 1, zone: str = HV, entered_ms: int = ENTERED, wrists: dict[str, tuple[float, float]] = NEUTRAL) -> PersonObservation:
+    return person(track, {zone: entered_ms}, wrists)
+
+
+def test_three_minutes_at_a_high_value_fixture_is_browsing() -> None:
+    """The outside review's case: three minutes at the electronics shelf, alone or with others, raise nothing by default."""
+    alone = Camera()
+    assert stay(alone, 0, 180, lambda sec: [shopper()]) == []
+    together = Camera()
+    assert stay(together, 0, 180, lambda sec: [shopper(1), shopper(2)]) == []
+    reaching = Camera()  # taking boxes off the shelf and reading them is browsing too
+    assert stay(reaching, 0, 180, lambda sec: [shopper(wrists=REACH if int(sec) % 20 < 5 else NEUTRAL)]) == []
+    assert reaching.of(rules.CONCEALMENT) == []
+
+
+def test_the_plain_limit_applies_with_other_people_in_the_zone() -> None:
     cam = Camera()
-    assert dwell(cam, 119.9) == []
-    (alert,) = dwell(cam, 120)
+    assert stay(cam, 0, 599, lambda sec: [shopper(1), shopper(2)]) == []
+    found = stay(cam, 600, 620, lambda sec: [shopper(1), shopper(2)])
+    assert sorted(a.facts["track"] for a in found) == ["1", "2"]  # once per person and visit
+    alert = found[0]
     assert alert.severity == Severity.SEVERITY_MEDIUM
-    assert alert.alert_id == rules.alert_id(rules.LOITERING, STORE, CAMERA, f"1:{HV}:{ENTERED}")
-    assert {k: alert.facts[k] for k in ("track", "zone", "zone_kind", "limit_s")} == {"track": "1", "zone": HV, "zone_kind": "high_value", "limit_s": "120"}
-    assert dwell(cam, 121) == [] and dwell(cam, 600) == []
-    assert len(dwell(cam, 130, track=2)) == 1  # another person
-    assert len(dwell(cam, 130, entered_ms=s(500))) == 1  # a new visit of the same track
+    assert alert.alert_id == rules.alert_id(rules.LOITERING, STORE, CAMERA, f"{alert.facts['track']}:{HV}:{ENTERED}")
+    assert {k: alert.facts[k] for k in ("zone", "zone_kind", "dwell_s", "limit", "limit_s")} == {
+        "zone": HV, "zone_kind": "high_value", "dwell_s": "600.0", "limit": "plain", "limit_s": "600"}
 
 
-def test_loitering_in_an_exit_zone_uses_exit_s() -> None:
+def test_the_alone_limit_counts_from_when_the_person_was_last_with_someone() -> None:
     cam = Camera()
-    assert dwell(cam, 59, zone=EXIT) == []
-    (alert,) = dwell(cam, 61, zone=EXIT)
-    assert alert.severity == Severity.SEVERITY_LOW and alert.facts["zone_kind"] == "exit"
+    assert stay(cam, 0, 200, lambda sec: [shopper(1)]) == []
+    # Somebody else comes to the cabinet for ten seconds: the time alone starts again when they leave.
+    assert stay(cam, 201, 210, lambda sec: [shopper(1), shopper(2, entered_ms=s(201))]) == []
+    assert stay(cam, 211, 510, lambda sec: [shopper(1)]) == []
+    (alert,) = stay(cam, 511, 520, lambda sec: [shopper(1)])
+    assert {k: alert.facts[k] for k in ("track", "limit", "limit_s", "counted_s", "dwell_s")} == {
+        "track": "1", "limit": "alone", "limit_s": "300", "counted_s": "300.0", "dwell_s": "511.0"}
+    assert "alone" in alert.explanation
+
+
+def test_a_zone_counted_occupied_by_inference_is_not_alone() -> None:
+    """An untracked second person the zone's own count reports (person_count) means company."""
+    cam = Camera()
+    for sec in seconds(0, 400):
+        cam.at_ms = ENTERED + round(sec * 1000) - 200
+        cam.seq += 1
+        frame = analysis(cam.at_ms + 200, cam.seq, [shopper()])
+        frame.zones.add(zone_id=HV, kind="high_value", person_count=2)
+        found, _ = rules.camera_rules(cam.state, cam.ctx, frame, cam.at_ms)
+        assert of_rule(found, rules.LOITERING) == []
+
+
+def test_a_concealment_cue_shortens_the_limit_to_cue_s_from_the_cue_on() -> None:
+    cam = Camera()
+    assert stay(cam, 0, 100, lambda sec: [shopper(1), shopper(2)]) == []
+    # Reaches to the shelf, then one frame with a hand at the hip: a cue, far below concealment's 3 of 8 frames.
+    poses = {101.0: REACH, 102.0: AT_HIP}
+    assert stay(cam, 101, 161, lambda sec: [shopper(1, wrists=poses.get(sec, NEUTRAL)), shopper(2)]) == []
+    assert cam.state.cues == {"1": s(102)}
+    (alert,) = stay(cam, 162, 170, lambda sec: [shopper(1), shopper(2)])
+    assert {k: alert.facts[k] for k in ("track", "limit", "limit_s", "counted_s", "dwell_s")} == {
+        "track": "1", "limit": "cue", "limit_s": "60", "counted_s": "60.0", "dwell_s": "162.0"}
+    assert cam.of(rules.CONCEALMENT) == []
+    # Then at the exit: the cue's own exit limit, 20 s, raised at medium severity.
+    at_exit = s(200)
+    (exit_alert,) = stay(cam, 200, 230, lambda sec: [shopper(1, EXIT, at_exit), shopper(2, EXIT, at_exit)])
+    assert {k: exit_alert.facts[k] for k in ("zone_kind", "limit", "limit_s", "dwell_s")} == {
+        "zone_kind": "exit", "limit": "cue", "limit_s": "20", "dwell_s": "20.0"}
+    assert exit_alert.severity == Severity.SEVERITY_MEDIUM
+
+
+def test_a_hand_at_the_hip_without_reaching_first_is_no_cue() -> None:
+    cam = Camera()
+    assert stay(cam, 0, 200, lambda sec: [shopper(1, wrists=AT_HIP), shopper(2)]) == []
+    assert cam.state.cues == {}
+
+
+def test_exit_limits_plain_and_alone() -> None:
+    cam = Camera()
+    assert stay(cam, 0, 179, lambda sec: [shopper(1, EXIT), shopper(2, EXIT)]) == []
+    found = stay(cam, 180, 181, lambda sec: [shopper(1, EXIT), shopper(2, EXIT)])
+    assert [(a.facts["limit"], a.facts["limit_s"]) for a in found] == [("plain", "180")] * 2
+    assert all(a.severity == Severity.SEVERITY_LOW for a in found)
+    alone = Camera()
+    assert stay(alone, 0, 119, lambda sec: [shopper(1, EXIT)]) == []
+    (alert,) = stay(alone, 120, 121, lambda sec: [shopper(1, EXIT)])
+    assert (alert.facts["limit"], alert.facts["limit_s"], alert.severity) == ("alone", "120", Severity.SEVERITY_LOW)
+
+
+def test_a_new_visit_of_the_same_track_can_loiter_again() -> None:
+    cam = Camera()
+    assert len(dwell(cam, 600)) == 1
+    assert dwell(cam, 601) == [] and dwell(cam, 3600) == []
+    assert len(dwell(cam, 600, entered_ms=s(5000))) == 1
 
 
 def test_no_loitering_in_other_zones() -> None:
     cam = Camera()
-    assert dwell(cam, 3600, zone=COUNTER) == []
-    assert dwell(cam, 3600, zone="unknown-zone") == []
+    assert stay(cam, 0, 1200, lambda sec: [shopper(1, COUNTER), shopper(2, "unknown-zone")], step_s=10) == []
+    assert cam.state.visits == {}
 
 
-def test_loitering_limits_per_zone() -> None:
-    cam = Camera(camera_ctx({HV: resolve({"loitering": {"high_value_s": 30}}), HV2: RulesConfig(), EXIT: RulesConfig()}))
-    assert [a.facts["zone"] for a in dwell(cam, 45, zone=HV) + dwell(cam, 45, zone=HV2)] == [HV]
-    assert len(dwell(cam, 121, zone=HV2)) == 1
+LOITERING_OVERRIDE = {"high_value_s": 100, "high_value_alone_s": 50, "high_value_cue_s": 10, "exit_s": 40, "exit_alone_s": 30, "exit_cue_s": 5}
+
+
+@pytest.mark.parametrize(("field", "value"), LOITERING_OVERRIDE.items())
+def test_each_loitering_limit_is_overridden_per_chain_store_register_and_zone(field: str, value: float) -> None:
+    chain, store, register, zone = ({"loitering": {field: v}} for v in (value * 4, value * 3, value * 2, value))
+    assert getattr(resolve(chain).loitering, field) == value * 4
+    assert getattr(resolve(chain, store).loitering, field) == value * 3
+    assert getattr(resolve(chain, store, register).loitering, field) == value * 2
+    merged = resolve(chain, store, {}, zone).loitering
+    assert getattr(merged, field) == value
+    assert all(getattr(merged, other) == getattr(RulesConfig().loitering, other) for other in LOITERING_OVERRIDE if other != field)
+
+
+def test_zone_overrides_of_each_limit_take_effect() -> None:
+    override = resolve({"loitering": LOITERING_OVERRIDE})
+    cam = Camera(camera_ctx({HV: override, HV2: RulesConfig(), EXIT: override}))
+    found = stay(cam, 0, 100, lambda sec: [shopper(1, HV), shopper(2, HV), shopper(3, HV2), shopper(4, HV2)])
+    assert [(a.facts["zone"], a.facts["limit"], a.facts["dwell_s"]) for a in found] == [(HV, "plain", "100.0")] * 2
+    alone = Camera(camera_ctx({HV: override}))
+    assert [(a.facts["limit"], a.facts["dwell_s"]) for a in stay(alone, 0, 60, lambda sec: [shopper()])] == [("alone", "50.0")]
+    cue = Camera(camera_ctx({HV: override, EXIT: override}))
+    poses = {1.0: REACH, 2.0: AT_HIP}
+    found = stay(cue, 0, 20, lambda sec: [shopper(1, wrists=poses.get(sec, NEUTRAL)), shopper(2)])
+    assert [(a.facts["track"], a.facts["limit"], a.facts["dwell_s"]) for a in found] == [("1", "cue", "12.0")]
+    at_exit = Camera(camera_ctx({EXIT: override}))
+    found = stay(at_exit, 0, 60, lambda sec: [shopper(1, EXIT), shopper(2, EXIT)]) + stay(at_exit, 100, 200, lambda sec: [shopper(3, EXIT, s(100))])
+    assert [(a.facts["track"], a.facts["limit"], a.facts["dwell_s"]) for a in found] == [("1", "plain", "40.0"), ("2", "plain", "40.0"),
+                                                                                          ("3", "alone", "30.0")]
+
+
+def test_loitering_disabled_in_a_zone_or_no_rules_for_it() -> None:
     disabled = Camera(camera_ctx({HV: resolve({"loitering": {"enabled": False}})}))
     assert dwell(disabled, 3600, zone=HV) == []
     assert dwell(disabled, 3600, zone=EXIT) == []  # no rules in force for this zone
 
 
-def test_the_feedback_factor_lengthens_the_loitering_limit() -> None:
-    cam = Camera(camera_ctx(feedback=FeedbackState(rules={rules.LOITERING: RuleFeedback(factor=1.5)})))
-    assert dwell(cam, 150) == []
-    assert len(dwell(cam, 180)) == 1
+def test_the_feedback_factor_lengthens_every_loitering_limit() -> None:
+    feedback = FeedbackState(rules={rules.LOITERING: RuleFeedback(factor=1.5)})
+    cam = Camera(camera_ctx(feedback=feedback))
+    assert stay(cam, 0, 449, lambda sec: [shopper()], step_s=7) == []
+    (alert,) = stay(cam, 450, 451, lambda sec: [shopper()])
+    assert (alert.facts["limit"], alert.facts["limit_s"]) == ("alone", "450")
+    plain = Camera(camera_ctx(feedback=feedback))
+    assert dwell(plain, 899) == []
+    assert len(dwell(plain, 900)) == 1
+
+
+def test_loitering_still_applies_in_a_staff_shift() -> None:
+    """Cleaners are expected after hours; one standing ten minutes at the spirits cabinet still loiters."""
+    cleaners = StaffShift(name="cleaners", start=time(21), end=time(22, 30))
+    cam = Camera(camera_ctx(hours=DAY_HOURS, shifts=(cleaners,)))
+    night = local_ms(2025, 1, 15, 21, 10) - ENTERED
+    found = stay(cam, night / 1000, night / 1000 + 600, lambda sec: [shopper(1, HV, ENTERED + round(night)), shopper(2, HV, ENTERED + round(night))],
+                 step_s=5)
+    assert [a.facts["limit"] for a in found] == ["plain", "plain"]
+    assert cam.of(rules.AFTER_HOURS) == []
 
 
 # --- return_abuse --------------------------------------------------------------------------------------------
@@ -840,6 +1043,7 @@ def test_returns_in_min_stores_stores_within_the_period_raise_one_alert() -> Non
     # Named by the window's first return, so arrival order and which token found it do not matter.
     assert alert.alert_id == rules.alert_id(rules.RETURN_ABUSE, "s4", "r0")
     assert alert.facts["stores"] == "s0,s1,s2,s3,s4" and alert.facts["returns"] == "5" and alert.facts["total"] == "125.00 GBP"
+    assert alert.facts["window"] == "slow" and alert.facts["period_days"] == "30" and alert.facts["token"] == TOKEN
     assert [e.ref for e in alert.evidence] == ["r0", "r1", "r2", "r3", "r4"]
     # Quiet for the period: more returns within it raise nothing more.
     assert returns(state, [ret("r5", 5, "s5"), ret("r6", 6.5, "s6")]) == [[], []]
@@ -854,14 +1058,15 @@ def test_min_returns_in_one_store_within_the_period_raise_one_alert() -> None:
 
 def test_returns_spread_over_more_than_the_period_raise_nothing() -> None:
     state = TokenState()
-    # Every 2 days in a new store: any 7 days hold 4 returns in 4 stores.
-    assert all(f == [] for f in returns(state, [ret(f"r{i}", 2 * i, f"s{i}") for i in range(12)]))
+    # Every 8 days in a new store: any 30 days hold 4 returns in 4 stores, any 2 days one.
+    assert all(f == [] for f in returns(state, [ret(f"r{i}", 8 * i, f"s{i}") for i in range(12)]))
 
 
 def test_after_the_quiet_period_a_new_burst_alerts_again() -> None:
     state = TokenState()
     first = returns(state, FIVE_STORES)[-1]
-    second = returns(state, [ret(f"q{i}", 20 + i, f"s{i}") for i in range(5)])
+    assert all(f == [] for f in returns(state, [ret(f"p{i}", 20 + i, f"s{i}") for i in range(5)]))  # within 30 days of r0
+    second = returns(state, [ret(f"q{i}", 31 + i, f"s{i}") for i in range(5)])
     assert [len(f) for f in second] == [0, 0, 0, 0, 1]
     assert second[-1][0].alert_id != first[0].alert_id
 
@@ -881,8 +1086,8 @@ def test_returns_arriving_out_of_order_count_in_their_place() -> None:
     assert [len(f) for f in returns(state, shuffled)] == [0, 0, 0, 0, 1]
     # An old return arriving after newer ones outside the period raises nothing.
     state = TokenState()
-    assert all(f == [] for f in returns(state, [ret("new1", 20, "s1"), ret("new2", 21, "s2"), ret("new3", 22, "s3"), ret("new4", 23, "s4"),
-                                                 ret("old", 10, "s5")]))
+    assert all(f == [] for f in returns(state, [ret("new1", 20, "s1"), ret("new2", 22.5, "s2"), ret("new3", 25, "s3"), ret("new4", 27.5, "s4"),
+                                                 ret("old", -8, "s5")]))
 
 
 def test_an_old_return_arriving_last_completes_the_period() -> None:
@@ -901,6 +1106,98 @@ def test_return_abuse_disabled_and_feedback_factor() -> None:
     found = returns(state, six, feedback=feedback)
     assert [len(f) for f in found] == [0] * 5 + [1]
     assert found[-1][0].facts["min_stores"] == "6"
+
+
+def test_three_stores_within_36_hours_raise_one_fast_alert() -> None:
+    """The outside review's case: the same card refunded at three stores of the chain within 36 hours."""
+    state = TokenState()
+    run = [ret("a", 0, "north"), ret("b", 0.5, "south"), ret("c", 1.5, "east")]
+    found = returns(state, run)
+    assert [len(f) for f in found] == [0, 0, 1]
+    (alert,) = found[-1]
+    assert alert.alert_id == rules.alert_id(rules.RETURN_ABUSE, "east", "a")
+    assert {k: alert.facts[k] for k in ("token", "window", "returns", "stores", "period_days", "min_stores")} == {
+        "token": TOKEN, "window": "fast", "returns": "3", "stores": "east,north,south", "period_days": "2", "min_stores": "3"}
+    assert "48 hours" in alert.explanation
+    # More stores in the same run add nothing: one alert per token per period.
+    assert returns(state, [ret("d", 1.8, "west"), ret("e", 2, "central")]) == [[], []]
+
+
+def test_three_stores_spread_over_more_than_two_days_are_not_a_run() -> None:
+    state = TokenState()
+    assert all(f == [] for f in returns(state, [ret("a", 0, "north"), ret("b", 1, "south"), ret("c", 2.1, "east")]))
+
+
+def test_the_slow_serial_returner_raises_one_alert() -> None:
+    state = TokenState()
+    found = returns(state, [ret(f"r{i}", 3.5 * i, "s1" if i % 2 else "s2") for i in range(9)])  # two stores, 8 returns in 24.5 days
+    assert [len(f) for f in found] == [0] * 7 + [1, 0]
+    (alert,) = found[7]
+    assert alert.facts["window"] == "slow" and alert.facts["returns"] == "8" and alert.facts["min_returns"] == "8"
+    assert alert.alert_id == rules.alert_id(rules.RETURN_ABUSE, "s1", "r0")
+
+
+def test_a_fast_run_inside_a_serial_returners_month_raises_one_alert_naming_its_first_return() -> None:
+    """Both windows complete on the same return: one alert, the window that holds more (the slow one)."""
+    state = TokenState()
+    run = [*(ret(f"r{i}", i, "home") for i in range(5)), ret("x", 10, "s1"), ret("y", 10.5, "s2"), ret("z", 11, "s3")]
+    found = returns(state, run)
+    assert [len(f) for f in found] == [0] * 7 + [1]
+    (alert,) = found[-1]
+    assert alert.facts["window"] == "slow" and alert.alert_id == rules.alert_id(rules.RETURN_ABUSE, "s3", "r0")
+
+
+def test_the_fast_and_slow_windows_never_alert_on_the_same_returns() -> None:
+    """Random histories of one token (stores, times over 120 days, arrival order): the alerts' returns
+    never overlap, and their first returns lie at least the slow period apart."""
+    rng = random.Random(24)
+    for _ in range(300):
+        events = [ret(f"r{i}", rng.uniform(0, 120), f"s{rng.randrange(6)}") for i in range(rng.randrange(3, 30))]
+        order = rng.sample(events, len(events))
+        alerts = [a for f in returns(TokenState(), order) for a in f]
+        refs = [{e.ref for e in a.evidence} for a in alerts]
+        assert all(not (refs[i] & refs[j]) for i in range(len(refs)) for j in range(i))
+        firsts = sorted(min(e.time_ms for e in a.evidence) for a in alerts)
+        assert all(later - earlier >= 30 * DAY_MS for earlier, later in itertools.pairwise(firsts))
+        # A replay in the same order (one token, one partition) raises the same ids.
+        assert [a.alert_id for f in returns(TokenState(), order) for a in f] == [a.alert_id for a in alerts]
+
+
+def test_the_same_returns_give_the_same_fast_alert_id_in_any_arrival_order() -> None:
+    run = [ret("a", 0, "north"), ret("b", 0.5, "south"), ret("c", 1.5, "east")]
+    ids = set()
+    for order in itertools.permutations(run):
+        (alert,) = [a for f in returns(TokenState(), order) for a in f]
+        ids.add(alert.alert_id)
+    assert ids == {rules.alert_id(rules.RETURN_ABUSE, "east", "a")}
+
+
+RETURN_ABUSE_OVERRIDE = {"period_days": 10, "min_stores": 4, "min_returns": 6, "fast_period_h": 24, "fast_min_stores": 2}
+
+
+@pytest.mark.parametrize(("field", "value"), RETURN_ABUSE_OVERRIDE.items())
+def test_each_return_abuse_setting_is_overridden_per_chain_store_and_register(field: str, value: float) -> None:
+    chain, store, register = ({"return_abuse": {field: v}} for v in (value * 3, value * 2, value))
+    assert getattr(resolve(chain).return_abuse, field) == value * 3
+    assert getattr(resolve(chain, store).return_abuse, field) == value * 2
+    merged = resolve(chain, store, register).return_abuse
+    assert getattr(merged, field) == value
+    assert all(getattr(merged, other) == getattr(RulesConfig().return_abuse, other) for other in RETURN_ABUSE_OVERRIDE if other != field)
+
+
+def test_return_abuse_overrides_take_effect_and_fast_period_h_0_turns_the_fast_window_off() -> None:
+    run = [ret("a", 0, "north"), ret("b", 0.5, "south"), ret("c", 1.5, "east")]
+    assert all(f == [] for f in returns(TokenState(), run, resolve({"return_abuse": {"fast_period_h": 0}})))
+    assert all(f == [] for f in returns(TokenState(), run, resolve({"return_abuse": {"fast_period_h": 24}})))
+    (alert,) = returns(TokenState(), run[:2], resolve({"return_abuse": {"fast_min_stores": 2}}))[-1]
+    assert alert.facts["min_stores"] == "2"
+    found = returns(TokenState(), [ret(f"r{i}", i) for i in range(6)], resolve({"return_abuse": {"min_returns": 6, "period_days": 10}}))
+    assert [len(f) for f in found] == [0] * 5 + [1] and found[-1][0].facts["period_days"] == "10"
+    # Scaled by feedback like the slow window: 3 stores x 1.2 -> 4.
+    feedback = FeedbackState(rules={rules.RETURN_ABUSE: RuleFeedback(factor=1.2)})
+    assert all(f == [] for f in returns(TokenState(), run, feedback=feedback))
+    (alert,) = returns(TokenState(), [*run, ret("d", 1.6, "west")], feedback=feedback)[-1]
+    assert (alert.facts["window"], alert.facts["min_stores"]) == ("fast", "4")
 
 
 # --- employee_own_card -----------------------------------------------------------------------------------------
@@ -1187,8 +1484,8 @@ STATES: list[Any] = [
     ),
     TillState(drawer_opens=[DrawerOpen("d1", T0, "e1"), DrawerOpen("d2", T0 + 1, "")], no_sale_quiet_until={"e1": T0 + HOUR_MS},
               decided=["a", "own-card:b"]),
-    CameraState(visits={f"1:{HV}": Visit(T0, T0 + 1000, True, 0b101, 0b11, 7), f"2:{HV2}": Visit(T0, T0)},
-                raised={f"{rules.CONCEALMENT}:1:{HV}:{T0}": T0 + 1000}),
+    CameraState(visits={f"1:{HV}": Visit(T0, T0 + 1000, True, 0b101, 0b11, 7, T0 + 200), f"2:{HV2}": Visit(T0, T0)},
+                raised={f"{rules.CONCEALMENT}:1:{HV}:{T0}": T0 + 1000}, cues={"1": T0 + 500}),
     TokenState(returns=[TokenReturn("r1", T0, "s1", "r1", 2500), TokenReturn("r2", T0 + DAY_MS, "s2", "r3", -10)], quiet_until_ms=T0 + 7 * DAY_MS),
     TransactionState(sale_employee="e1", sale_time_ms=T0, sale_register="r2", sale_seen=True, waiting=["CgR4"], decided=["rf-1"]),
     FeedbackState(rules={rules.LOITERING: RuleFeedback(3, 1, 0.95), rules.CONCEALMENT: RuleFeedback()}, verdicts={"a1": 1, "a2": 2}),

@@ -35,6 +35,21 @@ def test_sample_store_config_loads():
         (lambda r: r["stores"][0]["cameras"][0].update(source="ftp://cam"), "stores.0.cameras.0.source", "must start with"),
         (lambda r: r["stores"][0]["cameras"][0].update(colour="red"), "stores.0.cameras.0.colour", "Extra inputs"),
         (lambda r: r["stores"][0]["registers"].append(dict(r["stores"][0]["registers"][0])), "stores.0", "duplicate register id(s) ['reg-1']"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "cleaners", "start": "21:00", "end": "21:00"}]), "stores.0.staff_shifts.0",
+         "end: equals start 21:00:00"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "cleaners", "start": "21:00", "end": "25:00"}]), "stores.0.staff_shifts.0.end",
+         "valid time"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "cleaners", "days": ["monday"], "start": "21:00", "end": "22:00"}]),
+         "stores.0.staff_shifts.0.days.0", "'mon'"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "x", "days": ["mon"], "dates": ["2026-12-27"], "start": "06:00", "end": "09:00"}]),
+         "stores.0.staff_shifts.0", "days, dates: give the weekdays"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "cash-up", "start": "21:00", "end": "21:30", "cameras": ["cam-nowhere"]}]),
+         "stores.0", "staff_shifts.0.cameras: ['cam-nowhere'] not camera(s) of this store"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"name": "crew", "start": "21:00", "end": "21:30", "max_persons": 0}]),
+         "stores.0.staff_shifts.0.max_persons", "greater than or equal to 1"),
+        (lambda r: r["stores"][0].update(staff_shifts=[{"start": "21:00", "end": "21:30"}]), "stores.0.staff_shifts.0.name", "Field required"),
+        (lambda r: r.update(rules={"loitering": {"high_value_alone_s": 0}}), "rules.loitering.high_value_alone_s", "greater than 0"),
+        (lambda r: r.update(rules={"return_abuse": {"fast_period_h": -1}}), "rules.return_abuse.fast_period_h", "greater than or equal to 0"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, mutate, field, reason):
@@ -75,3 +90,12 @@ def test_inference_takes_a_camera_added_to_the_config_without_a_restart(tmp_path
     message = type("Msg", (), {"value": lambda self: Frame(store_id="store-001", camera_id="cam-new", jpeg=jpeg).SerializeToString()})()
     _, camera, image = analyzer.decode_frame(message)
     assert camera.id == "cam-new" and image is not None and image.shape == (24, 32, 3)
+
+
+def test_staff_shifts_load(tmp_path):
+    shifts = [{"name": "cleaners", "days": ["mon", "tue", "wed", "thu", "fri"], "start": "21:00", "end": "22:30"},
+              {"name": "stock-take", "dates": ["2026-12-27"], "start": "22:00", "end": "04:00", "max_persons": 6}]
+    config = load_store_config(_write(tmp_path, lambda r: r["stores"][0].update(staff_shifts=shifts)))
+    cleaners, stock_take = config.stores[0].staff_shifts
+    assert cleaners.days == ("mon", "tue", "wed", "thu", "fri") and str(cleaners.end) == "22:30:00"
+    assert stock_take.days is None and stock_take.max_persons == 6 and str(stock_take.dates[0]) == "2026-12-27"
