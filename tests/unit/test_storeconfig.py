@@ -99,3 +99,22 @@ def test_staff_shifts_load(tmp_path):
     cleaners, stock_take = config.stores[0].staff_shifts
     assert cleaners.days == ("mon", "tue", "wed", "thu", "fri") and str(cleaners.end) == "22:30:00"
     assert stock_take.days is None and stock_take.max_persons == 6 and str(stock_take.dates[0]) == "2026-12-27"
+
+
+def test_new_rule_settings_layer_through_chain_store_register_and_zone(tmp_path):
+    def mutate(r):
+        r["rules"] = {"loitering": {"high_value_alone_s": 200, "exit_cue_s": 30}, "return_abuse": {"fast_period_h": 36}}
+        store = r["stores"][0]
+        store["rules"] = {"return_abuse": {"fast_min_stores": 4}, "loitering": {"exit_alone_s": 90}}
+        store["registers"][0]["rules"] = {"return_abuse": {"fast_period_h": 24}}
+        store["cameras"][0]["zones"][0]["rules"] = {"loitering": {"high_value_cue_s": 15, "exit_cue_s": 10}}
+
+    config = load_store_config(_write(tmp_path, mutate))
+    store = config.stores[0]
+    camera, zone = store.cameras[0], store.cameras[0].zones[0]
+    at_store = config.rules_for(store.id)
+    assert (at_store.loitering.high_value_alone_s, at_store.loitering.exit_alone_s, at_store.loitering.exit_cue_s) == (200, 90, 30)
+    assert (at_store.return_abuse.fast_period_h, at_store.return_abuse.fast_min_stores) == (36, 4)
+    assert config.rules_for(store.id, register_id=store.registers[0].id).return_abuse.fast_period_h == 24
+    in_zone = config.rules_for(store.id, camera_id=camera.id, zone_id=zone.id).loitering
+    assert (in_zone.high_value_cue_s, in_zone.exit_cue_s, in_zone.high_value_alone_s, in_zone.exit_alone_s, in_zone.high_value_s) == (15, 10, 200, 90, 600)
