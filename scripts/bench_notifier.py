@@ -47,6 +47,7 @@ from devplatform.launcher import Platform, free_port, http_ready, stop_pid  # no
 from devplatform.progress import Progress  # noqa: E402
 from services.shared import topics  # noqa: E402
 from services.shared.contracts.alert_pb2 import Alert, Severity  # noqa: E402
+from services.shared.incidents import incident_id  # noqa: E402
 from services.shared.kafka import make_producer  # noqa: E402
 from services.shared.webhooks import signed_headers  # noqa: E402
 
@@ -69,6 +70,8 @@ class Bench:
         self.notifier: subprocess.Popen | None = None
         self.http = ""
         self.seq = 0
+        # incident id -> the bench alert that opened it (pushes link to the incident)
+        self.opened_by: dict[str, str] = {}
         self.refused: list[str] = []
 
     def _delivered(self, err: KafkaError | None, _msg: object) -> None:
@@ -114,8 +117,10 @@ class Bench:
         for _ in range(count):
             self.seq += 1
             now = int(time.time() * 1000)
+            # Each at a register of its own: a separate situation, so an incident (and a page) of its own.
             alert = Alert(alert_id=f"bench-{self.seq:07d}", rule="refund_without_customer", severity=Severity.SEVERITY_HIGH, store_id="store-001",
-                          register_id="reg-1", explanation="benchmark alert", event_time_ms=now, raised_time_ms=now)
+                          register_id=f"reg-{self.seq}", explanation="benchmark alert", event_time_ms=now, raised_time_ms=now)
+            self.opened_by[incident_id("store-001", alert.alert_id)] = alert.alert_id
             while True:
                 try:
                     self.producer.produce(topics.ALERTS, key="store-001", value=alert.SerializeToString(), on_delivery=self._delivered)
@@ -136,7 +141,9 @@ class Bench:
             if entry["kind"] == "webhook":
                 out["hq/hook"].append((entry["body"]["alert"]["alert_id"], entry["received_ms"]))
             elif entry["kind"] == "ntfy":
-                out["officer/phone"].append((entry["message"].rsplit("/alerts/", 1)[-1], entry["received_ms"]))
+                # The push links to the incident's page; each bench alert opened its own incident.
+                incident = entry["message"].rsplit("/incidents/", 1)[-1]
+                out["officer/phone"].append((self.opened_by.get(incident, incident), entry["received_ms"]))
         return out
 
     def wait_all(self, ids: list[str], what: str, timeout_s: float = 600) -> dict[str, list[tuple[str, int]]]:

@@ -237,7 +237,9 @@ def matching_routes(config: RoutingConfig, alert: Alert, region: str) -> list[Ro
             continue
         if m.regions and region not in m.regions:
             continue
-        if m.rules and alert.rule not in m.rules:
+        # An incident (the notifier's page) matches a route by any of its reasons' rules.
+        rules = [r for r in alert.facts.get("reasons", "").split(",") if r] or [alert.rule]
+        if m.rules and not set(rules) & set(m.rules):
             continue
         if severity_rank(severity_name(alert.severity)) < severity_rank(m.min_severity):
             continue

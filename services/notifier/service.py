@@ -2,11 +2,14 @@
 
 Three parts share the Redis outbox (`outbox.py`):
 
-- the consume loop (`Notifier.handle`) reads sw.alerts.v1 and sw.feedback.v1. An alert is routed
-  (routing file: store, region, rule, severity) and its first level's recipients are enqueued, its
-  later levels scheduled as escalations, all before its offset is committed; a verdict of any kind
-  on sw.feedback.v1 acknowledges the alert and drops its pending escalations. A malformed alert
-  goes to the DLQ.
+- the consume loop (`Notifier.handle`) reads sw.alerts.v1 and sw.feedback.v1. Each alert is folded
+  into its incident (services/shared/incidents.py): the people told are paged once per incident,
+  under the id of the alert that opened it. The incident is routed (routing file: store, region,
+  rule, severity) and its first level's recipients are enqueued, its later levels scheduled as
+  escalations, all before the offset is committed. A later reason of the incident routes it again
+  at its new severity: whoever was told already is not paged again (the outbox's dedupe), a route
+  that only a higher severity matches is. A verdict of any kind on sw.feedback.v1, on any reason,
+  acknowledges the incident and drops its pending escalations. A malformed alert goes to the DLQ.
 - the escalator (`Notifier.escalate_due`, on a timer) enqueues a due level's recipients unless the
   alert was acknowledged meanwhile; schedules are resolved when the level fires, so an escalation
   after a handover reaches whoever is on call then.
@@ -29,6 +32,7 @@ from services.notifier.routing import RoutingConfig, matching_routes, quiet_unti
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
+from services.shared.incidents import Folded, Incident, IncidentLedger
 from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.serde import PoisonMessage, decode
 
@@ -40,6 +44,8 @@ ENQUEUED = Counter("sw_notifier_enqueued_total", "Alerts enqueued per recipient,
 ESCALATIONS = Counter("sw_notifier_escalations_total", "Escalation levels, by outcome (fired, acknowledged before it was due)", ["outcome"])
 ACKNOWLEDGED = Counter("sw_notifier_acknowledgements_total", "Verdicts that acknowledged an alert")
 UNROUTED = Counter("sw_notifier_unrouted_alerts_total", "Alerts no route matched (nobody told; check the routing file)")
+INCIDENT_REASONS = Counter("sw_notifier_incident_reasons_total",
+                           "Alerts folded into incidents: opened one, joined one (no new page) or joined and raised its severity", ["outcome"])
 
 
 def ms(seconds: float) -> int:
@@ -48,8 +54,9 @@ def ms(seconds: float) -> int:
 
 class Notifier:
     def __init__(self, outbox: Outbox, routing: RoutingConfig, regions: dict[str, str], clock: Clock,
-                 on_enqueued: Callable[[], None] = lambda: None) -> None:
+                 on_enqueued: Callable[[], None] = lambda: None, incidents: IncidentLedger | None = None) -> None:
         self.outbox = outbox
+        self.incidents = incidents or IncidentLedger(outbox.redis, f"{outbox.prefix}incidents:", outbox.keep_ms)
         self.routing = routing
         self.regions = regions
         self.clock = clock
@@ -69,7 +76,7 @@ class Notifier:
                     if msg.topic() == topics.FEEDBACK:
                         self._feedback(decode(Feedback, msg.value(), required=("alert_id", "verdict")))
                     else:
-                        self.route(decode(Alert, msg.value(), required=("alert_id", "rule", "store_id")), msg.value() or b"")
+                        self.take_alert(decode(Alert, msg.value(), required=("alert_id", "rule", "store_id")))
                 except PoisonMessage as exc:
                     outcome.poison.append(Poison(msg, str(exc)))
         except redis.RedisError as exc:
@@ -79,14 +86,53 @@ class Notifier:
     def _feedback(self, feedback: Feedback) -> None:
         # A verdict this build does not know (a newer api) still says someone looked at the alert.
         verdict = Verdict.Name(feedback.verdict) if feedback.verdict in Verdict.values() else f"VERDICT_{feedback.verdict}"
+        # The page went out under the incident's opening alert: a verdict on any reason acknowledges it.
+        incident = self.incidents.incident_of(feedback.alert_id)
+        paged = incident.opening_alert_id if incident is not None else feedback.alert_id
         dropped = self.outbox.acknowledge(feedback.alert_id, verdict)
+        if paged != feedback.alert_id:
+            dropped += self.outbox.acknowledge(paged, verdict)
         ACKNOWLEDGED.inc()
         if dropped:
             ESCALATIONS.labels("acknowledged").inc(dropped)
-        log.info("alert acknowledged", extra={"alert_id": feedback.alert_id, "verdict": verdict, "user": feedback.user, "escalations_dropped": dropped})
+        log.info("alert acknowledged", extra={"alert_id": feedback.alert_id, "paged_as": paged, "verdict": verdict, "user": feedback.user,
+                                              "escalations_dropped": dropped})
 
-    def route(self, alert: Alert, data: bytes) -> None:
+    def take_alert(self, alert: Alert) -> None:
+        """Fold the alert into its incident and route the incident (idempotent: a replay, or a
+        reason that changes nobody's routes, pages nobody again)."""
+        folded = self.incidents.fold(alert)
+        if folded.added:
+            INCIDENT_REASONS.labels("opened" if folded.opening else "escalated" if folded.escalated else "joined").inc()
+        page = alert if folded.opening and len(folded.incident.reasons) == 1 else self._page_of(folded)
+        if page is None:
+            return
+        if not folded.opening:
+            log.info("alert joined an incident", extra={"alert_id": alert.alert_id, "incident_id": folded.incident.incident_id,
+                                                        "paged_as": page.alert_id, "rules": folded.incident.rules, "escalated": folded.escalated})
+        self.route(page, page.SerializeToString(), folded.incident)
+
+    def _page_of(self, folded: Folded) -> Alert | None:
+        """The incident as one alert (the opening alert's id, evidence and place; the incident's
+        severity; every reason's explanation), or None when the opening alert is no longer kept."""
+        incident = folded.incident
+        data = self.outbox.alerts([incident.opening_alert_id]).get(incident.opening_alert_id)
+        if data is None:
+            log.warning("incident's opening alert no longer kept; the new reason is not routed", extra={"incident_id": incident.incident_id})
+            return None
+        page = decode(Alert, data)
+        page.severity = max(page.severity, incident.severity)  # type: ignore[assignment]
+        first = incident.reasons[0]
+        others = [f"{r.rule.replace('_', ' ')}: {r.explanation}" for r in incident.reasons[1:]]
+        page.explanation = "; also ".join([first.explanation, *others])
+        return page
+
+    def route(self, alert: Alert, data: bytes, incident: Incident | None = None) -> None:
         """Enqueue the first level of every matching route and schedule the later ones (idempotent)."""
+        if incident is not None:
+            alert.facts["incident_id"] = incident.incident_id
+            alert.facts["reasons"] = ",".join(incident.rules)
+            data = alert.SerializeToString()
         now = self.clock()
         first_seen_ms = self.outbox.remember_alert(alert.alert_id, data, ms(now))
         routes = matching_routes(self.routing, alert, self.regions.get(alert.store_id, ""))

@@ -34,8 +34,6 @@ CAMERA_EVIDENCE = ("camera_window", "frames", "frame")
 DEFAULT_GAP_MS = 5 * 60_000
 # An incident keeps taking reasons for at most this long, so a busy camera is not one endless incident.
 DEFAULT_MAX_SPAN_MS = 60 * 60_000
-# Open incidents of a store kept for folding, by event time behind the newest alert of the store.
-OPEN_KEPT_MS = 2 * DEFAULT_MAX_SPAN_MS
 SEVERITY_NAMES = {Severity.SEVERITY_LOW: "low", Severity.SEVERITY_MEDIUM: "medium", Severity.SEVERITY_HIGH: "high", Severity.SEVERITY_CRITICAL: "critical"}
 
 
@@ -189,7 +187,9 @@ def fold_all(alerts: Iterable[Alert], gap_ms: int = DEFAULT_GAP_MS, max_span_ms:
 
 
 class IncidentLedger:
-    """A reader's fold state in Redis: each store's open incidents, and the incident of each alert.
+    """A reader's fold state in Redis: each incident, the incident of each alert, and per store and
+    subject the incidents open to it (a sorted set by end time), so folding one alert reads only the
+    incidents it could join, however many a store has open.
 
     Each reader keeps its own (`prefix`): readers at different offsets of the topic must not fold
     into each other's state. One writer per store at a time (the topic's partition owner).
@@ -202,8 +202,8 @@ class IncidentLedger:
         self.gap_ms = gap_ms
         self.max_span_ms = max_span_ms
 
-    def _open_key(self, store_id: str) -> str:
-        return f"{self.prefix}open:{store_id}"
+    def _subject_key(self, store_id: str, subject: str) -> str:
+        return f"{self.prefix}open:{store_id}:{subject}"
 
     def _incident_key(self, incident_id: str) -> str:
         return f"{self.prefix}incident:{incident_id}"
@@ -213,24 +213,27 @@ class IncidentLedger:
 
     def fold(self, alert: Alert) -> Folded:
         """Fold one alert and keep the result (idempotent: a replayed alert finds its incident)."""
-        known = self.redis.get(self._alert_key(alert.alert_id))
+        known = self.incident_of(alert.alert_id)
         if known is not None:
-            incident = self.get(known.decode() if isinstance(known, bytes) else str(known))
-            if incident is not None:
-                return Folded(incident, incident.opening_alert_id == alert.alert_id, False, False)
-        open_key = self._open_key(alert.store_id)
-        raw = cast(dict, self.redis.hgetall(open_key))
-        open_incidents = sorted((Incident.from_json(v) for v in raw.values()), key=lambda i: i.incident_id)
-        folded = fold(open_incidents, alert, self.gap_ms, self.max_span_ms)
+            return Folded(known, known.opening_alert_id == alert.alert_id, False, False)
+        start, _ = extent(alert)
+        pipe = self.redis.pipeline(transaction=False)
+        for subject in subjects(alert):
+            pipe.zrangebyscore(self._subject_key(alert.store_id, subject), start - self.gap_ms, "+inf")
+        ids = sorted({_text(i) for found in pipe.execute() for i in found})
+        raw = cast(list, self.redis.mget([self._incident_key(i) for i in ids])) if ids else []
+        candidates = [Incident.from_json(r) for r in raw if r is not None]
+        folded = fold(candidates, alert, self.gap_ms, self.max_span_ms)
         incident = folded.incident
-        newest = max([incident.end_ms] + [i.end_ms for i in open_incidents])
-        stale = [i.incident_id for i in open_incidents if i.end_ms < newest - OPEN_KEPT_MS and i.incident_id != incident.incident_id]
         pipe = self.redis.pipeline(transaction=True)
-        data = incident.to_json()
-        pipe.set(self._incident_key(incident.incident_id), data, px=self.keep_ms)
-        pipe.hset(open_key, incident.incident_id, data)
-        if stale:
-            pipe.hdel(open_key, *stale)
+        pipe.set(self._incident_key(incident.incident_id), incident.to_json(), px=self.keep_ms)
+        for subject in incident.keys:
+            key = self._subject_key(incident.store_id, subject)
+            pipe.zadd(key, {incident.incident_id: incident.end_ms})
+            # Only what is past keeping leaves: an alert may come late (event time), and must still
+            # find the incident the pure fold would give it.
+            pipe.zremrangebyscore(key, "-inf", incident.end_ms - self.keep_ms)
+            pipe.pexpire(key, self.keep_ms)
         pipe.set(self._alert_key(alert.alert_id), incident.incident_id, px=self.keep_ms)
         pipe.execute()
         return folded
@@ -241,4 +244,8 @@ class IncidentLedger:
 
     def incident_of(self, alert_id: str) -> Incident | None:
         known = self.redis.get(self._alert_key(alert_id))
-        return self.get(known.decode() if isinstance(known, bytes) else str(known)) if known is not None else None
+        return self.get(_text(known)) if known is not None else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -30,6 +30,7 @@ from services.shared.contracts.alert_pb2 import Alert, Severity
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.deliveries import read_deliveries
 from services.shared.evidence import EvidenceStore
+from services.shared.incidents import incident_id
 from services.shared.kafka import ConsumeLoop, make_producer
 from tests.conftest import Proc, _spawn, consume_all, wait_for
 
@@ -85,7 +86,8 @@ class Sink:
                 if e["body"]["kind"] == "alert" and (recipient is None or e["body"]["recipient"] == recipient)]
 
     def ntfy_alerts(self, topic: str) -> list[str]:
-        return [e["message"].rsplit("/alerts/", 1)[-1] for e in self.entries("ntfy") if e["topic"] == topic]
+        """The alerts pushed, by the incident page each push links to (each test alert is an incident of its own)."""
+        return [_opened_by(e["message"].rsplit("/incidents/", 1)[-1]) for e in self.entries("ntfy") if e["topic"] == topic]
 
 
 @pytest.fixture
@@ -101,8 +103,17 @@ def sinks(tmp_path):
         sink.stop()
 
 
+_TEST_ALERT_IDS = [f"al-{i:03d}" for i in range(300)] + [f"al-{i:02d}" for i in range(10)] + ["al-a", "al-b"]
+
+
+def _opened_by(incident: str) -> str:
+    """The test alert that opened an incident (its page's link names the incident)."""
+    return next((a for a in _TEST_ALERT_IDS if incident_id("store-001", a) == incident), incident)
+
+
 def _alert(alert_id: str, severity: int = Severity.SEVERITY_HIGH, store: str = "store-001") -> Alert:
-    return Alert(alert_id=alert_id, rule="refund_without_customer", severity=severity, store_id=store, register_id="reg-1",  # type: ignore[arg-type]
+    # Each at a register of its own: separate situations, so separate incidents and pages.
+    return Alert(alert_id=alert_id, rule="refund_without_customer", severity=severity, store_id=store, register_id=f"reg-{alert_id}",  # type: ignore[arg-type]
                  explanation=f"test alert {alert_id}", event_time_ms=int(time.time() * 1000), raised_time_ms=int(time.time() * 1000))
 
 
@@ -156,12 +167,12 @@ def test_each_recipient_gets_each_alert_once_per_contact_and_the_rest_goes_to_th
     assert sorted(sink.ntfy_alerts("lp-officer")) == ["al-a", "al-b"]
     hook = next(e for e in sink.entries("webhook") if e["alert_id"] == "al-a")
     assert hook["signature"] == "valid" and hook["delivery_id"] == "al-a|hq/hook"
-    assert hook["body"]["alert"]["rule"] == "refund_without_customer" and hook["body"]["url"].endswith("/alerts/al-a")
-    phone = next(e for e in sink.entries("ntfy") if e["message"].endswith("al-a"))
-    assert phone["title"] == "[HIGH] refund without customer at store-001 reg-1" and "test alert al-a" in phone["message"]
+    assert hook["body"]["alert"]["rule"] == "refund_without_customer" and hook["body"]["url"].endswith("/incidents/" + incident_id("store-001", "al-a"))
+    phone = next(e for e in sink.entries("ntfy") if e["message"].endswith(incident_id("store-001", "al-a")))
+    assert phone["title"] == "[HIGH] refund without customer at store-001 reg-al-a" and "test alert al-a" in phone["message"]
     # The snapshot goes with the push where it exists; al-b's push went with the link only, after the wait.
     assert (phone["filename"], phone["attachment_bytes"], phone["path"]) == ("snapshot.jpg", len(snapshot), "/lp-officer")
-    assert next(e for e in sink.entries("ntfy") if e["message"].endswith("al-b"))["attachment_bytes"] == 0
+    assert next(e for e in sink.entries("ntfy") if e["message"].endswith(incident_id("store-001", "al-b")))["attachment_bytes"] == 0
     assert "ALERT test alert al-a" in notifier.log_text()
     # The poison message and the refused delivery are both kept, with the reason.
     dead = consume_all(broker, topics.dlq(topics.ALERTS), expect=2, timeout=20)
@@ -282,6 +293,48 @@ def test_escalation_fires_at_the_configured_time_reaches_whoever_took_over_and_s
         reasons = {r["recipient"]: r["reason"] for r in read_deliveries(outbox.redis, "al-open")}
         assert reasons == {"alice": "route store, level 1", "bob": "route store, level 2 (after 10 min unacknowledged)",
                            "manager": "route store, level 2 (after 10 min unacknowledged)"}
+    finally:
+        loop.stop_event.set()
+        consumer.join(15)
+        dispatcher.close()
+
+
+def test_one_incident_pages_once_a_later_reason_raises_it_and_a_verdict_on_any_reason_acknowledges_it(broker, redis_url, sinks, monkeypatch):
+    monkeypatch.setenv("SW_ROUTING_TEST_SECRET", SECRET)
+    sink = sinks()
+    routing = {"recipients": {"officer": {"contacts": [_webhook(sink)]}, "manager": {"contacts": [_webhook(sink)]}},
+               "routes": [{"name": "store", "levels": [{"notify": ["officer"]}, {"after_min": 10, "notify": ["manager"]}]},
+                          {"name": "urgent", "match": {"min_severity": "critical"}, "levels": [{"notify": ["manager"]}]}]}
+    clock = FakeClock(datetime.fromisoformat("2026-12-01T23:00:00+00:00"))
+    notifier, dispatcher, outbox = _in_process(redis_url, routing, clock, broker)
+    loop = ConsumeLoop("notifier", broker, "test-notifier-incidents", [topics.ALERTS, topics.FEEDBACK], notifier.handle, dead_letters=[topics.ALERTS],
+                       batch_size=16)
+    consumer = threading.Thread(target=loop.run, daemon=True)
+    consumer.start()
+    t = int(clock() * 1000)
+    # One refund, neither customer nor goods at the counter: two rules, one situation.
+    no_customer = Alert(alert_id="al-inc-1", rule="refund_without_customer", severity=Severity.SEVERITY_HIGH, store_id="store-001", register_id="reg-7",
+                        camera_id="cam-7", explanation="nobody at the counter", event_time_ms=t)
+    no_goods = Alert(alert_id="al-inc-2", rule="refund_without_merchandise", severity=Severity.SEVERITY_MEDIUM, store_id="store-001", register_id="reg-7",
+                     camera_id="cam-7", explanation="no goods on the counter", event_time_ms=t + 500)
+    try:
+        _produce(broker, [no_customer.SerializeToString()])
+        wait_for(lambda: sink.webhook_alerts("officer") == ["al-inc-1"], 30, "the incident's page")
+        _produce(broker, [no_goods.SerializeToString(), no_customer.SerializeToString()])  # a later reason, and a replay
+        # Two rules agree: the incident is critical now, which the urgent route pages; the officer is not paged again.
+        wait_for(lambda: sink.webhook_alerts("manager") == ["al-inc-1"], 30, "the urgent route's page at the raised severity")
+        [urgent] = [e["body"] for e in sink.entries("webhook") if e["body"]["recipient"] == "manager"]
+        assert urgent["alert"]["severity"] == "SEVERITY_CRITICAL" and "no goods on the counter" in urgent["alert"]["explanation"]
+        assert urgent["alert"]["facts"]["reasons"] == "refund_without_customer,refund_without_merchandise"
+        assert urgent["url"].endswith("/incidents/" + urgent["alert"]["facts"]["incident_id"])
+        time.sleep(1)
+        assert sink.webhook_alerts("officer") == ["al-inc-1"]
+        # A verdict on the later reason acknowledges the incident: its escalation to the manager is dropped.
+        _produce(broker, [Feedback(alert_id="al-inc-2", store_id="store-001", verdict=Verdict.VERDICT_ACKNOWLEDGED, user="officer",
+                                   time_ms=t, rule="refund_without_merchandise").SerializeToString()], topics.FEEDBACK)
+        wait_for(lambda: outbox.acknowledged("al-inc-1"), 30, "the incident acknowledged through its other reason")
+        clock.advance(11 * 60)
+        assert notifier.escalate_due() == 0
     finally:
         loop.stop_event.set()
         consumer.join(15)

@@ -8,7 +8,7 @@ T0 = 1_780_000_000_000
 
 def _alert(alert_id: str, rule: str, severity: int, t: int, store: str = "store-1", camera: str = "", register: str = "",
            track: int | None = None, since: int | None = None, pos: str = "", token: str = "") -> Alert:
-    alert = Alert(alert_id=alert_id, rule=rule, severity=severity, store_id=store, camera_id=camera, register_id=register,
+    alert = Alert(alert_id=alert_id, rule=rule, severity=severity, store_id=store, camera_id=camera, register_id=register,  # type: ignore[arg-type]
                   event_time_ms=t, explanation=f"{rule} at {t}")
     if track is not None:
         alert.facts["track"] = str(track)

@@ -203,7 +203,7 @@ def test_alert_and_digest_messages_name_the_facts_and_link_the_alert_page():
     assert single.payload["alert"]["alert_id"] == "al-1" and single.payload["delivery_id"] == "al-1|alice/log"
     others = [_alert(alert_id=f"al-{i}", event_time_ms=1_764_600_000_000 + i, severity=Severity.SEVERITY_MEDIUM) for i in range(2, 30)]
     digest = digest_notification("digest|alice/log|1", "alice", [alert, *others], "https://lp.example", NY, "burst over the rate limit")
-    assert digest.title.startswith("29 alerts (burst over the rate limit)") and digest.severity == "high"
+    assert digest.title.startswith("29 incidents (burst over the rate limit)") and digest.severity == "high"
     assert "https://lp.example/alerts/al-1" in digest.body and "and 9 more" in digest.body
     assert len(digest.payload["alerts"]) == 29 and digest.alert_ids[0] == "al-1"
 
