@@ -1,6 +1,6 @@
 """Scenario runner: replays scripted store scenarios through a real correlator and scores its alerts.
 
-`python -m devplatform.scenarios [--dir DIR] [--keep-logs]` (`make scenarios`). Each JSON file in
+`python -m devplatform.scenarios [--dir DIR] [--keep-logs] [--busy-day-stores N] [--seed N]` (`make scenarios`). Each JSON file in
 DIR describes stores, a timeline of POS events, what each camera saw (at the FrameAnalysis level, as
 inference would publish it) and the alerts that must follow (format: scenarios/README.md). The runner
 starts Apache Kafka and one correlator for all of them, sends every scenario's detections and POS
@@ -8,6 +8,10 @@ events in event-time order, waits until the correlator has consumed everything a
 any more, and matches the alerts on sw.alerts.v1 to the expectations. It prints one line per
 scenario and ends with a JSON line (precision, recall); the exit status is 0 only when both are 1
 and no alert id was raised twice.
+
+With it goes a generated busy trading day of N stores (busyday.py, default rules): one line per
+store-day (alerts, incidents, false incidents, injected frauds caught) and `busy_day` in the JSON
+line; the exit status is also non-zero when a fraud was missed or a store-day had 2 false incidents.
 
 Scenarios share one chain and one correlator, so every store, camera, employee id and token is
 prefixed with the scenario's file stem ("refund-ok.store-1"): chain-wide rules (return abuse, own
@@ -18,6 +22,7 @@ the correlator sees a backlog replayed: its rules run on event time, not the wal
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import shutil
 import signal
@@ -25,15 +30,17 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import yaml
 from confluent_kafka import Message
 
 from devplatform.kafkatools import Offsets, TopicReader
 from devplatform.launcher import LaunchError, Platform, is_ours
-from devplatform.scenarios.scoring import DeadLetter, score
-from devplatform.scenarios.spec import DEFAULT_DIR, ScenarioError, load_dir, scenario_config
+from devplatform.progress import Progress
+from devplatform.scenarios import busyday
+from devplatform.scenarios.scoring import DeadLetter, describe_incident, score
+from devplatform.scenarios.spec import DEFAULT_DIR, Scenario, ScenarioError, load_dir, scenario_config
 from devplatform.scenarios.synth import Outgoing, messages, refund_waits
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
@@ -113,7 +120,7 @@ class _Sender:
                 waited = time.monotonic()
             time.sleep(0.5)
 
-    def send(self, batch: list[Outgoing]) -> None:
+    def send(self, batch: list[Outgoing], progress: Progress | None = None) -> None:
         since_check = 0
         for m in batch:
             self.producer.produce(m.topic, key=m.key.encode(), value=m.value, on_delivery=self._delivered)
@@ -123,6 +130,8 @@ class _Sender:
             if since_check > MAX_UNCONSUMED_BYTES // 4:
                 since_check = 0
                 self._throttle()
+                if progress is not None:
+                    progress.update(self.sent)
         if self.producer.flush(30):
             raise RuntimeError("the broker did not acknowledge every message within 30 s")
         if self.failed:
@@ -130,6 +139,21 @@ class _Sender:
 
     def close(self) -> None:
         self.producer.close()
+
+
+class _EchoStream:
+    """A text stream for Progress that writes its lines through the runner's echo."""
+
+    def __init__(self, echo: Any) -> None:
+        self.echo = echo
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.echo(line)
+        return len(text)
+
+    def flush(self) -> None:
+        return None
 
 
 def _exit_status(pid: int) -> str:
@@ -169,18 +193,54 @@ def wait_for_quiet(platform: Platform, collector: _Collector, offsets: Offsets, 
         time.sleep(0.5)
 
 
-def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: float = 4.0) -> int:
+def _busy_day(stores: int, seed: int, day: dt.date | None, customers: float, echo: Any) -> tuple[busyday.BusyDay, Scenario]:
+    started = time.monotonic()
+    busy = busyday.generate(seed, stores, day, customers)
+    sc = busy.scenario()
+    echo(f"busy day: {stores} store(s) ({', '.join(f'{s.plan.id} {s.plan.timezone}' for s in busy.stores)}), local date {busy.day}, seed {seed}: "
+         f"{sum(s.customers for s in busy.stores)} shoppers, {len(sc.spec.pos)} POS events, {len(busy.frauds)} injected frauds, "
+         f"drawn in {time.monotonic() - started:.1f}s")
+    return busy, sc
+
+
+def _busy_report(busy: busyday.BusyDay, sc: Scenario, alerts: list[Alert], echo: Any) -> tuple[dict[str, Any], bool]:
+    results, chain_caught, chain_missed = busyday.score_day(busy, sc, alerts)
+    for r in results:
+        f = r.figures()
+        echo(f"{'PASS' if not r.missed and len(r.false_incidents) < 2 else 'FAIL'} busy day {r.store} ({r.timezone}): alerts {f['alerts']}, "
+             f"incidents {f['incidents']}, false incidents {f['false_incidents']}, frauds caught {f['caught']}/{f['frauds']}")
+        for fraud in r.missed:
+            echo(f"    missed fraud: {fraud.kind}: {fraud.what}")
+        for incident in r.false_incidents:
+            echo(f"    false {describe_incident(incident)}: {incident.reasons[0].explanation}")
+    for fraud in chain_caught + chain_missed:
+        echo(f"{'PASS' if fraud in chain_caught else 'FAIL'} busy day chain: {fraud.kind}: {fraud.what}{'' if fraud in chain_caught else ' (missed)'}")
+    return busyday.summarize(busy, results, chain_caught, chain_missed)
+
+
+def run(directory: Path | None, keep_logs: bool = False, echo: Any = print, quiet_s: float = 4.0, busy_stores: int = 0, seed: int = 1,
+        busy_date: dt.date | None = None, busy_customers: float = busyday.CUSTOMERS_PER_DAY) -> int:
+    """Replay the scenario files of `directory` (None: none) and, with `busy_stores`, a busy day."""
+    busy: busyday.BusyDay | None = None
     try:
-        scenarios = load_dir(directory)
-        config = scenario_config(*scenarios)
-        batches = [(sc, messages(sc, config), refund_waits(sc, config)) for sc in scenarios]
+        scenarios = load_dir(directory) if directory is not None else []
+        if busy_stores > 0:
+            busy, busy_sc = _busy_day(busy_stores, seed, busy_date, busy_customers, echo)
+        if not scenarios and busy is None:
+            echo("nothing to run: no scenario folder and no busy day")
+            return 2
+        everything = scenarios + ([busy_sc] if busy is not None else [])
+        config = scenario_config(*everything)
+        started = time.monotonic()
+        batches = [(sc, messages(sc, config), refund_waits(sc, config)) for sc in everything]
+        echo(f"messages generated in {time.monotonic() - started:.1f}s")
     except ScenarioError as exc:
         echo(f"scenario error: {exc}")
         return 2
     run_dir = Path(tempfile.mkdtemp(prefix="sw-scenarios-"))
     config_path = run_dir / "store-config.yaml"
-    config_path.write_text(yaml.safe_dump({"chain": "scenarios", "stores": [s for sc in scenarios for s in sc.stores],
-                                           "employees": [e for sc in scenarios for e in sc.employees]}, sort_keys=False))
+    config_path.write_text(yaml.safe_dump({"chain": "scenarios", "stores": [s for sc in everything for s in sc.stores],
+                                           "employees": [e for sc in everything for e in sc.employees]}, sort_keys=False))
     try:
         load_store_config(config_path)  # what the correlator will read, read the same way
     except StoreConfigError as exc:
@@ -198,7 +258,7 @@ def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: fl
         bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
         platform.start_service("correlator")
         echo(f"Kafka and correlator ready in {time.monotonic() - started:.1f}s (pids {platform.components['broker']['pid']}, "
-             f"{platform.components['correlator']['pid']}); {len(scenarios)} scenarios from {directory}")
+             f"{platform.components['correlator']['pid']}); {len(scenarios)} scenarios from {directory}" + (", and the busy day" if busy else ""))
         collector = _Collector(bootstrap)
         collector.start()
         offsets = Offsets(bootstrap)
@@ -208,7 +268,9 @@ def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: fl
         late = [m for m in all_messages if m.late]
         # One event-time order across scenarios is not needed (they share nothing); per camera and
         # register it is, and each scenario's list is sorted already.
-        sender.send(first)
+        with Progress("sending detections and POS events", total=len(first), unit="messages", stream=cast(TextIO, _EchoStream(echo))) as progress:
+            sender.send(first, progress)
+            progress.update(sender.sent)
         echo(f"  sent {len(first)} messages (detections and POS events)")
         if late:
             wait_for_quiet(platform, collector, offsets, 0.0, echo, quiet_s=0.0, limit_s=300)
@@ -225,7 +287,16 @@ def run(directory: Path, keep_logs: bool = False, echo: Any = print, quiet_s: fl
                  f"decided after max_wait_s ({max_wait:g} s)")
         wait_for_quiet(platform, collector, offsets, deadline, echo, quiet_s=quiet_s, limit_s=600)
         collector.stop()
-        code = score(scenarios, collector.alerts.received(), collector.dead.received(), echo)
+        received = collector.alerts.received()
+        extra: dict[str, Any] = {}
+        busy_ok = True
+        lines: list[str] = []
+        if busy is not None:
+            mine = [a for a in received if a.store_id.startswith(busy_sc.name + ".")]
+            received = [a for a in received if not a.store_id.startswith(busy_sc.name + ".")]
+            extra["busy_day"], busy_ok = _busy_report(busy, busy_sc, mine, lines.append)
+            extra["busy_day"]["run_s"] = round(time.monotonic() - started, 1)
+        code = score(scenarios, received, collector.dead.received(), echo, extra=extra, extra_ok=busy_ok, lines_before_summary=lines)
     except LaunchError as exc:
         echo(f"could not start: {exc}")
         code = 2
@@ -254,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devplatform.scenarios", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="folder of scenario files (*.json); default scenarios/")
     parser.add_argument("--keep-logs", action="store_true", help="keep the broker and correlator logs and the generated store config")
+    parser.add_argument("--busy-day-stores", type=int, default=3, metavar="N",
+                        help="also replay a generated busy trading day of N stores (default 3; 0: none)")
+    parser.add_argument("--busy-day-only", action="store_true", help="only the busy day, not the scenario files")
+    parser.add_argument("--seed", type=int, default=1, help="the busy day's seed (default 1)")
+    parser.add_argument("--busy-day-date", type=dt.date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                        help="the busy day's local date (default: two days before today, UTC)")
+    parser.add_argument("--busy-day-customers", type=float, default=busyday.CUSTOMERS_PER_DAY, metavar="N",
+                        help=f"shoppers expected per store-day (default {busyday.CUSTOMERS_PER_DAY})")
     args = parser.parse_args(argv)
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -261,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        return run(args.dir, keep_logs=args.keep_logs, echo=lambda line: print(line, flush=True))
+        return run(None if args.busy_day_only else args.dir, keep_logs=args.keep_logs, echo=lambda line: print(line, flush=True),
+                   busy_stores=max(args.busy_day_stores, 0), seed=args.seed, busy_date=args.busy_day_date, busy_customers=args.busy_day_customers)
     except KeyboardInterrupt:
         print("interrupted; broker and correlator stopped", flush=True)
         return 130

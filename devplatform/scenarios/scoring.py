@@ -142,9 +142,9 @@ def summary(outcomes: list[Outcome], dead_lettered: int = 0) -> dict[str, Any]:
 
 
 def score(scenarios: list[Scenario], alerts: list[Alert], dead: list[DeadLetter], echo: Any, extra: dict[str, Any] | None = None,
-          extra_ok: bool = True) -> int:
-    """Print each scenario's outcome and the summary line (JSON, with `extra` such as the busy day's
-    figures); 0 only when everything matched and `extra_ok`."""
+          extra_ok: bool = True, lines_before_summary: list[str] | None = None) -> int:
+    """Print each scenario's outcome, `lines_before_summary`, and the summary line (JSON, with
+    `extra` such as the busy day's figures); 0 only when everything matched and `extra_ok`."""
     by_scenario: dict[str, list[Alert]] = defaultdict(list)
     duplicates: dict[str, list[Alert]] = defaultdict(list)
     seen = Counter[str]()
@@ -169,6 +169,8 @@ def score(scenarios: list[Scenario], alerts: list[Alert], dead: list[DeadLetter]
     if stray:
         result["raised"] += len(stray)
         result["precision"] = round(result["true_positives"] / result["raised"], 4)
+    for line in lines_before_summary or []:
+        echo(line)
     result.update(extra or {})
     echo(json.dumps(result))
     ok = (result["precision"] == 1.0 and result["recall"] == 1.0 and result["incident_precision"] == 1.0 and result["incident_recall"] == 1.0

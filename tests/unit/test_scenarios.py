@@ -114,3 +114,51 @@ def test_matching_counts_missed_extra_and_duplicates(tmp_path):
     assert [e.rule for e in outcome.missed] == ["post_void"] and outcome.extra == [wrong_event] and not outcome.ok
     result = scenarios.summary([outcome])
     assert (result["expected"], result["raised"], result["true_positives"], result["precision"], result["recall"], result["duplicates"]) == (2, 2, 1, 0.5, 0.5, 1)
+
+
+def _camera_alert(alert_id: str, rule: str, store: str, camera: str, track: int, t: int, since: int) -> Alert:
+    alert = Alert(alert_id=alert_id, rule=rule, store_id=store, camera_id=camera, event_time_ms=t)
+    alert.facts["track"] = str(track)
+    alert.evidence.append(EvidenceRef(kind="frames", ref="1-2", camera_id=camera, time_ms=since))
+    return alert
+
+
+def test_incident_expectations_want_exactly_these_incidents_with_exactly_these_rules(tmp_path):
+    sc = _scenario(tmp_path, pos=[{"t": 50, "type": "refund", "register": "reg-1", "id": "r-1"}],
+                   expect=[{"rule": "after_hours"}, {"rule": "loitering"}], incidents=[{"rules": ["loitering", "after_hours"], "camera": "cam-1"}])
+    assert sc.spec.incidents is not None and sc.spec.incidents[0].rules == ["after_hours", "loitering"]
+    t0 = sc.start_ms
+    night = _camera_alert("a1", "after_hours", "sc.store-1", "sc.cam-1", 7, t0 + 3_000, t0)
+    lingered = _camera_alert("a2", "loitering", "sc.store-1", "sc.cam-1", 7, t0 + 130_000, t0 + 10_000)
+    outcome = scenarios.match(sc, [night, lingered], [])
+    assert len(outcome.incidents) == 1 and len(outcome.incidents_matched) == 1 and outcome.ok
+    # One reason short: the incident has other rules than expected, so it is missed and extra.
+    short = scenarios.match(sc, [night], [])
+    assert [e.rules for e in short.incidents_missed] == [["after_hours", "loitering"]] and len(short.incidents_extra) == 1 and not short.ok
+    # An unrelated alert (a refund at the register, hours later) is an incident of its own: extra.
+    refund = _alert("a3", "refund_without_customer", "sc.store-1", "reg-1", "r-1")
+    refund.event_time_ms = t0 + 3 * 3_600_000
+    extra = scenarios.match(sc, [night, lingered, refund], [])
+    assert len(extra.incidents) == 2 and len(extra.incidents_extra) == 1 and not extra.ok
+    result = scenarios.summary([outcome, extra])
+    assert (result["incidents"], result["incidents_expected"], result["incident_precision"], result["incident_recall"]) == (3, 2, 0.6667, 1.0)
+
+
+def test_incidents_unstated_are_not_checked_and_an_empty_list_expects_none(tmp_path):
+    night = _camera_alert("a1", "after_hours", "sc.store-1", "sc.cam-1", 7, 1_000, 0)
+    assert scenarios.match(_scenario(tmp_path), [], []).ok
+    unstated = scenarios.match(_scenario(tmp_path, expect=[{"rule": "after_hours"}]), [night], [])
+    assert unstated.ok and len(unstated.incidents) == 1
+    none = scenarios.match(_scenario(tmp_path, expect=[{"rule": "after_hours"}], incidents=[]), [night], [])
+    assert not none.ok and len(none.incidents_extra) == 1
+
+
+@pytest.mark.parametrize("incidents, message", [
+    ([{"rules": ["shoplifting"]}], "unknown rule"),
+    ([{"rules": []}], "at least 1"),
+    ([{"rules": ["loitering"], "camera": "cam-9"}], "is not a camera of"),
+    ([{"rules": ["post_void"], "pos_event": "missing"}], "is not the id of any POS event"),
+])
+def test_bad_incident_expectations_fail_with_the_file_and_field(tmp_path, incidents, message):
+    with pytest.raises(scenarios.ScenarioError, match=message):
+        _scenario(tmp_path, incidents=incidents)
