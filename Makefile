@@ -51,7 +51,7 @@ test-integration: setup ## Integration tests (start and stop their own broker, R
 test-e2e: setup ## End-to-end test through the launcher
 	$(PYTEST) tests/e2e
 
-scenarios: setup ## Replay the scenarios in scenarios/ through the correlator; precision and recall of its alerts (ARGS="--dir DIR --keep-logs")
+scenarios: setup ## Replay scenarios/ and a generated busy day of 3 stores through the correlator; precision, recall, incidents (ARGS="--busy-day-stores N --seed N --busy-day-only --keep-logs")
 	$(PY) -m devplatform.scenarios $(ARGS)
 
 up: setup ## Start the local platform in the background (shrinkwatch dev up)

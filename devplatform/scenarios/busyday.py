@@ -662,9 +662,18 @@ class StoreDayResult:
         by_rule: dict[str, int] = defaultdict(int)
         for a in self.alerts:
             by_rule[a.rule] += 1
+        by_id = {a.alert_id: a for a in self.alerts}
+        why: dict[str, int] = defaultdict(int)
+        for incident in self.false_incidents:
+            why[reason_name(by_id[incident.reasons[0].alert_id])] += 1
         return {"alerts": len(self.alerts), "alerts_by_rule": dict(sorted(by_rule.items())), "incidents": len(self.incidents),
-                "false_incidents": len(self.false_incidents), "frauds": frauds, "caught": len(self.caught),
-                "recall": round(len(self.caught) / frauds, 4) if frauds else 1.0}
+                "false_incidents": len(self.false_incidents), "false_incidents_by_first_reason": dict(sorted(why.items())),
+                "frauds": frauds, "caught": len(self.caught), "recall": round(len(self.caught) / frauds, 4) if frauds else 1.0}
+
+
+def reason_name(alert: Alert) -> str:
+    """The rule, and for loitering which of its limits was passed (plain, alone, cue)."""
+    return f"{alert.rule}:{alert.facts['limit']}" if alert.rule == "loitering" and "limit" in alert.facts else alert.rule
 
 
 def score_day(busy: BusyDay, sc: Scenario, alerts: Iterable[Alert]) -> tuple[list[StoreDayResult], list[Fraud], list[Fraud]]:
