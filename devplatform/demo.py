@@ -75,9 +75,11 @@ class DemoResult:
 
     def problems(self, script: dict) -> list[str]:
         found = self.expected.problems(self.alerts) if self.expected else ["no expectation: the clip's first frame was never seen"]
-        delivered = [d["alert_id"] for d in self.deliveries]
-        if sorted(delivered) != sorted(a["alert_id"] for a in self.alerts):
-            found.append(f"webhook deliveries {delivered} do not match alerts one to one")
+        # One page per incident (alerts of one situation fold into one), under its opening alert.
+        incidents = sorted({a.get("incident_id", "") for a in self.alerts})
+        delivered = [d["body"]["alert"].get("facts", {}).get("incident_id", "") for d in self.deliveries]
+        if sorted(delivered) != incidents:
+            found.append(f"webhook deliveries {delivered} do not match incidents {incidents} one to one")
         if any(d.get("signature") != "valid" for d in self.deliveries):
             found.append("a webhook delivery was not validly signed")
         refunds = [e for e in script["events"] if e["type"] in ("refund", "return")]
@@ -87,9 +89,9 @@ class DemoResult:
             nobody = REFUND_EXPECTED_NOTE in event.get("note", "")
             if nobody and answer["outcome"] == "accept":
                 found.append(f"the till was told to accept {event['event_id']} with nobody at the counter")
-        pushed = [p["message"].rsplit("/alerts/", 1)[-1] for p in self.pushes]
-        if sorted(pushed) != sorted(a["alert_id"] for a in self.alerts):
-            found.append(f"phone pushes {pushed} do not match alerts one to one")
+        pushed = [p["message"].rsplit("/incidents/", 1)[-1] for p in self.pushes]
+        if sorted(pushed) != incidents:
+            found.append(f"phone pushes {pushed} do not match incidents {incidents} one to one")
         # The sample clip ends a few seconds after its last refund, so that alert's evidence may be
         # "partial" (no frames after the clip); frames around it and the snapshot must be there.
         for alert_id, package in self.evidence.items():
@@ -199,8 +201,9 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
         while time.time() < settle:
             result.alerts = hq.get("/v1/alerts").json()["alerts"]
             received()
+            incidents = len({a.get("incident_id") for a in result.alerts})
             if result.alerts and not result.expected.missing(result.alerts) \
-                    and len(result.deliveries) >= len(result.alerts) and len(result.pushes) >= len(result.alerts):
+                    and len(result.deliveries) >= incidents and len(result.pushes) >= incidents:
                 time.sleep(3)
                 received()
                 break
@@ -236,9 +239,10 @@ def settings_after_s() -> float:
 
 def report(result: DemoResult, echo=print) -> list[str]:
     script = json.loads((SAMPLE_DIR / "pos-script.json").read_text())
-    echo(f"\nAlerts raised: {len(result.alerts)}")
+    echo(f"\nAlerts raised: {len(result.alerts)}, in {len({a.get('incident_id') for a in result.alerts})} incident(s) (one page each)")
     for alert in result.alerts:
-        echo(f"  [{alert['severity']}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']}")
+        echo(f"  [{alert['severity']}] {alert['rule']} store={alert['store_id']} register={alert['register_id']} id={alert['alert_id']} "
+             f"incident={alert.get('incident_id', '')}")
         echo(f"      {alert['explanation']}")
         package = result.evidence.get(alert["alert_id"])
         if package:
@@ -261,16 +265,18 @@ def report(result: DemoResult, echo=print) -> list[str]:
 
     for d in result.deliveries:
         window = f" (its camera window closes {window_after_s:.0f}s after it)" if d["alert_id"] in refund_alerts else ""
-        echo(f"  webhook {d['path']} <- alert {d['alert_id']} at {datetime.fromtimestamp(d['received_ms'] / 1000, UTC):%H:%M:%S} UTC, "
+        reasons = d["body"]["alert"].get("facts", {}).get("reasons", "")
+        echo(f"  webhook {d['path']} <- incident {reasons} (alert {d['alert_id']}) at {datetime.fromtimestamp(d['received_ms'] / 1000, UTC):%H:%M:%S} UTC, "
              f"{since(d['alert_id'], d['received_ms'])}{window}")
+    opened_by = {d["body"]["alert"].get("facts", {}).get("incident_id", ""): d["alert_id"] for d in result.deliveries}
     for p in result.pushes:
-        alert_id = p["message"].rsplit("/alerts/", 1)[-1]
+        alert_id = opened_by.get(p["message"].rsplit("/incidents/", 1)[-1], "")
         snapshot = f"snapshot attached ({p['attachment_bytes']} bytes)" if p["attachment_bytes"] else "link only (the snapshot was not written yet)"
         echo(f"  phone (ntfy topic {p['topic']}) <- \"{p['title']}\" {since(alert_id, p['received_ms'])}, {snapshot}")
     echo("  log channel: var/run/logs/notifier.log (lines with \"ALERT\")" if result.deliveries else "")
     problems = result.problems(script)
     if not problems and result.expected:
-        echo(f"\nResult: as expected ({result.expected.summary(result.alerts)}; pushed and posted once each)")
+        echo(f"\nResult: as expected ({result.expected.summary(result.alerts)}; each incident pushed and posted once)")
     else:
         echo("\nResult: UNEXPECTED: " + "; ".join(problems))
     return problems

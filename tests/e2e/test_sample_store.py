@@ -1,6 +1,7 @@
 """The sample store through the launcher and every service, as `shrinkwatch demo` runs it, with the
 store closed: the refund with nobody at the counter raises its alert, the cashier on camera after
-hours raises a critical one, each delivered once. The store config is written for the moment the
+hours raises a critical one; both are one situation (the same counter camera, at the same time), so
+one incident with two reasons, paged once. The store config is written for the moment the
 test runs (closed for hours either side), so what it expects does not depend on the clock; the
 browser test (test_dashboard.py) plays the same clip with the store open."""
 
@@ -16,7 +17,7 @@ from devplatform.launcher import ROOT, Platform, free_port, pid_alive
 pytestmark = pytest.mark.e2e
 
 
-def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_delivered_once(tmp_path):
+def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_in_one_incident_paged_once(tmp_path):
     closed = store_config_for_the_moment(ROOT / "config" / "sample-store.yaml", tmp_path / "store-closed.yaml", store_open=False, now=datetime.now(UTC))
     platform = Platform(run_dir=tmp_path / "run", api_port=free_port(), store_config=closed)
     lines: list[str] = []
@@ -30,17 +31,18 @@ def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_deliver
     assert alert["rule"] == "refund_without_customer"
     assert alert["register_id"] == "reg-1" and alert["store_id"] == "store-001" and alert["camera_id"] == "cam-counter-1"
     assert alert["evidence"][0]["ref"] == "pos-store-001-0003"  # the refund with nobody at the counter
-    deliveries = {d["alert_id"]: d for d in result.deliveries}
-    assert len(result.deliveries) == 2 and set(deliveries) == {alert["alert_id"], after_hours["alert_id"]}
-    assert deliveries[alert["alert_id"]]["body"]["alert"]["alert_id"] == alert["alert_id"]
-    assert all(d["signature"] == "valid" for d in result.deliveries)
-    pushes = {p["message"].rsplit("/alerts/", 1)[-1]: p for p in result.pushes}
-    assert len(result.pushes) == 2 and set(pushes) == set(deliveries)
-    assert pushes[alert["alert_id"]]["title"].startswith("[HIGH] refund without customer")
-    assert pushes[after_hours["alert_id"]]["title"].startswith("[CRITICAL] after hours")
+    # The cashier is seen first: the after-hours alert opens the incident, the refund joins it.
+    assert alert["incident_id"] == after_hours["incident_id"]
+    [delivery] = result.deliveries
+    paged = delivery["body"]["alert"]
+    assert delivery["alert_id"] == after_hours["alert_id"] and paged["facts"]["incident_id"] == after_hours["incident_id"]
+    assert delivery["signature"] == "valid"
+    [push] = result.pushes
+    assert push["title"].startswith("[CRITICAL] after hours") and push["message"].endswith("/incidents/" + after_hours["incident_id"])
     notifier_log = (tmp_path / "run" / "logs" / "notifier.log").read_text()
-    # HQ's webhook, the officer's phone and log channel, once each, for each alert
-    assert notifier_log.count('"msg": "notification delivered"') == 6
+    # HQ's webhook, the officer's phone and log channel, once each, for the one incident
+    assert notifier_log.count('"msg": "notification delivered"') == 3
+    assert '"msg": "alert joined an incident"' in notifier_log
     assert report(result, echo=lines.append) == []
     # Everything the launcher started is gone.
     assert not (tmp_path / "run" / "runtime.json").exists()
