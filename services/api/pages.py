@@ -31,6 +31,8 @@ PAGES = {
     "/login": "login.html",
     "/": "feed.html",
     "/alerts/{alert_id}": "alert.html",
+    "/incidents": "incidents.html",
+    "/incidents/{incident_id}": "incident.html",
     "/returns": "returns.html",
     "/stats": "stats.html",
     "/stores": "stores.html",

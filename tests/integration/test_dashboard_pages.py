@@ -31,7 +31,8 @@ from tests.conftest import at_store_time
 
 pytestmark = pytest.mark.integration
 
-PAGE_URLS = {"/login": "login.html", "/": "feed.html", "/alerts/al-0123abcd:x.1": "alert.html", "/returns": "returns.html",
+PAGE_URLS = {"/login": "login.html", "/": "feed.html", "/alerts/al-0123abcd:x.1": "alert.html", "/incidents": "incidents.html",
+             "/incidents/in-0123456789abcdef01234567": "incident.html", "/returns": "returns.html",
              "/stats": "stats.html", "/stores": "stores.html", "/admin/audit": "audit.html"}
 # XML namespaces are names, never fetched; any other absolute URL would be a request off the site.
 NAMESPACES = {"http://www.w3.org/2000/svg"}
@@ -171,7 +172,7 @@ def test_signed_out_visit_ends_on_the_sign_in_form_without_policy_violations(sit
             problems: list[str] = []
             page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
             page.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
-            for path in ("/", "/returns", "/stats", "/stores", "/admin/audit", "/alerts/al-1"):
+            for path in ("/", "/returns", "/stats", "/stores", "/admin/audit", "/alerts/al-1", "/incidents", "/incidents/in-0123456789abcdef01234567"):
                 page.goto(site + path, timeout=15_000)
                 page.wait_for_url(re.compile(r"/login(\?|$)"), timeout=15_000)
                 page.wait_for_selector("#login-form", timeout=15_000)
@@ -341,6 +342,103 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
             page.wait_for_url(re.compile(r"/login$"), timeout=15_000)
             page.goto(f"{api}/stats", timeout=15_000)
             page.wait_for_url(re.compile(r"/login\?next=%2Fstats$"), timeout=15_000)
+            assert problems == []
+        finally:
+            browser.close()
+
+
+def test_incidents_page_lists_an_incident_with_two_reasons_live_and_its_page_takes_one_verdict(real_api, broker):
+    """Two alerts of one refund arrive while the incidents page is open: one row, both rules as chips,
+    raised to critical; its page shows both reasons and one evidence package, and one Confirm
+    publishes a verdict for each reason under its rule."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make setup` installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from services.shared import topics
+    from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
+    from services.shared.contracts.feedback_pb2 import Feedback, Verdict
+    from services.shared.incidents import incident_id
+    from services.shared.kafka import make_producer
+    from tests.conftest import consume_all
+
+    api = real_api
+    now = int(time.time() * 1000)
+    refund = [Alert(alert_id=f"al-inc-{rule}", rule=rule, severity=severity, score=0.9, explanation=f"{rule.replace('_', ' ')} at reg-1",
+                    store_id="store-001", camera_id="cam-counter-1", register_id="reg-1", event_time_ms=now - 60_000 + i * 2_000,
+                    raised_time_ms=now - 55_000 + i * 2_000, evidence=[EvidenceRef(kind="pos_event", ref="pos-refund-7", time_ms=now - 60_000)])
+              for i, (rule, severity) in enumerate((("refund_without_customer", Severity.SEVERITY_HIGH), ("refund_without_merchandise", Severity.SEVERITY_MEDIUM)))]
+    the_id = incident_id("store-001", refund[0].alert_id)
+    row = f"#incidents li[data-incident-id='{the_id}']"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            problems: list[str] = []
+
+            def watch(context) -> None:  # a 404 answered on purpose is no problem; script errors and the CSP are
+                context.on("weberror", lambda err: problems.append(f"script error: {err.error}"))
+                context.on("console", lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None)
+
+            admin = browser.new_context()
+            watch(admin)
+            page = admin.new_page()
+            _sign_in(page, api, "admin")
+            page.goto(f"{api}/incidents", timeout=15_000)
+            # The fixture's two alerts, twenty minutes apart: two incidents of one reason each.
+            page.wait_for_function("() => document.querySelectorAll('#incidents li[data-incident-id]').length === 2", timeout=30_000)
+            page.wait_for_selector("#live.on", timeout=15_000)
+            assert page.get_attribute("nav a[href='/incidents']", "aria-current") == "page"
+            producer = make_producer(broker)
+            for alert in refund:
+                producer.produce(topics.ALERTS, key=alert.store_id, value=alert.SerializeToString())
+            producer.flush(10)
+            page.wait_for_function(f"() => document.querySelectorAll(\"{row} .chip\").length === 2", timeout=30_000)
+            assert page.locator(f"{row} .chip").all_inner_texts() == ["Refund without customer", "Refund without merchandise"]
+            assert page.inner_text(f"{row} .sev-slot").lower() == "critical" and page.inner_text(f"{row} [data-testid=reason-count]") == "2 reasons"
+            assert "register reg-1" in page.inner_text(row) and "camera cam-counter-1" in page.inner_text(row)
+            assert page.locator("#incidents li[data-incident-id]").first.get_attribute("data-incident-id") == the_id  # the newest, on top
+
+            page.click(f"{row} a")
+            page.wait_for_url(f"{api}/incidents/{the_id}", timeout=15_000)
+            page.wait_for_function("() => document.querySelectorAll('#reasons tr[data-alert-id]').length === 2", timeout=15_000)
+            assert page.eval_on_selector_all("#reasons tr[data-alert-id]", "(rs) => rs.map((r) => r.dataset.rule)") == [
+                "refund_without_customer", "refund_without_merchandise"]
+            assert "No evidence was recorded" in page.inner_text("#evidence-status") or "being recorded" in page.inner_text("#evidence-status")
+            assert page.get_attribute("#evidence-of a", "href") == f"/alerts/{refund[0].alert_id}"
+            page.fill("#verdict-note", "both rules right: nobody at the till")
+            page.click("#btn-confirm")
+            page.wait_for_selector("#incident-title .status-confirmed", timeout=15_000)
+            page.wait_for_function("() => document.querySelectorAll('#reasons .status-confirmed').length === 2", timeout=15_000)
+            assert "Confirmed" in page.inner_text("#history") and "nobody at the till" in page.inner_text("#history")
+            feedbacks = [Feedback.FromString(m.value()) for m in consume_all(broker, topics.FEEDBACK, expect=2)]
+            assert {(f.alert_id, f.rule, f.verdict) for f in feedbacks} == {(a.alert_id, a.rule, Verdict.VERDICT_CONFIRMED) for a in refund}
+
+            # The list follows the verdict; an alert of the incident links back to it.
+            page.goto(f"{api}/incidents?status=confirmed", timeout=15_000)
+            page.wait_for_function("() => document.querySelectorAll('#incidents li[data-incident-id]').length === 1", timeout=15_000)
+            assert page.get_attribute("#incidents li[data-incident-id]", "data-incident-id") == the_id
+            page.goto(f"{api}/alerts/{refund[1].alert_id}", timeout=15_000)
+            page.wait_for_selector("[data-testid=incident-link]", timeout=15_000)
+            assert page.get_attribute("[data-testid=incident-link]", "href") == f"/incidents/{the_id}"
+
+            # Statistics count incidents (three) beside the alerts (four), and precision per rule.
+            page.goto(f"{api}/stats", timeout=15_000)
+            page.wait_for_selector("#by-store table", timeout=15_000)
+            assert page.inner_text("#stats-totals") == "3 incidents from 4 alerts"
+            assert page.locator("#by-store [data-testid=incidents]").first.inner_text() == "3"
+
+            # An officer acknowledges the incident only.
+            officer = browser.new_context()
+            watch(officer)
+            page = officer.new_page()
+            _sign_in(page, api, "officer")
+            page.goto(f"{api}/incidents/{the_id}", timeout=15_000)
+            page.wait_for_selector("#reasons tr[data-alert-id]", timeout=15_000)
+            assert page.is_visible("#btn-ack") and not page.is_visible("#btn-confirm") and not page.is_visible("#btn-dismiss")
+            page.goto(f"{api}/incidents/in-{'0' * 24}", timeout=15_000)
+            page.wait_for_selector("#incident-error .notice", timeout=15_000)
+            assert "does not exist" in page.inner_text("#incident-error")
             assert problems == []
         finally:
             browser.close()

@@ -280,6 +280,19 @@ export function alertApi(alertId, rest = "") {
   return `/v1/alerts/${encodeURIComponent(alertId)}${rest}`;
 }
 
+export function incidentPath(incidentId) {
+  return `/incidents/${encodeURIComponent(incidentId)}`;
+}
+
+export function incidentApi(incidentId, rest = "") {
+  return `/v1/incidents/${encodeURIComponent(incidentId)}${rest}`;
+}
+
+/** An incident's reasons as chips, one per rule, in the order they came. */
+export function ruleChips(rules) {
+  return h("span", { class: "chips", dataset: { testid: "rules" } }, (rules || []).map((rule) => h("span", { class: "chip", dataset: { rule } }, ruleLabel(rule))));
+}
+
 // ---- session and stores
 
 let mePromise = null;
@@ -335,7 +348,7 @@ async function signOut() {
 export async function initPage(active) {
   const header = byId("site-header");
   const link = (href, key, label) => h("a", { href, class: key === active ? "active" : null, "aria-current": key === active ? "page" : null }, label);
-  const nav = h("nav", { "aria-label": "Main" }, link("/", "feed", "Feed"), link("/returns", "returns", "Returns"), link("/stats", "stats", "Stats"), link("/stores", "stores", "Stores"));
+  const nav = h("nav", { "aria-label": "Main" }, link("/incidents", "incidents", "Incidents"), link("/", "feed", "Alerts"), link("/returns", "returns", "Returns"), link("/stats", "stats", "Stats"), link("/stores", "stores", "Stores"));
   clear(header, h("a", { href: "/", class: "brand" }, "ShrinkWatch HQ"), nav);
   const user = await currentUser();
   if (user.role === "admin") nav.append(link("/admin/audit", "audit", "Audit"));

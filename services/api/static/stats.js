@@ -1,4 +1,5 @@
-// /stats: alerts per day per store and per rule (inline SVG bars), and how often analysts confirmed them.
+// /stats: incidents and alerts per day per store and per rule (inline SVG bars), and how often analysts
+// confirmed each rule's alerts (precision stays per rule: an incident's verdict is recorded on each alert).
 import { api, byId, clear, formatPercent, h, initPage, ruleLabel, s, showError, storeIndex } from "/static/common.js";
 
 const form = byId("filters");
@@ -11,7 +12,7 @@ function filters() {
 }
 
 /** Bars of alerts per day; the tallest day fills the chart, each bar has its count as a tooltip. */
-function barChart(perDay, days) {
+function barChart(perDay, days, what = "Alerts") {
   const counts = (perDay || []).map((n) => Number(n) || 0);
   const width = 400;
   const height = 64;
@@ -19,7 +20,7 @@ function barChart(perDay, days) {
   const max = Math.max(1, ...counts);
   const step = width / Math.max(1, counts.length);
   const bar = Math.max(1, step * 0.75);
-  const chart = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `Alerts per day: ${counts.join(", ")}` });
+  const chart = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${what} per day: ${counts.join(", ")}`, dataset: { what: what.toLowerCase() } });
   chart.append(s("line", { class: "axis", x1: 0, x2: width, y1: base + 0.5, y2: base + 0.5 }));
   counts.forEach((n, i) => {
     const hgt = n ? Math.max(2, (n / max) * (base - 10)) : 1;
@@ -38,19 +39,19 @@ function precisionOf(row) {
   return judged ? (Number(row.confirmed) || 0) / judged : null;
 }
 
-function table(rows, first, days) {
+function table(rows, first, days, chart) {
   if (!rows.length) return h("p", { class: "muted" }, "No alerts in this period.");
   const num = (v) => h("td", { class: "num" }, String(Number(v) || 0));
   return h("table", null,
     h("thead", null, h("tr", null,
       first.headers.map((c) => h("th", null, c)),
-      h("th", { class: "num" }, "Alerts"), h("th", { class: "num" }, "Confirmed"), h("th", { class: "num" }, "False alarms"),
-      h("th", { class: "num hide-narrow" }, "Acknowledged"), h("th", { class: "num" }, "Precision"), h("th", null, "Per day"))),
+      h("th", { class: "num", title: first.incidentsTitle }, "Incidents"), h("th", { class: "num" }, "Alerts"), h("th", { class: "num" }, "Confirmed"), h("th", { class: "num" }, "False alarms"),
+      h("th", { class: "num hide-narrow" }, "Acknowledged"), h("th", { class: "num" }, "Precision"), h("th", null, `${chart.what} per day`))),
     h("tbody", null, rows.map((row) => h("tr", null,
       first.cells(row),
-      num(row.alerts), num(row.confirmed), num(row.false_alarm), h("td", { class: "num hide-narrow" }, String(Number(row.acknowledged) || 0)),
+      h("td", { class: "num", dataset: { testid: "incidents" } }, String(Number(row.incidents) || 0)), num(row.alerts), num(row.confirmed), num(row.false_alarm), h("td", { class: "num hide-narrow" }, String(Number(row.acknowledged) || 0)),
       h("td", { class: "num nowrap", dataset: { testid: "precision" } }, formatPercent(precisionOf(row))),
-      h("td", null, barChart(row.per_day, days))))));
+      h("td", null, barChart(row[chart.key], days, chart.what))))));
 }
 
 async function load() {
@@ -62,14 +63,19 @@ async function load() {
     const stats = await api(`/v1/stats?${q}`);
     clear(byId("stats-error"));
     const days = stats.days || [];
+    const totals = stats.totals || {};
     byId("stats-range").textContent = days.length ? `${days[0]} to ${days.at(-1)} (${days.length} days)` : "";
+    byId("stats-totals").textContent = `${Number(totals.incidents) || 0} incidents from ${Number(totals.alerts) || 0} alerts`;
     const byStore = [...(stats.by_store || [])].sort((a, b) => (b.alerts || 0) - (a.alerts || 0));
     const byRule = [...(stats.by_rule || [])].sort((a, b) => (b.alerts || 0) - (a.alerts || 0));
     clear(byId("by-store"), table(byStore, {
       headers: ["Store", "Region"],
       cells: (r) => [h("td", null, r.store_name || stores.get(r.store_id)?.name || r.store_id, h("div", { class: "muted small" }, r.store_id)), h("td", null, r.region || "—")],
-    }, days));
-    clear(byId("by-rule"), table(byRule, { headers: ["Rule"], cells: (r) => [h("td", null, ruleLabel(r.rule))] }, days));
+      incidentsTitle: "Incidents opened (the alerts of one situation are one incident)",
+    }, days, { key: "incidents_per_day", what: "Incidents" }));
+    clear(byId("by-rule"), table(byRule, {
+      headers: ["Rule"], cells: (r) => [h("td", null, ruleLabel(r.rule))], incidentsTitle: "Incidents with this rule among their reasons",
+    }, days, { key: "per_day", what: "Alerts" }));
   } catch (err) {
     showError(err, byId("stats-error"));
   }
