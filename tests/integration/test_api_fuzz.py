@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.shared.incidents import incident_id
 from tests.integration.pos_files import write_pos_keys, write_pos_secrets
 from tests.integration.test_hq_api import client, hq, make_alert, publish_alerts, wait_listed, write_evidence
 
@@ -48,16 +49,17 @@ def test_no_request_to_the_hq_api_gets_a_server_error(hq, tmp_path: Path):
     token = admin.headers["Authorization"].split()[1]
     service = type("Service", (), {"http": hq.url, "health": hq.health})
     schema = httpx.get(f"{hq.health}/openapi.json").json()
-    assert sum(len(methods) for methods in schema["paths"].values()) >= 17
+    assert sum(len(methods) for methods in schema["paths"].values()) >= 20
+    assert {"/v1/incidents", "/v1/incidents/{incident_id}", "/v1/incidents/{incident_id}/verdict"} <= set(schema["paths"])
     assert not any(path.startswith("/v1/pos/") for path in schema["paths"])
     headers = [f"Authorization: Bearer {token}"]
 
-    # First any identifiers at all (hostile ones included), then a real alert's, so the evidence,
-    # export and verdict routes are fuzzed past their "not found" too.
+    # First any identifiers at all (hostile ones included), then a real alert's and its incident's, so
+    # the evidence, export, incident and verdict routes are fuzzed past their "not found" too.
     code, output, events = run_schemathesis(service, headers, tmp_path / "any-ids")
     assert events and code == 0, f"schemathesis found server errors:\n{output[-6000:]}"
     config = tmp_path / "schemathesis.toml"
-    config.write_text('[parameters]\n"path.alert_id" = "al-fuzz"\n"path.name" = "snapshot.jpg"\n')
+    config.write_text(f'[parameters]\n"path.alert_id" = "al-fuzz"\n"path.incident_id" = "{incident_id("store-001", "al-fuzz")}"\n"path.name" = "snapshot.jpg"\n')
     code, output, events = run_schemathesis(service, headers, tmp_path / "real-alert", config)
     assert events and code == 0, f"schemathesis found server errors with a real alert:\n{output[-6000:]}"
     assert "Missing test data" not in output or "/v1/alerts/{alert_id}/export" not in output.split("Missing test data")[1].split("SUMMARY")[0]
