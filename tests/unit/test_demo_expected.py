@@ -167,13 +167,15 @@ def test_the_after_hours_rule_switched_off_expects_only_the_refund(tmp_path: Pat
 
 
 def test_the_demo_result_checks_alerts_against_the_expectation(sample: StoreConfig) -> None:
-    """DemoResult.problems, the demo's verdict, at night and by day, with every alert pushed, posted and recorded once."""
+    """DemoResult.problems, the demo's verdict, at night and by day, with every incident pushed and posted once
+    (the clip's alerts are all on the counter camera at one time: one incident)."""
     from devplatform.demo import DemoResult
 
-    def result(expected: DemoExpectation, alerts: list[dict[str, Any]]) -> DemoResult:
+    def result(expected: DemoExpectation, alerts: list[dict[str, Any]], pages: int = 1) -> DemoResult:
+        alerts = [{**a, "incident_id": "in-clip"} for a in alerts]
         done = DemoResult(expected=expected, alerts=alerts)
-        done.deliveries = [{"alert_id": a["alert_id"], "signature": "valid"} for a in alerts]
-        done.pushes = [{"message": f"http://127.0.0.1:8080/alerts/{a['alert_id']}"} for a in alerts]
+        done.deliveries = [{"alert_id": alerts[0]["alert_id"], "signature": "valid", "body": {"alert": {"facts": {"incident_id": "in-clip"}}}}] * pages
+        done.pushes = [{"message": "http://127.0.0.1:8080/incidents/in-clip"}] * pages
         done.assessments = [{"outcome": "accept"}, {"outcome": "warn"}]
         done.evidence = {a["alert_id"]: {"status": "complete", "snapshot_url": "s.jpg", "frames": [1], "missing": []} for a in alerts}
         return done
@@ -184,6 +186,8 @@ def test_the_demo_result_checks_alerts_against_the_expectation(sample: StoreConf
     assert result(expect(sample, SCRIPT, night_ms, samplestore.CLIP_SECONDS), night[:1]).problems(SCRIPT) != []
     assert result(expect(sample, SCRIPT, day_ms, samplestore.CLIP_SECONDS), [refund_alert()]).problems(SCRIPT) == []
     assert result(expect(sample, SCRIPT, day_ms, samplestore.CLIP_SECONDS), night).problems(SCRIPT) != []
+    paged_twice = result(expect(sample, SCRIPT, night_ms, samplestore.CLIP_SECONDS), night, pages=2).problems(SCRIPT)
+    assert any("do not match incidents" in p for p in paged_twice), paged_twice
 
 
 MOMENTS = [datetime(2026, 12, 7, tzinfo=UTC) + timedelta(minutes=37 * i) for i in range(40)] + [
