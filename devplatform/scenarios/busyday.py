@@ -51,6 +51,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from devplatform.scenarios.spec import Scenario, build_scenario
+from devplatform.scenarios.synth import Outgoing
+from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.incidents import Incident, fold_all
 
@@ -241,6 +243,7 @@ class BusyDay:
     stores: list[StoreDay]
     chain_frauds: list[Fraud]
     raw: dict[str, Any]
+    pocket_rate: float = POCKET_RATE
 
     @property
     def frauds(self) -> list[Fraud]:
@@ -352,10 +355,11 @@ class _Builder:
                     self.no_sales(emp, "reg-2", a + 300, b - 300, shift_share=0.5)
 
     def no_sales(self, emp: str, reg: str, a: float, b: float, shift_share: float = 1.0) -> None:
-        """A few drawer opens without a sale (change for a customer): Poisson, at most 4 a shift (the rule's limit is 5)."""
+        """A few drawer opens without a sale (change for a customer): Poisson, at most 4 a shift (the
+        rule's limit is 5 in 8 hours), 2 in each part of a split shift."""
         lam, k, p = 1.5 * shift_share, 0, math.exp(-1.5 * shift_share)
         u, cum = self.rng.random(), p
-        while u > cum and k < 4:
+        while u > cum and k < (4 if shift_share >= 1 else 2):
             k += 1
             p *= lam / k
             cum += p
@@ -565,7 +569,7 @@ def generate(seed: int, stores: int = 3, day: date | None = None, customers: flo
         chain.append(Fraud("serial_returner", "", f"one card returns goods in {len(serial_events)} stores within 2 days", 0, ("return_abuse",),
                            pos_events=tuple(e for _s, e in serial_events)))
     raw = _scenario_raw(days)
-    return BusyDay(seed, day, days, chain, raw)
+    return BusyDay(seed, day, days, chain, raw, pocket_rate)
 
 
 # --- as a scenario --------------------------------------------------------------------------------------
@@ -645,6 +649,25 @@ def _scenario_raw(days: list[StoreDay], fps: float = FPS) -> dict[str, Any]:
     }
 
 
+# POS events go this far (event time) ahead of the frames when a day is replayed; see send_order.
+POS_LEAD_MS = 30 * 60_000
+
+
+def send_order(messages: list[Outgoing]) -> list[Outgoing]:
+    """The day's messages in the order the runner sends them: event time, each POS event
+    POS_LEAD_MS earlier than its own time.
+
+    Live, a refund reaches the correlator seconds after it is keyed in, long before its camera's
+    history of the moment (kept SW_REGISTER_RETENTION_S, 15 minutes of camera time) is dropped. A
+    replay runs through event time hundreds of times faster than that: a refund that takes a second
+    longer than the frames on its way (POS agent, then the camera-events topic) finds its camera
+    half an hour on. The correlator then judges it on the pruned history (a covered window with no
+    change in it reads as "nobody"), which raises refund alerts no live day would. Sending POS
+    events ahead is the refund-before-video case, which the correlator decides exactly (it waits
+    for the camera); the order of each register's events and each camera's frames is kept."""
+    return sorted(messages, key=lambda m: (m.late, m.time_ms - (POS_LEAD_MS if m.topic == topics.POS else 0), m.order))
+
+
 # --- scoring ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -701,7 +724,7 @@ def summarize(busy: BusyDay, results: list[StoreDayResult], chain_caught: list[F
     frauds = sum(len(r.caught) + len(r.missed) for r in results) + len(chain_caught) + len(chain_missed)
     caught = sum(len(r.caught) for r in results) + len(chain_caught)
     ok = caught == frauds and all(len(r.false_incidents) < 2 for r in results)
-    return {"seed": busy.seed, "day": busy.day.isoformat(), "stores": len(results),
+    return {"seed": busy.seed, "day": busy.day.isoformat(), "stores": len(results), "pocket_rate": busy.pocket_rate,
             "customers": sum(sd.customers for sd in busy.stores),
             "alerts": sum(len(r.alerts) for r in results), "incidents": sum(len(r.incidents) for r in results),
             "false_incidents": sum(len(r.false_incidents) for r in results),
