@@ -679,6 +679,7 @@ class StoreDayResult:
     false_incidents: list[Incident]
     caught: list[Fraud]
     missed: list[Fraud]
+    false_alerts: int = 0  # alerts of no injected fraud (an incident may fold several)
 
     def figures(self) -> dict[str, Any]:
         frauds = len(self.caught) + len(self.missed)
@@ -690,7 +691,8 @@ class StoreDayResult:
         for incident in self.false_incidents:
             why[reason_name(by_id[incident.reasons[0].alert_id])] += 1
         return {"alerts": len(self.alerts), "alerts_by_rule": dict(sorted(by_rule.items())), "incidents": len(self.incidents),
-                "false_incidents": len(self.false_incidents), "false_incidents_by_first_reason": dict(sorted(why.items())),
+                "false_alerts": self.false_alerts, "false_incidents": len(self.false_incidents),
+                "false_incidents_by_first_reason": dict(sorted(why.items())),
                 "frauds": frauds, "caught": len(self.caught), "recall": round(len(self.caught) / frauds, 4) if frauds else 1.0}
 
 
@@ -712,7 +714,8 @@ def score_day(busy: BusyDay, sc: Scenario, alerts: Iterable[Alert]) -> tuple[lis
         false = [i for i in incidents if not any(f.caught_by(sc, by_id[r.alert_id]) for r in i.reasons for f in frauds)]
         caught = [f for f in sd.frauds if any(f.caught_by(sc, a) for a in unique)]
         missed = [f for f in sd.frauds if f not in caught]
-        results.append(StoreDayResult(sd.plan.id, sd.plan.timezone, mine, incidents, false, caught, missed))
+        false_alerts = sum(1 for a in mine if not any(f.caught_by(sc, a) for f in frauds))
+        results.append(StoreDayResult(sd.plan.id, sd.plan.timezone, mine, incidents, false, caught, missed, false_alerts))
     chain_caught = [f for f in busy.chain_frauds if any(f.caught_by(sc, a) for a in unique)]
     chain_missed = [f for f in busy.chain_frauds if f not in chain_caught]
     return results, chain_caught, chain_missed

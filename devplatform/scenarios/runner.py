@@ -208,7 +208,7 @@ def _busy_report(busy: busyday.BusyDay, sc: Scenario, alerts: list[Alert], echo:
     for r in results:
         f = r.figures()
         echo(f"{'PASS' if not r.missed and len(r.false_incidents) < 2 else 'FAIL'} busy day {r.store} ({r.timezone}): alerts {f['alerts']}, "
-             f"incidents {f['incidents']}, false incidents {f['false_incidents']}, frauds caught {f['caught']}/{f['frauds']}")
+             f"incidents {f['incidents']}, false incidents {f['false_incidents']} (of {f['false_alerts']} alerts), frauds caught {f['caught']}/{f['frauds']}")
         for fraud in r.missed:
             echo(f"    missed fraud: {fraud.kind}: {fraud.what}")
         for incident in r.false_incidents:

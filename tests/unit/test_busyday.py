@@ -149,6 +149,7 @@ def test_frauds_caught_and_false_incidents_counted_per_store_day(day: busyday.Bu
     summary, ok = busyday.summarize(day, results, chain_caught, chain_missed)
     assert not ok and summary["frauds"] == 16 and summary["caught"] == 15 and summary["false_incidents"] == 2
     assert summary["per_store"]["london"]["false_incidents"] == 2 and summary["per_store"]["london"]["alerts"] == 7
+    assert summary["per_store"]["london"]["false_alerts"] == 2 and summary["per_store"]["tokyo"]["false_alerts"] == 0
 
 
 def test_a_day_in_another_year_and_dst_change_keeps_opening_hours_in_store_time() -> None:
