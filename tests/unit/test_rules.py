@@ -873,32 +873,32 @@ def test_three_minutes_at_a_high_value_fixture_is_browsing() -> None:
 
 def test_the_plain_limit_applies_with_other_people_in_the_zone() -> None:
     cam = Camera()
-    assert stay(cam, 0, 599, lambda sec: [shopper(1), shopper(2)]) == []
-    found = stay(cam, 600, 620, lambda sec: [shopper(1), shopper(2)])
+    assert stay(cam, 0, 899, lambda sec: [shopper(1), shopper(2)]) == []
+    found = stay(cam, 900, 920, lambda sec: [shopper(1), shopper(2)])
     assert sorted(a.facts["track"] for a in found) == ["1", "2"]  # once per person and visit
     alert = found[0]
     assert alert.severity == Severity.SEVERITY_MEDIUM
     assert alert.alert_id == rules.alert_id(rules.LOITERING, STORE, CAMERA, f"{alert.facts['track']}:{HV}:{ENTERED}")
     assert {k: alert.facts[k] for k in ("zone", "zone_kind", "dwell_s", "limit", "limit_s")} == {
-        "zone": HV, "zone_kind": "high_value", "dwell_s": "600.0", "limit": "plain", "limit_s": "600"}
+        "zone": HV, "zone_kind": "high_value", "dwell_s": "900.0", "limit": "plain", "limit_s": "900"}
 
 
 def test_the_alone_limit_counts_from_when_the_person_was_last_with_someone() -> None:
     cam = Camera()
-    assert stay(cam, 0, 200, lambda sec: [shopper(1)]) == []
+    assert stay(cam, 0, 500, lambda sec: [shopper(1)]) == []
     # Somebody else comes to the cabinet for ten seconds: the time alone starts again when they leave.
     assert stay(cam, 201, 210, lambda sec: [shopper(1), shopper(2, entered_ms=s(201))]) == []
-    assert stay(cam, 211, 510, lambda sec: [shopper(1)]) == []
-    (alert,) = stay(cam, 511, 520, lambda sec: [shopper(1)])
+    assert stay(cam, 211, 810, lambda sec: [shopper(1)]) == []
+    (alert,) = stay(cam, 811, 820, lambda sec: [shopper(1)])
     assert {k: alert.facts[k] for k in ("track", "limit", "limit_s", "counted_s", "dwell_s")} == {
-        "track": "1", "limit": "alone", "limit_s": "300", "counted_s": "300.0", "dwell_s": "511.0"}
+        "track": "1", "limit": "alone", "limit_s": "600", "counted_s": "600.0", "dwell_s": "811.0"}
     assert "alone" in alert.explanation
 
 
 def test_a_zone_counted_occupied_by_inference_is_not_alone() -> None:
     """An untracked second person the zone's own count reports (person_count) means company."""
     cam = Camera()
-    for sec in seconds(0, 400):
+    for sec in seconds(0, 800, 2):
         cam.at_ms = ENTERED + round(sec * 1000) - 200
         cam.seq += 1
         frame = analysis(cam.at_ms + 200, cam.seq, [shopper()])
@@ -912,15 +912,15 @@ def test_a_concealment_cue_shortens_the_limit_to_cue_s_from_the_cue_on() -> None
     assert stay(cam, 0, 100, lambda sec: [shopper(1), shopper(2)]) == []
     # Reaches to the shelf, then one frame with a hand at the hip: a cue, far below concealment's 3 of 8 frames.
     poses = {101.0: REACH, 102.0: AT_HIP}
-    assert stay(cam, 101, 161, lambda sec: [shopper(1, wrists=poses.get(sec, NEUTRAL)), shopper(2)]) == []
+    assert stay(cam, 101, 401, lambda sec: [shopper(1, wrists=poses.get(sec, NEUTRAL)), shopper(2)]) == []
     assert cam.state.cues == {"1": s(102)}
-    (alert,) = stay(cam, 162, 170, lambda sec: [shopper(1), shopper(2)])
+    (alert,) = stay(cam, 402, 410, lambda sec: [shopper(1), shopper(2)])
     assert {k: alert.facts[k] for k in ("track", "limit", "limit_s", "counted_s", "dwell_s")} == {
-        "track": "1", "limit": "cue", "limit_s": "60", "counted_s": "60.0", "dwell_s": "162.0"}
+        "track": "1", "limit": "cue", "limit_s": "300", "counted_s": "300.0", "dwell_s": "402.0"}
     assert cam.of(rules.CONCEALMENT) == []
     # Then at the exit: the cue's own exit limit, 20 s, raised at medium severity.
-    at_exit = s(200)
-    (exit_alert,) = stay(cam, 200, 230, lambda sec: [shopper(1, EXIT, at_exit), shopper(2, EXIT, at_exit)])
+    at_exit = s(500)
+    (exit_alert,) = stay(cam, 500, 530, lambda sec: [shopper(1, EXIT, at_exit), shopper(2, EXIT, at_exit)])
     assert {k: exit_alert.facts[k] for k in ("zone_kind", "limit", "limit_s", "dwell_s")} == {
         "zone_kind": "exit", "limit": "cue", "limit_s": "20", "dwell_s": "20.0"}
     assert exit_alert.severity == Severity.SEVERITY_MEDIUM
@@ -946,9 +946,9 @@ def test_exit_limits_plain_and_alone() -> None:
 
 def test_a_new_visit_of_the_same_track_can_loiter_again() -> None:
     cam = Camera()
-    assert len(dwell(cam, 600)) == 1
-    assert dwell(cam, 601) == [] and dwell(cam, 3600) == []
-    assert len(dwell(cam, 600, entered_ms=s(5000))) == 1
+    assert len(dwell(cam, 900)) == 1
+    assert dwell(cam, 901) == [] and dwell(cam, 3600) == []
+    assert len(dwell(cam, 900, entered_ms=s(5000))) == 1
 
 
 def test_no_loitering_in_other_zones() -> None:
@@ -997,20 +997,20 @@ def test_loitering_disabled_in_a_zone_or_no_rules_for_it() -> None:
 def test_the_feedback_factor_lengthens_every_loitering_limit() -> None:
     feedback = FeedbackState(rules={rules.LOITERING: RuleFeedback(factor=1.5)})
     cam = Camera(camera_ctx(feedback=feedback))
-    assert stay(cam, 0, 449, lambda sec: [shopper()], step_s=7) == []
-    (alert,) = stay(cam, 450, 451, lambda sec: [shopper()])
-    assert (alert.facts["limit"], alert.facts["limit_s"]) == ("alone", "450")
+    assert stay(cam, 0, 899, lambda sec: [shopper()], step_s=7) == []
+    (alert,) = stay(cam, 900, 901, lambda sec: [shopper()])
+    assert (alert.facts["limit"], alert.facts["limit_s"]) == ("alone", "900")
     plain = Camera(camera_ctx(feedback=feedback))
-    assert dwell(plain, 899) == []
-    assert len(dwell(plain, 900)) == 1
+    assert dwell(plain, 1349) == []
+    assert len(dwell(plain, 1350)) == 1
 
 
 def test_loitering_still_applies_in_a_staff_shift() -> None:
-    """Cleaners are expected after hours; one standing ten minutes at the spirits cabinet still loiters."""
+    """Cleaners are expected after hours; one standing fifteen minutes at the spirits cabinet still loiters."""
     cleaners = StaffShift(name="cleaners", start=time(21), end=time(22, 30))
     cam = Camera(camera_ctx(hours=DAY_HOURS, shifts=(cleaners,)))
     night = local_ms(2025, 1, 15, 21, 10) - ENTERED
-    found = stay(cam, night / 1000, night / 1000 + 600, lambda sec: [shopper(1, HV, ENTERED + round(night)), shopper(2, HV, ENTERED + round(night))],
+    found = stay(cam, night / 1000, night / 1000 + 900, lambda sec: [shopper(1, HV, ENTERED + round(night)), shopper(2, HV, ENTERED + round(night))],
                  step_s=5)
     assert [a.facts["limit"] for a in found] == ["plain", "plain"]
     assert cam.of(rules.AFTER_HOURS) == []

@@ -117,4 +117,4 @@ def test_new_rule_settings_layer_through_chain_store_register_and_zone(tmp_path)
     assert (at_store.return_abuse.fast_period_h, at_store.return_abuse.fast_min_stores) == (36, 4)
     assert config.rules_for(store.id, register_id=store.registers[0].id).return_abuse.fast_period_h == 24
     in_zone = config.rules_for(store.id, camera_id=camera.id, zone_id=zone.id).loitering
-    assert (in_zone.high_value_cue_s, in_zone.exit_cue_s, in_zone.high_value_alone_s, in_zone.exit_alone_s, in_zone.high_value_s) == (15, 10, 200, 90, 600)
+    assert (in_zone.high_value_cue_s, in_zone.exit_cue_s, in_zone.high_value_alone_s, in_zone.exit_alone_s, in_zone.high_value_s) == (15, 10, 200, 90, 900)
