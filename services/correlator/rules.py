@@ -66,6 +66,9 @@ HOUR_MS = 3_600_000
 LOITERING_KINDS = ("high_value", "exit")
 # A person's concealment cue shortens their loitering limits for this long (a shop visit).
 CUE_KEPT_MS = HOUR_MS
+# The cue must show in this many frames of a visit to shorten the loitering limits: a single frame
+# with a hand at the hip is as often a phone or a wallet (concealment itself wants 3 of 8).
+LOITERING_CUE_FRAMES = 2
 
 
 def alert_id(rule: str, *parts: str) -> str:
@@ -222,6 +225,10 @@ def seen_in_window(state: RegisterState, start_ms: int, end_ms: int, what: str) 
     if in_force == 1 and covers_start:
         return True
     if in_force == -1 or not observed:
+        return None
+    if in_force is None:
+        # Covered, yet no change at or before the window's start: the history of the window's start
+        # was dropped (a refund decided past the register's retention). Not "nobody": unknown.
         return None
     return False if covers_window else None
 
@@ -737,7 +744,9 @@ def _update_visits(state: CameraState, ctx: CameraContext, analysis: FrameAnalys
                 visit.reached = visit.reached or reaching
                 cues[key] = (reaching, concealing)
                 if visit.reached and concealing and not reaching:
-                    state.cues.setdefault(str(person.track_id), now)
+                    visit.cue_frames += 1
+                    if visit.cue_frames >= LOITERING_CUE_FRAMES:
+                        state.cues.setdefault(str(person.track_id), now)
     # Visits not seen for a minute are over (the track left or was lost).
     for key in [k for k, v in state.visits.items() if k not in current and now - v.last_ms > 60_000]:
         del state.visits[key]

@@ -163,6 +163,8 @@ class Visit:
     first_cue_seq: int = 0
     # Since when nobody else has been in the zone with the person (0: someone is).
     alone_since_ms: int = 0
+    # Frames of this visit with a concealment cue (hand to waist, pocket or bag after reaching).
+    cue_frames: int = 0
 
 
 @dataclass

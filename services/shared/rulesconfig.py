@@ -74,7 +74,7 @@ class Loitering(_Rule):
     Three limits per zone kind, the first one passed raises: plain (dwell since entering the zone),
     alone (time since nobody else has been in the zone with the person) and cue (time since the
     person showed a concealment cue on this camera: reached out, then a hand at waist, pocket or in a
-    bag, as the concealment rule sees it, in a single frame). Browsing takes minutes; lingering alone
+    bag, as the concealment rule sees it, in two frames of the visit). Browsing takes minutes; lingering alone
     at a fixture, or after a hand went to a pocket, is the signal (docs/rules.md, "Defaults and why").
     """
 
