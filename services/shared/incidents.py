@@ -12,8 +12,8 @@ folds the topic itself and they agree, as they agree on alert ids. The topic is 
 store's alerts come in one order to every reader and on every replay.
 
 When two alerts are one situation: they share a subject (the same person's track on a camera, the
-same camera, the same register, the same POS event, the same card or customer token) and their
-times overlap, within `gap_ms`, an incident lasting at most `max_span_ms`.
+same camera, the same register, the same POS event, the same card or customer token, the same
+closed period of the store) and their times overlap, within `gap_ms`, an incident lasting at most `max_span_ms`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def subjects(alert: Alert) -> list[str]:
         keys.append(f"register:{alert.register_id}")
     if alert.facts.get("token"):
         keys.append(f"token:{alert.facts['token']}")
+    if alert.facts.get("closed_period"):
+        # Anyone on any camera of the closed store is one intrusion (the entrance, then the floor).
+        keys.append(f"closed:{alert.facts['closed_period']}")
     keys += [f"pos:{ref.ref}" for ref in alert.evidence if ref.kind == "pos_event" and ref.ref]
     return list(dict.fromkeys(keys))
 

@@ -32,6 +32,16 @@ def test_one_person_in_the_closed_store_is_one_incident_with_two_reasons():
     assert (incident.start_ms, incident.end_ms) == (T0, T0 + 150_000)
 
 
+def test_one_intruder_on_two_cameras_of_the_closed_store_is_one_incident():
+    entrance = _alert("al-1", "after_hours", Severity.SEVERITY_CRITICAL, T0 + 3_000, camera="cam-door", track=2, since=T0)
+    floor = _alert("al-2", "after_hours", Severity.SEVERITY_CRITICAL, T0 + 40_000, camera="cam-floor", track=9, since=T0 + 37_000)
+    other_night = _alert("al-3", "after_hours", Severity.SEVERITY_CRITICAL, T0 + 86_400_000, camera="cam-floor", track=1, since=T0 + 86_397_000)
+    for alert, period in ((entrance, "2026-12-05"), (floor, "2026-12-05"), (other_night, "2026-12-06")):
+        alert.facts["closed_period"] = period
+    assert [i.rules for i in fold_all([entrance, floor, other_night])] == [["after_hours"], ["after_hours"]]
+    assert [len(i.reasons) for i in fold_all([entrance, floor, other_night])] == [2, 1]
+
+
 def test_a_later_reason_escalates_instead_of_opening_another():
     book: list = []
     first = fold(book, _alert("al-1", "refund_without_customer", Severity.SEVERITY_HIGH, T0, camera="cam-c", register="reg-1", pos="ev-9"))
