@@ -27,9 +27,9 @@ from confluent_kafka import Message
 from services.api.incidents import IncidentIndex
 from services.api.incidents import day_key as incident_day_key
 from services.api.index import BadCursor as BadCursor  # the cursor's names, re-exported for the alert routes
+from services.api.index import ListFilter, newest_page
 from services.api.index import decode_cursor as decode_cursor
 from services.api.index import encode_cursor as encode_cursor
-from services.api.index import newest_page
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
@@ -122,23 +122,14 @@ return 2
 
 
 @dataclass(frozen=True)
-class AlertFilter:
-    """What the caller asked for and what their role lets them see (None: every store)."""
+class AlertFilter(ListFilter):
+    """An alert holds its rule; its span is its event time."""
 
-    stores: frozenset[str] | None = None
-    rule: str | None = None
-    severity: str | None = None
-    status: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
+    def rules(self, view: dict) -> tuple[str]:
+        return (view["rule"],)
 
-    def matches(self, view: dict) -> bool:
-        return ((self.stores is None or view["store_id"] in self.stores)
-                and (self.rule is None or view["rule"] == self.rule)
-                and (self.severity is None or view["severity"] == self.severity)
-                and (self.status is None or view["status"] == self.status)
-                and (self.since_ms is None or int(view["event_time_ms"]) >= self.since_ms)
-                and (self.until_ms is None or int(view["event_time_ms"]) <= self.until_ms))
+    def span(self, view: dict) -> tuple[int, int]:
+        return int(view["event_time_ms"]), int(view["event_time_ms"])
 
 
 class AlertStore:

@@ -23,7 +23,7 @@ from typing import cast
 
 import redis
 
-from services.api.index import newest_page
+from services.api.index import ListFilter, newest_page
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.incidents import DEFAULT_MAX_SPAN_MS, Folded, Incident, IncidentLedger
 
@@ -116,24 +116,14 @@ return changed
 
 
 @dataclass(frozen=True)
-class IncidentFilter:
-    """What the caller asked for and what their role lets them see (None: every store). The time
-    range selects incidents whose span overlaps it."""
+class IncidentFilter(ListFilter):
+    """An incident holds the rules of all its reasons; its span runs from its first reason to its last."""
 
-    stores: frozenset[str] | None = None
-    rule: str | None = None
-    severity: str | None = None
-    status: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
+    def rules(self, view: dict) -> list[str]:
+        return view["rules"]
 
-    def matches(self, view: dict) -> bool:
-        return ((self.stores is None or view["store_id"] in self.stores)
-                and (self.rule is None or self.rule in view["rules"])
-                and (self.severity is None or view["severity"] == self.severity)
-                and (self.status is None or view["status"] == self.status)
-                and (self.since_ms is None or int(view["end_ms"]) >= self.since_ms)
-                and (self.until_ms is None or int(view["start_ms"]) <= self.until_ms))
+    def span(self, view: dict) -> tuple[int, int]:
+        return int(view["start_ms"]), int(view["end_ms"])
 
 
 def change_of(folded: Folded) -> str:

@@ -1,4 +1,4 @@
-"""Newest-first pages over Redis sorted-set indexes, shared by the alert and incident lists.
+"""Newest-first pages over Redis sorted-set indexes, and the filter, shared by the alert and incident lists.
 
 Members are scored by a time that never changes once indexed (an alert's event time, an incident's
 opening alert's), so a cursor (score, member) stays exact while new members arrive above or below it.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from typing import cast
 
 import redis
@@ -16,6 +17,34 @@ import redis
 
 class BadCursor(ValueError):
     """A pagination cursor this api did not hand out."""
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """What the caller asked for and what their role lets them see (None: every store). A view
+    matches a rule it holds, and a time range its span overlaps; what those are is the subclass's."""
+
+    stores: frozenset[str] | None = None
+    rule: str | None = None
+    severity: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def rules(self, view: dict) -> Collection[str]:
+        raise NotImplementedError
+
+    def span(self, view: dict) -> tuple[int, int]:
+        """The view's first and last time (ms)."""
+        raise NotImplementedError
+
+    def matches(self, view: dict) -> bool:
+        return ((self.stores is None or view["store_id"] in self.stores)
+                and (self.rule is None or self.rule in self.rules(view))
+                and (self.severity is None or view["severity"] == self.severity)
+                and (self.status is None or view["status"] == self.status)
+                and (self.since_ms is None or self.span(view)[1] >= self.since_ms)
+                and (self.until_ms is None or self.span(view)[0] <= self.until_ms))
 
 
 def encode_cursor(score: float, member: str) -> str:

@@ -4,17 +4,16 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from services.api.alerts import LIVE_CHANNEL, AlertFilter, BadCursor
 from services.api.auth import Principal
-from services.api.hq.base import AlertId, Hq, RegionFilter, StoreIdFilter, session_token
+from services.api.hq.base import AlertId, Hq, ListQuery, session_token
 from services.shared.deliveries import read_deliveries
-from services.shared.rulesconfig import RULE_NAMES
 
 
 def routes(hq: Hq) -> APIRouter:
@@ -22,26 +21,11 @@ def routes(hq: Hq) -> APIRouter:
     Signed = Annotated[Principal, Depends(hq.principal)]
 
     @router.get("/v1/alerts")
-    async def list_alerts(
-        who: Signed,
-        store_id: StoreIdFilter = None,
-        region: RegionFilter = None,
-        rule: Annotated[str | None, Query(max_length=64)] = None,
-        severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None,
-        status: Annotated[Literal["new", "acknowledged", "confirmed", "dismissed"] | None, Query()] = None,
-        since_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
-        until_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300)] = None,
-    ) -> dict:
+    async def list_alerts(who: Signed, query: Annotated[ListQuery, Depends()]) -> dict:
         """Newest first by event time; pass `next_cursor` back as `cursor` for the next page."""
-        if rule is not None and rule not in RULE_NAMES:
-            raise HTTPException(422, f"unknown rule {rule!r}; rules: {', '.join(RULE_NAMES)}")
-        scoped = store_id is not None or region is not None or not who.every_store
-        stores = frozenset(hq.visible_stores(who, store_id, region)) if scoped else None
-        wanted = AlertFilter(stores=stores, rule=rule, severity=severity, status=status, since_ms=since_ms, until_ms=until_ms)
+        wanted = hq.list_filter(who, query, AlertFilter)
         try:
-            items, next_cursor = await asyncio.to_thread(hq.alerts.query, wanted, limit, cursor)
+            items, next_cursor = await asyncio.to_thread(hq.alerts.query, wanted, query.limit, query.cursor)
         except BadCursor as exc:
             raise HTTPException(400, str(exc)) from None
         return {"alerts": items, "count": len(items), "next_cursor": next_cursor}

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import redis
 from confluent_kafka import Producer
@@ -18,8 +18,10 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 from services.api.alerts import AlertStore
 from services.api.audit import AuditEntry, AuditLog
 from services.api.auth import COOKIE, Directory, Principal, Role
+from services.api.index import ListFilter
 from services.shared.evidence import EvidenceStore
 from services.shared.httpguard import Admission, bearer_token
+from services.shared.rulesconfig import RULE_NAMES
 from services.shared.storeconfig import StoreConfig
 
 AlertId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", max_length=128)]
@@ -27,6 +29,22 @@ IncidentId = Annotated[str, Path(pattern=r"^in-[0-9a-f]{24}$", max_length=27)]
 # The filters of the routes that cover several stores (`visible_stores`).
 StoreIdFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 RegionFilter = Annotated[str | None, Query(max_length=64)]
+Filter = TypeVar("Filter", bound=ListFilter)
+
+
+@dataclass
+class ListQuery:
+    """The query of the alert and incident lists (a dependency: `Annotated[ListQuery, Depends()]`)."""
+
+    store_id: StoreIdFilter = None
+    region: RegionFilter = None
+    rule: Annotated[str | None, Query(max_length=64)] = None
+    severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None
+    status: Annotated[Literal["new", "acknowledged", "confirmed", "dismissed"] | None, Query()] = None
+    since_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None
+    until_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None
+    limit: Annotated[int, Query(ge=1, le=200)] = 50
+    cursor: Annotated[str | None, Query(max_length=300)] = None
 
 
 def session_token(request: Request) -> str:
@@ -92,6 +110,15 @@ class Hq:
         if region is not None:
             stores = [s for s in stores if self.config.store(s).region == region]
         return stores
+
+    def list_filter(self, who: Principal, query: ListQuery, kind: type[Filter]) -> Filter:
+        """A list's filter: what the caller asked for within what they may see (`stores` None: every
+        store, unasked and unrestricted); 422 for an unknown rule, 404 for a store they may not see."""
+        if query.rule is not None and query.rule not in RULE_NAMES:
+            raise HTTPException(422, f"unknown rule {query.rule!r}; rules: {', '.join(RULE_NAMES)}")
+        scoped = query.store_id is not None or query.region is not None or not who.every_store
+        stores = frozenset(self.visible_stores(who, query.store_id, query.region)) if scoped else None
+        return kind(stores=stores, rule=query.rule, severity=query.severity, status=query.status, since_ms=query.since_ms, until_ms=query.until_ms)
 
     def load_alert(self, who: Principal, alert_id: str) -> dict:
         view = self.alerts.view(alert_id)

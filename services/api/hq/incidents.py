@@ -8,15 +8,15 @@ work as they do for a verdict on the alert; the incident's status follows from t
 
 import asyncio
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from confluent_kafka import KafkaError
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 
 from services.api.alerts import VERDICT_VALUES
 from services.api.auth import Principal
 from services.api.hq.alerts import _package_view
-from services.api.hq.base import Hq, IncidentId, RegionFilter, StoreIdFilter
+from services.api.hq.base import Hq, IncidentId, ListQuery
 from services.api.hq.verdicts import VerdictIn
 from services.api.incidents import IncidentFilter, merged_history
 from services.api.index import BadCursor
@@ -24,7 +24,6 @@ from services.shared import topics
 from services.shared.contracts.feedback_pb2 import Feedback
 from services.shared.deliveries import read_deliveries
 from services.shared.kafka import produce_all_and_wait
-from services.shared.rulesconfig import RULE_NAMES
 from services.shared.serde import encode
 
 # An incident's page shows this many reasons with their alerts (the fold's one-hour span keeps
@@ -39,27 +38,12 @@ def routes(hq: Hq) -> APIRouter:
     Signed = Annotated[Principal, Depends(hq.principal)]
 
     @router.get("/v1/incidents")
-    async def list_incidents(
-        who: Signed,
-        store_id: StoreIdFilter = None,
-        region: RegionFilter = None,
-        rule: Annotated[str | None, Query(max_length=64)] = None,
-        severity: Annotated[Literal["low", "medium", "high", "critical"] | None, Query()] = None,
-        status: Annotated[Literal["new", "acknowledged", "confirmed", "dismissed"] | None, Query()] = None,
-        since_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
-        until_ms: Annotated[int | None, Query(ge=0, le=10**14)] = None,
-        limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        cursor: Annotated[str | None, Query(max_length=300)] = None,
-    ) -> dict:
+    async def list_incidents(who: Signed, query: Annotated[ListQuery, Depends()]) -> dict:
         """Newest first by the opening alert's event time; `rule` matches any of an incident's reasons, the
         time range any incident whose span overlaps it. Pass `next_cursor` back as `cursor` for the next page."""
-        if rule is not None and rule not in RULE_NAMES:
-            raise HTTPException(422, f"unknown rule {rule!r}; rules: {', '.join(RULE_NAMES)}")
-        scoped = store_id is not None or region is not None or not who.every_store
-        stores = frozenset(hq.visible_stores(who, store_id, region)) if scoped else None
-        wanted = IncidentFilter(stores=stores, rule=rule, severity=severity, status=status, since_ms=since_ms, until_ms=until_ms)
+        wanted = hq.list_filter(who, query, IncidentFilter)
         try:
-            items, next_cursor = await asyncio.to_thread(hq.alerts.incidents.query, wanted, limit, cursor)
+            items, next_cursor = await asyncio.to_thread(hq.alerts.incidents.query, wanted, query.limit, query.cursor)
         except BadCursor as exc:
             raise HTTPException(400, str(exc)) from None
         return {"incidents": items, "count": len(items), "next_cursor": next_cursor}

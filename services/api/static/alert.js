@@ -1,35 +1,17 @@
 // /alerts/<id>: one alert with its evidence (snapshot, detections overlay, frames, clip), the POS
 // events behind it, its verdict history, the incident it belongs to, and the verdict buttons.
 import {
-  ApiError, VERDICT_WORDS, alertApi, api, byId, canJudge, clear, formatLocal, formatScore, h,
-  incidentPath, initPage, ruleLabel, severityBadge, showError, statusBadge, storeIndex, storeName, storeZone,
-  timeNode, toast,
+  VERDICT_WORDS, alertApi, byId, clear, formatScore, h, incidentPath, initPage, ruleLabel, severityBadge, showError,
+  statusBadge, storeIndex, storeName, storeZone, timeNode, toast,
 } from "/static/common.js";
+import { detailLoader, renderHistory, row, showVerdictButtons, stillRecording, verdictButtons } from "/static/detail.js";
 import { downloadExport, renderEvidence, renderNotifications, renderPos } from "/static/evidence.js";
-
-const REFETCH_MS = 4000;
-const REFETCH_TRIES = 30; // about two minutes of "still recording" before asking for a reload
 
 const alertId = decodeURIComponent(location.pathname.replace(/^\/alerts\//, "").replace(/\/+$/, ""));
 
 let user = null;
 let stores = new Map();
 let current = null;
-let tries = 0;
-let refetchTimer = null;
-
-function renderHistory(alert) {
-  const history = alert.history?.length ? alert.history : alert.verdict ? [alert.verdict] : [];
-  clear(byId("history"), history.length
-    ? history.map((v) => h("li", null,
-      h("strong", null, VERDICT_WORDS[v.verdict] || v.verdict), " by ", v.user || "?", " · ", h("span", { class: "muted small" }, formatLocal(v.time_ms)),
-      v.note ? h("div", null, v.note) : null))
-    : h("li", { class: "muted" }, "No verdict yet."));
-}
-
-function row(name, ...value) {
-  return h("tr", null, h("th", { scope: "row" }, name), h("td", null, ...value));
-}
 
 /** A fact as text; epoch milliseconds (names ending in _ms) as times. */
 function factValue(name, value, zone) {
@@ -77,60 +59,26 @@ function render(alert) {
   renderEvidence(alert, stores, user);
   renderPos(alert, stores);
   renderNotifications(alert, stores);
-  renderHistory(alert);
-  const judge = canJudge(user);
-  byId("btn-confirm").classList.toggle("hidden", !judge);
-  byId("btn-dismiss").classList.toggle("hidden", !judge);
+  renderHistory(alert.history?.length ? alert.history : alert.verdict ? [alert.verdict] : []);
+  showVerdictButtons(user);
 }
 
-function stillRecording(alert) {
-  const pkg = alert.evidence_package;
-  if (pkg) return pkg.status === "pending";
-  return Date.now() - Number(alert.raised_time_ms || alert.event_time_ms || 0) < 90e3;
-}
+const load = detailLoader({
+  url: alertApi(alertId),
+  name: "alert",
+  render,
+  recording: (alert) => stillRecording(alert.evidence_package, alert.raised_time_ms || alert.event_time_ms),
+  missing: "This alert does not exist, or it belongs to a store you cannot see.",
+});
 
-async function load() {
-  clearTimeout(refetchTimer);
-  try {
-    const alert = await api(alertApi(alertId));
-    render(alert);
-    if (stillRecording(alert)) {
-      tries += 1;
-      if (tries < REFETCH_TRIES) refetchTimer = setTimeout(load, REFETCH_MS);
-      else clear(byId("evidence-status"), h("p", { class: "notice warn" }, "Evidence is taking long to record; reload the page later."));
-    }
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      clear(byId("alert-error"), h("div", { class: "notice error", role: "alert" }, "This alert does not exist, or it belongs to a store you cannot see."));
-      byId("alert").classList.add("hidden");
-    } else {
-      showError(err, byId("alert-error"));
-    }
-  }
-}
-
-// ---- verdicts and export
-
-async function sendVerdict(verdict, button) {
-  const buttons = [...document.querySelectorAll("[data-verdict]")];
-  buttons.forEach((b) => { b.disabled = true; });
-  try {
-    const updated = await api(alertApi(alertId, "/verdict"), { method: "POST", body: { verdict, note: byId("verdict-note").value.trim() } });
-    byId("verdict-note").value = "";
+verdictButtons({
+  url: alertApi(alertId, "/verdict"),
+  saved: (verdict, updated) => {
     toast(`${VERDICT_WORDS[verdict] || verdict}: saved.`);
     if (updated?.status && current) clear(byId("alert-title"), severityBadge(current.severity), h("h1", null, ruleLabel(current.rule)), statusBadge(updated.status));
-    await load();
-    button.focus();
-  } catch (err) {
-    showError(err);
-  } finally {
-    buttons.forEach((b) => { b.disabled = false; });
-  }
-}
-
-for (const button of document.querySelectorAll("[data-verdict]")) {
-  button.addEventListener("click", () => sendVerdict(button.dataset.verdict, button));
-}
+  },
+  load,
+});
 
 byId("export").addEventListener("click", (event) => downloadExport(alertApi(alertId, "/export"), `${alertId}.zip`, event.currentTarget));
 

@@ -2,21 +2,17 @@
 // alert's own page), the opening alert's evidence package, POS events and notifications (the
 // notifier pages once per incident, under that alert), one verdict for all, and the verdicts given.
 import {
-  ApiError, VERDICT_WORDS, alertApi, alertPath, api, byId, canJudge, clear, formatLocal, h, incidentApi, initPage,
-  ruleChips, ruleLabel, severityBadge, showError, statusBadge, storeIndex, storeName, storeZone, timeNode, toast,
+  VERDICT_WORDS, alertApi, alertPath, byId, clear, h, incidentApi, initPage, ruleChips, ruleLabel, severityBadge, showError,
+  statusBadge, storeIndex, storeName, storeZone, timeNode, toast,
 } from "/static/common.js";
+import { detailLoader, renderHistory, row, showVerdictButtons, stillRecording, verdictButtons } from "/static/detail.js";
 import { downloadExport, renderEvidence, renderNotifications, renderPos } from "/static/evidence.js";
-
-const REFETCH_MS = 4000;
-const REFETCH_TRIES = 30;
 
 const incidentId = decodeURIComponent(location.pathname.replace(/^\/incidents\//, "").replace(/\/+$/, ""));
 
 let user = null;
 let stores = new Map();
 let current = null;
-let tries = 0;
-let refetchTimer = null;
 
 function title(incident) {
   return (incident.rules || []).map(ruleLabel).join(" + ") || "Incident";
@@ -24,10 +20,6 @@ function title(incident) {
 
 function renderTitle(incident, status) {
   clear(byId("incident-title"), severityBadge(incident.severity), h("h1", null, title(incident)), statusBadge(status || "new"));
-}
-
-function row(name, ...value) {
-  return h("tr", null, h("th", { scope: "row" }, name), h("td", null, ...value));
 }
 
 function renderReasons(incident) {
@@ -46,15 +38,12 @@ function renderReasons(incident) {
   ), left > 0 ? h("p", { class: "muted small" }, `${left} more reasons are not shown here.`) : null);
 }
 
-function renderHistory(incident) {
-  const history = incident.history || [];
+/** The verdicts given; one given on some of the incident's alerts only says on how many. */
+function renderVerdicts(incident) {
   const total = (incident.reasons || []).length;
-  clear(byId("history"), history.length
-    ? history.map((v) => h("li", null,
-      h("strong", null, VERDICT_WORDS[v.verdict] || v.verdict), " by ", v.user || "?", " · ", h("span", { class: "muted small" }, formatLocal(v.time_ms)),
-      (v.alert_ids || []).length < total ? h("span", { class: "muted small" }, ` · on ${(v.alert_ids || []).length} of ${total} alerts`) : null,
-      v.note ? h("div", null, v.note) : null))
-    : h("li", { class: "muted" }, "No verdict yet."));
+  renderHistory(incident.history || [], (v) => (v.alert_ids || []).length < total
+    ? h("span", { class: "muted small" }, ` · on ${(v.alert_ids || []).length} of ${total} alerts`)
+    : null);
 }
 
 function renderDetails(incident) {
@@ -86,60 +75,27 @@ function render(incident) {
   renderEvidence({ ...opening, evidence_package: incident.evidence_package }, stores, user);
   renderPos(incident, stores);
   renderNotifications(incident, stores);
-  renderHistory(incident);
+  renderVerdicts(incident);
   renderDetails(incident);
-  const judge = canJudge(user);
-  byId("btn-confirm").classList.toggle("hidden", !judge);
-  byId("btn-dismiss").classList.toggle("hidden", !judge);
+  showVerdictButtons(user);
 }
 
-function stillRecording(incident) {
-  const pkg = incident.evidence_package;
-  if (pkg) return pkg.status === "pending";
-  const opening = incident.reasons?.[0]?.alert;
-  return Date.now() - Number(opening?.raised_time_ms || incident.time_ms || 0) < 90e3;
-}
+const load = detailLoader({
+  url: incidentApi(incidentId),
+  name: "incident",
+  render,
+  recording: (incident) => stillRecording(incident.evidence_package, incident.reasons?.[0]?.alert?.raised_time_ms || incident.time_ms),
+  missing: "This incident does not exist, or it belongs to a store you cannot see.",
+});
 
-async function load() {
-  clearTimeout(refetchTimer);
-  try {
-    const incident = await api(incidentApi(incidentId));
-    render(incident);
-    if (stillRecording(incident)) {
-      tries += 1;
-      if (tries < REFETCH_TRIES) refetchTimer = setTimeout(load, REFETCH_MS);
-      else clear(byId("evidence-status"), h("p", { class: "notice warn" }, "Evidence is taking long to record; reload the page later."));
-    }
-  } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
-      clear(byId("incident-error"), h("div", { class: "notice error", role: "alert" }, "This incident does not exist, or it belongs to a store you cannot see."));
-      byId("incident").classList.add("hidden");
-    } else {
-      showError(err, byId("incident-error"));
-    }
-  }
-}
-
-async function sendVerdict(verdict, button) {
-  const buttons = [...document.querySelectorAll("[data-verdict]")];
-  buttons.forEach((b) => { b.disabled = true; });
-  try {
-    const updated = await api(incidentApi(incidentId, "/verdict"), { method: "POST", body: { verdict, note: byId("verdict-note").value.trim() } });
-    byId("verdict-note").value = "";
+verdictButtons({
+  url: incidentApi(incidentId, "/verdict"),
+  saved: (verdict, updated) => {
     toast(`${VERDICT_WORDS[verdict] || verdict}: saved on ${(updated?.reasons || []).length || "every"} alerts.`);
     if (updated?.status && current) renderTitle(current, updated.status);
-    await load();
-    button.focus();
-  } catch (err) {
-    showError(err);
-  } finally {
-    buttons.forEach((b) => { b.disabled = false; });
-  }
-}
-
-for (const button of document.querySelectorAll("[data-verdict]")) {
-  button.addEventListener("click", () => sendVerdict(button.dataset.verdict, button));
-}
+  },
+  load,
+});
 
 byId("export").addEventListener("click", (event) => {
   if (current) downloadExport(alertApi(current.opening_alert_id, "/export"), `${current.opening_alert_id}.zip`, event.currentTarget);
