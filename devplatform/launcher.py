@@ -30,6 +30,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = ROOT / "var" / "run"
 SERVICES = ("correlator", "inference", "notifier", "recorder", "pos", "api", "ingest")
+# The services that scale out in one consumer group (replicas split the partitions; their state is in
+# Kafka or Redis). The recorder keeps each camera's frames in memory beside that camera's alerts, and
+# the api and pos serve one public port locally: one of each.
+SCALABLE = ("correlator", "inference", "notifier")
+
+
+def service_of(name: str) -> str:
+    """The service a component runs: `inference-2` is a replica of `inference`."""
+    base, _, number = name.rpartition("-")
+    return base if number.isdigit() and base in SERVICES else name
 
 
 class LaunchError(RuntimeError):
@@ -125,6 +135,14 @@ def http_ready(url: str) -> bool:
         return False
 
 
+def redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a child process of ours: this one's, unbuffered, quiet TensorFlow, no GPU."""
@@ -164,8 +182,21 @@ class Platform:
     users_file: Path | None = None
     # The POS gateway's keys; None: one fresh key per store (devplatform/devusers.py).
     pos_keys_file: Path | None = None
+    # Processes per scalable service (SCALABLE): {"inference": 2} runs `inference` and `inference-2`
+    # in one consumer group.
+    replicas: dict[str, int] = field(default_factory=dict)
+    # Files played by ingest start again at their end (a load that lasts as long as the run).
+    ingest_loop_files: bool = False
+    # Redis with its append-only file (fsync every write): what it acknowledged survives a kill.
+    redis_appendonly: bool = False
+    # Pages to one recipient within 5 minutes before the rest wait for a digest (the routing's
+    # default is 5; a load test pages every incident on its own).
+    page_burst_limit: int = 5
     components: dict[str, dict] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # What each component was started with (command, settings), to start it again after a kill;
+    # never saved (secrets).
+    _started_with: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict, repr=False)
 
     @property
     def runtime_file(self) -> Path:
@@ -189,7 +220,9 @@ class Platform:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         proc = spawn_logged(argv, log_path, env, own_session=True)
-        self.components[name] = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "log": str(log_path), "argv": argv}
+        kept = {key: value for key, value in self.components.get(name, {}).items() if key not in ("pid", "start_ticks", "log", "argv")}
+        self.components[name] = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "log": str(log_path), "argv": argv, **kept}
+        self._started_with[name] = (argv, env)
         self.save()
         return proc
 
@@ -324,10 +357,7 @@ class Platform:
         comp = self.components[name]
         if is_ours(comp):
             raise LaunchError(f"{name} is still running (pid {comp['pid']})")
-        kept = {key: comp[key] for key in ("bootstrap_servers", "address", "node_id", "folder")}
         self.spawn(name, comp["argv"])
-        self.components[name].update(kept)
-        self.save()
         self._wait_for_node(name)
 
     def start_redis(self) -> None:
@@ -335,20 +365,14 @@ class Platform:
         if binary is None:
             raise LaunchError("redis: the redis-server binary is not installed; run `make setup` (apt-get install redis-server)")
         port = free_port()
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.run_dir), "--daemonize", "no"]
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.redis_appendonly else ["--appendonly", "no"]
+        (self.run_dir / "redis").mkdir(parents=True, exist_ok=True)
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence, "--dir", str(self.run_dir / "redis"), "--daemonize", "no"]
         proc = self.spawn("redis", argv)
-
-        def pong() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    return sock.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        self._wait("redis", proc, pong, f"PING on port {port}")
-        self.components["redis"]["url"] = f"redis://127.0.0.1:{port}/0"
+        self._wait("redis", proc, lambda: redis_pong(port), f"PING on port {port}")
+        self.components["redis"].update(url=f"redis://127.0.0.1:{port}/0", port=port)
         self.env["SW_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        self.save()
 
     def start_model_server(self) -> None:
         config_file = self.models_dir / "models.config"
@@ -379,7 +403,7 @@ class Platform:
         self._wait("webhook-sink", proc, ready.exists, "listening")
         info = json.loads(ready.read_text())
         self.components["webhook-sink"].update(url=info["url"], ntfy=info["ntfy"], record=str(record))
-        self.components["webhook-sink"]["argv"] = [*argv[:-1], "--secret=***"]
+        self.components["webhook-sink"]["argv"] = [*argv[:-1], "--secret=***"]  # the runtime file holds no secret
         self.save()
 
     def _dev_routing(self) -> Path:
@@ -394,43 +418,85 @@ class Platform:
                 "manager": {"contacts": [{"type": "apprise", "name": "phone", "url": f"{sink['ntfy']}/lp-manager"}]},
             },
             "routes": [{"name": "every-alert", "levels": [{"notify": ["officer", "hq"]}, {"after_min": 10, "notify": ["manager"]}]}],
+            "limits": {"max_per_window": self.page_burst_limit, "window_s": 300},
         }
         path = self.run_dir / "notifier-routing.yaml"
         path.write_text(yaml.safe_dump(routing, sort_keys=False))
         return path
 
     def start_service(self, name: str) -> None:
-        """Start a service and wait for its /readyz. The api and pos serve their routes on a public
-        port and /metrics (and the OpenAPI document) on a health port of their own."""
+        """Start a service (or a replica: `inference-2`) and wait for its /readyz. The api and pos
+        serve their routes on a public port and /metrics (and the OpenAPI document) on a health port
+        of their own."""
+        service = service_of(name)
         public = {"api": "SW_API_PORT", "pos": "SW_POS_PORT"}
-        if name == "pos" and not self.pos_port:
+        if service == "pos" and not self.pos_port:
             self.pos_port = free_port()
-        port = self.api_port if name == "api" else self.pos_port if name == "pos" else free_port()
-        health_port = free_port() if name in public else port
+        port = self.api_port if service == "api" else self.pos_port if service == "pos" else free_port()
+        health_port = free_port() if service in public else port
         env = {**self.env, "SW_STORE_CONFIG": str(self.store_config), "SW_HTTP_PORT": str(health_port), "SW_LOG_LEVEL": "INFO"}
-        if name in public:
-            env[public[name]] = str(port)
-        if name == "api":
+        if service in public:
+            env[public[service]] = str(port)
+        if service == "api":
             env["SW_API_USERS_FILE"] = str(self.users_file or self._dev_users())
-        if name == "pos":
+        if service == "pos":
             env["SW_POS_KEYS_FILE"] = str(self.pos_keys_file or self._dev_pos_keys())
             env["SW_POS_SECRETS_FILE"] = str(self._dev_pos_secrets())
             env["SW_POS_SQUARE_NOTIFICATION_URL"] = f"http://127.0.0.1:{port}/v1/pos/webhooks/square"
-        if name == "correlator":
+        if service == "correlator":
             # Each `up` formats a new Kafka cluster, so tables kept on disk from an earlier run
-            # would be ahead of their (now empty) changelogs, which Faust refuses at start.
-            data_dir = self.run_dir / "correlator-data"
+            # would be ahead of their (now empty) changelogs, which Faust refuses at start. Each
+            # worker keeps its own (a restart after a kill finds its own again).
+            data_dir = self.run_dir / ("correlator-data" if name == service else f"{name}-data")
             shutil.rmtree(data_dir, ignore_errors=True)
             env["SW_CORRELATOR_DATA_DIR"] = str(data_dir)
-        if name == "ingest":
+        if service == "ingest":
             env["SW_INGEST_PACE"] = self.ingest_pace
-        if name == "notifier":
+            env["SW_INGEST_LOOP_FILES"] = "true" if self.ingest_loop_files else "false"
+        if service == "notifier":
             env["SW_NOTIFIER_ROUTING_FILE"] = str(self._dev_routing())
-        proc = self.spawn(name, [sys.executable, "-m", f"services.{name}"], env)
-        url = f"http://127.0.0.1:{port}/readyz"
-        self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
+        proc = self.spawn(name, [sys.executable, "-m", f"services.{service}"], env)
         self.components[name].update(http=f"http://127.0.0.1:{port}", health=f"http://127.0.0.1:{health_port}")
+        self._wait_ready(name, proc)
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen) -> None:
+        url = self.components[name]["http"] + "/readyz"
+        self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
         self.save()
+
+    def service_components(self) -> list[str]:
+        """Every service process to start, in order: each service, then its replicas."""
+        counts = {s: max(1, self.replicas.get(s, 1)) if s in SCALABLE else 1 for s in SERVICES}
+        return [f"{s}-{n}" if n > 1 else s for s in SERVICES for n in range(1, counts[s] + 1)]
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start a killed or stopped component again, as it was started (same command, settings, ports
+        and folders), and wait until it is ready again: a crashed process brought back by its supervisor."""
+        comp = self.components[name]
+        if is_ours(comp):
+            raise LaunchError(f"{name} is still running (pid {comp['pid']})")
+        if name.split("-")[0] == "broker":
+            self.restart_broker(name)
+            return
+        argv, env = self._started_with.get(name, (comp["argv"], None))
+        ready = Path(argv[argv.index("--ready-file") + 1]) if "--ready-file" in argv else None
+        if ready is not None:
+            ready.unlink(missing_ok=True)
+        proc = self.spawn(name, argv, env)
+        if not wait:
+            return
+        if name == "redis":
+            self._wait(name, proc, lambda: redis_pong(comp["port"]), "PING")
+        elif ready is not None:
+            self._wait(name, proc, ready.exists, "ready")
+        elif "http" in comp:
+            self._wait_ready(name, proc)
+
+    def signal(self, name: str, signum: int) -> None:
+        """Send a signal to a running component (SIGSTOP/SIGCONT: a process that hangs, then goes on)."""
+        comp = self.components[name]
+        if is_ours(comp):
+            os.kill(comp["pid"], signum)
 
     def _dev_users(self) -> Path:
         from devplatform.devusers import write_dev_users
@@ -464,12 +530,13 @@ class Platform:
         shutil.rmtree(self.run_dir / "evidence", ignore_errors=True)
         self.env["SW_EVIDENCE_URL"] = str(self.run_dir / "evidence")
         steps = [("broker", self.start_broker), ("redis", self.start_redis), ("modelserver", self.start_model_server),
-                 ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in SERVICES]
+                 ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in self.service_components()]
         try:
             for name, start in steps:
                 started = time.monotonic()
                 start()
-                echo(f"  {name:<13} ready in {time.monotonic() - started:4.1f}s  pid {self.components[name]['pid']}")
+                pids = [str(c["pid"]) for n, c in self.components.items() if n == name or (name == "broker" and n.startswith("broker-"))]
+                echo(f"  {name:<13} ready in {time.monotonic() - started:4.1f}s  pid {' '.join(pids)}")
         except BaseException:
             self.down(echo=lambda *_: None)
             raise
