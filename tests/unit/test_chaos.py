@@ -90,7 +90,8 @@ def test_memory_growth_is_the_settled_start_against_the_end_and_needs_a_long_eno
     flat = Series("api", 1, [(t, 200.0 + (50.0 if t < 60 else 0.0)) for t in range(0, 600, 5)])
     assert growth(flat) == {"start_mb": 200.0, "end_mb": 200.0, "growth_mb": 0.0, "span_s": 595}
     leaking = Series("notifier", 2, [(t, 100.0 + t / 10) for t in range(0, 600, 5)])
-    assert growth(leaking)["growth_mb"] > 40
+    grown = growth(leaking)
+    assert grown is not None and grown["growth_mb"] > 40
     assert growth(Series("short", 3, [(t, 1.0) for t in range(0, 90, 5)])) is None
 
 
