@@ -89,10 +89,12 @@ class LagWatch:
                 continue
 
 
-def wait_for_drain(bootstrap: str, timeout_s: float) -> dict[str, int]:
-    """Until every group has consumed everything (or the time is up); the lags at the end."""
+def wait_for_drain(bootstrap: str, timeout_s: float, stuck_s: float = 120.0) -> dict[str, int]:
+    """Until every group has consumed everything, the time is up, or the lags have not moved for
+    `stuck_s` (a consumer that stopped fetching); the lags at the end."""
     deadline = time.monotonic() + timeout_s
     lags: dict[str, int] = {}
+    unchanged_since, previous = time.monotonic(), None
     while time.monotonic() < deadline:
         try:
             lags = group_lags(bootstrap)
@@ -101,6 +103,11 @@ def wait_for_drain(bootstrap: str, timeout_s: float) -> dict[str, int]:
             time.sleep(5)
             continue
         if lags and not any(lags.values()):
+            return lags
+        if lags != previous:
+            unchanged_since, previous = time.monotonic(), lags
+        elif time.monotonic() - unchanged_since > stuck_s:
+            log(f"no group moved for {stuck_s:.0f}s: stuck")
             return lags
         log("catching up: " + ", ".join(f"{g} {n}" for g, n in lags.items() if n))
         time.sleep(10)

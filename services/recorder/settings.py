@@ -13,7 +13,10 @@ class RecorderSettings(EvidenceSettings):
     recorder_group_id: str = "sw-recorder"
     recorder_batch_size: int = Field(64, ge=1, le=1000)
     # Seconds of each camera's frames kept (capture time), and at most this many MiB of JPEG per camera.
-    recorder_buffer_s: float = Field(30.0, gt=0, le=600)
+    # An alert can come well after its window: a refund is decided once the camera has passed the
+    # window (seconds behind under load), or after the correlator's max wait (120 s) when the camera
+    # stalls. With 30 s, `make chaos` found a third of refund alerts' frames gone under load.
+    recorder_buffer_s: float = Field(150.0, gt=0, le=600)
     recorder_buffer_max_mib: float = Field(64.0, gt=0, le=4096)
     # An alert's window is its evidence refs widened by these.
     recorder_before_s: float = Field(5.0, ge=0, le=300)

@@ -186,6 +186,18 @@ def test_settings_refuse_a_window_larger_than_the_buffer(monkeypatch):
     assert RecorderSettings().options().before_ms == 5000
 
 
+def test_the_default_buffer_outlasts_the_correlators_longest_wait_for_a_refunds_camera(monkeypatch):
+    """`make chaos` found refund alerts decided 30-40 s after their window under load, and the old 30 s
+    buffer had dropped their frames (partial evidence): the buffer must outlast the correlator's wait."""
+    from services.shared.rulesconfig import RulesConfig
+
+    monkeypatch.delenv("SW_RECORDER_BUFFER_S", raising=False)
+    rules = RulesConfig()
+    latest_s = rules.timing.max_wait_s + rules.refund_without_customer.after_s + rules.timing.pos_clock_skew_s
+    settings = RecorderSettings()
+    assert settings.recorder_buffer_s > latest_s + settings.recorder_before_s
+
+
 def test_camera_status_round_trip():
     data: dict = {}
     fake = SimpleNamespace(hset=lambda key, mapping: data.setdefault(key, {}).update(mapping),
