@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios chaos up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test-e2e: setup ## End-to-end test through the launcher
 
 scenarios: setup ## Replay scenarios/ and a generated busy day of 3 stores through the correlator; precision, recall, incidents (ARGS="--busy-day-stores N --seed N --busy-day-only --keep-logs")
 	$(PY) -m devplatform.scenarios $(ARGS)
+
+chaos: setup ## The whole pipeline on 3 Kafka nodes with replicas, under load, through a fault schedule; checks nothing lost, no page repeated (ARGS="--schedule short", "--soak 1800", "--stores N")
+	$(PY) -m devplatform.chaos $(ARGS)
 
 up: setup ## Start the local platform in the background (shrinkwatch dev up)
 	$(SW) dev up

@@ -251,7 +251,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         lags.start()
         keys = {chain.store_id(i): dev_pos_key(platform.run_dir, chain.store_id(i)) for i in range(args.stores)}
         ledger_path = args.run_dir / "ledger.jsonl"
-        tills = Tills(platform.components["pos"]["http"], keys, plan(args.stores, 6 * 3600, args.fraud_every, args.sale_every, args.seed), ledger_path, echo=log)
+        events = plan(args.stores, 6 * 3600, args.fraud_every, args.sale_every, args.seed, frauds_from_s=args.warm_up)
+        tills = Tills(platform.components["pos"]["http"], keys, events, ledger_path, echo=log)
         tills.start()
         log(f"load: {args.stores} stores x {args.cameras} cameras (+1 MJPEG), a sale every {args.sale_every:g}s and a fraud every "
             f"{args.fraud_every:g}s per store; warm-up {args.warm_up:g}s")

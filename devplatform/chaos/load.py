@@ -50,9 +50,10 @@ class TillEvent:
         return str(self.body["event_id"])
 
 
-def plan(stores: int, duration_s: float, fraud_every_s: float, sale_every_s: float, seed: int = 1) -> list[TillEvent]:
-    """The events of a run, in time order: sales throughout, frauds from `fraud_every_s / 2` on,
-    staggered across stores, each kind in turn."""
+def plan(stores: int, duration_s: float, fraud_every_s: float, sale_every_s: float, seed: int = 1, frauds_from_s: float = 0.0) -> list[TillEvent]:
+    """The events of a run, in time order: sales throughout, frauds from `frauds_from_s +
+    fraud_every_s / 2` on (once the cameras' frames are in the recorder's buffer), staggered across
+    stores, each kind in turn."""
     rng = random.Random(seed)
     events: list[TillEvent] = []
     for index in range(stores):
@@ -65,7 +66,7 @@ def plan(stores: int, duration_s: float, fraud_every_s: float, sale_every_s: flo
                                          "transaction_id": f"{sid}-T-{number:05d}", "employee_id": "emp-1", "currency": "GBP", "total_minor": price,
                                          "tender": "card", "items": [{"sku": "SKU-SOCKS", "description": "Socks", "quantity": 1, "unit_price_minor": price}]}))
             at += rng.uniform(0.5, 1.5) * sale_every_s
-        at, number = fraud_every_s / 2 + index * fraud_every_s / max(1, stores), 0
+        at, number = frauds_from_s + fraud_every_s / 2 + index * fraud_every_s / max(1, stores), 0
         while at < duration_s:
             kind = FRAUD_KINDS[(number + index) % len(FRAUD_KINDS)]
             number += 1
