@@ -68,7 +68,8 @@ def full_schedule(platform: Platform) -> list[Fault]:
     schedule = [Fault("kill", name, 10.0) for name in services]
     schedule += [Fault("kill-broker-leader", hold_s=20.0), Fault("kill-controller", hold_s=20.0), Fault("restart-redis", "redis", 5.0),
                  Fault("stop-modelserver", "modelserver", 30.0), Fault("drop-camera", "camera", 20.0), Fault("poison", hold_s=0.0),
-                 Fault("pause", _second("correlator", platform), 20.0), Fault("pause", _second("notifier", platform), 20.0)]
+                 Fault("pause", _second("correlator", platform), 20.0), Fault("pause", _second("inference", platform), 20.0),
+                 Fault("pause", _second("notifier", platform), 20.0)]
     schedule += [
         Fault("together", together=(Fault("kill", _second("inference", platform), 10.0), Fault("kill-broker-leader", hold_s=20.0))),
         Fault("together", together=(Fault("kill", "notifier", 10.0), Fault("restart-redis", "redis", 5.0))),

@@ -260,20 +260,48 @@ class ConsumeLoop:
             "logger": client_logger(),
         }
         config.update(self.consumer_overrides)
+        self._consumer_config = config
         self.consumer = Consumer(config)
         self.producer = make_producer(self.bootstrap_servers)
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self._error_said = OncePerMinute()
+        self._assignment_lost = False
+        self.consumers_renewed = 0
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set(), on_lost=self._lost)
+
+    def _lost(self, consumer: Consumer, partitions: list) -> None:
+        """The group gave our partitions away (our session timed out: a process stopped or starved for
+        longer than session.timeout.ms). Said here; acted on once consume() returns."""
+        self._assignment_lost = True
+        log.warning("partitions lost: the session timed out; a fresh consumer will rejoin the group",
+                    extra={"service": self.service, "partitions": len(partitions)})
+
+    def _renew_consumer(self) -> None:
+        """A fresh consumer in place of one whose assignment was lost. The same client rejoining was
+        seen (librdkafka 2.16, `make chaos` with a replica stopped 10 s) to be handed the same
+        partitions back and never fetch them again, their lag growing for good; a new member starts
+        each assigned partition from its committed offset."""
+        self._assignment_lost = False
+        self.consumers_renewed += 1
+        self.consumer.close()
+        self.consumer = Consumer(self._consumer_config)
+        self._subscribe()
 
     def run(self) -> None:
         """Consume until stopped; an unexpected error is kept in `failure` so the service exits non-zero."""
         try:
             if not wait_for_broker(self.bootstrap_servers, self.service, self.stop_event, self.topics):
                 return
-            self.consumer.subscribe(self.topics, on_assign=lambda *_: self.ready.set())
+            self._subscribe()
             while not self.stop_event.is_set():
                 batch = self.consumer.consume(self.batch_size, self.poll_timeout)
+                if self._assignment_lost:
+                    # What came with the loss belongs to the partitions' new owner: not handled here.
+                    self._renew_consumer()
+                    continue
                 messages = [m for m in batch if not self._is_error(m)]
                 if messages:
                     self._process(messages)

@@ -157,6 +157,78 @@ def test_a_consumer_started_before_the_broker_says_so_once_and_is_ready_when_it_
     assert loop.failure is None
 
 
+# A group member that handles each batch slowly, until killed: the child process of the test below.
+SLOW_MEMBER = """
+import sys, time
+from services.shared import topics
+from services.shared.kafka import ConsumeLoop, Outcome
+from services.shared.logs import configure_logging
+
+configure_logging("test-member", "INFO")
+
+def handle(messages):
+    time.sleep(0.3)
+    return Outcome()
+
+loop = ConsumeLoop("test-member", sys.argv[1], sys.argv[2], [topics.FEEDBACK], handle, batch_size=5)
+loop.run()
+"""
+
+
+def test_a_member_stopped_past_its_session_rejoins_and_its_partitions_are_consumed_to_the_end(broker, tmp_path):
+    """`make chaos` stopped an inference replica for 10 s (SIGSTOP, as a starved or swapped process):
+    its session timed out, the group handed it the same partitions back, and librdkafka never fetched
+    them again, their lag stuck for good. A member whose assignment was lost now starts a fresh
+    consumer; every message is consumed and committed."""
+    import signal
+    import subprocess
+    import sys
+    import uuid
+
+    from devplatform.kafkatools import Offsets
+    from devplatform.launcher import ROOT, child_env
+
+    group = f"test-lost-{uuid.uuid4().hex[:6]}"
+    logs = [tmp_path / f"member-{n}.log" for n in (1, 2)]
+    members = [subprocess.Popen([sys.executable, "-c", SLOW_MEMBER, broker, group], cwd=ROOT, env=child_env(), stdout=log.open("wb"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for log in logs]
+    producer = make_producer(broker)
+    offsets = Offsets(broker)
+    try:
+        def produce(count: int) -> None:
+            for i in range(count):
+                producer.produce(topics.FEEDBACK, key=f"k{i % 12}", value=b"x")
+                producer.poll(0)
+                time.sleep(0.05)
+            producer.flush(10)
+
+        admin = AdminClient({"bootstrap.servers": broker})
+
+        def both_assigned() -> bool:
+            produce(5)
+            try:
+                found = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            except KafkaException:  # the group's coordinator still loading on a fresh broker
+                return False
+            return len(found.members) == 2 and all(m.assignment.topic_partitions for m in found.members)
+
+        wait_for(both_assigned, 120, "both members in the group, each with partitions")
+        produce(40)
+        members[1].send_signal(signal.SIGSTOP)
+        produce(200)  # 10 s stopped: past session.timeout.ms (6 s)
+        members[1].send_signal(signal.SIGCONT)
+        produce(200)
+        wait_for(lambda: offsets.consumed_to_end(group, [topics.FEEDBACK]), 120, f"group {group} consumed to the end: {offsets.behind(group, [topics.FEEDBACK])}")
+        assert all(member.poll() is None for member in members)
+        assert "partitions lost" in logs[1].read_text()
+    finally:
+        offsets.close()
+        for member in members:
+            member.send_signal(signal.SIGCONT)
+            member.kill()
+            member.wait(10)
+
+
 def test_the_correlator_started_before_the_broker_waits_and_becomes_ready(tmp_path, start_service):
     """Faust alone would give up at start; the worker waits for the broker (one log line), unready."""
     port = free_port()
