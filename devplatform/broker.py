@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -57,11 +58,22 @@ def java_binary() -> str:
     return java
 
 
+def _fetched_from() -> str:
+    """What a complete fetch records: the pom's digest, so an edited pom (a new artifact) is fetched again."""
+    return hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+
+
+def _fetched(libs: Path) -> bool:
+    marker = libs / ".complete"
+    return marker.exists() and _fetched_from() in marker.read_text()
+
+
 def classpath() -> str:
     """The broker's classpath; raises KafkaSetupError with what to run when it was never fetched."""
     libs = kafka_home() / "libs"
-    if not (libs / ".complete").exists():
-        raise KafkaSetupError(f"kafka: Apache Kafka {kafka_version()} is not in {libs}; run `make setup` (or `python -m devplatform.broker fetch`)")
+    if not _fetched(libs):
+        raise KafkaSetupError(f"kafka: Apache Kafka {kafka_version()} as devplatform/kafka/pom.xml lists it is not in {libs}; "
+                              "run `make setup` (or `python -m devplatform.broker fetch`)")
     return str(libs / "*")
 
 
@@ -69,7 +81,7 @@ def fetch(echo: Callable[[str], object] = print) -> Path:
     """Resolve the pinned Kafka release and its dependencies into kafka_home()/libs (once)."""
     home = kafka_home()
     libs = home / "libs"
-    if (libs / ".complete").exists():
+    if _fetched(libs):
         echo(f"Apache Kafka {kafka_version()}: already in {libs}")
         return libs
     java_binary()
@@ -86,7 +98,7 @@ def fetch(echo: Callable[[str], object] = print) -> Path:
     if result.returncode != 0 or not list(staging.glob("kafka_2.13-*.jar")):
         shutil.rmtree(staging, ignore_errors=True)
         raise KafkaSetupError(f"kafka: Maven could not resolve Apache Kafka {kafka_version()} (exit {result.returncode}); see its output above")
-    (staging / ".complete").write_text(kafka_version() + "\n")
+    (staging / ".complete").write_text(f"{kafka_version()} {_fetched_from()}\n")
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     echo(f"Apache Kafka {kafka_version()}: {len(list(libs.glob('*.jar')))} jars in {libs}")

@@ -265,6 +265,8 @@ class Correlator:
                 return
         for outcome in outcomes:
             RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
+            # A refund that raised nothing says why here, so "why no alert for this refund?" has an answer.
+            log.info("refund rule decided", extra={"event_id": outcome.event_id, "rule": outcome.rule, "outcome": outcome.outcome, "register": key})
             if outcome.rule == rules.REFUND_WITHOUT_CUSTOMER:
                 REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
             if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay

@@ -234,9 +234,18 @@ def seen_in_window(state: RegisterState, start_ms: int, end_ms: int, what: str) 
 
 
 def _frames_around(state: RegisterState, start_ms: int) -> int:
-    """Sequence number of a frame at or before `start_ms` (the change or coverage start in force)."""
-    seqs = [c.seq for c in state.changes if c.time_ms <= start_ms] + [c.start_seq for c in state.covered if c.start_ms <= start_ms]
-    return max(seqs) if seqs else 0
+    """Sequence number of a frame at or before `start_ms`. Only changes are kept, and the change in
+    force can be minutes old (a quiet counter: `make chaos`'s empty one sent the recorder back to the
+    camera's first frame, and its evidence was "partial"), so the sequence is carried forward from
+    there at the camera's own rate up to the watermark, rounded down."""
+    points = [(c.time_ms, c.seq) for c in state.changes if c.time_ms <= start_ms] + [(c.start_ms, c.start_seq) for c in state.covered if c.start_ms <= start_ms]
+    if not points:
+        return 0
+    time_ms, seq = max(points, key=lambda point: point[0])
+    if state.watermark_ms <= time_ms or state.watermark_seq <= seq:
+        return seq  # no rate to carry it forward (or the camera's sequence started again)
+    per_ms = (state.watermark_seq - seq) / (state.watermark_ms - time_ms)
+    return max(seq, seq + math.floor((start_ms - time_ms) * per_ms) - 1)
 
 
 # --- register: refunds and returns -------------------------------------------------------------------
