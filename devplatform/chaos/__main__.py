@@ -29,7 +29,7 @@ from devplatform.chaos import chain
 from devplatform.chaos.check import Observed, judge, pages_from_records, read_jsonl
 from devplatform.chaos.faults import KINDS, Fault, FaultError, Injector, full_schedule, short_schedule
 from devplatform.chaos.load import Tills, plan
-from devplatform.chaos.monitor import Sampler, group_lags
+from devplatform.chaos.monitor import Sampler, committed_offsets, group_lags
 from devplatform.demo import SAMPLE_DIR, ensure_sample_assets
 from devplatform.devusers import dev_pos_key
 from devplatform.kafkatools import TopicReader
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stores", type=int, default=2, help="stores in the chain (default 2)")
     parser.add_argument("--cameras", type=int, default=2, help="cameras per store, at least 2 (default 2; the first store also has an MJPEG aisle camera)")
     parser.add_argument("--schedule", choices=["full", "short"], default="full", help="the fault schedule (short: one of each kind, the suite's)")
-    parser.add_argument("--only", default="", metavar="KINDS", help=f"comma-separated fault kinds to keep from the schedule ({', '.join(KINDS)})")
+    parser.add_argument("--only", default="", metavar="KINDS", help=f"comma-separated fault kinds ({', '.join(KINDS)}) or names (\"kill correlator\") to keep from the schedule")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="no faults: hold the load this long and report per service figures")
     parser.add_argument("--fraud-every", type=float, default=30.0, metavar="SECONDS", help="each store rings up a fraud this often (default 30)")
     parser.add_argument("--sale-every", type=float, default=8.0, metavar="SECONDS", help="each store's till 1 sells this often (default 8)")
@@ -221,18 +221,9 @@ def save_metrics(platform: Platform, folder: Path) -> None:
 
 
 def committed_totals(bootstrap: str) -> dict[str, int]:
-    """Per group, the sum of its committed offsets (lag-free throughput over an interval)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    from services.shared.topicadmin import admin_client
-
-    admin = admin_client(bootstrap, quiet=True)
-    groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result(timeout=30).valid if g.group_id.startswith("sw-")]
-    totals = {}
-    for group in groups:
-        found = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=15)[group].result(timeout=30)
-        totals[group] = sum(tp.offset for tp in found.topic_partitions if tp.offset >= 0 and not tp.topic.endswith(".dlq"))
-    return totals
+    """Per group, the sum of its committed offsets outside the DLQs (throughput over an interval)."""
+    return {group: sum(offset for (topic, _), offset in found.items() if not topic.endswith(".dlq"))
+            for group, found in committed_offsets(bootstrap).items()}
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
@@ -281,7 +272,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             schedule = full_schedule(platform) if args.schedule == "full" else short_schedule(platform)
             if args.only:
                 kinds = set(args.only.split(","))
-                schedule = [f for f in schedule if f.kind in kinds or any(part.kind in kinds for part in f.together)]
+                schedule = [f for f in schedule if {f.kind, f.name} & kinds or any({part.kind, part.name} & kinds for part in f.together)]
             injector = Injector(platform, (drop_camera, bring_camera_back), echo=log)
             for number, fault in enumerate(schedule, 1):
                 log(f"fault {number}/{len(schedule)}: {fault.name} (held {max([fault.hold_s, *(p.hold_s for p in fault.together)]):g}s)")
@@ -296,10 +287,11 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 time.sleep(args.settle)
         held_s = time.monotonic() - started
         soak_after = committed_totals(bootstrap) if args.soak else {}
-        # The last frauds' windows close and their pages go out; then the tills and cameras stop.
-        time.sleep(max(30.0, args.fraud_every))
+        # The tills stop; the cameras run on until the last refunds' windows have passed (5 s, plus
+        # the POS clock skew, plus the frames' way through inference), then ingest stops.
         tills.stop.set()
         tills.join(60)
+        time.sleep(30.0)
         stop_pid(platform.components["ingest"]["pid"])
         log("load stopped; waiting for every consumer group to catch up")
         end_lags = wait_for_drain(bootstrap, 600)

@@ -94,8 +94,8 @@ class Sampler:
         return {name: figures for name, series in sorted(longest.items()) if (figures := growth(series)) is not None}
 
 
-def group_lags(bootstrap: str, prefix: str = "sw-") -> dict[str, int]:
-    """Messages not yet consumed, per consumer group of ours (summed over its partitions)."""
+def committed_offsets(bootstrap: str, prefix: str = "sw-") -> dict[str, dict[tuple[str, int], int]]:
+    """Per consumer group of ours, its committed offset in each partition it has committed."""
     admin = admin_client(bootstrap, quiet=True)
     groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result(timeout=30).valid if g.group_id.startswith(prefix)]
     committed: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
@@ -104,6 +104,12 @@ def group_lags(bootstrap: str, prefix: str = "sw-") -> dict[str, int]:
         for tp in result[group].result(timeout=30).topic_partitions:
             if tp.offset >= 0:
                 committed[group][(tp.topic, tp.partition)] = tp.offset
+    return dict(committed)
+
+
+def group_lags(bootstrap: str) -> dict[str, int]:
+    """Messages not yet consumed, per consumer group of ours (summed over its partitions)."""
+    committed = committed_offsets(bootstrap)
     offsets = Offsets(bootstrap)
     try:
         ends = offsets.ends(sorted({topic for found in committed.values() for topic, _ in found}))

@@ -244,7 +244,9 @@ class Correlator:
         pos = decode(PosEvent, event.value, required=("event_id", "store_id", "register_id", "event_time_ms"))
         key = register_key(pos.store_id, pos.register_id)
         state = self.registers.get(key)
-        rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
+        added = rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
+        log.info("refund at its camera", extra={"event_id": pos.event_id, "register": key, "pending": added, "watermark_ms": state.watermark_ms,
+                                                "partition": event.message.partition, "offset": event.message.offset})
         await self.decide(key, state, now_ms)
 
     async def decide(self, key: str, state: RegisterState, now_ms: int) -> None:
@@ -319,6 +321,7 @@ class Correlator:
         camera_id = self.index.camera_of_register.get(register_key(pos.store_id, pos.register_id))
         if camera_id:
             await self.streams.camera_events.send(key=camera_id.encode(), value=value, headers={CAMERA_EVENT_KIND: b"refund"})
+            log.info("refund routed to its camera", extra={"event_id": pos.event_id, "camera": camera_id})
         else:
             REFUNDS_DECIDED.labels("no_camera").inc()
         for token in dict.fromkeys(t for t in (pos.card_token, pos.customer_token) if t):
