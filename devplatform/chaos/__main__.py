@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("lost", "duplicate_pages", "partial_evidence"):
         for item in details[kind]:
             log(f"{kind}: {json.dumps(item)}")
+    for event_id, repeat in details["pos_published_twice"].items():
+        log(f"POS event on {topics.POS} {repeat['copies']} times: {event_id} (rung during: {repeat['fault']})")
     log(f"{'PASSED' if passed else 'FAILED'}; everything in {args.run_dir / 'result.json'}")
     summary = {key: result[key] for key in ("faults", "expected_alerts", "delivered", "lost", "duplicate_pages", "partial_evidence",
                                             "max_lag", "p99_refund_to_page_s", "rss_growth_mb")}

@@ -115,7 +115,8 @@ def judge(ledger: list[dict], observed: Observed, faults: list[dict]) -> dict[st
 
     accepted = [entry for entry in ledger if entry.get("accepted_ms")]
     pos_missing = [entry["body"]["event_id"] for entry in accepted if observed.pos_copies[entry["body"]["event_id"]] == 0]
-    pos_repeated = {event: count for event, count in observed.pos_copies.items() if count > 1}
+    rung_at = {entry["body"]["event_id"]: entry["rung_ms"] for entry in ledger}
+    pos_repeated = {event: {"copies": count, "fault": fault_at(faults, rung_at.get(event, 0))} for event, count in observed.pos_copies.items() if count > 1}
     p99 = percentile(latencies, 0.99)
     return {
         "faults": len(faults),

@@ -62,6 +62,7 @@ def test_the_checker_counts_delivered_lost_and_repeated_pages_and_names_the_faul
     assert result["duplicate_pages"] == 1 and result["details"]["duplicate_pages"][0]["fault"] == "kill notifier"
     assert result["alert_copies_on_topic"] == 1 and result["partial_evidence"] == 1 and result["evidence_not_written"] == 0
     assert result["pos_events"] == {"rung": 5, "accepted": 4, "missing_on_topic": 0, "published_twice": 1}
+    assert result["details"]["pos_published_twice"] == {"e2": {"copies": 2, "fault": "none"}}
     # Only the alert that opened its incident has a latency of its own: rung at 10 s, paged at 12.5 s.
     assert result["p99_refund_to_page_s"] == 2.5
 
