@@ -157,6 +157,13 @@ def collect(platform: Platform) -> Observed:
             return ""
 
     observed.pos_copies = Counter(e for e in TopicReader(bootstrap, [topics.POS], parse_pos).read_to_end(60) if e)
+
+    def parse_dead(message: Any) -> tuple[str, str]:
+        reason = dict(message.headers() or []).get("sw-error", b"").decode(errors="replace")
+        return parse_pos(message), f"{message.topic()}: {reason}"
+
+    dlqs = [topics.dlq(name) for name in topics.RETENTION_MS]
+    observed.dead_lettered = {event: why for event, why in TopicReader(bootstrap, dlqs, parse_dead).read_to_end(60) if event}
     sink = read_jsonl(Path(platform.components["webhook-sink"]["record"]))
     notifier_lines = [line for name in platform.components if name.startswith("notifier")
                       for line in (platform.log_dir / f"{name}.log").read_text(errors="replace").splitlines()]

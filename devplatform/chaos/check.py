@@ -51,6 +51,7 @@ class Observed:
     pages: list[Page] = field(default_factory=list)
     evidence: dict[str, dict | None] = field(default_factory=dict)  # alert id -> manifest
     pos_copies: Counter[str] = field(default_factory=Counter)  # event id -> messages on sw.pos.v1
+    dead_lettered: dict[str, str] = field(default_factory=dict)  # POS event id -> "<dlq>: <sw-error>"
     undecodable_alerts: int = 0
 
 
@@ -91,7 +92,8 @@ def judge(ledger: list[dict], observed: Observed, faults: list[dict]) -> dict[st
             lost.append({**where, "why": f"the till's event was never accepted ({entry.get('errors', [])[-3:]})"})
             continue
         if observed.alert_copies[alert] == 0:
-            lost.append({**where, "why": "no alert raised", "fault": fault_at(faults, entry["rung_ms"])})
+            dead = observed.dead_lettered.get(entry["body"]["event_id"])
+            lost.append({**where, "why": f"dead-lettered: {dead}" if dead else "no alert raised", "fault": fault_at(faults, entry["rung_ms"])})
             continue
         found = observed.incident_of.get(alert)
         if found is None:

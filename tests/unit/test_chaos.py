@@ -57,6 +57,9 @@ def test_the_checker_counts_delivered_lost_and_repeated_pages_and_names_the_faul
     observed.pos_copies = Counter({"e1": 1, "e2": 2, "e3": 1, "e4": 1})
     result = judge([ok, joined, unpaged, never, refused], observed, faults)
     assert result["expected_alerts"] == 5 and result["delivered"] == 2 and result["lost"] == 3
+    observed.dead_lettered = {"e4": "sw.correlator.camera-events.v1.dlq: unexpected ValueError"}
+    assert judge([never], observed, faults)["details"]["lost"][0]["why"] == "dead-lettered: sw.correlator.camera-events.v1.dlq: unexpected ValueError"
+    observed.dead_lettered = {}
     why = {item["event_id"]: item["why"] for item in result["details"]["lost"]}
     assert why["e3"].startswith("raised, never paged to officer/phone") and why["e4"] == "no alert raised" and why["e5"].startswith("the till's event was never accepted")
     assert result["duplicate_pages"] == 1 and result["details"]["duplicate_pages"][0]["fault"] == "kill notifier"
