@@ -11,6 +11,9 @@ from devplatform.chaos.__main__ import parse_args, run
 pytestmark = pytest.mark.e2e
 
 
+# Three Kafka nodes, ten service processes and eight faults in turn: about 6 minutes on two cores,
+# several times that on one. The bound is for a hang, not for speed.
+@pytest.mark.timeout(2400)
 def test_a_fault_of_each_kind_under_load_loses_no_alert_and_repeats_no_page(tmp_path):
     args = parse_args(["--schedule", "short", "--settle", "8", "--warm-up", "15", "--fraud-every", "20", "--max-duplicate-pages", "0",
                        "--run-dir", str(tmp_path / "chaos")])
