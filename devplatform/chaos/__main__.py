@@ -196,35 +196,31 @@ def histogram_p99s(metrics_text: str) -> dict[str, float]:
     return result
 
 
-def service_figures(platform: Platform, committed_before: dict[str, int], committed_after: dict[str, int], seconds: float,
+def service_figures(metrics: dict[str, str], committed_before: dict[str, int], committed_after: dict[str, int], seconds: float,
                     rss: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Messages/s each consumer group committed over the soak; per process, the p99 of its latency
-    histograms and its RSS at the start and the end."""
+    histograms (from its /metrics page) and its RSS at the start and the end."""
     processes: dict[str, Any] = {name: {"rss_start_mb": fig["start_mb"], "rss_end_mb": fig["end_mb"]} for name, fig in rss.items()}
-    for name, comp in platform.components.items():
-        url = comp.get("health") or comp.get("http")
-        if not url:
-            continue
-        try:
-            text = httpx.get(url + "/metrics", timeout=5).text
-        except httpx.HTTPError:
-            continue
+    for name, text in metrics.items():
         processes.setdefault(name, {})["p99_s"] = histogram_p99s(text)
     rates = {group: round((after - committed_before.get(group, 0)) / max(seconds, 1e-9), 1) for group, after in committed_after.items()}
     return {"messages_per_s": rates, "processes": processes}
 
 
-def save_metrics(platform: Platform, folder: Path) -> None:
-    """Every running service's /metrics page at the end, for reading a run afterwards (why a refund
-    raised nothing: sw_correlator_refund_rule_outcomes_total)."""
+def save_metrics(platform: Platform, folder: Path) -> dict[str, str]:
+    """Every running service's /metrics page at the end, kept for reading a run afterwards (why a
+    refund raised nothing: sw_correlator_refund_rule_outcomes_total); returned by component."""
     folder.mkdir(parents=True, exist_ok=True)
+    pages: dict[str, str] = {}
     for name, comp in platform.components.items():
         url = comp.get("health") or comp.get("http")
         if url:
             try:
-                (folder / f"{name}.txt").write_text(httpx.get(url + "/metrics", timeout=5).text)
+                pages[name] = httpx.get(url + "/metrics", timeout=5).text
             except httpx.HTTPError:
                 continue
+            (folder / f"{name}.txt").write_text(pages[name])
+    return pages
 
 
 def committed_totals(bootstrap: str) -> dict[str, int]:
@@ -311,9 +307,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         result.update(max_lag=max(end_lags.values(), default=0), lag_at_end=end_lags, peak_lag=dict(lags.peak),
                       rss_growth_mb={name: fig["growth_mb"] for name, fig in sampler.report().items()}, rss=sampler.report(),
                       schedule=records, run_s=round(held_s), error=error)
+        metrics = save_metrics(platform, args.run_dir / "metrics")
         if args.soak:
-            result["per_service"] = service_figures(platform, soak_before, soak_after, held_s, sampler.report())
-        save_metrics(platform, args.run_dir / "metrics")
+            result["per_service"] = service_figures(metrics, soak_before, soak_after, held_s, sampler.report())
         ready = {name: http_ready(comp["http"] + "/readyz") for name, comp in platform.components.items() if "http" in comp and name != "ingest"}
         result["not_ready_at_end"] = [name for name, ok in ready.items() if not ok]
     finally:
