@@ -7,10 +7,12 @@ instead of as wrong state or a lost commit in production.
 - Streams.create sets a table's `value_serializer` after construction; Faust must read it later,
   when it builds the table's store and changelog topic.
 - FlushOnCommit is a Sensor whose `on_commit_initiated` runs before the offsets are committed, and
-  the commit flushes the producer first, so a key's changelog is durable before its offsets.
+  the commit flushes the producer first, so a key's changelog is durable before its offsets; that
+  flush drains the buffer of table writes only with the correlator's DrainingProducerBuffer.
 - The readiness check reads `app.started`, `app.consumer.assignment()` and `app.rebalancing`.
 """
 
+import asyncio
 import contextvars
 import inspect
 import weakref
@@ -21,7 +23,10 @@ import faust
 import pytest
 from faust.streams import _current_event, current_event
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
 
+from services.correlator.app import DrainingProducerBuffer, create_app
+from services.correlator.settings import CorrelatorSettings
 from services.correlator.state import RegisterState, StateCodec
 from services.shared import topics
 
@@ -88,3 +93,50 @@ def test_the_app_says_whether_it_started_and_whether_it_is_rebalancing():
     app = _app()
     assert app.started is False and app.rebalancing is False
     assert callable(getattr(Consumer, "assignment", None))
+
+
+class _SlowChannel:
+    """A topic whose client takes 0.3 s to take each message (a partition whose leader moves)."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(0.3)
+        self.published.append(fut.message.key)
+
+
+async def _flush_three_slow_messages(buffer: ProducerBuffer) -> tuple[int, int]:
+    """Buffers three messages, flushes; returns (published by then, still buffered)."""
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    channel = _SlowChannel()
+    await buffer.start()
+    try:
+        for key in ("a", "b", "c"):
+            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel, key=key)))  # type: ignore[arg-type]
+        await asyncio.wait_for(buffer.flush(), timeout=30)
+        result = len(channel.published), buffer.size
+        for _ in range(100):  # let the rest go out: a buffer stopped with messages in it raises
+            if len(channel.published) == 3:
+                break
+            await asyncio.sleep(0.05)
+        return result
+    finally:
+        await buffer.stop()
+
+
+def test_fausts_own_buffer_flush_returns_with_table_writes_still_buffered():
+    """Why the correlator replaces it: this flush is what a commit waits for before its offsets."""
+    published, _ = asyncio.run(_flush_three_slow_messages(ProducerBuffer()))
+    assert published < 3
+
+
+def test_the_correlators_buffer_flush_returns_once_every_message_is_in_the_client():
+    published, buffered = asyncio.run(_flush_three_slow_messages(DrainingProducerBuffer()))
+    assert (published, buffered) == (3, 0)
+
+
+def test_the_correlator_app_produces_through_the_draining_buffer(tmp_path):
+    settings = CorrelatorSettings(kafka_bootstrap_servers="127.0.0.1:1", correlator_data_dir=tmp_path)
+    producer: Any = create_app(settings).producer
+    assert type(producer.buffer) is DrainingProducerBuffer and producer.buffer.app is not None
