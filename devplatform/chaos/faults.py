@@ -79,10 +79,9 @@ def full_schedule(platform: Platform) -> list[Fault]:
 
 
 def short_schedule(platform: Platform) -> list[Fault]:
-    """One fault of each kind, short holds: the test suite's version. A correlator worker's kill is
-    left to the full schedule while a refund rung during the rebalance that follows it can still go
-    undecided (1 in 54 frauds, intermittent: docs/chaos.md)."""
-    return [Fault("kill", "notifier", 5.0), Fault("kill", _second("inference", platform), 5.0), Fault("kill-broker-leader", hold_s=10.0),
+    """One fault of each kind, short holds: the test suite's version. The kills are of a notifier
+    (pages in flight) and of a correlator worker (tables handed over in a rebalance)."""
+    return [Fault("kill", "notifier", 5.0), Fault("kill", _second("correlator", platform), 5.0), Fault("kill-broker-leader", hold_s=10.0),
             Fault("restart-redis", "redis", 3.0), Fault("stop-modelserver", "modelserver", 10.0), Fault("drop-camera", "camera", 10.0),
             Fault("poison", hold_s=0.0), Fault("pause", _second("inference", platform), 10.0)]
 

@@ -1,12 +1,15 @@
 """The correlator (a real Faust worker) over Apache Kafka: the refund rule, event time, and DLQ."""
 
+import asyncio
 import time
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devplatform.demo import metric_total
 from devplatform.kafkatools import consumed_to_end
 from devplatform.launcher import http_ready
+from services.correlator.app import seek_to_committed_or_beginning
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
@@ -104,3 +107,36 @@ def test_two_workers_split_the_partitions_and_each_alert_is_raised_once(broker, 
     assert sorted(Alert.FromString(m.value()).evidence[0].ref for m in alerts) == sorted(f"pv-{n}" for n in range(12))
     raised = [metric_total(w.http + "/metrics", "sw_correlator_alerts_total") for w in workers]
     assert sum(raised) == 12 and all(r > 0 for r in raised), raised
+
+
+def test_a_partition_the_group_never_committed_is_read_again_from_its_beginning_after_records_are_dropped(broker):
+    """What Faust does in a rebalance or a table's recovery: records fetched while its flow is stopped
+    are dropped, then it seeks back to the committed offsets. A camera's partition that has never been
+    committed (its first refund arrives during the rebalance) must be read again from the start."""
+    partition = TopicPartition(topics.CAMERA_EVENTS, 1)
+    producer = make_producer(broker)
+    for n in range(3):
+        producer.produce(partition.topic, partition=partition.partition, key="cam-1", value=f"refund-{n}".encode())
+    producer.flush(10)
+
+    async def positions() -> tuple[int, int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id="sw-never-committed", enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            consumer.assign([partition])
+            fetched: list = []
+            while len(fetched) < 3:  # the records a stopped flow drops: fetched, never handled
+                fetched += (await consumer.getmany(partition, timeout_ms=10_000)).get(partition, [])
+            after_fetch = await consumer.position(partition)
+            await consumer.seek_to_committed()  # aiokafka's own seek: nothing committed, nothing moves
+            after_plain_seek = await consumer.position(partition)
+            committed = await seek_to_committed_or_beginning(consumer)
+            assert committed == {partition: None}
+            return after_fetch, after_plain_seek, await consumer.position(partition)
+        finally:
+            await consumer.stop()
+
+    after_fetch, after_plain_seek, after_ours = asyncio.run(asyncio.wait_for(positions(), timeout=60))
+    assert (after_fetch, after_plain_seek) == (3, 3)
+    assert after_ours == 0

@@ -9,6 +9,9 @@ instead of as wrong state or a lost commit in production.
 - FlushOnCommit is a Sensor whose `on_commit_initiated` runs before the offsets are committed, and
   the commit flushes the producer first, so a key's changelog is durable before its offsets; that
   flush drains the buffer of table writes only with the correlator's DrainingProducerBuffer.
+- Faust drops what it fetched while its flow is stopped and seeks back to the committed offsets;
+  the correlator's consumer also rewinds the partitions without one (seek_to_committed_or_beginning,
+  tested on a real broker in tests/integration/test_correlator.py).
 - The readiness check reads `app.started`, `app.consumer.assignment()` and `app.rebalancing`.
 """
 
@@ -25,6 +28,7 @@ from faust.streams import _current_event, current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 
+from services.correlator import app as correlator_app
 from services.correlator.app import DrainingProducerBuffer, create_app
 from services.correlator.settings import CorrelatorSettings
 from services.correlator.state import RegisterState, StateCodec
@@ -136,7 +140,13 @@ def test_the_correlators_buffer_flush_returns_once_every_message_is_in_the_clien
     assert (published, buffered) == (3, 0)
 
 
-def test_the_correlator_app_produces_through_the_draining_buffer(tmp_path):
-    settings = CorrelatorSettings(kafka_bootstrap_servers="127.0.0.1:1", correlator_data_dir=tmp_path)
-    producer: Any = create_app(settings).producer
-    assert type(producer.buffer) is DrainingProducerBuffer and producer.buffer.app is not None
+def test_the_correlator_app_produces_through_the_draining_buffer_and_seeks_with_the_rewinding_consumer(tmp_path):
+    app = create_app(CorrelatorSettings(kafka_bootstrap_servers="127.0.0.1:1", correlator_data_dir=tmp_path))
+    producer: Any = app.producer
+    assert type(producer.buffer) is DrainingProducerBuffer and producer.buffer.app is app
+    consumer: Any = app.consumer
+    assert type(consumer._thread) is correlator_app._ConsumerThread
+    assert "seek_to_committed_or_beginning" in inspect.getsource(type(consumer._thread).seek_to_committed)
+    # Faust's consumer reaches the seek through its thread, and drops records fetched while stopped.
+    assert "self._thread.seek_to_committed()" in inspect.getsource(type(consumer).seek_to_committed)
+    assert "perform_seek()" in inspect.getsource(Consumer.getmany)
