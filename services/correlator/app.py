@@ -38,6 +38,10 @@ class DrainingProducerBuffer(ProducerBuffer):
     async def flush(self) -> None:
         # Every put is matched by a task_done once the client holds the message (or refused it,
         # which crashes the producer); the producer's flush then waits for the broker's acks.
+        if self.should_stop:
+            # Stopping: the sending task ends after the message in hand, so the rest goes from here.
+            while not self.pending.empty():
+                await self._send_pending(self.pending.get_nowait())
         await self.pending.join()
 
 

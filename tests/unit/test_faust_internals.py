@@ -140,6 +140,23 @@ def test_the_correlators_buffer_flush_returns_once_every_message_is_in_the_clien
     assert (published, buffered) == (3, 0)
 
 
+def test_the_correlators_buffer_stopped_with_messages_in_it_sends_them_all_first():
+    """A worker's shutdown (SIGTERM) stops the buffer's sending task after the message in hand."""
+
+    async def stop_with_three_buffered() -> int:
+        buffer = DrainingProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+        channel = _SlowChannel()
+        await buffer.start()
+        for key in ("a", "b", "c"):
+            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel, key=key)))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)  # the sending task holds the first
+        await asyncio.wait_for(buffer.stop(), timeout=30)
+        return len(channel.published)
+
+    assert asyncio.run(stop_with_three_buffered()) == 3
+
+
 def test_the_correlator_app_produces_through_the_draining_buffer_and_seeks_with_the_rewinding_consumer(tmp_path):
     app = create_app(CorrelatorSettings(kafka_bootstrap_servers="127.0.0.1:1", correlator_data_dir=tmp_path))
     producer: Any = app.producer
