@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios chaos up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios chaos up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check deploy-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ bench-returns: setup ## Return assessment at the till over HTTP: p50/p99 against
 
 bench-hostile: setup ## Hostile load on the HQ api (sign-in flood, 1 GB bodies) while the till's assess route keeps its p99; ratio to idle, same run (ARGS="--assess 300 --flood-clients 50 --big-mb 1024")
 	$(PY) scripts/bench_hostile.py $(ARGS)
+
+deploy-check: setup ## docker-compose.yml resolved by the Compose Specification's own loader (compose-go, built from the Go module proxy once)
+	$(PY) -m devplatform.deploycheck $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/
 	$(SW) sample-store

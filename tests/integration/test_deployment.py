@@ -1,0 +1,169 @@
+"""The deployment files against the code that runs in them.
+
+docker-compose.yml is read as the Compose Specification's own loader resolves it (compose-go, built
+from the Go module proxy by devplatform/deploycheck.py); k8s/ as the YAML the API server would take.
+A setting the code adds and a deployment forgets, a service with no deployable, a probe on a port the
+service does not serve, or a setting with a typo fails here rather than in a chain's cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+from pydantic_core import PydanticUndefined
+
+from devplatform.deploycheck import DeployCheckError, compose_project
+from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
+from services.shared.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_ENTRYPOINT = ["python", "-m"]
+# The settings class each service reads at start (`load_settings(...)` in its __main__).
+SETTINGS = {
+    "api": "services.api.__main__:ApiSettings",
+    "correlator": "services.correlator.settings:CorrelatorSettings",
+    "inference": "services.inference.__main__:InferenceSettings",
+    "ingest": "services.ingest.__main__:IngestSettings",
+    "notifier": "services.notifier.__main__:NotifierSettings",
+    "pos": "services.pos.__main__:PosSettings",
+    "recorder": "services.recorder.settings:RecorderSettings",
+}
+# Variables read outside the settings classes: the notifier's routing file names its secrets by prefix.
+READ_BY_PREFIX = {"notifier": DEFAULT_SECRET_ENV_PREFIX}
+# Defaults that only make sense on a developer's machine, beside every default naming a loopback
+# address: a deployment must set them (a health port of 0 is a random one; var/ is the image's
+# read-only, ephemeral file system).
+LOCAL_ONLY = ("SW_HTTP_PORT", "SW_EVIDENCE_URL", "SW_CORRELATOR_DATA_DIR")
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def _settings(service: str) -> type[ServiceSettings]:
+    module, _, name = SETTINGS[service].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _env_names(settings: type[ServiceSettings]) -> dict[str, bool]:
+    """SW_* name -> whether its default would do in a deployment (there is one, and it is not local)."""
+    prefix = settings.model_config.get("env_prefix", "")
+    names: dict[str, bool] = {}
+    for name, field in settings.model_fields.items():
+        env_name = f"{prefix}{name}".upper()
+        if field.default_factory is not None:
+            names[env_name] = True
+            continue
+        default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else field.default
+        local = env_name in LOCAL_ONLY or any(host in str(default) for host in LOOPBACK)
+        names[env_name] = default is not PydanticUndefined and not local
+    return names
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_project(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[dict[str, Any]]:
+    return [doc for path in sorted((ROOT / "k8s").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _compose_service(compose: dict[str, Any], service: str) -> dict[str, Any]:
+    found = [s for s in compose["services"].values() if s.get("command") == [f"services.{service}"]]
+    assert len(found) == 1, f"docker-compose.yml: {len(found)} services run services.{service} (want 1)"
+    return found[0]
+
+
+def _k8s_container(k8s: list[dict[str, Any]], service: str) -> dict[str, Any]:
+    found = [c for doc in k8s if doc["kind"] in ("Deployment", "StatefulSet")
+             for c in doc["spec"]["template"]["spec"]["containers"] if c.get("args") == [f"services.{service}"]]
+    assert len(found) == 1, f"k8s/: {len(found)} containers run services.{service} (want 1)"
+    return found[0]
+
+
+def _configmap(k8s: list[dict[str, Any]], name: str) -> dict[str, str]:
+    (data,) = [doc.get("data") or {} for doc in k8s if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == name]
+    return data
+
+
+def _k8s_env(k8s: list[dict[str, Any]], container: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """(name -> value or source, for `env`; the names that come whole from ConfigMaps with envFrom)."""
+    env = {item["name"]: item.get("value", item.get("valueFrom")) for item in container.get("env", [])}
+    from_maps = {key for ref in container.get("envFrom", []) if "configMapRef" in ref for key in _configmap(k8s, ref["configMapRef"]["name"])}
+    return env, from_maps
+
+
+def test_every_service_has_one_compose_service_and_one_k8s_container_running_it(compose, k8s):
+    runnable = sorted(path.parent.name for path in (ROOT / "services").glob("*/__main__.py"))
+    assert runnable == sorted(SETTINGS), "a service was added or removed: update SETTINGS here, and its deployables"
+    for service in runnable:
+        assert _compose_service(compose, service)["image"] == compose["services"]["api"]["image"]
+        assert _k8s_container(k8s, service)["image"].rsplit(":", 1)[1] == compose["services"]["api"]["image"].rsplit(":", 1)[1]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert f"ENTRYPOINT {IMAGE_ENTRYPOINT}".replace("'", '"') in dockerfile, "the image's entrypoint must take a module name as args"
+
+
+def test_every_setting_a_deployment_sets_is_one_its_service_reads(compose, k8s):
+    """A typo (SW_REDIS_URI) or a setting the code dropped would be ignored silently at start."""
+    shared_k8s: set[str] = set()
+    read_anywhere: set[str] = set()
+    for service in SETTINGS:
+        names = set(_env_names(_settings(service)))
+        read_anywhere |= names
+        prefix = READ_BY_PREFIX.get(service, "\0")
+        compose_env = {k for k in _compose_service(compose, service).get("environment") or {} if k.startswith("SW_")}
+        assert {k for k in compose_env - names if not k.startswith(prefix)} == set(), f"docker-compose.yml {service}: set but never read"
+        env, from_maps = _k8s_env(k8s, _k8s_container(k8s, service))
+        assert {k for k in set(env) - names if k.startswith("SW_") and not k.startswith(prefix)} == set(), f"k8s {service}: set but never read"
+        shared_k8s |= {k for k in from_maps if k.startswith("SW_")}
+    assert shared_k8s - read_anywhere == set(), "k8s shrinkwatch-env: set but read by no service"
+
+
+def test_every_setting_without_a_default_fit_for_a_deployment_is_set_wherever_the_service_runs(compose, k8s):
+    for service in SETTINGS:
+        names = _env_names(_settings(service))
+        needed = {name for name, usable in names.items() if not usable}
+        compose_env = set(_compose_service(compose, service).get("environment") or {})
+        assert needed - compose_env == set(), f"docker-compose.yml {service}: not set"
+        env, from_maps = _k8s_env(k8s, _k8s_container(k8s, service))
+        assert needed - set(env) - from_maps == set(), f"k8s {service}: not set"
+
+
+def test_probes_and_ports_are_the_ports_each_service_serves(compose, k8s):
+    shared = _configmap(k8s, "shrinkwatch-env")
+    public = {"api": "SW_API_PORT", "pos": "SW_POS_PORT"}
+    for service in SETTINGS:
+        compose_service = _compose_service(compose, service)
+        health_port = compose_service["environment"]["SW_HTTP_PORT"]
+        check = " ".join(compose_service["healthcheck"]["test"])
+        assert f"127.0.0.1:{health_port}/healthz" in check or f"127.0.0.1:{health_port}/readyz" in check, f"docker-compose.yml {service}: healthcheck"
+        container = _k8s_container(k8s, service)
+        env, _ = _k8s_env(k8s, container)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert str(ports["health"]) == str(env.get("SW_HTTP_PORT", shared["SW_HTTP_PORT"])), f"k8s {service}: health port"
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "health"}, f"k8s {service}: {probe}"
+        if service in public:
+            assert str(ports["http"]) == str(env[public[service]]) == str(compose_service["environment"][public[service]]), f"{service}: public port"
+            (k8s_service,) = [doc for doc in k8s if doc["kind"] == "Service" and doc["metadata"]["name"] == service]
+            assert [p["targetPort"] for p in k8s_service["spec"]["ports"]] == ["http"], f"k8s Service {service}"
+
+
+def test_a_compose_file_with_a_dependency_on_a_service_it_does_not_define_is_refused_with_the_loaders_reason(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump({"services": {"api": {"image": "busybox", "depends_on": ["redis"]}}}))
+    with pytest.raises(DeployCheckError, match='depends on undefined service "redis"'):
+        compose_project(broken)
+
+
+def test_a_compose_file_with_a_field_the_specification_does_not_have_is_refused(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump({"services": {"api": {"image": "busybox", "restart_policy": "always"}}}))
+    with pytest.raises(DeployCheckError, match="restart_policy"):
+        compose_project(broken)
