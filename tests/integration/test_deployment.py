@@ -17,7 +17,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
-from devplatform.deploycheck import DeployCheckError, compose_project
+from devplatform.deploycheck import DeployCheckError, compose_project, validate_manifests
 from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
 from services.shared.settings import ServiceSettings
 
@@ -167,3 +167,22 @@ def test_a_compose_file_with_a_field_the_specification_does_not_have_is_refused(
     broken.write_text(yaml.safe_dump({"services": {"api": {"image": "busybox", "restart_policy": "always"}}}))
     with pytest.raises(DeployCheckError, match="restart_policy"):
         compose_project(broken)
+
+
+def test_every_kubernetes_manifest_is_valid_against_the_named_versions_api_schemas():
+    count, errors = validate_manifests(sorted((ROOT / "k8s").rglob("*.yaml")))
+    assert count >= 18 and errors == [], "\n".join(map(str, errors))
+
+
+def test_a_manifest_with_a_wrong_type_an_unknown_field_or_an_unknown_kind_is_refused_with_where(tmp_path):
+    deployment = yaml.safe_load((ROOT / "k8s" / "correlator.yaml").read_text())
+    deployment["spec"]["replicas"] = "2"
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump_all([deployment, {"apiVersion": "apps/v1", "kind": "Deployement", "metadata": {"name": "x"}}]))
+    count, errors = validate_manifests([broken])
+    assert count == 2
+    found = {(e.resource, e.path) for e in errors}
+    assert ("Deployment/correlator", "spec.replicas") in found
+    assert any(e.path == "spec.template.spec.containers.0" and "imagePullPolice" in e.message for e in errors)
+    assert any(e.resource == "Deployement/x" and "no schema" in e.message for e in errors)
