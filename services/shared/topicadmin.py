@@ -1,7 +1,8 @@
 """Create the system's topics on a broker, and check existing ones against their definition.
 
 `python -m services.shared.topicadmin ensure --bootstrap-servers HOST:PORT` is what the local
-launcher, compose's `kafka-init` and the Kubernetes topics Job run: it creates what is missing with
+launcher and compose's `kafka-init` run (Kubernetes' KafkaTopics are generated from the same
+definitions by devplatform/deploycheck.py): it creates what is missing with
 the settings of services/shared/topics.py and reports every topic that exists with other settings
 (a topic made by hand with one partition, say) instead of silently living with it. Services call
 `check_topics` at start for the topics they read, so a wrong topic is named in their log too.

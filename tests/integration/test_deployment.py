@@ -17,7 +17,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
-from devplatform.deploycheck import DeployCheckError, compose_project, validate_manifests
+from devplatform.deploycheck import DeployCheckError, compose_project, crd_validators, kafka_topics_manifest, keda_crds, strimzi_crds, validate_manifests
 from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
 from services.shared.settings import ServiceSettings
 
@@ -169,9 +169,33 @@ def test_a_compose_file_with_a_field_the_specification_does_not_have_is_refused(
         compose_project(broken)
 
 
-def test_every_kubernetes_manifest_is_valid_against_the_named_versions_api_schemas():
-    count, errors = validate_manifests(sorted((ROOT / "k8s").rglob("*.yaml")))
-    assert count >= 18 and errors == [], "\n".join(map(str, errors))
+@pytest.fixture(scope="module")
+def custom_resources() -> dict:
+    """Strimzi's and KEDA's CRDs of the pinned releases, as validators."""
+    return crd_validators(strimzi_crds() + keda_crds())
+
+
+def test_every_kubernetes_manifest_is_valid_against_the_named_versions_api_schemas_and_the_pinned_crds(custom_resources):
+    count, errors = validate_manifests(sorted((ROOT / "k8s").rglob("*.yaml")), custom=custom_resources)
+    assert count >= 40 and errors == [], "\n".join(map(str, errors))
+
+
+def test_the_kafka_topics_are_the_ones_topics_py_defines():
+    """One definition of the topics: the launcher, compose's kafka-init and Strimzi's KafkaTopics."""
+    assert (ROOT / "k8s" / "kafka" / "topics.yaml").read_text() == kafka_topics_manifest(), \
+        "k8s/kafka/topics.yaml differs: `python -m devplatform.deploycheck topics > k8s/kafka/topics.yaml`"
+
+
+def test_a_custom_resource_with_an_unknown_field_or_a_missing_one_is_refused(tmp_path, custom_resources):
+    topic = yaml.safe_load((ROOT / "k8s" / "kafka" / "topics.yaml").read_text().split("---", 2)[1])
+    topic["spec"]["partitionz"] = 6
+    kafka = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "kafka" / "kafka.yaml").read_text()) if d["kind"] == "Kafka")
+    del kafka["spec"]["kafka"]["listeners"][0]["tls"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump_all([topic, kafka]))
+    _, errors = validate_manifests([broken], custom=custom_resources)
+    assert any(e.resource.startswith("KafkaTopic/") and "partitionz" in e.message for e in errors), errors
+    assert any(e.resource == "Kafka/shrinkwatch" and e.path == "spec.kafka.listeners.0" and "'tls' is a required property" in e.message for e in errors), errors
 
 
 def test_a_manifest_with_a_wrong_type_an_unknown_field_or_an_unknown_kind_is_refused_with_where(tmp_path):
