@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 from devplatform.deploycheck import DeployCheckError, compose_project, crd_validators, kafka_topics_manifest, keda_crds, strimzi_crds, validate_manifests
 from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
 from services.shared.settings import ServiceSettings
+from services.shared.topics import PARTITIONS
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +211,40 @@ def test_a_manifest_with_a_wrong_type_an_unknown_field_or_an_unknown_kind_is_ref
     assert ("Deployment/correlator", "spec.replicas") in found
     assert any(e.path == "spec.template.spec.containers.0" and "imagePullPolice" in e.message for e in errors)
     assert any(e.resource == "Deployement/x" and "no schema" in e.message for e in errors)
+
+
+def _readers_of(field: str) -> set[str]:
+    return {service for service in SETTINGS if field in _settings(service).model_fields}
+
+
+def _allowed_names(policy: dict[str, Any]) -> set[str]:
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    selector = peer["podSelector"]
+    if "matchLabels" in selector:
+        return {selector["matchLabels"]["app.kubernetes.io/name"]}
+    (expression,) = selector["matchExpressions"]
+    return set(expression["values"])
+
+
+def test_network_policies_let_in_exactly_the_services_whose_settings_use_each_backend(k8s):
+    policies = {doc["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name"): doc for doc in k8s if doc["kind"] == "NetworkPolicy"}
+    assert _allowed_names(policies["redis"]) == _readers_of("redis_url"), "k8s/networkpolicies.yaml: Redis's clients"
+    assert _allowed_names(policies["tf-serving"]) == _readers_of("model_server"), "k8s/networkpolicies.yaml: the model server's clients"
+    assert any(doc["spec"]["podSelector"] == {} and doc["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in doc["spec"]
+               for doc in k8s if doc["kind"] == "NetworkPolicy"), "no default deny"
+
+
+def test_each_scaled_consumer_scales_on_its_own_group_within_its_partitions_and_has_a_disruption_budget(k8s):
+    groups = {service: _settings(service).model_fields[field].default
+              for service, field in (("inference", "inference_group_id"), ("notifier", "notifier_group_id"), ("correlator", "correlator_app_id"))}
+    scaled = {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"] for doc in k8s if doc["kind"] == "ScaledObject"}
+    assert set(scaled) == set(groups)
+    deployments = {doc["metadata"]["name"]: doc for doc in k8s if doc["kind"] == "Deployment"}
+    budgets = {doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for doc in k8s if doc["kind"] == "PodDisruptionBudget"}
+    for name, spec in scaled.items():
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == groups[name], name
+        assert spec["maxReplicaCount"] <= PARTITIONS, f"{name}: members beyond the partitions sit idle"
+        assert "replicas" not in deployments[name]["spec"], f"{name}: `replicas` would fight the autoscaler at each apply"
+        assert name in budgets, f"{name}: no PodDisruptionBudget"
