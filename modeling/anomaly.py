@@ -248,8 +248,12 @@ def export(scorer: Scorer, out_dir: Path) -> None:
         def __init__(self) -> None:
             super().__init__()
             # The weights, not the Keras model: Keras would add its own serving function, which
-            # cannot trace this U-Net with unknown image sizes.
-            self.weights = list(scorer.model.weights)
+            # cannot trace this U-Net with unknown image sizes. Keras' own variables wrap the
+            # TensorFlow ones the function reads: tracked as they are, the SavedModel's restore op
+            # filled copies, and TF Serving's loader (a graph and a session, not Python objects)
+            # ran the function on variables never restored. Tracking the TensorFlow variables
+            # themselves makes the restored ones the read ones (tests/integration/test_model_serving.py).
+            self.weights = [weight.value for weight in scorer.model.weights]
             self.normal_level = scorer.normal_level
 
         @tf.function(input_signature=[tf.TensorSpec([None, cfg.history + 1, None, None, None], tf.uint8, name="frames")])
