@@ -30,8 +30,9 @@ def _pinned_images() -> set[str]:
 
 
 def test_the_serving_image_is_the_release_of_the_tensorflow_that_exports_the_models():
-    import tensorflow as tf
     from importlib.metadata import version
+
+    import tensorflow as tf
 
     (image,) = _pinned_images()
     found = IMAGE.match(image)
