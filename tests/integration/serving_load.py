@@ -9,6 +9,7 @@ argv: inputs.npz outputs.npz MODEL_DIR... ; inputs.npz keys are "<model>/<input 
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +34,7 @@ def load_as_served(session: tf.compat.v1.Session, model_dir: Path) -> tf.compat.
 
 def main() -> int:
     inputs, outputs_path, model_dirs = np.load(sys.argv[1]), sys.argv[2], [Path(arg) for arg in sys.argv[3:]]
-    outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, Any] = {}  # Any: numpy's stubs type savez's keywords as its allow_pickle too
     for model_dir in model_dirs:
         name = model_dir.parent.name
         with tf.Graph().as_default(), tf.compat.v1.Session() as session:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def _inputs(clip: Path) -> dict[str, np.ndarray]:
 def test_every_exported_model_loads_as_tensorflow_serving_loads_it_and_answers_as_served_locally(model_server, models_dir, sample_assets, tmp_path):
     models = sorted(path.name for path in models_dir.iterdir() if path.is_dir() and path.name != "risk")
     assert models == ["anomaly", "detector", "pose", "presence"], "a model was added: give it an input in _inputs()"
-    inputs = _inputs(sample_assets["clip"])
+    inputs: dict[str, Any] = _inputs(sample_assets["clip"])
     np.savez(tmp_path / "inputs.npz", **inputs)
     versions = [max((models_dir / name).glob("[0-9]*")) for name in models]
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("serving_load.py")), str(tmp_path / "inputs.npz"), str(tmp_path / "outputs.npz"),
