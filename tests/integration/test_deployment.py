@@ -8,7 +8,10 @@ service does not serve, or a setting with a typo fails here rather than in a cha
 
 from __future__ import annotations
 
+import collections
 import importlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,17 @@ import yaml
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
-from devplatform.deploycheck import DeployCheckError, compose_project, crd_validators, kafka_topics_manifest, keda_crds, strimzi_crds, validate_manifests
+from devplatform.deploycheck import (
+    DeployCheckError,
+    check_dashboards,
+    check_rules,
+    compose_project,
+    crd_validators,
+    kafka_topics_manifest,
+    keda_crds,
+    strimzi_crds,
+    validate_manifests,
+)
 from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
 from services.shared.settings import ServiceSettings
 from services.shared.topics import PARTITIONS
@@ -248,3 +261,95 @@ def test_each_scaled_consumer_scales_on_its_own_group_within_its_partitions_and_
         assert spec["maxReplicaCount"] <= PARTITIONS, f"{name}: members beyond the partitions sit idle"
         assert "replicas" not in deployments[name]["spec"], f"{name}: `replicas` would fight the autoscaler at each apply"
         assert name in budgets, f"{name}: no PodDisruptionBudget"
+
+
+def test_the_alerting_rules_parse_as_prometheus_parses_them():
+    files = sorted((ROOT / "deploy" / "monitoring").glob("*.rules.yaml"))
+    assert files and check_rules(files) == []
+
+
+def test_a_rule_with_bad_promql_or_an_unknown_field_is_refused_with_prometheus_reason(tmp_path):
+    bad_expr = tmp_path / "expr.rules.yaml"
+    bad_expr.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "sum by (camera (x)"}]}]}))
+    unknown = tmp_path / "field.rules.yaml"
+    unknown.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"alert": "B", "expr": "up == 0", "severity": "page"}]}]}))
+    errors = check_rules([bad_expr, unknown])
+    assert any("expr.rules.yaml" in e and "parse" in e for e in errors), errors
+    assert any("field.rules.yaml" in e and "severity" in e for e in errors), errors
+
+
+def _exposed(family: Any, labels: set[str]) -> dict[str, set[str]]:
+    """The series names a scrape shows for a metric family (a counter's with _total), with its labels."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+    return {family.name + suffix: labels for suffix in suffixes}
+
+
+def _served_metrics() -> dict[str, set[str]]:
+    """Every series name the services' /metrics show -> its label names."""
+    from prometheus_client import REGISTRY
+
+    from services.ingest.camera import CAMERA_STATES
+    from services.ingest.service import IngestCollector
+
+    for module in ("services.correlator.agents", "services.inference.service", "services.inference.stages.base", "services.notifier.dispatcher",
+                   "services.notifier.service", "services.recorder.service", "services.pos.returns", "services.pos.gateway.routes"):
+        importlib.import_module(module)  # each registers its metrics on import
+    served: dict[str, set[str]] = {}
+    collectors = REGISTRY._names_to_collectors  # prometheus_client keeps no public map to a metric's label names
+    for family in REGISTRY.collect():
+        collector = collectors.get(family.name) or collectors.get(family.name + "_total")
+        served |= _exposed(family, set(getattr(collector, "_labelnames", ())))
+    # ingest's camera series are made at each scrape from its cameras: one camera's worth here.
+    snapshot: dict[str, Any] = {"state": CAMERA_STATES[0], "dropped": {"queue_full": 0}}
+    camera = type("Service", (), {"cameras": lambda self: {"cam-1": collections.defaultdict(float, snapshot)}})()
+    for family in IngestCollector(camera).collect():
+        served |= _exposed(family, {label for sample in family.samples for label in sample.labels})
+    return served
+
+
+def _queries() -> list[tuple[str, str]]:
+    """(where, PromQL) of every alerting rule and dashboard panel that ships."""
+    found = []
+    for path in sorted((ROOT / "deploy" / "monitoring").glob("*.rules.yaml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            found += [(f"{path.name} {rule['alert']}", rule["expr"]) for rule in group["rules"]]
+    for path in sorted((ROOT / "deploy" / "monitoring" / "grafana").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        found += [(f"{path.name} {panel['title']}", target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    return found
+
+
+def test_every_metric_and_label_a_rule_or_a_dashboard_reads_is_one_the_services_or_kafkas_exporter_serve():
+    """A renamed metric or label would leave an alert silent, or a panel empty, for good."""
+    served = _served_metrics()
+    kafka_exporter = {"kafka_consumergroup_lag": {"consumergroup", "topic", "partition"}}
+    queries = _queries()
+    assert len(queries) > 40
+    for where, expr in queries:
+        names = set(re.findall(r"\b((?:sw|kafka)_[a-z_]+)\b", expr))
+        labels: set[str] = set()
+        for metric in names:
+            assert metric in served or metric in kafka_exporter, f"{where}: {metric} is not a series the services serve"
+            labels |= served.get(metric, set()) | kafka_exporter.get(metric, set())
+        used = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
+        used |= set(re.findall(r"\{(?:[^}]*,)?\s*([a-z_]+)\s*=~?", expr))
+        assert used - labels - {"le"} == set(), f"{where}: labels {used - labels} are not on {names}"
+
+
+def test_the_dashboards_decode_with_grafanas_schema_and_a_wrong_field_is_refused(tmp_path):
+    files = sorted((ROOT / "deploy" / "monitoring" / "grafana").glob("*.json"))
+    assert len(files) == 7 and check_dashboards(files) == []
+    board = json.loads(files[0].read_text())
+    board["panels"][0]["gridPos"]["w"] = "wide"
+    board["refreshEvery"] = "30s"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(board))
+    (error,) = check_dashboards([broken])
+    assert "broken.json" in error and ("gridPos" in error or "refreshEvery" in error), error
+
+
+def test_the_dashboards_are_the_ones_devplatform_makes():
+    from devplatform import dashboards
+
+    committed = {path.name: path.read_text() for path in (ROOT / "deploy" / "monitoring" / "grafana").glob("*.json")}
+    assert committed == dashboards.files(), "deploy/monitoring/grafana differs: `python -m devplatform.dashboards`"
