@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools" / "deploycheck"
 CACHE = Path(os.environ.get("SW_TOOLS_CACHE", Path.home() / ".cache" / "shrinkwatch" / "deploycheck"))
 BUILD_TIMEOUT_S = 900
-# The oldest Kubernetes minor the manifests are held to (supported upstream until 2026-06, and
-# still what many managed clusters run); `--kubernetes-version` checks another.
-KUBERNETES_VERSION = "1.33.0"
+# The oldest Kubernetes minor still supported upstream (1.35, December 2025, until early 2027): the
+# manifests use nothing newer; `--kubernetes-version` checks another (1.25 to 1.37).
+KUBERNETES_VERSION = "1.35.0"
 STRIMZI_POM = TOOLS / "strimzi" / "pom.xml"
 # Strimzi's model classes and the CRD file each is generated into.
 STRIMZI_KINDS = {"Kafka": "io.strimzi.api.kafka.model.kafka.Kafka",
@@ -318,6 +319,18 @@ def check_dashboards(files: list[Path], echo: Any = print) -> list[str]:
     return _file_errors("dashcheck", files, echo)
 
 
+def _report(part: str, what: str, files: list[Path], check: Callable[[list[Path]], list[str]]) -> dict[str, Any]:
+    """Run `check` on `files`, print its errors and a summary line; the part of the JSON result."""
+    try:
+        errors = check(files)
+    except DeployCheckError as exc:
+        errors = [str(exc)]
+    for line in errors:
+        print(f"{part}: {line}", file=sys.stderr)
+    print(f"{part}: {len(files)} {what}: {len(errors)} errors")
+    return {"ok": not errors, "files": len(files), "errors": errors}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devplatform.deploycheck", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", choices=("check", "topics"), default="check",
@@ -347,24 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"k8s: {error}", file=sys.stderr)
     print(f"k8s: {count} resources in {len(files)} files against Kubernetes {args.kubernetes_version} (strict): {len(errors)} errors")
     result["k8s"] = {"ok": not errors, "resources": count, "kubernetes_version": args.kubernetes_version, "errors": [str(e) for e in errors]}
-    rule_files = sorted(MONITORING.glob("*.rules.yaml"))
-    try:
-        rule_errors = check_rules(rule_files)
-    except DeployCheckError as exc:
-        rule_errors = [str(exc)]
-    for line in rule_errors:
-        print(f"rules: {line}", file=sys.stderr)
-    print(f"rules: {len(rule_files)} Prometheus rule files: {len(rule_errors)} errors")
-    result["rules"] = {"ok": not rule_errors, "files": len(rule_files), "errors": rule_errors}
-    dashboard_files = sorted((MONITORING / "grafana").glob("*.json"))
-    try:
-        dashboard_errors = check_dashboards(dashboard_files)
-    except DeployCheckError as exc:
-        dashboard_errors = [str(exc)]
-    for line in dashboard_errors:
-        print(f"dashboards: {line}", file=sys.stderr)
-    print(f"dashboards: {len(dashboard_files)} Grafana dashboards: {len(dashboard_errors)} errors")
-    result["dashboards"] = {"ok": not dashboard_errors, "files": len(dashboard_files), "errors": dashboard_errors}
+    result["rules"] = _report("rules", "Prometheus rule files", sorted(MONITORING.glob("*.rules.yaml")), check_rules)
+    result["dashboards"] = _report("dashboards", "Grafana dashboards", sorted((MONITORING / "grafana").glob("*.json")), check_dashboards)
     ok = all(part["ok"] for part in result.values())
     print(json.dumps({"ok": ok, **result}))
     return 0 if ok else 1
