@@ -35,12 +35,17 @@ class KafkaSetupError(RuntimeError):
     """Java, Maven or the Kafka release is missing or broken; the message says what to run."""
 
 
+def pom_property(pom: Path, name: str) -> str:
+    """A property of a pom's <properties> (where a pinned version is written once)."""
+    found = re.search(rf"<{re.escape(name)}>([^<]+)</{re.escape(name)}>", pom.read_text())
+    if found is None:
+        raise KafkaSetupError(f"{pom} names no <{name}>")
+    return found.group(1)
+
+
 def kafka_version() -> str:
     """The pinned release, read from the pom (the one place it is written)."""
-    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
-    if found is None:
-        raise KafkaSetupError(f"{POM} names no <kafka.version>")
-    return found.group(1)
+    return pom_property(POM, "kafka.version")
 
 
 def kafka_home() -> Path:

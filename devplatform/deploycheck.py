@@ -41,6 +41,8 @@ import jsonschema
 import yaml
 from referencing import Registry, Resource
 
+from devplatform.broker import KafkaSetupError, pom_property
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools" / "deploycheck"
 CACHE = Path(os.environ.get("SW_TOOLS_CACHE", Path.home() / ".cache" / "shrinkwatch" / "deploycheck"))
@@ -63,10 +65,18 @@ class DeployCheckError(RuntimeError):
 
 
 def _sources_digest(name: str) -> str:
+    """The tool's sources (its command and the packages the commands share) and pinned modules."""
     digest = hashlib.sha256()
-    for path in [TOOLS / "go.mod", TOOLS / "go.sum", *sorted((TOOLS / "cmd" / name).glob("*.go"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in [TOOLS / "go.mod", TOOLS / "go.sum", *sorted((TOOLS / "cmd" / name).glob("*.go")), *sorted((TOOLS / "internal").rglob("*.go"))]:
+        digest.update(str(path.relative_to(TOOLS)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _go(needed_for: str) -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise DeployCheckError(f"{needed_for}: the Go toolchain (`go`) is not on PATH")
+    return go
 
 
 def tool(name: str, echo: Any = print) -> Path:
@@ -74,9 +84,7 @@ def tool(name: str, echo: Any = print) -> Path:
     target = CACHE / _sources_digest(name) / name
     if target.exists():
         return target
-    go = shutil.which("go")
-    if go is None:
-        raise DeployCheckError(f"{name}: the Go toolchain (`go`) is not on PATH; it builds the deployment checkers from tools/deploycheck")
+    go = _go(f"{name} is built from tools/deploycheck")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     # go.sum pins every module; the Go module proxy serves them. GOTOOLCHAIN=local: a version that
@@ -109,10 +117,10 @@ def compose_project(compose_file: Path, env: dict[str, str] | None = None, echo:
 
 
 def strimzi_version() -> str:
-    found = re.search(r"<strimzi\.version>([^<]+)</strimzi\.version>", STRIMZI_POM.read_text())
-    if found is None:
-        raise DeployCheckError(f"{STRIMZI_POM} names no <strimzi.version>")
-    return found.group(1)
+    try:
+        return pom_property(STRIMZI_POM, "strimzi.version")
+    except KafkaSetupError as exc:
+        raise DeployCheckError(str(exc)) from None
 
 
 def _java_major(java: str) -> int:
@@ -145,7 +153,8 @@ def java_21() -> str:
 
 def strimzi_crds(echo: Any = print) -> list[Path]:
     """The pinned Strimzi release's Kafka, KafkaNodePool and KafkaTopic CRDs, generated once."""
-    home = CACHE / f"strimzi-{strimzi_version()}-{hashlib.sha256(STRIMZI_POM.read_bytes()).hexdigest()[:12]}"
+    version = strimzi_version()
+    home = CACHE / f"strimzi-{version}-{hashlib.sha256(STRIMZI_POM.read_bytes()).hexdigest()[:12]}"
     crds = [home / "crds" / f"{kind.lower()}.yaml" for kind in STRIMZI_KINDS]
     if all(path.exists() for path in crds):
         return crds
@@ -153,12 +162,12 @@ def strimzi_crds(echo: Any = print) -> list[Path]:
     if mvn is None:
         raise DeployCheckError("no `mvn` on PATH; `make setup` installs Debian's maven package")
     java = java_21()
-    echo(f"Strimzi {strimzi_version()}: resolving its API model and CRD generator from Maven Central (about 20 MB, once)")
+    echo(f"Strimzi {version}: resolving its API model and CRD generator from Maven Central (about 20 MB, once)")
     libs = home / "libs"
     done = subprocess.run([mvn, "-B", "-q", "-f", str(STRIMZI_POM), "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
                            f"-Dmaven.repo.local={home / 'm2'}"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if done.returncode != 0:
-        raise DeployCheckError(f"Maven could not resolve Strimzi {strimzi_version()} (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise DeployCheckError(f"Maven could not resolve Strimzi {version} (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     staging = home / "crds.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -169,16 +178,14 @@ def strimzi_crds(echo: Any = print) -> list[Path]:
         raise DeployCheckError(f"Strimzi's CRD generator failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     shutil.rmtree(home / "crds", ignore_errors=True)
     staging.rename(home / "crds")
-    echo(f"Strimzi {strimzi_version()}: CRDs generated into {home / 'crds'}")
+    echo(f"Strimzi {version}: CRDs generated into {home / 'crds'}")
     return crds
 
 
 def keda_crds() -> list[Path]:
     """KEDA's CRDs as its Go module ships them (downloaded once into the Go module cache, checked
     against the Go checksum database)."""
-    go = shutil.which("go")
-    if go is None:
-        raise DeployCheckError("KEDA's CRDs come from its Go module: the Go toolchain (`go`) is not on PATH")
+    go = _go("KEDA's CRDs come from its Go module")
     done = subprocess.run([go, "mod", "download", "-json", f"{KEDA_MODULE}@{KEDA_VERSION}"], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
                           cwd=CACHE if CACHE.exists() else None, env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"})
     try:

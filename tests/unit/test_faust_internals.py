@@ -110,14 +110,20 @@ class _SlowChannel:
         self.published.append(fut.message.key)
 
 
-async def _flush_three_slow_messages(buffer: ProducerBuffer) -> tuple[int, int]:
-    """Buffers three messages, flushes; returns (published by then, still buffered)."""
+async def _started_with_three_slow_messages(buffer: ProducerBuffer) -> _SlowChannel:
+    """Starts `buffer` and puts three messages for a slow topic in it; returns the topic."""
     buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
     channel = _SlowChannel()
     await buffer.start()
+    for key in ("a", "b", "c"):
+        buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel, key=key)))  # type: ignore[arg-type]
+    return channel
+
+
+async def _flush_three_slow_messages(buffer: ProducerBuffer) -> tuple[int, int]:
+    """Buffers three messages, flushes; returns (published by then, still buffered)."""
+    channel = await _started_with_three_slow_messages(buffer)
     try:
-        for key in ("a", "b", "c"):
-            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel, key=key)))  # type: ignore[arg-type]
         await asyncio.wait_for(buffer.flush(), timeout=30)
         result = len(channel.published), buffer.size
         for _ in range(100):  # let the rest go out: a buffer stopped with messages in it raises
@@ -145,11 +151,7 @@ def test_the_correlators_buffer_stopped_with_messages_in_it_sends_them_all_first
 
     async def stop_with_three_buffered() -> int:
         buffer = DrainingProducerBuffer()
-        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
-        channel = _SlowChannel()
-        await buffer.start()
-        for key in ("a", "b", "c"):
-            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel, key=key)))  # type: ignore[arg-type]
+        channel = await _started_with_three_slow_messages(buffer)
         await asyncio.sleep(0.1)  # the sending task holds the first
         await asyncio.wait_for(buffer.stop(), timeout=30)
         return len(channel.published)
