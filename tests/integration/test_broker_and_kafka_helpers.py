@@ -126,6 +126,8 @@ def test_a_topic_made_by_hand_with_other_settings_is_named_at_start(broker, capl
             return False  # still being deleted
 
     wait_for(recreate, 15, "topic created by hand")
+    # The controller answers create_topics before every broker's metadata has the topic.
+    wait_for(lambda: len(admin.list_topics(topics.FEEDBACK, timeout=5).topics[topics.FEEDBACK].partitions) == 1, 15, "topic visible")
     problems = ensure_topics(broker)
     assert f"{topics.FEEDBACK}: 1 partitions, expected 6" in problems
     assert f"{topics.FEEDBACK}: retention.ms=604800000, expected -1" in problems

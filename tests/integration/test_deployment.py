@@ -1,7 +1,8 @@
 """The deployment files against the code that runs in them.
 
 docker-compose.yml is read as the Compose Specification's own loader resolves it (compose-go, built
-from the Go module proxy by devplatform/deploycheck.py); k8s/ as the YAML the API server would take.
+from the Go module proxy by devplatform/deploycheck.py); k8s/ as each overlay renders (kustomize's own
+library, built the same way), the YAML the API server would take.
 A setting the code adds and a deployment forgets, a service with no deployable, a probe on a port the
 service does not serve, or a setting with a typo fails here rather than in a chain's cluster.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections
 import importlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,12 @@ from devplatform.deploycheck import (
     crd_validators,
     kafka_topics_manifest,
     keda_crds,
+    overlays,
+    render,
+    rendered,
     strimzi_crds,
+    unlisted_manifests,
+    validate_documents,
     validate_manifests,
 )
 from services.notifier.routing import DEFAULT_SECRET_ENV_PREFIX
@@ -83,9 +90,13 @@ def compose() -> dict[str, Any]:
     return compose_project(ROOT / "docker-compose.yml")
 
 
-@pytest.fixture(scope="module")
-def k8s() -> list[dict[str, Any]]:
-    return [doc for path in sorted((ROOT / "k8s").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+BASE = ROOT / "k8s" / "base"
+
+
+@pytest.fixture(scope="module", params=[path.name for path in overlays()])
+def k8s(request) -> list[dict[str, Any]]:
+    """What one overlay renders: every drift test holds for each installation's shape."""
+    return rendered(ROOT / "k8s" / "overlays" / request.param)
 
 
 def _compose_service(compose: dict[str, Any], service: str) -> dict[str, Any]:
@@ -189,21 +200,61 @@ def custom_resources() -> dict:
     return crd_validators(strimzi_crds() + keda_crds())
 
 
-def test_every_kubernetes_manifest_is_valid_against_the_named_versions_api_schemas_and_the_pinned_crds(custom_resources):
-    count, errors = validate_manifests(sorted((ROOT / "k8s").rglob("*.yaml")), custom=custom_resources)
-    assert count >= 40 and errors == [], "\n".join(map(str, errors))
+def test_every_overlay_renders_and_is_valid_against_the_named_versions_api_schemas_and_the_pinned_crds(custom_resources):
+    assert [path.name for path in overlays()] == ["production", "trial"]
+    assert unlisted_manifests() == []
+    for overlay in overlays():
+        count, errors = validate_documents([(overlay.name, render(overlay))], custom=custom_resources)
+        assert count >= 50 and errors == [], "\n".join(map(str, errors))
+
+
+def test_a_manifest_the_base_does_not_list_is_named(tmp_path, monkeypatch):
+    import devplatform.deploycheck as deploycheck
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "kustomization.yaml").write_text("resources: [listed.yaml]\n")
+    (base / "listed.yaml").write_text("{}\n")
+    (base / "forgotten.yaml").write_text("{}\n")
+    monkeypatch.setattr(deploycheck, "BASE", base)
+    monkeypatch.setattr(deploycheck, "ROOT", tmp_path)
+    assert unlisted_manifests() == ["base/forgotten.yaml"]
+
+
+def test_the_trial_overlay_keeps_one_copy_of_every_topic_and_runs_the_model_server_without_a_gpu():
+    """The trial's patches reach every resource they are meant for, whatever topics.py adds."""
+    trial = rendered(ROOT / "k8s" / "overlays" / "trial")
+    topics = [doc["spec"] for doc in trial if doc["kind"] == "KafkaTopic"]
+    assert len(topics) == len(kafka_topics_manifest().split("\n---\n")) - 1
+    assert {(spec["replicas"], spec["config"]["min.insync.replicas"]) for spec in topics} == {(1, "1")}
+    (pool,) = [doc for doc in trial if doc["kind"] == "KafkaNodePool"]
+    assert pool["spec"]["replicas"] == 1
+    (server,) = [doc["spec"]["template"]["spec"] for doc in trial if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "tf-serving"]
+    assert "nvidia.com/gpu" not in json.dumps(server)
+    production = rendered(ROOT / "k8s" / "overlays" / "production")
+    assert {doc["spec"]["replicas"] for doc in production if doc["kind"] == "KafkaTopic"} == {3}
+
+
+def test_a_patch_that_matches_nothing_is_refused_with_kustomizes_reason(tmp_path):
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(BASE, overlay)}]\npatches:\n  - patch: |-\n      apiVersion: apps/v1\n      kind: Deployment\n"
+        "      metadata: {name: no-such-service, namespace: shrinkwatch}\n      spec: {replicas: 2}\n")
+    with pytest.raises(DeployCheckError, match="no-such-service"):
+        render(overlay)
 
 
 def test_the_kafka_topics_are_the_ones_topics_py_defines():
     """One definition of the topics: the launcher, compose's kafka-init and Strimzi's KafkaTopics."""
-    assert (ROOT / "k8s" / "kafka" / "topics.yaml").read_text() == kafka_topics_manifest(), \
-        "k8s/kafka/topics.yaml differs: `python -m devplatform.deploycheck topics > k8s/kafka/topics.yaml`"
+    assert (BASE / "kafka" / "topics.yaml").read_text() == kafka_topics_manifest(), \
+        "k8s/base/kafka/topics.yaml differs: `python -m devplatform.deploycheck topics > k8s/base/kafka/topics.yaml`"
 
 
 def test_a_custom_resource_with_an_unknown_field_or_a_missing_one_is_refused(tmp_path, custom_resources):
-    topic = yaml.safe_load((ROOT / "k8s" / "kafka" / "topics.yaml").read_text().split("---", 2)[1])
+    topic = yaml.safe_load((BASE / "kafka" / "topics.yaml").read_text().split("---", 2)[1])
     topic["spec"]["partitionz"] = 6
-    kafka = next(d for d in yaml.safe_load_all((ROOT / "k8s" / "kafka" / "kafka.yaml").read_text()) if d["kind"] == "Kafka")
+    kafka = next(d for d in yaml.safe_load_all((BASE / "kafka" / "kafka.yaml").read_text()) if d["kind"] == "Kafka")
     del kafka["spec"]["kafka"]["listeners"][0]["tls"]
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump_all([topic, kafka]))
@@ -213,7 +264,7 @@ def test_a_custom_resource_with_an_unknown_field_or_a_missing_one_is_refused(tmp
 
 
 def test_a_manifest_with_a_wrong_type_an_unknown_field_or_an_unknown_kind_is_refused_with_where(tmp_path):
-    deployment = yaml.safe_load((ROOT / "k8s" / "correlator.yaml").read_text())
+    deployment = yaml.safe_load((BASE / "correlator.yaml").read_text())
     deployment["spec"]["replicas"] = "2"
     deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
     broken = tmp_path / "broken.yaml"
@@ -242,8 +293,8 @@ def _allowed_names(policy: dict[str, Any]) -> set[str]:
 
 def test_network_policies_let_in_exactly_the_services_whose_settings_use_each_backend(k8s):
     policies = {doc["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name"): doc for doc in k8s if doc["kind"] == "NetworkPolicy"}
-    assert _allowed_names(policies["redis"]) == _readers_of("redis_url"), "k8s/networkpolicies.yaml: Redis's clients"
-    assert _allowed_names(policies["tf-serving"]) == _readers_of("model_server"), "k8s/networkpolicies.yaml: the model server's clients"
+    assert _allowed_names(policies["redis"]) == _readers_of("redis_url"), "k8s/base/networkpolicies.yaml: Redis's clients"
+    assert _allowed_names(policies["tf-serving"]) == _readers_of("model_server"), "k8s/base/networkpolicies.yaml: the model server's clients"
     assert any(doc["spec"]["podSelector"] == {} and doc["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in doc["spec"]
                for doc in k8s if doc["kind"] == "NetworkPolicy"), "no default deny"
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from devplatform.deploycheck import overlays, rendered
 from services.inference.client import PredictionClient
 
 pytestmark = pytest.mark.integration
@@ -25,7 +26,7 @@ IMAGE = re.compile(r"^tensorflow/serving:(\d+)\.(\d+)\.(\d+)(-gpu)?$")
 
 def _pinned_images() -> set[str]:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    k8s = [c["image"] for doc in yaml.safe_load_all((ROOT / "k8s" / "tf-serving.yaml").read_text()) if doc and doc["kind"] == "Deployment"
+    k8s = [c["image"] for overlay in overlays() for doc in rendered(overlay) if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "tf-serving"
            for c in doc["spec"]["template"]["spec"]["containers"]]
     return {compose["services"]["tf-serving"]["image"], *k8s}
 
@@ -35,11 +36,13 @@ def test_the_serving_image_is_the_release_of_the_tensorflow_that_exports_the_mod
 
     import tensorflow as tf
 
-    (image,) = _pinned_images()
-    found = IMAGE.match(image)
-    assert found, f"{image}: not a tensorflow/serving release tag"
+    images = _pinned_images()
+    # One release everywhere: its GPU build (compose, production) and its CPU build (the trial overlay).
+    releases = {found.groups()[:3] if (found := IMAGE.match(image)) else image for image in images}
+    assert len(releases) == 1 and isinstance(next(iter(releases)), tuple), f"{sorted(images)}: not one tensorflow/serving release"
+    served = list(next(iter(releases))[:2])
     exporting = tf.__version__.split(".")[:2]
-    assert list(found.groups()[:2]) == exporting, f"{image} serves TensorFlow {'.'.join(found.groups()[:2])}; the models are exported with {tf.__version__}"
+    assert served == exporting, f"{sorted(images)} serve TensorFlow {'.'.join(served)}; the models are exported with {tf.__version__}"
     assert version("tensorflow-serving-api").split(".")[:2] == exporting
 
 
