@@ -25,6 +25,7 @@ from devplatform.launcher import ROOT, LaunchError, Platform
 from services.correlator.rules import REFUND_WITHOUT_CUSTOMER
 from services.shared import topics
 from services.shared.contracts.frame_pb2 import Frame
+from services.shared.correlation import CORRELATION_HEADER
 from services.shared.storeconfig import load_store_config
 
 SAMPLE_DIR = ROOT / "var" / "sample"
@@ -148,8 +149,11 @@ def replay_pos_script(pos: str, script: dict, anchor_ms: int, pos_key: str, echo
             reasons = "; ".join(r["text"] for r in decided["reasons"][:2])
             echo(f"  till asks about {event['event_id']}: {decided['outcome'].upper()} (score {decided['score']:.2f}, {decided['scored_by']}, {camera}): {reasons}")
         response = post_as_a_till(f"{pos}/v1/pos/events", body, {"Authorization": f"Bearer {pos_key}"}, echo)
-        echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}")
-        posted.append(body)
+        # The gateway's correlation id for the request: every service logs it with this event.
+        correlation_id = response.headers.get(CORRELATION_HEADER, "")
+        echo(f"  POS {event['type']:<7} {event['event_id']} at +{event['offset_s']:>4}s -> {response.status_code} {response.json()['topic']}"
+             f" (correlation id {correlation_id})")
+        posted.append({**body, "correlation_id": correlation_id})
     return posted
 
 

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from services.shared.correlation import CORRELATION_HEADER, TRACEPARENT_HEADER
 from services.shared.health import send_json
 from services.shared.webhooks import ALERT_HEADER, DELIVERY_HEADER, SignatureError, verify
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 send_json(self, 400, {"error": "body is not JSON"})
                 return
             record({"received_ms": int(received * 1000), "kind": "webhook", "path": "/alerts", "signature": signature,
-                    "alert_id": self.headers.get(ALERT_HEADER, ""), "delivery_id": self.headers.get(DELIVERY_HEADER, ""), "body": payload})
+                    "alert_id": self.headers.get(ALERT_HEADER, ""), "delivery_id": self.headers.get(DELIVERY_HEADER, ""),
+                    "correlation_id": self.headers.get(CORRELATION_HEADER, ""), "traceparent": self.headers.get(TRACEPARENT_HEADER, ""), "body": payload})
             send_json(self, 200, {"ok": True})
 
         def _ntfy(self, path: str, body: bytes) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from devplatform.chaos import chain
-from devplatform.chaos.check import Observed, judge, pages_from_records, read_jsonl
+from devplatform.chaos.check import Observed, judge, pages_from_records, read_jsonl, traced_pages
 from devplatform.chaos.faults import KINDS, Fault, FaultError, Injector, full_schedule, short_schedule
 from devplatform.chaos.load import Tills, plan
 from devplatform.chaos.monitor import Sampler, committed_offsets, group_lags
@@ -168,6 +168,7 @@ def collect(platform: Platform) -> Observed:
     notifier_lines = [line for name in platform.components if name.startswith("notifier")
                       for line in (platform.log_dir / f"{name}.log").read_text(errors="replace").splitlines()]
     observed.pages = pages_from_records(sink, notifier_lines)
+    observed.correlation = traced_pages(sink)
     client = redis.Redis.from_url(platform.env["SW_REDIS_URL"])
     ledger = IncidentLedger(client, f"{PREFIX}incidents:", keep_ms=30 * 86400 * 1000)
     evidence = EvidenceStore(platform.env["SW_EVIDENCE_URL"])
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"POS event on {topics.POS} {repeat['copies']} times: {event_id} (rung during: {repeat['fault']})")
     log(f"{'PASSED' if passed else 'FAILED'}; everything in {args.run_dir / 'result.json'}")
     summary = {key: result[key] for key in ("faults", "expected_alerts", "delivered", "lost", "duplicate_pages", "partial_evidence",
-                                            "max_lag", "p99_refund_to_page_s", "rss_growth_mb")}
+                                            "max_lag", "p99_refund_to_page_s", "correlation", "rss_growth_mb")}
     summary.update(passed=passed, alerts_raised=result["alerts_raised"], evidence_not_written=result["evidence_not_written"],
                    pos_events=result["pos_events"], run_s=result["run_s"])
     if "per_service" in result:

@@ -53,6 +53,7 @@ class Observed:
     pos_copies: Counter[str] = field(default_factory=Counter)  # event id -> messages on sw.pos.v1
     dead_lettered: dict[str, str] = field(default_factory=dict)  # POS event id -> "<dlq>: <sw-error>"
     undecodable_alerts: int = 0
+    correlation: dict[str, int] = field(default_factory=dict)  # traced_pages of the webhook sink's record
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -133,9 +134,23 @@ def judge(ledger: list[dict], observed: Observed, faults: list[dict]) -> dict[st
         "other_alerts": Counter(observed.alert_rules[a] for a in observed.alert_copies if a not in {e["expect_alert_id"] for e in expected}),
         "pos_events": {"rung": len(ledger), "accepted": len(accepted), "missing_on_topic": len(pos_missing), "published_twice": len(pos_repeated)},
         "p99_refund_to_page_s": round(p99, 2) if p99 is not None else None,
+        "correlation": observed.correlation,
         "details": {"lost": lost, "duplicate_pages": repeats, "partial_evidence": partial, "evidence_not_written": pending,
                     "pos_missing": pos_missing[:20], "pos_published_twice": dict(list(pos_repeated.items())[:20])},
     }
+
+
+def traced_pages(sink_records: Iterable[dict]) -> dict[str, int]:
+    """How many webhook pages of alerts a POS event raised carry that event's correlation id (the
+    tills send their event id as X-Request-Id, so the two are equal when the id went all the way)."""
+    pages = carrying = 0
+    for record in sink_records:
+        alert = (record.get("body") or {}).get("alert") or {} if record.get("kind") == "webhook" else {}
+        trigger = next((ref["ref"] for ref in alert.get("evidence", []) if ref.get("kind") == "pos_event"), "")
+        if trigger:
+            pages += 1
+            carrying += record.get("correlation_id") == trigger == alert.get("correlation_id")
+    return {"webhook_pages_of_pos_alerts": pages, "carrying_the_tills_request_id": carrying}
 
 
 def pages_from_records(sink_records: Iterable[dict], notifier_log_lines: Iterable[str]) -> list[Page]:

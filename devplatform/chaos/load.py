@@ -126,7 +126,9 @@ class Tills:
         event.rung_ms = int(time.time() * 1000)
         # The till's clock stamps the event when it is rung up; a retry resends the same event.
         event.body["event_time"] = datetime.fromtimestamp(event.rung_ms / 1000, UTC).isoformat()
-        headers = {"Authorization": f"Bearer {self.keys[event.body['store_id']]}"}
+        # The till's own request id (the same on a retry): the gateway takes it as the correlation id
+        # that every service logs and the page carries.
+        headers = {"Authorization": f"Bearer {self.keys[event.body['store_id']]}", "X-Request-Id": event.event_id}
         deadline = time.monotonic() + self.give_up_s
         while not self.stop.is_set():
             event.tries += 1

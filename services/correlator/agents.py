@@ -152,7 +152,7 @@ class Correlator:
             await fut
             ALERTS_RAISED.labels(alert.rule, alert.store_id).inc()
             log.info("alert raised", extra={"alert_id": alert.alert_id, "rule": alert.rule, "store": alert.store_id,
-                                            "camera": alert.camera_id, "register": alert.register_id})
+                                            "camera": alert.camera_id, "register": alert.register_id, "correlation_id": alert.correlation_id})
 
     def _agent(self, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """An agent that takes config edits, then hands each event to `handler`, guarded."""
@@ -245,8 +245,8 @@ class Correlator:
         key = register_key(pos.store_id, pos.register_id)
         state = self.registers.get(key)
         added = rules.add_pending(state, self.register_context(key, pos.store_id, pos.register_id), pos, now_ms)
-        log.info("refund at its camera", extra={"event_id": pos.event_id, "register": key, "pending": added, "watermark_ms": state.watermark_ms,
-                                                "partition": event.message.partition, "offset": event.message.offset})
+        log.info("refund at its camera", extra={"event_id": pos.event_id, "correlation_id": pos.correlation_id, "register": key, "pending": added,
+                                                "watermark_ms": state.watermark_ms, "partition": event.message.partition, "offset": event.message.offset})
         await self.decide(key, state, now_ms)
 
     async def decide(self, key: str, state: RegisterState, now_ms: int) -> None:
@@ -268,7 +268,8 @@ class Correlator:
         for outcome in outcomes:
             RULE_OUTCOMES.labels(outcome.rule, outcome.outcome).inc()
             # A refund that raised nothing says why here, so "why no alert for this refund?" has an answer.
-            log.info("refund rule decided", extra={"event_id": outcome.event_id, "rule": outcome.rule, "outcome": outcome.outcome, "register": key})
+            log.info("refund rule decided", extra={"event_id": outcome.event_id, "correlation_id": outcome.correlation_id, "rule": outcome.rule,
+                                                   "outcome": outcome.outcome, "register": key})
             if outcome.rule == rules.REFUND_WITHOUT_CUSTOMER:
                 REFUNDS_DECIDED.labels({"alert": "no_customer", "seen": "customer_present", "no_coverage": "no_camera_coverage"}.get(outcome.outcome, outcome.outcome)).inc()
             if 0 < outcome.delay_ms < 600_000:  # a replay of old data says nothing about live delay
@@ -321,7 +322,7 @@ class Correlator:
         camera_id = self.index.camera_of_register.get(register_key(pos.store_id, pos.register_id))
         if camera_id:
             await self.streams.camera_events.send(key=camera_id.encode(), value=value, headers={CAMERA_EVENT_KIND: b"refund"})
-            log.info("refund routed to its camera", extra={"event_id": pos.event_id, "camera": camera_id})
+            log.info("refund routed to its camera", extra={"event_id": pos.event_id, "correlation_id": pos.correlation_id, "camera": camera_id})
         else:
             REFUNDS_DECIDED.labels("no_camera").inc()
         for token in dict.fromkeys(t for t in (pos.card_token, pos.customer_token) if t):

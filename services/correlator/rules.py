@@ -90,6 +90,8 @@ def _kind(event: PosEvent) -> str:
 
 
 def _pos_evidence(alert: Alert, event: PosEvent) -> None:
+    """The triggering POS event (and its transaction) as evidence; its correlation id goes on to the page."""
+    alert.correlation_id = event.correlation_id
     alert.evidence.append(EvidenceRef(kind="pos_event", ref=event.event_id, time_ms=event.event_time_ms))
     if event.transaction_id:
         alert.evidence.append(EvidenceRef(kind="pos_transaction", ref=event.transaction_id, time_ms=event.event_time_ms))
@@ -272,6 +274,7 @@ class RefundOutcome:
     outcome: str  # "alert", "seen", "no_coverage", "below_amount", "disabled"
     # Wall time from the window's end passing to this decision (0 when decided by waiting it out).
     delay_ms: int = 0
+    correlation_id: str = ""
 
 
 def _window(event_ms: int, before_s: float, after_s: float, skew_s: float) -> tuple[int, int]:
@@ -325,7 +328,7 @@ def decide_refunds(state: RegisterState, ctx: RegisterContext, now_ms: int, rais
         for rule in due:
             start, end = refund_window(rule, pending.event_time_ms, ctx.rules)
             alert, outcome = _judge_refund(state, ctx, event, rule, start, end, raised_ms)
-            outcomes.append(RefundOutcome(event.event_id, rule, outcome, max(0, now_ms - end) if not waited_out else 0))
+            outcomes.append(RefundOutcome(event.event_id, rule, outcome, max(0, now_ms - end) if not waited_out else 0, event.correlation_id))
             if alert:
                 alerts.append(alert)
         pending.rules = [r for r in pending.rules if r not in due]
@@ -457,6 +460,7 @@ def no_sale_rate(state: TillState, ctx: RegisterContext, event: PosEvent, raised
                    event.register_id, event.employee_id, event.event_id, register_id=event.register_id)
     for drawer in mine:
         alert.evidence.append(EvidenceRef(kind="pos_event", ref=drawer.event_id, time_ms=drawer.time_ms))
+    alert.correlation_id = event.correlation_id
     return [alert]
 
 
@@ -537,6 +541,7 @@ def return_abuse(state: TokenState, token: str, event: PosEvent, rules: RulesCon
                    facts, recent[0].event_id, register_id=latest.register_id)
     for r in recent:
         alert.evidence.append(EvidenceRef(kind="pos_event", ref=r.event_id, time_ms=r.time_ms))
+    alert.correlation_id = event.correlation_id
     return [alert]
 
 

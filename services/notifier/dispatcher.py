@@ -201,7 +201,8 @@ class Dispatcher:
         DELIVERIES.labels(contact.channel_type, "delivered").inc()
         if job.kind == "alert":  # a digest's latency is mostly its hold
             LATENCY.labels(contact.channel_type).observe(max(0, now_ms - job.created_ms) / 1000)
-        log.info("notification delivered", extra={"delivery_id": job.job_id, "recipient": job.recipient, "channel": contact.channel_id,
+        log.info("notification delivered", extra={"delivery_id": job.job_id, "correlation_ids": notification.correlation_ids,
+                                                  "recipient": job.recipient, "channel": contact.channel_id,
                                                   "alerts": len(job.alert_ids), "attempts": job.attempts, "latency_ms": now_ms - job.created_ms})
         return True
 

@@ -41,7 +41,8 @@ def alert_notification(delivery_id: str, recipient: str, alert: Alert, dashboard
     url = page_url(dashboard_url, alert)
     body = f"{alert.explanation} ({_local(alert.event_time_ms, zone)})" if alert.event_time_ms else alert.explanation
     payload = {"kind": "alert", "delivery_id": delivery_id, "recipient": recipient, "reason": reason, "url": url, "alert": to_json_dict(alert)}
-    return Notification(delivery_id, recipient, "alert", title, body, severity, url, [alert.alert_id], payload, snapshot)
+    return Notification(delivery_id, recipient, "alert", title, body, severity, url, [alert.alert_id], payload, snapshot,
+                        correlation_ids=[alert.correlation_id] if alert.correlation_id else [])
 
 
 def digest_notification(delivery_id: str, recipient: str, alerts: list[Alert], dashboard_url: str, zone: str, reason: str) -> Notification:
@@ -57,4 +58,5 @@ def digest_notification(delivery_id: str, recipient: str, alerts: list[Alert], d
     url = f"{dashboard_url.rstrip('/')}/"
     payload = {"kind": "digest", "delivery_id": delivery_id, "recipient": recipient, "reason": reason, "url": url,
                "alerts": [to_json_dict(a) for a in alerts]}
-    return Notification(delivery_id, recipient, "digest", title, "\n".join(lines), severity_name(worst), url, [a.alert_id for a in alerts], payload)
+    return Notification(delivery_id, recipient, "digest", title, "\n".join(lines), severity_name(worst), url, [a.alert_id for a in alerts], payload,
+                        correlation_ids=[a.correlation_id for a in alerts if a.correlation_id])

@@ -108,7 +108,7 @@ class Notifier:
         if page is None:
             return
         if not folded.opening:
-            log.info("alert joined an incident", extra={"alert_id": alert.alert_id, "incident_id": folded.incident.incident_id,
+            log.info("alert joined an incident", extra={"alert_id": alert.alert_id, "correlation_id": alert.correlation_id, "incident_id": folded.incident.incident_id,
                                                         "paged_as": page.alert_id, "rules": folded.incident.rules, "escalated": folded.escalated})
         self.route(page, page.SerializeToString(), folded.incident)
 
@@ -138,7 +138,8 @@ class Notifier:
         routes = matching_routes(self.routing, alert, self.regions.get(alert.store_id, ""))
         if not routes:
             UNROUTED.inc()
-            log.warning("no route matches the alert; nobody is told", extra={"alert_id": alert.alert_id, "store": alert.store_id, "rule": alert.rule})
+            log.warning("no route matches the alert; nobody is told", extra={"alert_id": alert.alert_id, "correlation_id": alert.correlation_id,
+                                                                              "store": alert.store_id, "rule": alert.rule})
             return
         for route in routes:
             for index, level in enumerate(route.levels):
@@ -166,7 +167,8 @@ class Notifier:
                                           rate_max, ms(limits.window_s), ms(limits.digest_after_s), reason)
             ENQUEUED.labels(outcome).inc()
             if outcome != "duplicate":
-                log.info("alert enqueued", extra={"alert_id": alert.alert_id, "recipient": name, "mode": outcome, "reason": reason})
+                log.info("alert enqueued", extra={"alert_id": alert.alert_id, "correlation_id": alert.correlation_id, "recipient": name,
+                                                  "mode": outcome, "reason": reason})
         self.on_enqueued()
 
     # ---- escalations ---------------------------------------------------------------------------

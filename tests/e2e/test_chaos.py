@@ -26,4 +26,7 @@ def test_a_fault_of_each_kind_under_load_loses_no_alert_and_repeats_no_page(tmp_
     assert result["max_lag"] == 0, result["lag_at_end"]
     assert result["pos_events"]["missing_on_topic"] == 0 and result["pos_events"]["published_twice"] == 0, result["pos_events"]
     assert result["not_ready_at_end"] == []
+    # Each page of a POS fraud's alert carries its till's request id, through kills and restarts.
+    traced = result["correlation"]
+    assert traced["webhook_pages_of_pos_alerts"] >= 3 and traced["carrying_the_tills_request_id"] == traced["webhook_pages_of_pos_alerts"], traced
     assert passed

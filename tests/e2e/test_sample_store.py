@@ -43,6 +43,17 @@ def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_in_one_
     # HQ's webhook, the officer's phone and log channel, once each, for the one incident
     assert notifier_log.count('"msg": "notification delivered"') == 3
     assert '"msg": "alert joined an incident"' in notifier_log
+    # The refund's correlation id, from the gateway's answer to the till, in every hop's log: the
+    # gateway published it, the correlator raised its alert, the notifier folded it into the incident paged.
+    [refund] = [event for event in result.posted if event["event_id"] == "pos-store-001-0003"]
+    correlation = refund["correlation_id"]
+    assert len(correlation) == 32 and alert["correlation_id"] == correlation
+    logs = {service: [json.loads(line) for line in (tmp_path / "run" / "logs" / f"{service}.log").read_text().splitlines() if correlation in line]
+            for service in ("pos", "correlator", "notifier")}
+    assert {"POS events published"} <= {entry["msg"] for entry in logs["pos"]}
+    assert {"refund routed to its camera", "refund at its camera", "refund rule decided", "alert raised"} <= {entry["msg"] for entry in logs["correlator"]}
+    [joined] = [entry for entry in logs["notifier"] if entry["msg"] == "alert joined an incident"]
+    assert joined["paged_as"] == after_hours["alert_id"]
     assert report(result, echo=lines.append) == []
     # Everything the launcher started is gone.
     assert not (tmp_path / "run" / "runtime.json").exists()

@@ -1,6 +1,7 @@
 """The store-facing service's POS gateway over a real broker: validated POS events in (every format,
 keys, duplicates and limits: test_pos_gateway.py; the HQ routes: test_hq_api.py)."""
 
+import re
 
 import httpx
 import pytest
@@ -38,6 +39,24 @@ def test_valid_pos_event_is_published_as_protobuf(api, broker):
     event = PosEvent.FromString(msg.value())
     assert event.event_id == "pos-api-1" and event.type == PosEventType.POS_EVENT_TYPE_REFUND
     assert event.event_time_ms == 1795600800000
+
+
+def test_each_event_carries_its_requests_correlation_id_from_traceparent_the_senders_id_or_a_new_one(api, broker):
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sent = [({"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}, trace),
+            ({"traceparent": "00-not-a-trace-01", "X-Correlation-Id": "till-7:req-19"}, "till-7:req-19"),
+            ({"X-Correlation-Id": "spaces, quotes\" and a <tag> are not an id"}, None)]
+    answered = []
+    for number, (headers, expected) in enumerate(sent):
+        response = api.post("/v1/pos/events", json={**VALID, "event_id": f"pos-corr-{number}"}, headers=headers)
+        assert response.status_code == 202, response.text
+        answered.append(response.headers["X-Correlation-Id"])
+        assert answered[-1] == expected or (expected is None and re.fullmatch(r"[0-9a-f]{32}", answered[-1]))
+    published = {PosEvent.FromString(msg.value()).event_id: PosEvent.FromString(msg.value()).correlation_id
+                 for msg in consume_all(broker, topics.POS, expect=3)}
+    assert published == {f"pos-corr-{n}": answered[n] for n in range(3)}
+    refused = api.post("/v1/pos/events", json={**VALID, "event_id": "pos-corr-bad", "type": "robbery"}, headers={"X-Request-Id": "req-4"})
+    assert refused.status_code == 422 and refused.headers["X-Correlation-Id"] == "req-4"
 
 
 @pytest.mark.parametrize(

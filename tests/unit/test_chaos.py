@@ -5,7 +5,7 @@ import json
 from collections import Counter
 
 from devplatform.chaos import chain
-from devplatform.chaos.check import FIRST_LEVEL, Observed, Page, fault_at, judge, pages_from_records, percentile
+from devplatform.chaos.check import FIRST_LEVEL, Observed, Page, fault_at, judge, pages_from_records, percentile, traced_pages
 from devplatform.chaos.load import FRAUD_KINDS, plan
 from devplatform.chaos.monitor import Series, growth
 from devplatform.launcher import Platform, service_of
@@ -88,6 +88,16 @@ def test_pages_are_read_from_the_webhook_the_phones_and_the_log_contact_but_not_
              "not json"]
     pages = pages_from_records(records, lines)
     assert {(p.incident_id, p.recipient, p.contact) for p in pages} == {(incident, "hq", "webhook-sink"), (incident, "officer", "phone"), (incident, "officer", "log")}
+
+
+def test_a_page_is_traced_when_its_webhook_and_alert_carry_the_request_id_of_the_pos_event_behind_it():
+    def page(header: str, in_alert: str, kind: str = "pos_event") -> dict:
+        return {"kind": "webhook", "correlation_id": header,
+                "body": {"alert": {"correlation_id": in_alert, "evidence": [{"kind": "camera_window", "ref": "1-2"}, {"kind": kind, "ref": "fraud-1"}]}}}
+
+    records = [page("fraud-1", "fraud-1"), page("", "fraud-1"), page("fraud-1", ""), page("", "", kind="frames"),
+               {"kind": "webhook", "body": {"alerts": []}}, {"kind": "ntfy", "message": "x"}]
+    assert traced_pages(records) == {"webhook_pages_of_pos_alerts": 3, "carrying_the_tills_request_id": 1}
 
 
 def test_memory_growth_is_the_settled_start_against_the_end_and_needs_a_long_enough_series():

@@ -34,6 +34,8 @@ class Notification:
     snapshot: bytes | None = None
     snapshot_name: str = "snapshot.jpg"
     extra: dict = field(default_factory=dict)
+    # The correlation ids of the POS requests behind its alerts (services/shared/correlation.py).
+    correlation_ids: list[str] = field(default_factory=list)
 
 
 class Channel(Protocol):

@@ -13,6 +13,7 @@ import httpx
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from services.notifier.channels.base import DeliveryError, Notification, PermanentDeliveryError
+from services.shared.correlation import outgoing_headers
 from services.shared.webhooks import ALERT_HEADER, DELIVERY_HEADER, signed_headers
 
 
@@ -44,6 +45,7 @@ class WebhookChannel:
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: notification.delivery_id}
         if notification.kind == "alert":
             headers[ALERT_HEADER] = notification.alert_ids[0]
+        headers.update(outgoing_headers(notification.correlation_ids))
         if self.config.secret is not None:
             headers.update(signed_headers(self.config.secret.get_secret_value(), int(time.time()), body))
         try:

@@ -46,6 +46,7 @@ from services.pos.gateway.square import SIGNATURE_HEADER, SquareAdapter, SquareE
 from services.pos.httpinput import capped_body_chunks
 from services.shared import topics
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
+from services.shared.correlation import CORRELATION_HEADER, correlation_id_of
 from services.shared.httpguard import RateLimiter, bearer_token
 from services.shared.kafka import produce_all_and_wait
 from services.shared.serde import encode
@@ -232,8 +233,9 @@ class _Collector:
     """Checks each event as its adapter hands it over, and keeps it serialised until the end.
     Runs in a worker thread with the parse (a POSLog chunk may hold thousands of events)."""
 
-    def __init__(self, gateway: PosGateway, holder: PosKey | None, signed: bool = False) -> None:
+    def __init__(self, gateway: PosGateway, holder: PosKey | None, correlation_id: str, signed: bool = False) -> None:
         self.gateway, self.holder, self.signed = gateway, holder, signed
+        self.correlation_id = correlation_id
         self.ready: list[_Ready] = []
         self.problems: list[Problem] = []
         self.notes: list[Note] = []
@@ -255,6 +257,7 @@ class _Collector:
             if self.signed and self._too_old(item):
                 continue
             message = event.to_proto()
+            message.correlation_id = self.correlation_id
             self.single = item.index is None
             self.ready.append(_Ready(event.event_id, event.store_id, f"{message.store_id}:{message.register_id}", encode(message), item.index, self.signed))
 
@@ -308,7 +311,15 @@ def pos_router(gateway: PosGateway) -> APIRouter:
     router = APIRouter(tags=["pos"], lifespan=lifespan)
 
     async def handle(request: Request, adapter: PosAdapter, limit: int, setting: str) -> Response:
+        """Every answer names the request's correlation id, which its events carry to their alerts."""
+        correlation_id = correlation_id_of(request.headers)
+        response = await answer(request, adapter, limit, setting, correlation_id)
+        response.headers[CORRELATION_HEADER] = correlation_id
+        return response
+
+    async def answer(request: Request, adapter: PosAdapter, limit: int, setting: str, correlation_id: str) -> Response:
         source = adapter.source
+        logged = {"source": source, "correlation_id": correlation_id}
         try:
             holder = authenticate(request, gateway.keys) if adapter.auth == "key" else None
             wait = gateway.limiter.wait_s(holder.name) if holder is not None and gateway.limiter is not None else 0.0
@@ -317,7 +328,7 @@ def pos_router(gateway: PosGateway) -> APIRouter:
                                     {"Retry-After": str(max(1, round(wait + 0.5)))})
             _check_content_type(request, adapter)
             parse = adapter.begin(request.headers)
-            collector = _Collector(gateway, holder, signed=adapter.auth == "signature")
+            collector = _Collector(gateway, holder, correlation_id, signed=adapter.auth == "signature")
             await _read(request, parse.feed, collector, limit, setting)
             await asyncio.to_thread(collector.parse, parse.close)
             if collector.forbidden and holder is not None:
@@ -327,21 +338,21 @@ def pos_router(gateway: PosGateway) -> APIRouter:
             answers = await _publish(gateway, source, collector.ready) if collector.ready else []
         except PosInputError as exc:
             POS_REQUESTS.labels(source, str(exc.status)).inc()
-            log.info("POS request refused", extra={"source": source, "status": exc.status, "reason": str(exc)[:300]})
+            log.info("POS request refused", extra={**logged, "status": exc.status, "reason": str(exc)[:300]})
             return JSONResponse(status_code=exc.status, content={"detail": exc.detail()}, headers=exc.headers)
         except ClientDisconnect:
             # The sender went away mid-body: nothing was published, and nobody reads this answer.
             POS_REQUESTS.labels(source, "499").inc()
-            log.info("POS request abandoned by the client while sending its body", extra={"source": source})
+            log.info("POS request abandoned by the client while sending its body", extra=logged)
             return Response(status_code=400)
         except Busy as exc:
             POS_REQUESTS.labels(source, "409").inc()
-            log.info("POS events being published by another request", extra={"source": source, "reason": str(exc)[:300]})
+            log.info("POS events being published by another request", extra={**logged, "reason": str(exc)[:300]})
             return JSONResponse(status_code=409, content={"detail": str(exc)}, headers={"Retry-After": "1"})
         except (_Unavailable, KafkaException, redis.RedisError) as exc:
             POS_REQUESTS.labels(source, "503").inc()
             detail = exc.detail if isinstance(exc, _Unavailable) else f"POS events not stored, retry: {type(exc).__name__}: {exc}"
-            log.warning("POS events not stored", extra={"source": source, "error": detail})
+            log.warning("POS events not stored", extra={**logged, "error": detail})
             return JSONResponse(status_code=503, content={"detail": detail}, headers={"Retry-After": "1"})
         notes = parse.notes + collector.notes
         published = sum(1 for a in answers if not a.duplicate)
@@ -350,6 +361,9 @@ def pos_router(gateway: PosGateway) -> APIRouter:
         POS_EVENTS.labels(source, "skipped").inc(len(notes))
         status = 202 if published else 200
         POS_REQUESTS.labels(source, str(status)).inc()
+        if answers:
+            log.info("POS events published", extra={**logged, "published": published, "duplicates": len(answers) - published,
+                                                    "event_ids": [item.event_id for item in collector.ready[:20]]})
         if collector.single and len(answers) == 1:
             skipped = {"skipped": _notes(notes)} if notes else {}
             return JSONResponse(status_code=status, content={**answers[0].detail(collector.ready[0]), **skipped})

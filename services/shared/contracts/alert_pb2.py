@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashrinkwatch/v1/alert.proto\x12\x0eshrinkwatch.v1\"L\n\x0b\x45videnceRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\"\xee\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12*\n\x08severity\x18\x03 \x01(\x0e\x32\x18.shrinkwatch.v1.Severity\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12\x10\n\x08store_id\x18\x06 \x01(\t\x12\x11\n\tcamera_id\x18\x07 \x01(\t\x12\x13\n\x0bregister_id\x18\x08 \x01(\t\x12\x15\n\revent_time_ms\x18\t \x01(\x03\x12\x16\n\x0eraised_time_ms\x18\n \x01(\x03\x12-\n\x08\x65vidence\x18\x0b \x03(\x0b\x32\x1b.shrinkwatch.v1.EvidenceRef\x12/\n\x05\x66\x61\x63ts\x18\x0c \x03(\x0b\x32 .shrinkwatch.v1.Alert.FactsEntry\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEVERITY_LOW\x10\x01\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x02\x12\x11\n\rSEVERITY_HIGH\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashrinkwatch/v1/alert.proto\x12\x0eshrinkwatch.v1\"L\n\x0b\x45videnceRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0b\n\x03ref\x18\x02 \x01(\t\x12\x11\n\tcamera_id\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\"\x86\x03\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12*\n\x08severity\x18\x03 \x01(\x0e\x32\x18.shrinkwatch.v1.Severity\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12\x10\n\x08store_id\x18\x06 \x01(\t\x12\x11\n\tcamera_id\x18\x07 \x01(\t\x12\x13\n\x0bregister_id\x18\x08 \x01(\t\x12\x15\n\revent_time_ms\x18\t \x01(\x03\x12\x16\n\x0eraised_time_ms\x18\n \x01(\x03\x12-\n\x08\x65vidence\x18\x0b \x03(\x0b\x32\x1b.shrinkwatch.v1.EvidenceRef\x12/\n\x05\x66\x61\x63ts\x18\x0c \x03(\x0b\x32 .shrinkwatch.v1.Alert.FactsEntry\x12\x16\n\x0e\x63orrelation_id\x18\r \x01(\t\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*u\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cSEVERITY_LOW\x10\x01\x12\x13\n\x0fSEVERITY_MEDIUM\x10\x02\x12\x11\n\rSEVERITY_HIGH\x10\x03\x12\x15\n\x11SEVERITY_CRITICAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ALERT_FACTSENTRY']._loaded_options = None
   _globals['_ALERT_FACTSENTRY']._serialized_options = b'8\001'
-  _globals['_SEVERITY']._serialized_start=493
-  _globals['_SEVERITY']._serialized_end=610
+  _globals['_SEVERITY']._serialized_start=517
+  _globals['_SEVERITY']._serialized_end=634
   _globals['_EVIDENCEREF']._serialized_start=46
   _globals['_EVIDENCEREF']._serialized_end=122
   _globals['_ALERT']._serialized_start=125
-  _globals['_ALERT']._serialized_end=491
-  _globals['_ALERT_FACTSENTRY']._serialized_start=447
-  _globals['_ALERT_FACTSENTRY']._serialized_end=491
+  _globals['_ALERT']._serialized_end=515
+  _globals['_ALERT_FACTSENTRY']._serialized_start=471
+  _globals['_ALERT_FACTSENTRY']._serialized_end=515
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ class EvidenceRef(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., ref: _Optional[str] = ..., camera_id: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("alert_id", "rule", "severity", "score", "explanation", "store_id", "camera_id", "register_id", "event_time_ms", "raised_time_ms", "evidence", "facts")
+    __slots__ = ("alert_id", "rule", "severity", "score", "explanation", "store_id", "camera_id", "register_id", "event_time_ms", "raised_time_ms", "evidence", "facts", "correlation_id")
     class FactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class Alert(_message.Message):
     RAISED_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     alert_id: str
     rule: str
     severity: Severity
@@ -66,4 +67,5 @@ class Alert(_message.Message):
     raised_time_ms: int
     evidence: _containers.RepeatedCompositeFieldContainer[EvidenceRef]
     facts: _containers.ScalarMap[str, str]
-    def __init__(self, alert_id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., explanation: _Optional[str] = ..., store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., register_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., raised_time_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[EvidenceRef, _Mapping]]] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    correlation_id: str
+    def __init__(self, alert_id: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., score: _Optional[float] = ..., explanation: _Optional[str] = ..., store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., register_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., raised_time_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[EvidenceRef, _Mapping]]] = ..., facts: _Optional[_Mapping[str, str]] = ..., correlation_id: _Optional[str] = ...) -> None: ...

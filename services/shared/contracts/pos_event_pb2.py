@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshrinkwatch/v1/pos_event.proto\x12\x0eshrinkwatch.v1\"W\n\x07PosItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x04 \x01(\x03\"\xf5\x02\n\x08PosEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.shrinkwatch.v1.PosEventType\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12\x13\n\x0bregister_id\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x06 \x01(\t\x12\x15\n\revent_time_ms\x18\x07 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x08 \x01(\t\x12\x13\n\x0btotal_minor\x18\t \x01(\x03\x12&\n\x05items\x18\n \x03(\x0b\x32\x17.shrinkwatch.v1.PosItem\x12\x0e\n\x06tender\x18\x0b \x01(\t\x12\x16\n\x0e\x63ustomer_token\x18\x0c \x01(\t\x12\x12\n\ncard_token\x18\r \x01(\t\x12\x1f\n\x17original_transaction_id\x18\x0e \x01(\t\x12\x14\n\x0c\x61\x66ter_tender\x18\x0f \x01(\x08*\xd2\x01\n\x0cPosEventType\x12\x1e\n\x1aPOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13POS_EVENT_TYPE_SALE\x10\x01\x12\x19\n\x15POS_EVENT_TYPE_RETURN\x10\x02\x12\x19\n\x15POS_EVENT_TYPE_REFUND\x10\x03\x12\x17\n\x13POS_EVENT_TYPE_VOID\x10\x04\x12\x1a\n\x16POS_EVENT_TYPE_NO_SALE\x10\x05\x12\x1e\n\x1aPOS_EVENT_TYPE_DRAWER_OPEN\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eshrinkwatch/v1/pos_event.proto\x12\x0eshrinkwatch.v1\"W\n\x07PosItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12\x18\n\x10unit_price_minor\x18\x04 \x01(\x03\"\x8d\x03\n\x08PosEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.shrinkwatch.v1.PosEventType\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12\x13\n\x0bregister_id\x18\x04 \x01(\t\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65mployee_id\x18\x06 \x01(\t\x12\x15\n\revent_time_ms\x18\x07 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x08 \x01(\t\x12\x13\n\x0btotal_minor\x18\t \x01(\x03\x12&\n\x05items\x18\n \x03(\x0b\x32\x17.shrinkwatch.v1.PosItem\x12\x0e\n\x06tender\x18\x0b \x01(\t\x12\x16\n\x0e\x63ustomer_token\x18\x0c \x01(\t\x12\x12\n\ncard_token\x18\r \x01(\t\x12\x1f\n\x17original_transaction_id\x18\x0e \x01(\t\x12\x14\n\x0c\x61\x66ter_tender\x18\x0f \x01(\x08\x12\x16\n\x0e\x63orrelation_id\x18\x10 \x01(\t*\xd2\x01\n\x0cPosEventType\x12\x1e\n\x1aPOS_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13POS_EVENT_TYPE_SALE\x10\x01\x12\x19\n\x15POS_EVENT_TYPE_RETURN\x10\x02\x12\x19\n\x15POS_EVENT_TYPE_REFUND\x10\x03\x12\x17\n\x13POS_EVENT_TYPE_VOID\x10\x04\x12\x1a\n\x16POS_EVENT_TYPE_NO_SALE\x10\x05\x12\x1e\n\x1aPOS_EVENT_TYPE_DRAWER_OPEN\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shrinkwatch.v1.pos_event_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POSEVENTTYPE']._serialized_start=516
-  _globals['_POSEVENTTYPE']._serialized_end=726
+  _globals['_POSEVENTTYPE']._serialized_start=540
+  _globals['_POSEVENTTYPE']._serialized_end=750
   _globals['_POSITEM']._serialized_start=50
   _globals['_POSITEM']._serialized_end=137
   _globals['_POSEVENT']._serialized_start=140
-  _globals['_POSEVENT']._serialized_end=513
+  _globals['_POSEVENT']._serialized_end=537
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class PosItem(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., description: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_price_minor: _Optional[int] = ...) -> None: ...
 
 class PosEvent(_message.Message):
-    __slots__ = ("event_id", "type", "store_id", "register_id", "transaction_id", "employee_id", "event_time_ms", "currency", "total_minor", "items", "tender", "customer_token", "card_token", "original_transaction_id", "after_tender")
+    __slots__ = ("event_id", "type", "store_id", "register_id", "transaction_id", "employee_id", "event_time_ms", "currency", "total_minor", "items", "tender", "customer_token", "card_token", "original_transaction_id", "after_tender", "correlation_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class PosEvent(_message.Message):
     CARD_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_TENDER_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: PosEventType
     store_id: str
@@ -69,4 +70,5 @@ class PosEvent(_message.Message):
     card_token: str
     original_transaction_id: str
     after_tender: bool
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[PosEventType, str]] = ..., store_id: _Optional[str] = ..., register_id: _Optional[str] = ..., transaction_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., currency: _Optional[str] = ..., total_minor: _Optional[int] = ..., items: _Optional[_Iterable[_Union[PosItem, _Mapping]]] = ..., tender: _Optional[str] = ..., customer_token: _Optional[str] = ..., card_token: _Optional[str] = ..., original_transaction_id: _Optional[str] = ..., after_tender: _Optional[bool] = ...) -> None: ...
+    correlation_id: str
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[_Union[PosEventType, str]] = ..., store_id: _Optional[str] = ..., register_id: _Optional[str] = ..., transaction_id: _Optional[str] = ..., employee_id: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., currency: _Optional[str] = ..., total_minor: _Optional[int] = ..., items: _Optional[_Iterable[_Union[PosItem, _Mapping]]] = ..., tender: _Optional[str] = ..., customer_token: _Optional[str] = ..., card_token: _Optional[str] = ..., original_transaction_id: _Optional[str] = ..., after_tender: _Optional[bool] = ..., correlation_id: _Optional[str] = ...) -> None: ...
