@@ -99,7 +99,7 @@ bench-returns: setup ## Return assessment at the till over HTTP: p50/p99 against
 bench-hostile: setup ## Hostile load on the HQ api (sign-in flood, 1 GB bodies) while the till's assess route keeps its p99; ratio to idle, same run (ARGS="--assess 300 --flood-clients 50 --big-mb 1024")
 	$(PY) scripts/bench_hostile.py $(ARGS)
 
-deploy-check: setup ## The deployment files by real tools: compose by its spec's Go loader, k8s/ overlays rendered by kustomize against the Kubernetes 1.35 API and Strimzi/KEDA CRDs, alert rules by Prometheus' parser, dashboards by Grafana's schema (ARGS="--kubernetes-version 1.36.0")
+deploy-check: setup ## The deployment files by real tools: compose by its spec's Go loader, k8s/ overlays rendered by kustomize against the Kubernetes 1.35 API and Strimzi/KEDA CRDs, alert rules by Prometheus' parser, the Dockerfile by BuildKit's parser, dashboards by Grafana's schema (ARGS="--kubernetes-version 1.36.0")
 	$(PY) -m devplatform.deploycheck $(ARGS)
 
 sample-store: setup ## Generate the sample store's video and POS script into var/sample/

@@ -19,6 +19,10 @@
   Grafana dashboards (deploy/monitoring/grafana/) decoded strictly by Grafana's dashboard schema
   (tools/deploycheck/cmd/dashcheck, grafana-foundation-sdk).
 
+- deploy/Dockerfile is read by BuildKit's own Dockerfile parser with the build checks `docker build
+  --check` runs while parsing (tools/deploycheck/cmd/dockerfilecheck); the drift tests hold its
+  stages to the deployments (the lock, the user, the models volume, the entrypoint).
+
 The drift tests (tests/integration/test_deployment.py) read the resolved project it prints.
 """
 
@@ -372,6 +376,23 @@ def check_dashboards(files: list[Path], echo: Any = print) -> list[str]:
     return _file_errors("dashcheck", files, echo)
 
 
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+
+def check_dockerfiles(files: list[Path], echo: Any = print) -> list[str]:
+    """BuildKit's parse errors and build-check warnings for each Dockerfile."""
+    return _file_errors("dockerfilecheck", files, echo)
+
+
+def dockerfile_stages(path: Path = DOCKERFILE, echo: Any = print) -> list[dict[str, Any]]:
+    """The Dockerfile's stages as BuildKit parses them: [{name, base, commands: [{instruction, line, text}]}]."""
+    checker = tool("dockerfilecheck", echo)
+    done = subprocess.run([str(checker), str(path)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise DeployCheckError(done.stderr.strip() or f"dockerfilecheck exited {done.returncode}")
+    return list(json.loads(done.stdout)[str(path)])
+
+
 def _report(part: str, what: str, files: list[Path], check: Callable[[list[Path]], list[str]]) -> dict[str, Any]:
     """Run `check` on `files`, print its errors and a summary line; the part of the JSON result."""
     try:
@@ -424,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     result["k8s"] = {"ok": not errors, "resources": counts, "kubernetes_version": args.kubernetes_version, "errors": [str(e) for e in errors]}
     result["rules"] = _report("rules", "Prometheus rule files", sorted(MONITORING.glob("*.rules.yaml")), check_rules)
     result["dashboards"] = _report("dashboards", "Grafana dashboards", sorted((MONITORING / "grafana").glob("*.json")), check_dashboards)
+    result["dockerfile"] = _report("dockerfile", "Dockerfiles (BuildKit's parser and build checks)", [DOCKERFILE], check_dockerfiles)
     ok = all(part["ok"] for part in result.values())
     print(json.dumps({"ok": ok, **result}))
     return 0 if ok else 1

@@ -25,9 +25,11 @@ from pydantic_core import PydanticUndefined
 from devplatform.deploycheck import (
     DeployCheckError,
     check_dashboards,
+    check_dockerfiles,
     check_rules,
     compose_project,
     crd_validators,
+    dockerfile_stages,
     kafka_topics_manifest,
     keda_crds,
     overlays,
@@ -130,8 +132,44 @@ def test_every_service_has_one_compose_service_and_one_k8s_container_running_it(
     for service in runnable:
         assert _compose_service(compose, service)["image"] == compose["services"]["api"]["image"]
         assert _k8s_container(k8s, service)["image"].rsplit(":", 1)[1] == compose["services"]["api"]["image"].rsplit(":", 1)[1]
-    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    assert f"ENTRYPOINT {IMAGE_ENTRYPOINT}".replace("'", '"') in dockerfile, "the image's entrypoint must take a module name as args"
+
+
+def test_the_image_builds_from_the_lock_runs_as_the_manifests_user_and_takes_the_models_from_their_volume(k8s):
+    """deploy/Dockerfile as BuildKit parses it (no Docker engine here to build it), held to the
+    deployments: the Python pyproject asks for, the locked dependencies only, the uid the pods
+    run as, /models a volume where the manifests mount the models, `python -m` as the entrypoint."""
+    [stage] = dockerfile_stages()
+    commands = [(c["instruction"], c["text"]) for c in stage["commands"]]
+    python = re.search(r'requires-python = ">=(\d+\.\d+)', (ROOT / "pyproject.toml").read_text())
+    assert python and stage["base"] == f"python:{python.group(1)}-slim"
+    runs = [text for instruction, text in commands if instruction == "run"]
+    lock_copied = next(i for i, (instruction, text) in enumerate(commands) if instruction == "copy" and "uv.lock" in text.split())
+    syncs = [i for i, (instruction, text) in enumerate(commands) if instruction == "run" and "uv sync" in text]
+    assert syncs and min(syncs) > lock_copied and all("--frozen" in commands[i][1] and "--no-dev" in commands[i][1] for i in syncs)
+    assert [text for text in runs if "pip install" in text] == ['RUN pip install "uv==${UV_VERSION}"'], "only uv, pinned, outside the lock"
+    [user] = [text.split()[1] for instruction, text in commands if instruction == "user"][-1:]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+    pods = [doc["spec"]["template"]["spec"] for doc in k8s if doc["kind"] == "Deployment"
+            and any(c["image"].endswith("/shrinkwatch:" + c["image"].rsplit(":", 1)[1]) for c in doc["spec"]["template"]["spec"]["containers"])]
+    assert pods and {pod["securityContext"]["runAsUser"] for pod in pods} == {int(uid)}
+    volumes = [text for instruction, text in commands if instruction == "volume"]
+    assert volumes == ['VOLUME ["/models"]']
+    mounts = {m["mountPath"] for pod in pods for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "models"}
+    assert mounts == {"/models"}
+    [entrypoint] = [text for instruction, text in commands if instruction == "entrypoint"]
+    assert entrypoint == "ENTRYPOINT " + json.dumps(IMAGE_ENTRYPOINT), "the image's entrypoint must take a module name as args"
+
+
+def test_a_dockerfile_buildkit_refuses_or_warns_about_is_named_with_its_line(tmp_path):
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:3.11-slim as build\nMAINTAINER someone\nCMD [\"python\"]\n")
+    problems = check_dockerfiles([broken])
+    assert any(":1: FromAsCasing:" in p for p in problems) and any(":2: MaintainerDeprecated:" in p for p in problems), problems
+    broken.write_text("FROM\n")
+    assert any("FROM requires" in p for p in check_dockerfiles([broken]))
+    with pytest.raises(DeployCheckError, match="FROM requires"):
+        dockerfile_stages(broken)
 
 
 def test_every_setting_a_deployment_sets_is_one_its_service_reads(compose, k8s):
