@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, model_validator
 from services.pos.app import create_app
 from services.pos.gateway.dedupe import Dedupe
 from services.pos.gateway.keys import load_keys_file
-from services.pos.gateway.routes import PosGateway
+from services.pos.gateway.routes import PosGateway, producer_settings
 from services.pos.gateway.shopify import ShopifyAdapter
 from services.pos.gateway.square import SquareAdapter
 from services.pos.returns import PosHistory, ReturnDesk
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     log = configure_logging("pos", settings.log_level)
     config = load_store_config(settings.store_config)
     redis_client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    producer = make_producer(settings.kafka_bootstrap_servers)
+    producer = make_producer(settings.kafka_bootstrap_servers, **producer_settings())
     stop = threading.Event()
     # Return authorization: its own consumer group projects sw.pos.v1 into Redis for the till's question.
     history = PosHistory(redis_client, config)

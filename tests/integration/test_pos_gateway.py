@@ -311,6 +311,31 @@ def test_a_claim_is_given_back_when_the_broker_fails(redis_url, start_service, s
         assert redis.Redis.from_url(redis_url).keys("sw:pos:seen:*") == []
 
 
+def test_an_event_answered_503_while_the_broker_is_down_is_on_the_topic_once_after_the_retry(redis_url, start_service, sample_assets, tmp_path):
+    """The broker dies mid-request: the gateway answers 503 and gives the claim back. The message it
+    had queued must not reach the broker once it is back, beside the POS system's retry."""
+    keys = write_pos_keys(tmp_path / "pos-keys.yaml", {"tills-001": ["store-001"]})
+    with platform_part(tmp_path / "broker", Platform.start_broker) as platform:
+        bootstrap = platform.env["SW_KAFKA_BOOTSTRAP_SERVERS"]
+        proc = start_service("pos", {"SW_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SW_REDIS_URL": redis_url, "SW_POS_KEYS_FILE": str(tmp_path / "pos-keys.yaml")})
+        [broker] = [name for name in platform.components if name.startswith("broker")]
+        platform.kill_component(broker)
+
+        def post() -> httpx.Response:
+            return httpx.post(f"{proc.http}/v1/pos/events", json={**EVENT, "event_id": "pos-broker-back"},
+                              headers={"Authorization": f"Bearer {keys['tills-001']}"}, timeout=60)
+
+        answer = post()
+        assert answer.status_code == 503, answer.text
+        platform.restart(broker)
+        deadline = time.monotonic() + 60
+        while (answer := post()).status_code in (409, 503) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert answer.status_code == 202, answer.text
+        copies = [m for m in consume_all(bootstrap, topics.POS, timeout=30, idle=10) if PosEvent.FromString(m.value()).event_id == "pos-broker-back"]
+        assert len(copies) == 1
+
+
 def test_dedupe_claims_fail_fast_on_each_other(redis_url):
     """A claim never waits for another request's: it gives back what it took and raises Busy at
     once; once the other is done, the same claim sees where its events went."""

@@ -145,6 +145,16 @@ class _Unavailable(Exception):
 # Events are claimed, produced and recorded this many at a time: a large POSLog file never holds
 # more than one slice's Redis pipeline and broker acknowledgements.
 SLICE = 1000
+# How long a request waits for the broker's acknowledgements (plus a little per event of a slice).
+PUBLISH_WAIT_S = 10.0
+
+
+def producer_settings() -> dict[str, object]:
+    """The gateway's producer gives up on a message before the request stops waiting for it. An
+    event the request answered 503 for, and gave its claim back, is then never delivered later from
+    the producer's queue (a leader elected after the wait would otherwise receive it), so the POS
+    system's retry publishes the only copy."""
+    return {"message.timeout.ms": int((PUBLISH_WAIT_S - 1.0) * 1000)}
 
 
 def publish(gateway: PosGateway, source: str, ready: list[_Ready]) -> list[_Answer]:
@@ -173,7 +183,7 @@ def publish(gateway: PosGateway, source: str, ready: list[_Ready]) -> list[_Answ
 
 
 def _publish_slice(gateway: PosGateway, source: str, part: list[_Ready]) -> dict[EventRef, _Answer]:
-    timeout = 10.0 + len(part) / 500
+    timeout = PUBLISH_WAIT_S + len(part) / 500
     token, seen = gateway.dedupe.claim(source, [r.ref for r in part], hold_s=int(timeout) + 60)
     first = {r.ref: r for r in reversed(part)}
     to_send = [first[ref] for ref, where in seen.items() if where is None]
