@@ -226,15 +226,16 @@ class Platform:
         self.save()
         return proc
 
-    def _wait(self, name: str, proc: subprocess.Popen, check, what: str) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
+    def _wait(self, name: str, proc: subprocess.Popen, check, what: str, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or self.ready_timeout_s
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise LaunchError(f"{name} exited with code {proc.returncode} before it was ready; last log lines:\n{self.tail(name)}")
             if check():
                 return
             time.sleep(0.2)
-        raise LaunchError(f"{name} did not become ready ({what}) within {self.ready_timeout_s:.0f}s; last log lines:\n{self.tail(name)}")
+        raise LaunchError(f"{name} did not become ready ({what}) within {timeout_s:.0f}s; last log lines:\n{self.tail(name)}")
 
     def tail(self, name: str, lines: int = 15) -> str:
         path = self.log_dir / f"{name}.log"
@@ -375,13 +376,20 @@ class Platform:
         self.save()
 
     def start_model_server(self) -> None:
+        self.await_model_server(self.launch_model_server())
+
+    def launch_model_server(self) -> subprocess.Popen:
+        """Start the model server without waiting: it loads its models while the broker starts."""
         config_file = self.models_dir / "models.config"
         if not config_file.exists():
             raise LaunchError(f"modelserver: no model config file at {config_file}")
         ready = self._ready_file("modelserver")
         argv = [sys.executable, "-m", "devplatform.modelserver", "--model-config-file", str(config_file),
                 "--models-dir", str(self.models_dir), "--port", str(self.model_server_port or free_port()), "--poll-seconds", str(self.model_poll_s), "--ready-file", str(ready)]
-        proc = self.spawn("modelserver", argv)
+        return self.spawn("modelserver", argv)
+
+    def await_model_server(self, proc: subprocess.Popen) -> None:
+        ready = self.run_dir / "modelserver.ready.json"
         self._wait("modelserver", proc, ready.exists, "models loaded")
         info = json.loads(ready.read_text())
         self.components["modelserver"].update(address=info["address"], models=info["models"])
@@ -425,9 +433,13 @@ class Platform:
         return path
 
     def start_service(self, name: str) -> None:
-        """Start a service (or a replica: `inference-2`) and wait for its /readyz. The api and pos
-        serve their routes on a public port and /metrics (and the OpenAPI document) on a health port
-        of their own."""
+        """Start a service (or a replica: `inference-2`) and wait for its /readyz."""
+        proc = self.launch_service(name)
+        self._wait_ready(name, proc)
+
+    def launch_service(self, name: str) -> subprocess.Popen:
+        """Start a service (or a replica) without waiting for it. The api and pos serve their routes
+        on a public port and /metrics (and the OpenAPI document) on a health port of their own."""
         service = service_of(name)
         public = {"api": "SW_API_PORT", "pos": "SW_POS_PORT"}
         if service == "pos" and not self.pos_port:
@@ -457,12 +469,44 @@ class Platform:
             env["SW_NOTIFIER_ROUTING_FILE"] = str(self._dev_routing())
         proc = self.spawn(name, [sys.executable, "-m", f"services.{service}"], env)
         self.components[name].update(http=f"http://127.0.0.1:{port}", health=f"http://127.0.0.1:{health_port}")
-        self._wait_ready(name, proc)
-
-    def _wait_ready(self, name: str, proc: subprocess.Popen) -> None:
-        url = self.components[name]["http"] + "/readyz"
-        self._wait(name, proc, lambda: http_ready(url), f"GET {url}")
         self.save()
+        return proc
+
+    def _launch_named(self, name: str) -> subprocess.Popen:
+        """launch_service, with what stopped it (a store config the dev keys cannot be made from) named."""
+        try:
+            return self.launch_service(name)
+        except LaunchError:
+            raise
+        except Exception as exc:
+            raise LaunchError(f"{name} could not be started: {exc}") from exc
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen, timeout_s: float | None = None) -> None:
+        url = self.components[name]["http"] + "/readyz"
+        self._wait(name, proc, lambda: http_ready(url), f"GET {url}", timeout_s)
+
+    def _wait_all_ready(self, launched: list[tuple[str, subprocess.Popen, float]], echo) -> None:
+        """Wait for services started together, each in a thread of its own (waiting only reads); the
+        first failure is raised once every wait has ended. They share the machine's cores while they
+        start, so each may take as long as a start alone would, times the starts per core."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        timeout_s = self.ready_timeout_s * max(1, -(-len(launched) // cores))
+        failures: list[BaseException] = []
+
+        def wait(name: str, proc: subprocess.Popen, started: float) -> None:
+            try:
+                self._wait_ready(name, proc, timeout_s)
+                echo(f"  {name:<13} ready in {time.monotonic() - started:4.1f}s  pid {proc.pid}")
+            except BaseException as exc:  # handed to the caller below
+                failures.append(exc)
+
+        waiters = [threading.Thread(target=wait, args=item, name=f"wait-{item[0]}") for item in launched]
+        for thread in waiters:
+            thread.start()
+        for thread in waiters:
+            thread.join()
+        if failures:
+            raise next((f for f in failures if isinstance(f, LaunchError)), failures[0])
 
     def service_components(self) -> list[str]:
         """Every service process to start, in order: each service, then its replicas."""
@@ -529,14 +573,23 @@ class Platform:
         # otherwise find that run's evidence.
         shutil.rmtree(self.run_dir / "evidence", ignore_errors=True)
         self.env["SW_EVIDENCE_URL"] = str(self.run_dir / "evidence")
-        steps = [("broker", self.start_broker), ("redis", self.start_redis), ("modelserver", self.start_model_server),
-                 ("webhook-sink", self.start_webhook_sink)] + [(s, lambda s=s: self.start_service(s)) for s in self.service_components()]
         try:
+            # The model server loads its models while the broker starts; the services, which need
+            # all four, start together once they are up; ingest last, so the cameras' first frames
+            # find every consumer ready (the demo's POS script is timed from the first frame).
+            began = time.monotonic()
+            model_server = self.launch_model_server()
+            steps = [("broker", self.start_broker), ("redis", self.start_redis), ("webhook-sink", self.start_webhook_sink),
+                     ("modelserver", lambda: self.await_model_server(model_server))]
             for name, start in steps:
-                started = time.monotonic()
+                started = began if name == "modelserver" else time.monotonic()
                 start()
                 pids = [str(c["pid"]) for n, c in self.components.items() if n == name or (name == "broker" and n.startswith("broker-"))]
                 echo(f"  {name:<13} ready in {time.monotonic() - started:4.1f}s  pid {' '.join(pids)}")
+            services = self.service_components()
+            for batch in ([s for s in services if service_of(s) != "ingest"], [s for s in services if service_of(s) == "ingest"]):
+                self._wait_all_ready([(name, self._launch_named(name), time.monotonic()) for name in batch], echo)
+            self.save()
         except BaseException:
             self.down(echo=lambda *_: None)
             raise
