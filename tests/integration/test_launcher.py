@@ -14,21 +14,33 @@ def _started_pids(platform: Platform) -> list[int]:
     return [c["pid"] for c in platform.components.values()]
 
 
-def test_taken_api_port_is_named(tmp_path, sample_assets, models_dir):
+@pytest.fixture
+def stop_afterwards():
+    """Platforms a test expects `up` to refuse: stopped at teardown should `up` succeed after all,
+    so a test failing that way leaves no platform running."""
+    platforms: list[Platform] = []
+    yield platforms.append
+    for platform in platforms:
+        platform.down(echo=lambda *_: None)
+
+
+def test_taken_api_port_is_named(tmp_path, sample_assets, models_dir, stop_afterwards):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
         platform = Platform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=port)
+        stop_afterwards(platform)
         with pytest.raises(LaunchError, match=f"api: port {port} is already taken"):
             platform.up(echo=lambda *_: None)
     assert not any(pid_alive(p) for p in _started_pids(platform))
 
 
-def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_assets, models_dir, monkeypatch):
+def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_assets, models_dir, monkeypatch, stop_afterwards):
     which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None if name == "redis-server" else which(name, *args, **kwargs))
     platform = Platform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=free_port())
+    stop_afterwards(platform)
     with pytest.raises(LaunchError, match="redis-server binary is not installed"):
         platform.up(echo=lambda *_: None)
     assert "broker" in platform.components
@@ -36,10 +48,11 @@ def test_missing_redis_binary_is_named_and_broker_is_stopped(tmp_path, sample_as
     assert not (tmp_path / "runtime.json").exists()
 
 
-def test_service_that_never_gets_ready_is_named_with_its_log(tmp_path, models_dir):
+def test_service_that_never_gets_ready_is_named_with_its_log(tmp_path, models_dir, stop_afterwards):
     bad_config = tmp_path / "store.yaml"
     bad_config.write_text("chain: x\nstores: []\n")
     platform = Platform(run_dir=tmp_path, store_config=bad_config, models_dir=models_dir, api_port=free_port())
+    stop_afterwards(platform)
     with pytest.raises(LaunchError) as err:
         platform.up(echo=lambda *_: None)
     # The services start together: the first to fail names the store config's error (pos, which
@@ -66,7 +79,7 @@ def test_down_never_signals_a_reused_pid(tmp_path):
         stranger.kill()
 
 
-def test_component_slower_than_its_deadline_is_named_and_stopped(tmp_path, sample_assets, models_dir):
+def test_component_slower_than_its_deadline_is_named_and_stopped(tmp_path, sample_assets, models_dir, stop_afterwards):
     class ImpatientPlatform(Platform):
         def launch_model_server(self):
             proc = super().launch_model_server()
@@ -76,18 +89,20 @@ def test_component_slower_than_its_deadline_is_named_and_stopped(tmp_path, sampl
             return proc
 
     platform = ImpatientPlatform(run_dir=tmp_path, store_config=sample_assets["store_config"], models_dir=models_dir, api_port=free_port())
+    stop_afterwards(platform)
     with pytest.raises(LaunchError, match=r"modelserver did not become ready \(models loaded\) within 0s"):
         platform.up(echo=lambda *_: None)
     assert "modelserver" in platform.components
     assert not any(pid_alive(p) for p in _started_pids(platform))
 
 
-def test_model_without_a_servable_version_is_named(tmp_path, sample_assets, models_dir):
+def test_model_without_a_servable_version_is_named(tmp_path, sample_assets, models_dir, stop_afterwards):
     """A configured model whose only version is corrupt stops `up` with the model server's reason."""
     models = tmp_path / "models"
     shutil.copytree(models_dir, models)
     (models / "detector" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
     platform = Platform(run_dir=tmp_path / "run", store_config=sample_assets["store_config"], models_dir=models, api_port=free_port())
+    stop_afterwards(platform)
     with pytest.raises(LaunchError, match=r"no servable version of detector: model detector version 1: cannot load .*make models"):
         platform.up(echo=lambda *_: None)
     assert "modelserver" in platform.components
