@@ -112,16 +112,19 @@ def tool(name: str, echo: Any = print) -> Path:
     return target
 
 
+def _output(name: str, args: list[str], echo: Any, env: dict[str, str] | None = None) -> str:
+    """Run tool `name` (built when needed) on `args`: its stdout, or DeployCheckError with its own message."""
+    done = subprocess.run([str(tool(name, echo)), *args], capture_output=True, text=True, timeout=120, env=env)
+    if done.returncode != 0:
+        raise DeployCheckError(done.stderr.strip() or f"{name} exited {done.returncode}")
+    return done.stdout
+
+
 def compose_project(compose_file: Path, env: dict[str, str] | None = None, echo: Any = print) -> dict[str, Any]:
     """The project as the Compose loader resolves it (services, volumes, networks), or DeployCheckError
     with the loader's own message."""
-    checker = tool("composecheck", echo)
     # Only what the file interpolates from: the caller's environment would change the result.
-    done = subprocess.run([str(checker), str(compose_file)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": os.environ.get("PATH", ""), **(env or {})})
-    if done.returncode != 0:
-        raise DeployCheckError(done.stderr.strip() or f"composecheck exited {done.returncode}")
-    return json.loads(done.stdout)
+    return json.loads(_output("composecheck", [str(compose_file)], echo, env={"PATH": os.environ.get("PATH", ""), **(env or {})}))
 
 
 def strimzi_version() -> str:
@@ -270,11 +273,7 @@ def overlays() -> list[Path]:
 def render(kustomization: Path, echo: Any = print) -> str:
     """The resources a kustomization yields, as `kustomize build` renders them (YAML stream), or
     DeployCheckError with kustomize's own message (a missing file, a patch that matches nothing)."""
-    builder = tool("kustomizebuild", echo)
-    done = subprocess.run([str(builder), str(kustomization)], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise DeployCheckError(done.stderr.strip() or f"kustomizebuild exited {done.returncode}")
-    return done.stdout
+    return _output("kustomizebuild", [str(kustomization)], echo)
 
 
 def rendered(kustomization: Path, echo: Any = print) -> list[dict[str, Any]]:
@@ -386,11 +385,7 @@ def check_dockerfiles(files: list[Path], echo: Any = print) -> list[str]:
 
 def dockerfile_stages(path: Path = DOCKERFILE, echo: Any = print) -> list[dict[str, Any]]:
     """The Dockerfile's stages as BuildKit parses them: [{name, base, commands: [{instruction, line, text}]}]."""
-    checker = tool("dockerfilecheck", echo)
-    done = subprocess.run([str(checker), str(path)], capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise DeployCheckError(done.stderr.strip() or f"dockerfilecheck exited {done.returncode}")
-    return list(json.loads(done.stdout)[str(path)])
+    return list(json.loads(_output("dockerfilecheck", [str(path)], echo))[str(path)])
 
 
 def _report(part: str, what: str, files: list[Path], check: Callable[[list[Path]], list[str]]) -> dict[str, Any]:
