@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 import cv2
 import numpy as np
 from confluent_kafka import Message
+from prometheus_client import Counter as MetricCounter
 from prometheus_client import Histogram
 
 from services.inference.client import ModelServerError, PredictionClient
@@ -31,6 +32,8 @@ from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
 log = logging.getLogger(__name__)
 
 PREDICT_SECONDS = Histogram("sw_inference_predict_seconds", "Model server Predict latency per batch", ["model"])
+LINE_CROSSINGS = MetricCounter("sw_line_crossings_total", "Tracked people crossing a camera's counting line (store config `lines`)",
+                               ["store", "camera", "line", "direction"])
 
 
 def heartbeat_analysis(frame: Frame, camera: Camera, state: CameraState) -> FrameAnalysis:
@@ -48,6 +51,7 @@ def heartbeat_analysis(frame: Frame, camera: Camera, state: CameraState) -> Fram
         return answer
     answer.CopyFrom(last)
     answer.capture_time_ms, answer.frame_sequence, answer.heartbeat = frame.capture_time_ms, frame.sequence, True
+    del answer.line_crossings[:]  # crossed in the frame it repeats, counted there
     # Everyone still stands where they stood, for longer; objects may have stopped counting as new.
     elapsed = frame.capture_time_ms - last.capture_time_ms
     new_within_ms = {z.id: z.new_object_s * 1000 for z in camera.zones}
@@ -174,6 +178,8 @@ class FrameAnalyzer:
                     continue
                 state = ctx.state(answer.frame.camera_id)
                 state.last_analysis, state.last_sequence = answer.analysis, answer.frame.sequence
+                for crossing in answer.analysis.line_crossings:
+                    LINE_CROSSINGS.labels(answer.frame.store_id, answer.frame.camera_id, crossing.line_id, crossing.direction).inc()
                 outputs.append(Output(topics.DETECTIONS, answer.frame.camera_id, encode(answer.analysis)))
             else:
                 frame, camera = answer

@@ -139,6 +139,38 @@ class PostVoid(_Rule):
     min_total: float = Field(50.0, ge=0)
 
 
+class CheckoutBypass(_Rule):
+    """A person who was in a high_value zone and then leaves the store (a door line crossed outwards,
+    or an exit zone reached) without a counter_customer (till) zone in between, on one camera or
+    across cameras whose views chain (the store's `handovers`). Staff (seen in a staff_only zone)
+    are left out, and so is a visit where the camera's pose stage saw the person never reach out:
+    nothing was taken from the shelf."""
+
+    # From the end of the high-value visit to the exit: a shop visit. Later than this, paying
+    # elsewhere (another floor, a kiosk we do not watch) is as likely as walking out.
+    within_s: float = Field(900.0, gt=0, le=7200)
+    # A visit shorter than this is walking past the shelf, not picking from it.
+    min_visit_s: float = Field(5.0, ge=0, le=600)
+    # An exit is decided once every camera of the store has reported this far past it, so a till
+    # visit that a slower camera reports late still counts.
+    settle_s: float = Field(5.0, ge=0, le=120)
+
+
+class RepeatVisits(_Rule):
+    """The same person back at a high_value zone `min_visits` times within `within_s` (one track, or
+    one person across cameras through `handovers`): casing a shelf. A reason that raises an
+    incident's severity beside concealment or loitering of the same person."""
+
+    # Intel's storewide loss-prevention design flags four or more returns to a high-value area.
+    min_visits: int = Field(4, ge=2, le=100)
+    within_s: float = Field(1800.0, gt=0, le=86400)
+    # Coming back within this long continues the visit: a foot point jittering on the zone's edge,
+    # or a step back to let someone pass, is not a new visit.
+    rejoin_s: float = Field(20.0, ge=0, le=600)
+    # Visits shorter than this (walking through the zone) do not count.
+    min_visit_s: float = Field(3.0, ge=0, le=600)
+
+
 class Timing(BaseModel):
     """Event-time tolerances."""
 
@@ -175,6 +207,8 @@ class RulesConfig(BaseModel):
     employee_own_sale: EmployeeOwnSale = EmployeeOwnSale()
     no_sale_rate: NoSaleRate = NoSaleRate()
     post_void: PostVoid = PostVoid()
+    checkout_bypass: CheckoutBypass = CheckoutBypass()
+    repeat_visits: RepeatVisits = RepeatVisits()
     timing: Timing = Timing()
     tuning: Tuning = Tuning()
 

@@ -155,6 +155,42 @@ class PoseStage(_Strict):
 
 
 Stage = Annotated[PresenceStage | AnomalyStage | DetectorStage | PoseStage, Field(discriminator="kind")]
+
+
+class Line(_Strict):
+    """A counting line on a camera's picture: people whose tracked foot point crosses it are counted,
+    once per track and direction (services/inference/lines.py).
+
+    `inside` is a point on the side people are counted "in" towards (the shop floor, for a door), so
+    the direction never depends on which end of the line was drawn first.
+    """
+
+    id: str = Field(pattern=_ID)
+    # `door`: an entrance or exit of the store (people in the store, checkout bypass); `count`: counted only.
+    kind: Literal["door", "count"] = "count"
+    # Normalised (x, y) vertices, 0..1, at least two: a polyline along the floor.
+    points: Annotated[list[tuple[float, float]], Field(min_length=2, max_length=32), AfterValidator(_inside_frame)]
+    inside: tuple[float, float]
+    # A foot point within this distance of the line (fraction of the frame) is on it, and changes no
+    # side: a track that jitters on the line is counted once, when it is clearly across.
+    margin: float = Field(0.02, ge=0, le=0.2)
+
+    @model_validator(mode="after")
+    def _inside_off_the_line(self) -> Line:
+        _inside_frame([self.inside])
+        if any(a == b for a, b in zip(self.points, self.points[1:], strict=False)):
+            raise ValueError("points: two consecutive points are the same")
+        nearest = min(zip(self.points, self.points[1:], strict=False), key=lambda seg: distance_to_segment(seg[0], seg[1], self.inside))
+        if distance_to_segment(nearest[0], nearest[1], self.inside) <= self.margin:
+            raise ValueError(f"inside {list(self.inside)} lies on the line (within its margin {self.margin}); put it clearly on the side counted as in")
+        return self
+
+
+def distance_to_segment(a: tuple[float, float], b: tuple[float, float], p: tuple[float, float]) -> float:
+    """Euclidean distance from p to the segment a-b."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    t = max(0.0, min(1.0, ((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / (dx * dx + dy * dy)))
+    return float(((p[0] - a[0] - t * dx) ** 2 + (p[1] - a[1] - t * dy) ** 2) ** 0.5)
 # Marks the camera fields only inference reads (ingest neither reconnects nor restarts for them).
 _FOR_INFERENCE: JsonDict = {"read_by": "inference"}
 _OLD_MODEL_FIELDS = ("presence_model", "anomaly_model", "detector_model", "detector_min_score")
@@ -181,6 +217,8 @@ class Camera(_Strict):
     # The models inference runs on this camera's frames (each names its models.config model), at most one of each kind.
     stages: list[Stage] = Field([], json_schema_extra=_FOR_INFERENCE)
     zones: list[Zone] = Field([], json_schema_extra=_FOR_INFERENCE)
+    # Counting lines (doors, aisle ends), crossed by tracked people's foot points (needs a detector stage).
+    lines: list[Line] = Field([], json_schema_extra=_FOR_INFERENCE)
 
     @model_validator(mode="before")
     @classmethod
@@ -217,6 +255,10 @@ class Camera(_Strict):
             raise ValueError(f"more than one {_duplicates(kinds)[0]} stage: a camera runs each kind of stage at most once")
         if "pose" in kinds and "detector" not in kinds:
             raise ValueError("a pose stage needs a detector stage (keypoints are found on tracked persons)")
+        if _duplicates([line.id for line in self.lines]):
+            raise ValueError(f"duplicate line id(s) {_duplicates([line.id for line in self.lines])}")
+        if self.lines and "detector" not in kinds:
+            raise ValueError("lines need a detector stage (they count tracked persons)")
         return self
 
     @classmethod
@@ -229,6 +271,26 @@ class Camera(_Strict):
 
     def zone(self, zone_id: str) -> Zone:
         return next(z for z in self.zones if z.id == zone_id)
+
+
+class CameraZone(_Strict):
+    camera: str
+    zone: str
+
+
+class Handover(_Strict):
+    """Where one camera's view continues in another's, so a person's journey carries on across them
+    (checkout bypass, repeat visits) with no face recognition: a track that leaves `from_` camera's
+    view from its zone, and a new track first seen in `to` camera's zone within `within_s`, are the
+    same person. Only an unambiguous pair is linked: two people leaving together link to nobody."""
+
+    from_: CameraZone = Field(alias="from")
+    to: CameraZone
+    within_s: float = Field(10.0, gt=0, le=300)
+    # Also the way back (to's zone -> from's zone): most doorways and aisle ends are walked both ways.
+    both_ways: bool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class Register(_Strict):
@@ -318,6 +380,8 @@ class Store(_Strict):
     rules: RuleOverrides = {}
     cameras: list[Camera] = Field(min_length=1)
     registers: list[Register] = []
+    # Where camera views chain (a person walking out of one view into another's).
+    handovers: list[Handover] = []
     pos: StorePos = StorePos()
     # Returns assessed at the till: thresholds and conditions that always warn (returnpolicy.py).
     returns: ReturnPolicy = ReturnPolicy()
@@ -349,6 +413,15 @@ class Store(_Strict):
             for zone in reg.customer_zones + reg.merchandise_zones:
                 if zone not in zone_ids:
                     raise ValueError(f"register {reg.id}: zone {zone!r} is not a zone of camera {cam.id}")
+        for i, handover in enumerate(self.handovers):
+            for end, where in (("from", handover.from_), ("to", handover.to)):
+                cam = cameras.get(where.camera)
+                if cam is None:
+                    raise ValueError(f"handovers.{i}.{end}: camera {where.camera!r} is not defined in this store")
+                if where.zone not in {z.id for z in cam.zones}:
+                    raise ValueError(f"handovers.{i}.{end}: zone {where.zone!r} is not a zone of camera {cam.id}")
+            if handover.from_.camera == handover.to.camera:
+                raise ValueError(f"handovers.{i}: from and to are the same camera; a handover links two cameras' views")
         for i, shift in enumerate(self.staff_shifts):
             unknown = [c for c in shift.cameras if c not in cameras]
             if unknown:

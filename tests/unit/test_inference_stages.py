@@ -167,7 +167,7 @@ def test_stages_are_validated_and_ordered():
         DetectorStage(kind="detector", objects=["handbag", "purse"])
     with pytest.raises(ValueError, match="were replaced by `stages`"):
         Camera(id="c", source="device:0", detector_model="detector")  # type: ignore[call-arg]
-    assert Camera.inference_fields() == {"stages", "zones"}
+    assert Camera.inference_fields() == {"stages", "zones", "lines"}
 
 
 def test_pose_crops_are_square_around_the_person():
@@ -481,3 +481,40 @@ def test_a_dead_lettered_frame_is_never_the_analysis_a_heartbeat_repeats():
     analyzer.handle([FakeMessage(Frame(store_id="s", camera_id="cam", capture_time_ms=t0 + 2000, sequence=8).SerializeToString())])
     errors = loop.errors
     assert len(errors) == 3 and "cannot be decoded" in errors[0] and "INVALID_ARGUMENT" in errors[1] and "missing required field(s) jpeg" in errors[2]
+
+
+def test_a_person_walking_through_a_door_line_is_one_crossing_in_the_frame_they_cross_it():
+    door = {"id": "door", "kind": "door", "points": [(0.0, 0.6), (1.0, 0.6)], "inside": (0.5, 0.3)}
+    camera = Camera(id="cam", source="device:0", zones=ZONES, stages=[{"kind": "detector", "model": "det"}], lines=[door])
+    items = _frames(camera, 12)
+    feet = [int(HEIGHT * (0.9 - 0.05 * i)) for i in range(12)]  # walking up the picture, into the store
+
+    def predict(model, inputs, expect):
+        frame = len(calls)
+        calls.append(frame)
+        y1 = feet[frame]
+        return FakeDetector(lambda crop: [((140, y1 - 80, 180, y1), 0.9, 1)])(model, inputs, expect)
+
+    calls: list[int] = []
+    plugin = DetectorPlugin(camera.stage("detector"))  # type: ignore[arg-type]
+    ctx = _context(predict)
+    for item in items:
+        plugin.run([item], ctx)
+    crossed = [(i, c.line_id, c.direction, c.line_kind) for i, item in enumerate(items) for c in item.analysis.line_crossings]
+    # Feet at 0.6 +- the margin change no side; the first frame clearly above it counts, once.
+    first_inside = next(i for i, y in enumerate(feet) if y / HEIGHT < 0.58)
+    assert crossed == [(first_inside, "door", "in", "door")]
+    track = items[-1].analysis.persons[0].track_id
+    assert items[first_inside].analysis.line_crossings[0].track_id == track
+
+
+def test_a_heartbeat_never_repeats_the_line_crossings_of_the_frame_it_repeats():
+    from services.inference.service import heartbeat_analysis
+
+    camera = _camera()
+    state = CameraState()
+    last = new_analysis(Frame(store_id="s", camera_id="cam", capture_time_ms=1000, sequence=1), camera)
+    last.line_crossings.add(line_id="door", track_id=7, direction="in", line_kind="door")
+    state.last_analysis, state.last_sequence = last, 1
+    answer = heartbeat_analysis(Frame(store_id="s", camera_id="cam", capture_time_ms=1500, sequence=2, heartbeat=True), camera, state)
+    assert answer.heartbeat and not answer.line_crossings

@@ -19,6 +19,7 @@ import numpy as np
 from confluent_kafka import Message
 from prometheus_client import Counter
 
+from services.inference.lines import LineTrack
 from services.inference.tracking import Tracker
 from services.inference.zones import ZoneMask
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
@@ -48,6 +49,8 @@ class CameraState:
     tracker: Tracker | None = None
     # (track id, zone id) -> capture time the track's anchor entered the zone.
     visits: dict[tuple[int, str], int] = field(default_factory=dict)
+    # (track id, line id) -> the side of the line the track was last clearly on, what it was counted for.
+    lines: dict[tuple[int, str], LineTrack] = field(default_factory=dict)
     last_detect_ms: int = -(1 << 62)
     last_frame_ms: int = -(1 << 62)
     # The analysis last published for an image of this camera, and the sequence number last answered

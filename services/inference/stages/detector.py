@@ -8,7 +8,9 @@ ids out), so any such model serves. Per camera:
   request, and the boxes are merged back with per-class non-maximum suppression, so people far
   from the camera are large enough for the detector;
 - tracks (ByteTrack-style, `services/inference/tracking.py`) give each person an id, and the
-  person's anchor point (feet, or centre) says which zones they are in and since when.
+  person's anchor point (feet, or centre) says which zones they are in and since when;
+- a detected person's foot point against the camera's counting lines (`services/inference/lines.py`)
+  gives the frame's line crossings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import cv2
 import numpy as np
 
+from services.inference.lines import LineCounter
 from services.inference.stages.base import CAMERA_SILENCE_RESET_MS, BatchContext, CameraState, FrameWork, StagePlugin
 from services.inference.tracking import Detection, Tracker, TrackerConfig, iou_matrix
 from services.inference.zones import anchor_point, zones_at
@@ -164,6 +167,7 @@ class DetectorPlugin(StagePlugin):
             first_id = state.tracker.next_id if state.tracker is not None else max(1, t_ms) * 100
             state.tracker = Tracker(config, first_id=first_id)
             state.visits.clear()
+            state.lines.clear()
         state.last_frame_ms = t_ms
         return state.tracker
 
@@ -208,5 +212,14 @@ class DetectorPlugin(StagePlugin):
             else:
                 item.analysis.objects.add(label=self.names.get(track.label, f"class-{track.label}"), score=track.score, box=bbox, class_id=track.label,
                                           track_id=track.track_id, first_seen_ms=track.first_seen_ms, zones=zones)
-        # A person the tracker gave up on leaves every zone.
-        visits.keep_only({track.track_id for track in state.tracker.tracks} if state.tracker is not None else set())
+        # Detected foot points only: a track coasting behind a shelf may be predicted across a line it never crossed.
+        counter = LineCounter(item.camera.lines, state.lines)
+        for (track, _box, detected), box in zip(seen, boxes, strict=True):
+            if detected and track.label == PERSON:
+                for crossing in counter.observe(track.track_id, anchor_point(box, "foot")):
+                    item.analysis.line_crossings.add(line_id=crossing.line.id, track_id=track.track_id, direction=crossing.direction,
+                                                     line_kind=crossing.line.kind)
+        # A person the tracker gave up on leaves every zone and every line.
+        tracked = {track.track_id for track in state.tracker.tracks} if state.tracker is not None else set()
+        visits.keep_only(tracked)
+        counter.keep_only(tracked)

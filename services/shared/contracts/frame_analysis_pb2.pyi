@@ -101,6 +101,18 @@ class ZoneObservation(_message.Message):
     new_object_count: int
     def __init__(self, zone_id: _Optional[str] = ..., kind: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., person_present: _Optional[bool] = ..., presence_score: _Optional[float] = ..., person_count: _Optional[int] = ..., track_ids: _Optional[_Iterable[int]] = ..., max_dwell_ms: _Optional[int] = ..., object_count: _Optional[int] = ..., newest_object_entered_ms: _Optional[int] = ..., new_object_count: _Optional[int] = ...) -> None: ...
 
+class LineCrossing(_message.Message):
+    __slots__ = ("line_id", "track_id", "direction", "line_kind")
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LINE_KIND_FIELD_NUMBER: _ClassVar[int]
+    line_id: str
+    track_id: int
+    direction: str
+    line_kind: str
+    def __init__(self, line_id: _Optional[str] = ..., track_id: _Optional[int] = ..., direction: _Optional[str] = ..., line_kind: _Optional[str] = ...) -> None: ...
+
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -110,7 +122,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FrameAnalysis(_message.Message):
-    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models", "persons", "heartbeat")
+    __slots__ = ("store_id", "camera_id", "capture_time_ms", "frame_sequence", "anomaly_score", "objects", "zones", "models", "persons", "heartbeat", "line_crossings")
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +133,7 @@ class FrameAnalysis(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     PERSONS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LINE_CROSSINGS_FIELD_NUMBER: _ClassVar[int]
     store_id: str
     camera_id: str
     capture_time_ms: int
@@ -131,4 +144,5 @@ class FrameAnalysis(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[ModelRef]
     persons: _containers.RepeatedCompositeFieldContainer[PersonObservation]
     heartbeat: bool
-    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[PersonObservation, _Mapping]]] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    line_crossings: _containers.RepeatedCompositeFieldContainer[LineCrossing]
+    def __init__(self, store_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., capture_time_ms: _Optional[int] = ..., frame_sequence: _Optional[int] = ..., anomaly_score: _Optional[float] = ..., objects: _Optional[_Iterable[_Union[DetectedObject, _Mapping]]] = ..., zones: _Optional[_Iterable[_Union[ZoneObservation, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelRef, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[PersonObservation, _Mapping]]] = ..., heartbeat: _Optional[bool] = ..., line_crossings: _Optional[_Iterable[_Union[LineCrossing, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,109 @@
+"""Counting lines: which tracked people crossed a camera's lines, in which direction, counted once.
+
+A line is a polyline on the picture (store config `lines`) with an `inside` point that says which
+side is "in". Each tracked person's foot point is placed on a side of the line; a track that was
+clearly on one side and is now clearly on the other crossed it. Three things keep the count honest
+on real tracks:
+
+- a band of `margin` either side of the line changes no side, so a foot point that jitters on the
+  line (a person standing in the doorway, a box that breathes) is not a crossing each frame;
+- a point beyond the line's ends forgets the side, so walking round the end of a line is no crossing;
+- each track counts at most once per line and direction: a person dithering in the doorway, in and
+  out and in again, is one entry (and one exit if they leave), whatever the tracker's id does
+  between.
+
+Pure logic on normalised coordinates; the detector stage feeds it detected foot points (never
+coasted ones: a track carried on its motion behind a shelf may be predicted across a line it never
+crossed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from services.shared.storeconfig import Line, distance_to_segment
+
+Point = tuple[float, float]
+
+
+def _signed(a: Point, b: Point, p: Point) -> float:
+    """Signed distance of p from the infinite line through a and b (positive on the left of a->b in
+    image coordinates, y down)."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    return ((dx * (p[1] - a[1])) - (dy * (p[0] - a[0]))) / max((dx * dx + dy * dy) ** 0.5, 1e-12)
+
+
+def _along(a: Point, b: Point, p: Point) -> float:
+    """Where p projects on a->b: 0 at a, 1 at b."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    return ((p[0] - a[0]) * dx + (p[1] - a[1]) * dy) / max(dx * dx + dy * dy, 1e-12)
+
+
+def _nearest_segment(points: Sequence[Point], p: Point) -> int:
+    return min(range(len(points) - 1), key=lambda i: distance_to_segment(points[i], points[i + 1], p))
+
+
+def side_of(line: Line, p: Point) -> int | None:
+    """+1 clearly on the inside, -1 clearly on the outside, 0 on the line (within its margin), None
+    beyond its ends (the side is not the line's business there)."""
+    points = line.points
+    i = _nearest_segment(points, p)
+    a, b = points[i], points[i + 1]
+    t = _along(a, b, p)
+    if (i == 0 and t < 0) or (i == len(points) - 2 and t > 1):
+        return None
+    j = _nearest_segment(points, line.inside)
+    inward = 1.0 if _signed(points[j], points[j + 1], line.inside) > 0 else -1.0
+    distance = _signed(a, b, p) * inward
+    if abs(distance) <= line.margin:
+        return 0
+    return 1 if distance > 0 else -1
+
+
+@dataclass
+class LineTrack:
+    """One track against one line: the side it was last clearly on, and the directions already counted."""
+
+    side: int | None = None
+    counted: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Crossing:
+    line: Line
+    track_id: int
+    direction: str  # "in" or "out"
+
+
+class LineCounter:
+    """A camera's lines against its tracks. `tracks` may be a dict the caller keeps (inference keeps it
+    in the camera's state, which a retried batch works on a copy of); it is changed in place."""
+
+    def __init__(self, lines: Sequence[Line], tracks: dict[tuple[int, str], LineTrack] | None = None) -> None:
+        self.lines = lines
+        self.tracks: dict[tuple[int, str], LineTrack] = {} if tracks is None else tracks
+
+    def observe(self, track_id: int, foot: Point) -> list[Crossing]:
+        """The crossings a track's foot point, seen now, completes."""
+        crossings = []
+        for line in self.lines:
+            side = side_of(line, foot)
+            state = self.tracks.setdefault((track_id, line.id), LineTrack())
+            if side is None:
+                state.side = None
+                continue
+            if side == 0:
+                continue
+            if state.side is not None and side != state.side:
+                direction = "in" if side > 0 else "out"
+                if direction not in state.counted:
+                    state.counted.append(direction)
+                    crossings.append(Crossing(line, track_id, direction))
+            state.side = side
+        return crossings
+
+    def keep_only(self, tracked: Collection[int]) -> None:
+        """A track the tracker gave up on is forgotten (a person seen again later is a new track)."""
+        for key in [k for k in self.tracks if k[0] not in tracked]:
+            del self.tracks[key]
