@@ -416,9 +416,11 @@ class AlertConfig:
 
 # What analysts confirm, per rule (log-odds before the other effects).
 RULE_LOGIT = {"refund_without_customer": 0.2, "refund_without_merchandise": -0.6, "concealment": -0.4, "after_hours": 0.6, "loitering": -1.6,
-              "return_abuse": 0.9, "employee_own_card": 1.6, "employee_own_sale": -0.5, "no_sale_rate": -0.3, "post_void": -0.8}
+              "return_abuse": 0.9, "employee_own_card": 1.6, "employee_own_sale": -0.5, "no_sale_rate": -0.3, "post_void": -0.8,
+              "checkout_bypass": -0.2, "repeat_visits": -0.9}
 RULE_SHARE = {"refund_without_customer": 0.14, "refund_without_merchandise": 0.1, "concealment": 0.14, "after_hours": 0.04, "loitering": 0.25,
-              "return_abuse": 0.06, "employee_own_card": 0.03, "employee_own_sale": 0.06, "no_sale_rate": 0.08, "post_void": 0.1}
+              "return_abuse": 0.06, "employee_own_card": 0.03, "employee_own_sale": 0.06, "no_sale_rate": 0.08, "post_void": 0.1,
+              "checkout_bypass": 0.05, "repeat_visits": 0.04}
 
 
 @dataclass
@@ -448,6 +450,12 @@ def _facts(rule: str, rng: np.random.Generator) -> tuple[dict[str, str], float]:
     if rule == "concealment":
         anomaly = float(rng.lognormal(0.6, 0.35))
         return {"zone": "z-hv", "cue": "pose" if rng.random() < 0.6 else "anomaly", "anomaly_score": f"{anomaly:.2f}"}, 2.0 * (anomaly - 1.9)
+    if rule == "checkout_bypass":
+        reached = rng.random() < 0.4
+        return {"zone": "z-hv", "reached": str(reached), "visit_s": f"{float(rng.lognormal(3.5, 0.7)):.1f}"}, 1.2 if reached else -0.3
+    if rule == "repeat_visits":
+        visits = int(rng.integers(4, 9))
+        return {"zone": "z-hv", "visits": str(visits)}, 0.3 * (visits - 5)
     if rule == "no_sale_rate":
         count = int(rng.integers(6, 14))
         return {"count": str(count), "limit": "5"}, 0.25 * (count - 8)

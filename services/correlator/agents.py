@@ -8,6 +8,9 @@
   no-sale rate); refunds go on to their register's camera, to each of their tokens and to their
   original sale.
 - returns by token: chain-wide return abuse. transactions: refunds by the employee who rang the sale.
+- store journeys (key: store, the store-steps topic): what every camera of a store saw of people's
+  way through it (zones entered and left, door lines crossed, sent on by the cameras agent), linked
+  across cameras by the store's handovers: checkout bypass and repeat visits.
 - feedback (key: store): verdicts into per-store rule precision and threshold factors.
 
 State is written after the alerts it led to are acknowledged by the broker, so a crash in between
@@ -30,7 +33,17 @@ from services.correlator import rules
 from services.correlator.app import create_app
 from services.correlator.chain import ChainIndex, register_key
 from services.correlator.settings import CorrelatorSettings
-from services.correlator.state import CameraState, FeedbackState, RegisterState, TillState, TokenState, TransactionState
+from services.correlator.state import (
+    CameraState,
+    FeedbackState,
+    RegisterState,
+    StateCodec,
+    StoreJourneys,
+    TillState,
+    TokenState,
+    TrackStep,
+    TransactionState,
+)
 from services.correlator.streams import CachedTable, FlushOnCommit, Streams
 from services.shared import topics
 from services.shared.contracts.alert_pb2 import Alert
@@ -56,6 +69,7 @@ FEEDBACK_REFRESH_S = 2.0
 # Header telling the messages of the camera-events topic apart: "refund" (a PosEvent) or "tick".
 CAMERA_EVENT_KIND = "sw-kind"
 TICK_INTERVAL_S = 5.0
+STEP_CODEC = StateCodec(TrackStep)
 
 
 def _now_ms() -> int:
@@ -76,7 +90,10 @@ class Correlator:
         self.feedback: dict[str, FeedbackState] = {}
         self.registers = CachedTable(self.streams.register_state, RegisterState)
         self.cameras = CachedTable(self.streams.camera_state, CameraState)
-        self.app.sensors.add(FlushOnCommit(self.registers, self.cameras))
+        self.journeys = CachedTable(self.streams.store_journeys, StoreJourneys)
+        self.app.sensors.add(FlushOnCommit(self.registers, self.cameras, self.journeys))
+        # camera -> event time of the last clock step sent to its store (a lost entry sends one more: harmless).
+        self._clock_sent: dict[str, int] = {}
         self.app.on_partitions_revoked.connect(cast(Any, self._forget_cached))
         self._feedback_read_at = 0.0
         for name, channel, handler in (
@@ -84,6 +101,7 @@ class Correlator:
             ("registers", self.streams.pos, self.on_pos_event),
             ("tokens", self.streams.returns_by_token, self.on_token_return),
             ("transactions", self.streams.transactions, self.on_transaction),
+            ("stores", self.streams.store_steps, self.on_store_step),
             ("feedback", self.streams.feedback, self.on_feedback),
         ):
             self.app.agent(channel, name=f"sw-correlator.{name}")(self._agent(handler))
@@ -98,6 +116,7 @@ class Correlator:
         whoever holds the partitions next processes them again."""
         self.registers.forget()
         self.cameras.forget()
+        self.journeys.forget()
 
     def refresh_config(self, force: bool = False) -> None:
         """Take an edited store config (a new register, changed rules) without a restart."""
@@ -191,19 +210,54 @@ class Correlator:
         self._not_in_future(f"capture time of {analysis.camera_id}#{analysis.frame_sequence}", analysis.capture_time_ms)
         await self.observe_registers(analysis)
         camera = self.index.cameras.get(analysis.camera_id)
-        if camera is None or not analysis.persons:
+        if camera is None:
             return
-        if not any(camera.zone_kinds.get(v.zone_id) in ("high_value", "exit") for p in analysis.persons for v in p.zones) \
-                and rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is None:
-            return  # nothing a camera rule looks at: the common case costs no state at all
-        state = self.cameras.get(analysis.camera_id)
-        feedback = self.feedback_for(camera.store_id)
-        if feedback is not None:
-            camera = dataclasses.replace(camera, feedback=feedback)
-        alerts, changed = rules.camera_rules(state, camera, analysis, _now_ms())
-        await self.raise_alerts(alerts)
-        if changed:
+        state: CameraState | None = None
+        changed = False
+        if camera.followed or camera.door_lines:
+            state = self.cameras.get(analysis.camera_id)
+            steps, changed = rules.track_steps(state, camera, analysis)
+            await self.send_steps(camera, analysis, steps)
+        if analysis.persons and (any(camera.zone_kinds.get(v.zone_id) in ("high_value", "exit") for p in analysis.persons for v in p.zones)
+                                 or rules.closed_period(camera.opening_hours, camera.holidays, camera.timezone, analysis.capture_time_ms) is not None):
+            state = state or self.cameras.get(analysis.camera_id)
+            feedback = self.feedback_for(camera.store_id)
+            if feedback is not None:
+                camera = dataclasses.replace(camera, feedback=feedback)
+            alerts, rules_changed = rules.camera_rules(state, camera, analysis, _now_ms())
+            await self.raise_alerts(alerts)
+            changed = changed or rules_changed
+        # Nothing a camera rule looks at (the common case) costs no state at all.
+        if changed and state is not None:
             self.cameras.put(analysis.camera_id, state)
+
+    async def send_steps(self, camera: rules.CameraContext, analysis: FrameAnalysis, steps: list[TrackStep]) -> None:
+        """A frame's steps on to its store's journeys, and every CLOCK_EVERY_MS of event time a clock
+        step, so the store decides exits while this camera is quiet (heartbeats carry the time on)."""
+        if analysis.capture_time_ms - self._clock_sent.get(camera.camera_id, 0) >= rules.CLOCK_EVERY_MS or analysis.capture_time_ms < self._clock_sent[camera.camera_id]:
+            self._clock_sent[camera.camera_id] = analysis.capture_time_ms
+            steps = [*steps, TrackStep("clock", camera.store_id, camera.camera_id, analysis.capture_time_ms)]
+        for step in steps:
+            await self.streams.store_steps.send(key=camera.store_id.encode(), value=STEP_CODEC.dumps(step))
+
+    async def on_store_step(self, event: Any) -> None:
+        """One camera's step into its store's journeys: checkout bypass and repeat visits."""
+        try:
+            step = STEP_CODEC.loads(event.value)
+            if step.kind not in ("enter", "leave", "cross", "clock") or not isinstance(step.time_ms, int) or not step.store_id or not step.camera_id:
+                raise ValueError("not a track step (enter, leave, cross or clock) with a store, a camera and a time")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PoisonMessage(f"store step: {exc}") from None
+        ctx = self.index.stores.get(step.store_id)
+        if ctx is None:
+            return  # a store taken out of the config
+        feedback = self.feedback_for(step.store_id)
+        if feedback is not None:
+            ctx = dataclasses.replace(ctx, feedback=feedback)
+        state = self.journeys.get(step.store_id)
+        alerts = rules.storewide_rules(state, ctx, step, _now_ms())
+        await self.raise_alerts(alerts)
+        self.journeys.put(step.store_id, state)
 
     async def observe_registers(self, analysis: FrameAnalysis) -> None:
         """Each register this camera watches: who and what was at its counter, then its refunds."""

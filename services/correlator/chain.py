@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.correlator.rules import CameraContext, RegisterContext
+from services.correlator.rules import CameraContext, RegisterContext, StoreContext, followed_zones, handover_edges
 from services.shared.rulesconfig import RulesConfig
 from services.shared.storeconfig import StoreConfig
 
@@ -25,6 +25,8 @@ class ChainIndex:
     registers: dict[str, RegisterContext] = field(default_factory=dict)
     cameras: dict[str, CameraContext] = field(default_factory=dict)
     store_rules: dict[str, RulesConfig] = field(default_factory=dict)
+    # store id -> its journeys' context (checkout bypass, repeat visits, handovers)
+    stores: dict[str, StoreContext] = field(default_factory=dict)
     camera_of_register: dict[str, str] = field(default_factory=dict)
     employee_tokens: dict[str, set[str]] = field(default_factory=dict)
 
@@ -33,6 +35,7 @@ class ChainIndex:
         index = cls(config, employee_tokens=config.employee_tokens())
         for store in config.stores:
             index.store_rules[store.id] = config.rules_for(store.id)
+            index.stores[store.id] = StoreContext(store.id, store.timezone, index.store_rules[store.id], handover_edges(store.handovers))
             for register in store.registers:
                 key = register_key(store.id, register.id)
                 index.registers[key] = RegisterContext(
@@ -48,6 +51,8 @@ class ChainIndex:
                     {z.id: config.rules_for(store.id, camera_id=camera.id, zone_id=z.id) for z in camera.zones},
                     index.store_rules[store.id],
                     shifts=tuple(s for s in store.staff_shifts if not s.cameras or camera.id in s.cameras),
+                    followed=followed_zones({z.id: z.kind for z in camera.zones}, store.handovers, camera.id, index.store_rules[store.id]),
+                    door_lines=index.store_rules[store.id].checkout_bypass.enabled and any(line.kind == "door" for line in camera.lines),
                 )
         return index
 

@@ -18,7 +18,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,23 +27,30 @@ from services.correlator.state import (
     CameraState,
     Change,
     Coverage,
+    Departure,
     DrawerOpen,
     FeedbackState,
+    HighValueVisit,
+    Journey,
     PendingRefund,
     RegisterState,
     RuleFeedback,
+    StoreExit,
+    StoreJourneys,
     TillState,
     TokenReturn,
     TokenState,
+    TrackStep,
     TransactionState,
     Visit,
+    ZoneStay,
 )
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef, Severity
 from services.shared.contracts.feedback_pb2 import Feedback, Verdict
 from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis, PersonObservation, ZoneVisit
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.rulesconfig import RulesConfig, Tuning
-from services.shared.storeconfig import OpeningHours, StaffShift
+from services.shared.storeconfig import Handover, OpeningHours, StaffShift
 
 REFUND_WITHOUT_CUSTOMER = "refund_without_customer"
 REFUND_WITHOUT_MERCHANDISE = "refund_without_merchandise"
@@ -55,6 +62,8 @@ EMPLOYEE_OWN_CARD = "employee_own_card"
 EMPLOYEE_OWN_SALE = "employee_own_sale"
 NO_SALE_RATE = "no_sale_rate"
 POST_VOID = "post_void"
+CHECKOUT_BYPASS = "checkout_bypass"
+REPEAT_VISITS = "repeat_visits"
 
 REFUND_TYPES = {PosEventType.POS_EVENT_TYPE_REFUND, PosEventType.POS_EVENT_TYPE_RETURN}
 DRAWER_TYPES = {PosEventType.POS_EVENT_TYPE_NO_SALE, PosEventType.POS_EVENT_TYPE_DRAWER_OPEN}
@@ -648,6 +657,11 @@ class CameraContext:
     feedback: FeedbackState | None = None
     # The store's staff shifts that cover this camera: people expected while the store is closed.
     shifts: tuple[StaffShift, ...] = ()
+    # Zones whose visits go to the store's journeys (checkout bypass, repeat visits), by kind; empty
+    # when both rules are off at the store. Handover zones are followed whatever their kind.
+    followed: dict[str, str] = field(default_factory=dict)
+    # Whether the camera's door lines go to the store's journeys (an exit for checkout bypass).
+    door_lines: bool = False
 
 
 def _camera_evidence(alert: Alert, analysis: FrameAnalysis, first_seq: int, first_ms: int) -> None:
@@ -910,3 +924,323 @@ def _concealment(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis
             _camera_evidence(alert, analysis, visit.first_cue_seq or analysis.frame_sequence, zone_visit.entered_ms)
             alerts.append(alert)
     return alerts
+
+
+# --- store: a person's way through the store (checkout bypass, repeat visits) ---------------------------
+
+# Zone kinds whose visits make up a journey; handover zones are followed too, whatever their kind.
+JOURNEY_KINDS = ("high_value", "counter_customer", "exit", "staff_only")
+# A camera sends its store a clock step at least this often (event time), so exits are decided when
+# a camera falls quiet.
+CLOCK_EVERY_MS = 2_000
+# A camera that reported nothing for this long (event time) no longer holds the store's decisions back.
+STALE_CAMERA_MS = 60_000
+EVIDENCE_VISITS = 6
+
+
+def followed_zones(zones: dict[str, str], handovers: Iterable[Handover], camera_id: str, rules: RulesConfig) -> dict[str, str]:
+    """The zones of a camera whose visits its store's journeys follow (zone id -> kind)."""
+    if not (rules.checkout_bypass.enabled or rules.repeat_visits.enabled):
+        return {}
+    handover_zones = {end.zone for h in handovers for end in (h.from_, h.to) if end.camera == camera_id}
+    return {zone: kind for zone, kind in zones.items() if kind in JOURNEY_KINDS or zone in handover_zones}
+
+
+def track_steps(state: CameraState, ctx: CameraContext, analysis: FrameAnalysis) -> tuple[list[TrackStep], bool]:
+    """What one analysed frame tells the store: followed zones entered and left (left as the track
+    ended, `gone`, when it is no longer tracked at all) and door lines crossed. Returns the steps and
+    whether the camera's state changed. A heartbeat repeats an old frame and tells nothing."""
+    if analysis.heartbeat or not (ctx.followed or ctx.door_lines):
+        return [], False
+    now, seq = analysis.capture_time_ms, analysis.frame_sequence
+    steps: list[TrackStep] = []
+    present: set[str] = set()
+    bags = [o for o in analysis.objects if o.label in BAG_LABELS]
+
+    def step(kind: str, track: int, **fields: Any) -> TrackStep:
+        return TrackStep(kind, ctx.store_id, ctx.camera_id, fields.pop("time_ms", now), track, **fields)
+
+    def leave(key: str, stay: ZoneStay, gone: bool) -> TrackStep:
+        track, _, zone = key.partition(":")
+        return step("leave", int(track), zone_id=zone, zone_kind=ctx.followed.get(zone, ""), time_ms=stay.last_ms, entered_ms=stay.entered_ms,
+                    first_seq=stay.first_seq, last_seq=stay.last_seq, posed=stay.posed, reached=stay.reached, gone=gone)
+
+    for person in analysis.persons:
+        for zone_visit in person.zones:
+            kind = ctx.followed.get(zone_visit.zone_id)
+            if kind is None:
+                continue
+            key = f"{person.track_id}:{zone_visit.zone_id}"
+            present.add(key)
+            stay = state.stays.get(key)
+            if stay is None or stay.entered_ms != zone_visit.entered_ms:
+                if stay is not None:
+                    steps.append(leave(key, stay, gone=False))
+                stay = state.stays[key] = ZoneStay(zone_visit.entered_ms, now, seq, seq)
+                steps.append(step("enter", person.track_id, zone_id=zone_visit.zone_id, zone_kind=kind, entered_ms=zone_visit.entered_ms,
+                                  first_seen_ms=person.first_seen_ms, first_seq=seq, last_seq=seq))
+            stay.last_ms, stay.last_seq = now, seq
+            if kind == "high_value" and person.keypoints:
+                settings = ctx.zone_rules[zone_visit.zone_id].concealment if zone_visit.zone_id in ctx.zone_rules else ctx.store_rules.concealment
+                reaching, _ = hand_cues(person, bags, settings.hand_reach, settings.min_keypoint_score)
+                stay.posed, stay.reached = True, stay.reached or reaching
+    tracked = {p.track_id for p in analysis.persons}
+    for key in [k for k in state.stays if k not in present]:
+        steps.append(leave(key, state.stays.pop(key), gone=int(key.partition(":")[0]) not in tracked))
+    for crossing in analysis.line_crossings if ctx.door_lines else ():
+        if crossing.line_kind == "door":
+            steps.append(step("cross", crossing.track_id, line_id=crossing.line_id, direction=crossing.direction, first_seq=seq, last_seq=seq))
+    return steps, bool(present) or bool(steps)
+
+
+@dataclass(frozen=True)
+class HandoverEdge:
+    """One direction of a handover: a track gone from `from_zone` on `from_camera` continues as a new
+    track first seen in `to_zone` on `to_camera` within `within_ms`."""
+
+    from_camera: str
+    from_zone: str
+    to_camera: str
+    to_zone: str
+    within_ms: int
+
+
+def handover_edges(handovers: Iterable[Handover]) -> tuple[HandoverEdge, ...]:
+    edges = []
+    for h in handovers:
+        within = int(h.within_s * 1000)
+        edges.append(HandoverEdge(h.from_.camera, h.from_.zone, h.to.camera, h.to.zone, within))
+        if h.both_ways:
+            edges.append(HandoverEdge(h.to.camera, h.to.zone, h.from_.camera, h.from_.zone, within))
+    return tuple(edges)
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    store_id: str
+    timezone: str
+    rules: RulesConfig
+    edges: tuple[HandoverEdge, ...] = ()
+    feedback: FeedbackState | None = None
+
+
+def _person_of(state: StoreJourneys, ctx: StoreContext, step: TrackStep) -> str:
+    """The person a track belongs to: known already, or (a new track first seen in a handover's zone)
+    the one person who walked out of the neighbouring view in time, or a new person."""
+    key = f"{step.camera_id}:{step.track_id}"
+    if key in state.tracks:
+        return state.tracks[key]
+    person = key
+    if step.kind == "enter":
+        matches = [(d, e) for e in ctx.edges if e.to_camera == step.camera_id and e.to_zone == step.zone_id
+                   and step.entered_ms - step.first_seen_ms <= e.within_ms
+                   for d in state.departures if d.camera_id == e.from_camera and d.zone_id == e.from_zone
+                   and 0 <= step.entered_ms - d.time_ms <= e.within_ms and d.track in state.tracks]
+        if len({d.track for d, _ in matches}) == 1:  # two people leaving together: link neither
+            departure = matches[0][0]
+            person = state.tracks[departure.track]
+            state.departures = [d for d in state.departures if d.track != departure.track]
+    state.tracks[key] = person
+    if person not in state.people:
+        fresh = step.kind == "enter" and step.entered_ms - step.first_seen_ms <= max((e.within_ms for e in ctx.edges), default=0)
+        state.people[person] = Journey(first_zone=f"{step.camera_id}:{step.zone_id}" if fresh else "", first_ms=step.entered_ms if fresh else 0)
+    state.people[person].tracks.append(key)
+    return person
+
+
+def _link_late(state: StoreJourneys, ctx: StoreContext, departure: Departure) -> bool:
+    """A departure reported after the neighbouring camera's new track already started its own
+    journey (the camera the person left reports it once its tracker gives up, seconds later):
+    the one such journey is joined to the departed person's."""
+    person = state.tracks.get(departure.track)
+    if person is None:
+        return False
+    candidates = [p for p, j in state.people.items() if p != person and len(j.tracks) == 1 and j.first_zone
+                  for e in ctx.edges if e.from_camera == departure.camera_id and e.from_zone == departure.zone_id
+                  and j.first_zone == f"{e.to_camera}:{e.to_zone}" and 0 <= j.first_ms - departure.time_ms <= e.within_ms]
+    if len(set(candidates)) != 1:
+        return False
+    later = state.people.pop(candidates[0])
+    journey = state.people[person]
+    journey.tracks += later.tracks
+    journey.last_ms = max(journey.last_ms, later.last_ms)
+    journey.visits += later.visits
+    journey.checkouts += later.checkouts
+    journey.exits += later.exits
+    journey.staff = journey.staff or later.staff
+    for track in later.tracks:
+        state.tracks[track] = person
+    return True
+
+
+def _visit_end(visit: HighValueVisit, at_ms: int) -> int:
+    return visit.left_ms or at_ms
+
+
+def storewide_rules(state: StoreJourneys, ctx: StoreContext, step: TrackStep, raised_ms: int) -> list[Alert]:
+    """Apply one camera step to the store's journeys; returns checkout bypass and repeat visit alerts."""
+    state.clocks[step.camera_id] = max(state.clocks.get(step.camera_id, 0), step.time_ms)
+    alerts: list[Alert] = []
+    if step.kind != "clock":
+        person = _person_of(state, ctx, step)
+        journey = state.people[person]
+        journey.last_ms = max(journey.last_ms, step.time_ms)
+        _record(state, ctx, journey, step)
+        alerts += _repeat_visits(ctx, person, journey, step.time_ms)
+    alerts += _decide_exits(state, ctx)
+    _forget_old(state, ctx)
+    for alert in alerts:
+        alert.raised_time_ms = raised_ms
+    return alerts
+
+
+def _record(state: StoreJourneys, ctx: StoreContext, journey: Journey, step: TrackStep) -> None:
+    if step.kind == "enter":
+        if step.zone_kind == "high_value":
+            if not any((v.camera_id, v.track_id, v.zone_id, v.entered_ms) == (step.camera_id, step.track_id, step.zone_id, step.entered_ms)
+                       for v in journey.visits):
+                journey.visits.append(HighValueVisit(step.camera_id, step.track_id, step.zone_id, step.entered_ms, first_seq=step.first_seq))
+        elif step.zone_kind == "counter_customer":
+            if step.entered_ms not in journey.checkouts:
+                journey.checkouts.append(step.entered_ms)
+        elif step.zone_kind == "staff_only":
+            journey.staff = True
+        elif step.zone_kind == "exit":
+            _add_exit(journey, StoreExit(step.camera_id, step.track_id, step.entered_ms, f"exit zone {step.zone_id}", step.first_seq))
+    elif step.kind == "leave":
+        for visit in journey.visits:
+            if (visit.camera_id, visit.track_id, visit.zone_id, visit.entered_ms) == (step.camera_id, step.track_id, step.zone_id, step.entered_ms):
+                visit.left_ms, visit.last_seq, visit.posed, visit.reached = step.time_ms, step.last_seq, step.posed, step.reached
+        track = f"{step.camera_id}:{step.track_id}"
+        if step.gone and any(e.from_camera == step.camera_id and e.from_zone == step.zone_id for e in ctx.edges) \
+                and not any(d.track == track for d in state.departures):
+            departure = Departure(track, step.camera_id, step.zone_id, step.time_ms)
+            if not _link_late(state, ctx, departure):
+                state.departures.append(departure)
+    elif step.kind == "cross" and step.direction == "out":
+        _add_exit(journey, StoreExit(step.camera_id, step.track_id, step.time_ms, f"door line {step.line_id}", step.first_seq))
+
+
+def _add_exit(journey: Journey, exit_: StoreExit) -> None:
+    key = f"{exit_.camera_id}:{exit_.track_id}:{exit_.time_ms}:{exit_.how}"
+    if key not in journey.decided_exits and not any((e.camera_id, e.track_id, e.time_ms, e.how) == (exit_.camera_id, exit_.track_id, exit_.time_ms, exit_.how)
+                                                    for e in journey.exits):
+        journey.exits.append(exit_)
+
+
+def _settled_until(state: StoreJourneys) -> int:
+    """Event time every live camera of the store has reported up to (cameras quiet for a minute past
+    the newest do not hold decisions back)."""
+    if not state.clocks:
+        return 0
+    newest = max(state.clocks.values())
+    return min(t for t in state.clocks.values() if t >= newest - STALE_CAMERA_MS)
+
+
+def _decide_exits(state: StoreJourneys, ctx: StoreContext) -> list[Alert]:
+    settings = ctx.rules.checkout_bypass
+    settled = _settled_until(state)
+    alerts = []
+    for person, journey in state.people.items():
+        due = [e for e in journey.exits if e.time_ms + settings.settle_s * 1000 <= settled]
+        if not due:
+            continue
+        journey.exits = [e for e in journey.exits if e not in due]
+        for exit_ in sorted(due, key=lambda e: e.time_ms):
+            journey.decided_exits = [*journey.decided_exits, f"{exit_.camera_id}:{exit_.track_id}:{exit_.time_ms}:{exit_.how}"][-DECIDED_KEPT:]
+            if settings.enabled and not journey.staff:
+                alerts += _checkout_bypass(ctx, person, journey, exit_)
+    return alerts
+
+
+def _checkout_bypass(ctx: StoreContext, person: str, journey: Journey, exit_: StoreExit) -> list[Alert]:
+    """The latest high-value visit before this exit that could have taken something (long enough, not
+    seen by a pose stage to never reach out), with no till visit between it and the exit."""
+    settings = ctx.rules.checkout_bypass
+    min_visit_ms = settings.min_visit_s * 1000 * factor(ctx.feedback, CHECKOUT_BYPASS)
+    before = [v for v in journey.visits if not v.judged and v.entered_ms <= exit_.time_ms]
+    for visit in before:
+        visit.judged = True
+    candidates = [v for v in before
+                  if _visit_end(v, exit_.time_ms) - v.entered_ms >= min_visit_ms
+                  and exit_.time_ms - _visit_end(v, exit_.time_ms) <= settings.within_s * 1000
+                  and not (v.posed and not v.reached)]
+    unpaid = [v for v in candidates if not any(v.entered_ms <= c <= exit_.time_ms for c in journey.checkouts)]
+    if not unpaid:
+        return []
+    visit = max(unpaid, key=lambda v: v.entered_ms)
+    stayed_s = (_visit_end(visit, exit_.time_ms) - visit.entered_ms) / 1000
+    after_s = (exit_.time_ms - _visit_end(visit, exit_.time_ms)) / 1000
+    reached = " (reached to the shelf)" if visit.reached else ""
+    across = f", followed across cameras {', '.join(sorted({t.partition(':')[0] for t in journey.tracks}))}" if len(journey.tracks) > 1 else ""
+    explanation = (f"person {exit_.track_id} left the store by {exit_.how} on camera {exit_.camera_id} at {_clock(exit_.time_ms, ctx.timezone)} store time, "
+                   f"{after_s:.0f} s after {stayed_s:.0f} s in high-value zone {visit.zone_id} on camera {visit.camera_id}{reached}, "
+                   f"without passing a till{across}")
+    severity = Severity.SEVERITY_HIGH if visit.reached else Severity.SEVERITY_MEDIUM
+    alert = _alert(CHECKOUT_BYPASS, severity, 0.8 if visit.reached else 0.6, explanation, ctx.store_id, exit_.time_ms, 0,
+                   {"track": exit_.track_id, "person": person, "tracks": ",".join(journey.tracks), "zone": visit.zone_id,
+                    "zone_camera": visit.camera_id, "visit_s": f"{stayed_s:.1f}", "exit": exit_.how, "seconds_after_visit": f"{after_s:.1f}",
+                    "reached": visit.reached, "within_s": f"{settings.within_s:g}"},
+                   person, str(exit_.time_ms), camera_id=exit_.camera_id)
+    alert.evidence.append(EvidenceRef(kind="frames", ref=f"{visit.first_seq}-{visit.last_seq or visit.first_seq}", camera_id=visit.camera_id,
+                                      time_ms=visit.entered_ms))
+    alert.evidence.append(EvidenceRef(kind="frame", ref=str(exit_.seq), camera_id=exit_.camera_id, time_ms=exit_.time_ms))
+    return [alert]
+
+
+def _episodes(visits: list[HighValueVisit], rejoin_ms: int, now: int) -> list[list[HighValueVisit]]:
+    """High-value visits in time order, a visit begun within `rejoin_ms` of the last one's end joined to it."""
+    episodes: list[list[HighValueVisit]] = []
+    for visit in sorted(visits, key=lambda v: v.entered_ms):
+        if episodes and visit.entered_ms - max(_visit_end(v, now) for v in episodes[-1]) <= rejoin_ms:
+            episodes[-1].append(visit)
+        else:
+            episodes.append([visit])
+    return episodes
+
+
+def _repeat_visits(ctx: StoreContext, person: str, journey: Journey, now: int) -> list[Alert]:
+    settings = ctx.rules.repeat_visits
+    if not settings.enabled or journey.staff or not journey.visits:
+        return []
+    min_visits = max(2, math.ceil(settings.min_visits * factor(ctx.feedback, REPEAT_VISITS)))
+    within_ms = int(settings.within_s * 1000)
+    counted = [e for e in _episodes(journey.visits, int(settings.rejoin_s * 1000), now)
+               if max(_visit_end(v, now) for v in e) - e[0].entered_ms >= settings.min_visit_s * 1000
+               and e[0].entered_ms >= journey.repeat_quiet_until_ms]
+    window = _crowded_window(counted, counted[-1][0].entered_ms, within_ms, min_visits - 1, lambda e: e[0].entered_ms) if counted else None
+    if window is None:
+        return []
+    journey.repeat_quiet_until_ms = window[0][0].entered_ms + within_ms
+    latest = window[-1][-1]
+    zones = sorted({v.zone_id for e in window for v in e})
+    span_s = (window[-1][0].entered_ms - window[0][0].entered_ms) / 1000
+    across = f" across cameras {', '.join(sorted({v.camera_id for e in window for v in e}))}" if len({v.camera_id for e in window for v in e}) > 1 else ""
+    explanation = (f"person {latest.track_id} came back to high-value zone(s) {', '.join(zones)} {len(window)} times in {span_s / 60:.1f} min{across} "
+                   f"(limit {min_visits} visits in {settings.within_s / 60:g} min), latest at {_clock(latest.entered_ms, ctx.timezone)} store time "
+                   f"on camera {latest.camera_id}")
+    alert = _alert(REPEAT_VISITS, Severity.SEVERITY_MEDIUM, min(1.0, 0.5 * len(window) / min_visits), explanation, ctx.store_id, latest.entered_ms, 0,
+                   {"track": latest.track_id, "person": person, "tracks": ",".join(journey.tracks), "visits": len(window), "zones": ",".join(zones),
+                    "min_visits": min_visits, "within_s": f"{settings.within_s:g}"},
+                   person, str(window[0][0].entered_ms), camera_id=latest.camera_id)
+    for episode in window[-EVIDENCE_VISITS:]:
+        first = episode[0]
+        alert.evidence.append(EvidenceRef(kind="frames", ref=f"{first.first_seq}-{max(v.last_seq or v.first_seq for v in episode)}",
+                                          camera_id=first.camera_id, time_ms=first.entered_ms))
+    return [alert]
+
+
+def _forget_old(state: StoreJourneys, ctx: StoreContext) -> None:
+    """Journeys over (nothing for longer than either rule looks back), departures no new track took up."""
+    newest = max(state.clocks.values(), default=0)
+    keep_ms = int(max(ctx.rules.checkout_bypass.within_s, ctx.rules.repeat_visits.within_s) * 1000) + STALE_CAMERA_MS
+    longest_handover = max((e.within_ms for e in ctx.edges), default=0)
+    state.departures = [d for d in state.departures if newest - d.time_ms <= longest_handover]
+    over = [p for p, j in state.people.items() if newest - j.last_ms > keep_ms and not j.exits
+            and (all(v.left_ms for v in j.visits) or newest - j.last_ms > DAY_MS)]
+    for person in over:
+        for track in state.people.pop(person).tracks:
+            state.tracks.pop(track, None)
+    for journey in state.people.values():
+        journey.visits = [v for v in journey.visits if not v.left_ms or newest - v.left_ms <= keep_ms]
+        journey.checkouts = [c for c in journey.checkouts if newest - c <= keep_ms]

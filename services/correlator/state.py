@@ -168,14 +168,126 @@ class Visit:
 
 
 @dataclass
+class ZoneStay:
+    """A track's current visit of a zone the storewide rules follow (high_value, counter_customer,
+    exit, staff_only, a handover's zone), as its camera has reported it to the store so far."""
+
+    entered_ms: int
+    last_ms: int
+    first_seq: int
+    last_seq: int
+    # From the pose stage, in high_value zones: keypoints were seen, and an arm reached out.
+    posed: bool = False
+    reached: bool = False
+
+
+@dataclass
 class CameraState:
     # "track:zone" -> visit
     visits: dict[str, Visit] = field(default_factory=dict)
+    # "track:zone" -> the stay reported to the store's journeys (enter sent, leave still to send).
+    stays: dict[str, ZoneStay] = field(default_factory=dict)
     # Alert keys raised (rule episodes) -> event time, kept a day, so a replay pages nobody twice.
     raised: dict[str, int] = field(default_factory=dict)
     # Track id -> capture time of the person's first concealment cue on this camera (kept an hour):
     # loitering's shorter `*_cue_s` limits apply to them from then on, in any zone.
     cues: dict[str, int] = field(default_factory=dict)
+
+
+# --- store: a person's way through the store, across its cameras ----------------------------------
+
+@dataclass
+class TrackStep:
+    """What a camera tells its store about one track (on sw.correlator.store-steps.v1, key: store):
+    it entered or left a followed zone, crossed a door line, or (kind "clock") the camera's event
+    time reached `time_ms`. Idempotent to apply: a replayed step changes nothing."""
+
+    kind: str  # "enter", "leave", "cross", "clock"
+    store_id: str
+    camera_id: str
+    time_ms: int
+    track_id: int = 0
+    zone_id: str = ""
+    zone_kind: str = ""
+    entered_ms: int = 0
+    first_seen_ms: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    posed: bool = False
+    reached: bool = False
+    # A leave because the track ended (walked out of view), not because it moved out of the zone.
+    gone: bool = False
+    line_id: str = ""
+    direction: str = ""
+
+
+@dataclass
+class HighValueVisit:
+    camera_id: str
+    track_id: int
+    zone_id: str
+    entered_ms: int
+    # When last seen in the zone (0: still there).
+    left_ms: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    posed: bool = False
+    reached: bool = False
+    # An exit after it was judged by checkout bypass: a second exit step (door line and exit zone) raises nothing more.
+    judged: bool = False
+
+
+@dataclass
+class StoreExit:
+    camera_id: str
+    track_id: int
+    time_ms: int
+    # "door line <id>" or "exit zone <id>"
+    how: str
+    seq: int = 0
+
+
+@dataclass
+class Journey:
+    """One person's way through the store: their tracks (linked by handovers), high-value visits,
+    till visits and exits waiting to be decided."""
+
+    # "camera:track", the first one names the person.
+    tracks: list[str] = field(default_factory=list)
+    last_ms: int = 0
+    # Where and when the first track was first seen in a followed zone ("camera:zone"), so a
+    # handover's departure reported after the new track's first step still links them.
+    first_zone: str = ""
+    first_ms: int = 0
+    visits: list[HighValueVisit] = field(default_factory=list)
+    # When the person entered a counter_customer (till) zone.
+    checkouts: list[int] = field(default_factory=list)
+    staff: bool = False
+    exits: list[StoreExit] = field(default_factory=list)
+    decided_exits: list[str] = field(default_factory=list)
+    # No further repeat_visits alert before this event time (one per person and period).
+    repeat_quiet_until_ms: int = 0
+
+
+@dataclass
+class Departure:
+    """A track that walked out of view from a handover's zone: the next camera's new track may be them."""
+
+    track: str
+    camera_id: str
+    zone_id: str
+    time_ms: int
+
+
+@dataclass
+class StoreJourneys:
+    # person id -> journey
+    people: dict[str, Journey] = field(default_factory=dict)
+    # "camera:track" -> person id
+    tracks: dict[str, str] = field(default_factory=dict)
+    departures: list[Departure] = field(default_factory=list)
+    # camera -> the latest event time it reported
+    clocks: dict[str, int] = field(default_factory=dict)
 
 
 # --- chain-wide returns: card or customer token --------------------------------------------------

@@ -9,7 +9,16 @@ from typing import Any
 import faust
 from faust.streams import _current_event, current_event
 
-from services.correlator.state import CameraState, FeedbackState, RegisterState, StateCodec, TillState, TokenState, TransactionState
+from services.correlator.state import (
+    CameraState,
+    FeedbackState,
+    RegisterState,
+    StateCodec,
+    StoreJourneys,
+    TillState,
+    TokenState,
+    TransactionState,
+)
 from services.shared import topics
 
 
@@ -26,6 +35,7 @@ class Streams:
     pos: Any
     returns_by_token: Any
     transactions: Any
+    store_steps: Any
     feedback: Any
     alerts: Any
     register_state: Any
@@ -33,6 +43,7 @@ class Streams:
     camera_state: Any
     token_state: Any
     transaction_state: Any
+    store_journeys: Any
     feedback_state: Any
     app: faust.App
 
@@ -52,6 +63,7 @@ class Streams:
             pos=_raw(app, topics.POS),
             returns_by_token=_raw(app, topics.RETURNS_BY_TOKEN),
             transactions=_raw(app, topics.TRANSACTIONS),
+            store_steps=_raw(app, topics.STORE_STEPS),
             feedback=_raw(app, topics.FEEDBACK),
             alerts=_raw(app, topics.ALERTS),
             # Keyed store:register but written only from its camera's partition (a register is
@@ -61,6 +73,7 @@ class Streams:
             camera_state=table("camera-state", CameraState),
             token_state=table("token-returns", TokenState),
             transaction_state=table("transactions", TransactionState),
+            store_journeys=table("store-journeys", StoreJourneys),
             # Every worker needs every store's feedback factors (rules run on all partitions).
             feedback_state=table("store-feedback", FeedbackState, global_table=True),
             app=app,

@@ -11,7 +11,8 @@ the same ids, so every reader of sw.alerts.v1 (the notifier, the HQ api, the sce
 folds the topic itself and they agree, as they agree on alert ids. The topic is keyed by store, so a
 store's alerts come in one order to every reader and on every replay.
 
-When two alerts are one situation: they share a subject (the same person's track on a camera, the
+When two alerts are one situation: they share a subject (the same person's track on a camera, or
+any of their tracks on the store's cameras when the alert followed them across cameras, the
 same camera, the same register, the same POS event, the same card or customer token, the same
 closed period of the store) and their times overlap, within `gap_ms`, an incident lasting at most `max_span_ms`.
 """
@@ -50,6 +51,8 @@ def subjects(alert: Alert) -> list[str]:
     track = alert.facts.get("track", "")
     if camera and track:
         keys.append(f"track:{camera}:{track}")
+    # A person followed across cameras (checkout bypass, repeat visits): each of their tracks.
+    keys += [f"track:{t}" for t in alert.facts.get("tracks", "").split(",") if t.count(":") == 1]
     if camera:
         keys.append(f"camera:{camera}")
     if alert.register_id:

@@ -69,9 +69,12 @@ CAMERA_EVENTS = "sw.correlator.camera-events.v1"
 RETURNS_BY_TOKEN = "sw.correlator.returns-by-token.v1"
 # Sales and the refunds naming them, re-keyed by "store:transaction": who rang the original sale.
 TRANSACTIONS = "sw.correlator.transactions.v1"
+# What each camera saw of people's way through the store (zones entered and left, door lines
+# crossed), re-keyed by store: one table of journeys per store, across its cameras.
+STORE_STEPS = "sw.correlator.store-steps.v1"
 
 CORRELATOR_APP_ID = "sw-correlator"
-CORRELATOR_TABLES = ("register-state", "till-state", "camera-state", "token-returns", "transactions", "store-feedback")
+CORRELATOR_TABLES = ("register-state", "till-state", "camera-state", "token-returns", "transactions", "store-feedback", "store-journeys")
 
 # How long each data topic keeps what it holds. Frames are only worth seconds to the pipeline (the
 # recorder keeps its own evidence); POS events are history the api's return checks and the risk
@@ -87,6 +90,7 @@ RETENTION_MS: dict[str, int | None] = {
     CAMERA_EVENTS: 1 * DAY_MS,
     RETURNS_BY_TOKEN: 1 * DAY_MS,
     TRANSACTIONS: 1 * DAY_MS,
+    STORE_STEPS: 1 * DAY_MS,
 }
 # Poison messages are kept long enough for someone to look at them after a long weekend.
 DLQ_RETENTION_MS = 30 * DAY_MS

@@ -52,18 +52,21 @@ def _make(tmp_path: Path, config: Path) -> tuple[Correlator, dict]:
     correlator = Correlator(settings)
     correlator.app.finalize()
     correlator.app.flow_control.resume()
-    return correlator, {"alerts": Recorder(), "camera": Recorder(), "dlq": Recorder(), "tokens": Recorder(), "transactions": Recorder()}
+    return correlator, {"alerts": Recorder(), "camera": Recorder(), "dlq": Recorder(), "tokens": Recorder(), "transactions": Recorder(),
+                        "steps": Recorder()}
 
 
 @pytest.fixture
 def worker(tmp_path):
     correlator, sent = _make(tmp_path, _config(tmp_path))
     streams = correlator.streams
-    tables = [streams.register_state, streams.till_state, streams.camera_state, streams.token_state, streams.transaction_state, streams.feedback_state]
+    tables = [streams.register_state, streams.till_state, streams.camera_state, streams.token_state, streams.transaction_state, streams.feedback_state,
+              streams.store_journeys]
     with patch.object(streams.alerts, "send", sent["alerts"].send), \
             patch.object(streams.camera_events, "send", sent["camera"].send), \
             patch.object(streams.returns_by_token, "send", sent["tokens"].send), \
             patch.object(streams.transactions, "send", sent["transactions"].send), \
+            patch.object(streams.store_steps, "send", sent["steps"].send), \
             patch.object(streams, "dlq", lambda source: sent["dlq"]):
         for table in tables:
             table._send_changelog = lambda *a, **k: None
@@ -285,3 +288,42 @@ async def test_a_broker_failure_is_not_blamed_on_the_pos_event(worker):
     with patch.object(worker.streams.alerts, "send", broken_send), pytest.raises(ConnectionError):
         await _put_all(worker, "registers", topics.POS, [event])
     assert worker.sent["dlq"].sent == []  # stopped uncommitted, to be processed again; not dead-lettered
+
+
+def _with_cabinet_and_door(raw: dict) -> None:
+    raw["stores"][0].pop("opening_hours")  # open at any hour the test runs
+    camera = raw["stores"][0]["cameras"][0]
+    camera["zones"].append({"id": "cabinet", "kind": "high_value", "polygon": [[0.0, 0.0], [0.1, 0.0], [0.1, 1.0], [0.0, 1.0]]})
+    camera["lines"] = [{"id": "front-door", "kind": "door", "points": [[0.0, 0.9], [1.0, 0.9]], "inside": [0.5, 0.5]}]
+
+
+async def test_a_cameras_steps_reach_its_stores_journeys_and_raise_checkout_bypass(tmp_path):
+    correlator, sent = _make(tmp_path, _config(tmp_path, _with_cabinet_and_door))
+    streams = correlator.streams
+    with patch.object(streams.alerts, "send", sent["alerts"].send), patch.object(streams.store_steps, "send", sent["steps"].send), \
+            patch.object(streams.camera_events, "send", sent["camera"].send):
+        for table in (streams.camera_state, streams.register_state, streams.store_journeys):
+            table._send_changelog = lambda *a, **k: None
+        frames = []
+        for i in range(60):  # 2 fps for 30 s: 10 s at the cabinet, on the floor, out of the door at 20 s, gone
+            analysis = FrameAnalysis(store_id="store-001", camera_id="cam-counter-1", capture_time_ms=T0 + i * 500, frame_sequence=i)
+            if i < 40:
+                person = analysis.persons.add(track_id=5, first_seen_ms=T0, detected=True)
+                if i < 20:
+                    person.zones.add(zone_id="cabinet", entered_ms=T0)
+            if i == 40:
+                analysis.line_crossings.add(line_id="front-door", track_id=5, direction="out", line_kind="door")
+            frames.append((b"cam-counter-1", analysis.SerializeToString()))
+        await _put_all(correlator, "cameras", topics.DETECTIONS, frames)
+        steps = sent["steps"].sent
+        assert all(s["key"] == b"store-001" for s in steps)
+        kinds = [agents.STEP_CODEC.loads(s["value"]).kind for s in steps]
+        assert kinds.count("enter") == 1 and kinds.count("leave") == 1 and kinds.count("cross") == 1 and kinds.count("clock") >= 10
+        await _put_all(correlator, "stores", topics.STORE_STEPS, [(s["key"], s["value"]) for s in steps])
+        [raised] = [Alert.FromString(a["value"]) for a in sent["alerts"].sent]
+        assert raised.rule == "checkout_bypass" and raised.facts["track"] == "5" and raised.facts["zone"] == "cabinet"
+        # A poison step goes to the DLQ, not into the journeys.
+        dlq = Recorder()
+        with patch.object(streams, "dlq", lambda source: dlq):
+            await _put_all(correlator, "stores", topics.STORE_STEPS, [(b"store-001", b"{not json")])
+        assert len(dlq.sent) == 1
