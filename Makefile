@@ -5,7 +5,7 @@ SW := .venv/bin/shrinkwatch
 PYTEST := $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios chaos up status down models eval-anomaly eval-detector eval-tracking train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check deploy-check clean
+.PHONY: help setup demo test lint test-unit test-integration test-e2e scenarios chaos up status down models eval-anomaly eval-detector eval-tracking eval-lines train-risk bench-models bench-ingest bench-correlator bench-notifier bench-returns bench-hostile sample-store proto proto-check deploy-check clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ eval-detector: setup ## Precision, recall and latency of the person detectors (H
 
 eval-tracking: setup ## Id switches and zone occupancy on a hand-labelled real clip (plaza) and the sample clip, through inference's detector stage
 	$(PY) -m modeling.evaluate_tracking $(ARGS)
+
+eval-lines: setup ## People counted across a line on real footage (plaza, every frame) against a hand count of its 28 crossings (ARGS="--detect-fps 5 --margin 0.02")
+	$(PY) -m modeling.evaluate_lines $(ARGS)
 
 train-risk: setup ## Train the return-risk and alert-triage RandomForests into models/risk/ (ARGS="--alerts-from X --verdicts-from Y": HQ's verdicts too)
 	$(PY) -m modeling.risk.train $(ARGS)

@@ -23,7 +23,7 @@ import itertools
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from services.inference.stages import BatchContext, CameraState, FrameWork, new_
 from services.inference.stages.detector import DetectorPlugin
 from services.inference.tracking import greedy_match, iou_matrix
 from services.inference.zones import anchor_point, zones_at
+from services.shared.contracts.frame_analysis_pb2 import FrameAnalysis
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.storeconfig import Camera, DetectorStage, load_store_config
 from services.shared.tensorflow_runtime import load_tensorflow
@@ -113,11 +114,28 @@ def _read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
     return images
 
 
-def evaluate(clip: Clip, predict: Callable, iou: float) -> dict[str, Any]:
-    stage = clip.camera.stage("detector")
+def track_clip(name: str, camera: Camera, images: list[np.ndarray], fps: float, predict: Callable) -> Iterator[tuple[int, FrameAnalysis]]:
+    """Each frame's FrameAnalysis from inference's own detector stage (detector at the camera's
+    detect_fps, tracker between), the model called in process."""
+    stage = camera.stage("detector")
     assert isinstance(stage, DetectorStage)
     plugin = DetectorPlugin(stage)
     committed: dict[str, CameraState] = {}
+    frame_ms = 1000 / fps
+    with Progress(f"tracking the {name} clip", len(images), "frames", every_s=10) as progress:
+        for index, image in enumerate(images):
+            frame = Frame(store_id="store-001", camera_id=camera.id, capture_time_ms=round(index * frame_ms), sequence=index)
+            analysis = new_analysis(frame, camera)
+            ctx = BatchContext(predict, None, None, committed)  # type: ignore[arg-type]
+            plugin.run([FrameWork(None, frame, camera, image, analysis)], ctx)  # type: ignore[arg-type]
+            committed.update(ctx.working)
+            progress.advance()
+            yield index, analysis
+
+
+def evaluate(clip: Clip, predict: Callable, iou: float) -> dict[str, Any]:
+    stage = clip.camera.stage("detector")
+    assert isinstance(stage, DetectorStage)
     covered: dict[str, list[int | None]] = {}
     zone_ids = [zone.id for zone in clip.camera.zones]
     truth_s = dict.fromkeys(zone_ids, 0.0)
@@ -126,41 +144,33 @@ def evaluate(clip: Clip, predict: Callable, iou: float) -> dict[str, Any]:
     own_truth_s: dict[tuple[str, str], float] = {}
     own_seen_s: dict[tuple[str, str], float] = {}
     false_tracks = 0
-    frame_ms = 1000 / clip.fps
-    with Progress(f"tracking the {clip.name} clip", len(clip.images), "frames", every_s=10) as progress:
-        for index, image in enumerate(clip.images):
-            frame = Frame(store_id="store-001", camera_id=clip.camera.id, capture_time_ms=round(index * frame_ms), sequence=index)
-            analysis = new_analysis(frame, clip.camera)
-            ctx = BatchContext(predict, None, None, committed)  # type: ignore[arg-type]
-            plugin.run([FrameWork(None, frame, clip.camera, image, analysis)], ctx)  # type: ignore[arg-type]
-            committed.update(ctx.working)
-            progress.advance()
-            truth = clip.truth.get(index)
-            if truth is None:
-                continue
-            boxes = np.array([[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax] for p in analysis.persons]).reshape(-1, 4)
-            # Each track covers at most one person (best overlaps first).
-            pairs = dict(greedy_match(iou_matrix(np.array(list(truth.persons.values())).reshape(-1, 4), boxes), iou))
-            matched_tracks = set(pairs.values())
-            ambiguous = np.array(truth.ambiguous).reshape(-1, 4)
-            for k in range(len(boxes)):
-                if k not in matched_tracks and not (iou_matrix(boxes[k : k + 1], ambiguous) >= iou).any():
-                    false_tracks += 1
-            truly_in: dict[str, int] = {}
-            for row, (name, box) in enumerate(truth.persons.items()):
-                track = analysis.persons[pairs[row]] if row in pairs else None
-                covered.setdefault(name, []).append(track.track_id if track is not None else None)
-                # The zone rule applied to the true box: its anchor (feet, or the bottom of what shows).
-                inside = {z.id for z in zones_at(anchor_point(box, stage.anchor), clip.camera.zones)}
-                for zone_id in inside:
-                    truly_in[zone_id] = truly_in.get(zone_id, 0) + 1
-                    own_truth_s[(name, zone_id)] = own_truth_s.get((name, zone_id), 0.0) + clip.scored_every_s
-                for visit in track.zones if track is not None else []:
-                    own_seen_s[(name, visit.zone_id)] = own_seen_s.get((name, visit.zone_id), 0.0) + clip.scored_every_s
-            for zone in analysis.zones:
-                truth_s[zone.zone_id] += truly_in.get(zone.zone_id, 0) * clip.scored_every_s
-                seen_s[zone.zone_id] += zone.person_count * clip.scored_every_s
-                agree[zone.zone_id] += (zone.zone_id in truly_in) == (zone.person_count > 0)
+    for index, analysis in track_clip(clip.name, clip.camera, clip.images, clip.fps, predict):
+        truth = clip.truth.get(index)
+        if truth is None:
+            continue
+        boxes = np.array([[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax] for p in analysis.persons]).reshape(-1, 4)
+        # Each track covers at most one person (best overlaps first).
+        pairs = dict(greedy_match(iou_matrix(np.array(list(truth.persons.values())).reshape(-1, 4), boxes), iou))
+        matched_tracks = set(pairs.values())
+        ambiguous = np.array(truth.ambiguous).reshape(-1, 4)
+        for k in range(len(boxes)):
+            if k not in matched_tracks and not (iou_matrix(boxes[k : k + 1], ambiguous) >= iou).any():
+                false_tracks += 1
+        truly_in: dict[str, int] = {}
+        for row, (name, box) in enumerate(truth.persons.items()):
+            track = analysis.persons[pairs[row]] if row in pairs else None
+            covered.setdefault(name, []).append(track.track_id if track is not None else None)
+            # The zone rule applied to the true box: its anchor (feet, or the bottom of what shows).
+            inside = {z.id for z in zones_at(anchor_point(box, stage.anchor), clip.camera.zones)}
+            for zone_id in inside:
+                truly_in[zone_id] = truly_in.get(zone_id, 0) + 1
+                own_truth_s[(name, zone_id)] = own_truth_s.get((name, zone_id), 0.0) + clip.scored_every_s
+            for visit in track.zones if track is not None else []:
+                own_seen_s[(name, visit.zone_id)] = own_seen_s.get((name, visit.zone_id), 0.0) + clip.scored_every_s
+        for zone in analysis.zones:
+            truth_s[zone.zone_id] += truly_in.get(zone.zone_id, 0) * clip.scored_every_s
+            seen_s[zone.zone_id] += zone.person_count * clip.scored_every_s
+            agree[zone.zone_id] += (zone.zone_id in truly_in) == (zone.person_count > 0)
     result: dict[str, Any] = {"persons": {}, "zones": {}, "false_tracks": false_tracks, "frames_scored": len(clip.truth)}
     for name, ids in covered.items():
         matched = [i for i in ids if i is not None]

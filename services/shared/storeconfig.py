@@ -159,7 +159,7 @@ Stage = Annotated[PresenceStage | AnomalyStage | DetectorStage | PoseStage, Fiel
 
 class Line(_Strict):
     """A counting line on a camera's picture: people whose tracked foot point crosses it are counted,
-    once per track and direction (services/inference/lines.py).
+    each crossing once (services/inference/lines.py).
 
     `inside` is a point on the side people are counted "in" towards (the shop floor, for a door), so
     the direction never depends on which end of the line was drawn first.
@@ -173,7 +173,10 @@ class Line(_Strict):
     inside: tuple[float, float]
     # A foot point within this distance of the line (fraction of the frame) is on it, and changes no
     # side: a track that jitters on the line is counted once, when it is clearly across.
-    margin: float = Field(0.02, ge=0, le=0.2)
+    margin: float = Field(0.01, ge=0, le=0.2)
+    # Detections in a row a track must be seen on the new side before the crossing counts (a box
+    # that jumps across for one frame is not a person crossing).
+    confirm_frames: int = Field(2, ge=1, le=10)
 
     @model_validator(mode="after")
     def _inside_off_the_line(self) -> Line:

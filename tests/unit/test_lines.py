@@ -1,4 +1,4 @@
-"""Counting lines: sides, hysteresis, the line's ends, once per track and direction."""
+"""Counting lines: sides, the margin band, confirmation, the line's ends, people turning back."""
 
 import pytest
 from pydantic import ValidationError
@@ -7,7 +7,7 @@ from services.inference.lines import LineCounter, side_of
 from services.shared.storeconfig import Camera, Line, Store
 
 # A door across the bottom of the picture; the shop floor (in) is above it.
-DOOR = Line(id="door", kind="door", points=[(0.2, 0.8), (0.8, 0.8)], inside=(0.5, 0.5), margin=0.02)
+DOOR = Line(id="door", kind="door", points=[(0.2, 0.8), (0.8, 0.8)], inside=(0.5, 0.5), margin=0.02, confirm_frames=2)
 
 
 def walk(counter: LineCounter, track: int, ys: list[float], x: float = 0.5) -> list[str]:
@@ -26,33 +26,38 @@ def test_side_of_a_line_follows_the_inside_point_whichever_end_was_drawn_first()
 def test_walking_in_and_out_counts_one_each():
     counter = LineCounter([DOOR])
     assert walk(counter, 1, [0.95, 0.9, 0.85, 0.79, 0.75, 0.6]) == ["in"]
-    assert walk(counter, 2, [0.5, 0.7, 0.9]) == ["out"]
+    assert walk(counter, 2, [0.5, 0.7, 0.9, 0.95]) == ["out"]
 
 
 def test_a_foot_point_jittering_on_the_line_is_not_a_crossing():
     counter = LineCounter([DOOR])
     jitter = [0.79, 0.81, 0.795, 0.805, 0.79, 0.81] * 5
     assert walk(counter, 1, [0.6, *jitter, 0.6]) == []
-    # ...and is counted once when it finally goes across.
-    assert walk(counter, 1, [*jitter, 0.9]) == ["out"]
+    # ...and is counted once when it finally goes across (and stays: two detections in a row).
+    assert walk(counter, 1, [*jitter, 0.9, 0.9, 0.92]) == ["out"]
 
 
-def test_a_track_counts_at_most_once_per_direction():
+def test_one_box_jumping_across_the_line_and_back_is_not_a_crossing():
     counter = LineCounter([DOOR])
-    assert walk(counter, 1, [0.95, 0.6, 0.95, 0.6, 0.95, 0.6]) == ["in", "out"]
+    assert walk(counter, 1, [0.6, 0.6, 0.9, 0.6, 0.6, 0.9, 0.6]) == []
+
+
+def test_a_person_who_turns_back_is_counted_each_way():
+    counter = LineCounter([DOOR])
+    assert walk(counter, 1, [0.95, 0.6, 0.6, 0.95, 0.95, 0.6, 0.6]) == ["in", "out", "in"]
 
 
 def test_walking_round_the_end_of_the_line_is_not_a_crossing():
     counter = LineCounter([DOOR])
-    path = [(0.5, 0.95), (0.1, 0.95), (0.1, 0.6), (0.5, 0.6)]
+    path = [(0.5, 0.95), (0.1, 0.95), (0.1, 0.6), (0.5, 0.6), (0.5, 0.6)]
     assert [c.direction for p in path for c in counter.observe(1, p)] == []
 
 
 def test_a_polyline_counts_across_any_of_its_segments():
     bend = Line(id="bend", points=[(0.1, 0.5), (0.5, 0.5), (0.5, 0.9)], inside=(0.2, 0.8))
     counter = LineCounter([bend])
-    assert [c.direction for p in [(0.3, 0.3), (0.3, 0.7)] for c in counter.observe(1, p)] == ["in"]
-    assert [c.direction for p in [(0.8, 0.7), (0.4, 0.7)] for c in counter.observe(2, p)] == ["in"]
+    assert [c.direction for p in [(0.3, 0.3), (0.3, 0.7), (0.3, 0.7)] for c in counter.observe(1, p)] == ["in"]
+    assert [c.direction for p in [(0.8, 0.7), (0.4, 0.7), (0.4, 0.7)] for c in counter.observe(2, p)] == ["in"]
 
 
 def test_tracks_given_up_are_forgotten():
