@@ -52,7 +52,7 @@ TICK_S = 5.0
 # the correlator, so a scenario's late messages still arrive after what the correlator has read.
 MAX_UNCONSUMED_BYTES = 2 * 1024 * 1024
 CORRELATOR_GROUP = topics.CORRELATOR_APP_ID
-CONSUMED_TOPICS = (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)
+CONSUMED_TOPICS = (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS, topics.STORE_STEPS)
 DLQ_TOPICS = tuple(topics.dlq(t) for t in CONSUMED_TOPICS)
 
 

@@ -91,6 +91,14 @@ class PoseAt(_Strict):
     pose: Pose
 
 
+class CrossSpec(_Strict):
+    """A counting line the person crosses: reported in the segment's first frame at or after `t`."""
+
+    line: str
+    direction: Literal["in", "out"]
+    t: float = Field(ge=0)
+
+
 class PersonSpec(_Strict):
     track: int = Field(ge=1)
     zones: VisitedZones = []
@@ -99,6 +107,7 @@ class PersonSpec(_Strict):
     score: float = Field(0.9, gt=0, le=1)
     pose: Pose | None = None
     poses: list[PoseAt] = []
+    crosses: list[CrossSpec] = []
 
     _box = field_validator("box")(_in_frame)
 
@@ -280,6 +289,10 @@ def build_scenario(path: Path, raw: Any) -> Scenario:
                 zone.setdefault("polygon", _default_polygon(i, len(zones)))
         for register in store.get("registers", []):
             register["camera"] = scenario.pid(register.get("camera", ""))
+        for handover in store.get("handovers", []):
+            for end in ("from", "to"):
+                if isinstance(handover.get(end), dict):
+                    handover[end]["camera"] = scenario.pid(handover[end].get("camera", ""))
         scenario.stores.append(store)
     scenario.employees = [{**e, "id": scenario.pid(e.get("id", "")), "tokens": [scenario.pid(t) for t in e.get("tokens", [])]} for e in spec.employees]
     config = scenario_config(scenario)  # validates the stores with the real schema
@@ -303,11 +316,20 @@ def _check_references(sc: Scenario, config: StoreConfig) -> None:
         if camera is None:
             raise ScenarioError(f"{sc.path.name}: video of camera {cam!r}, which no store of the scenario has")
         zone_ids = {z.id for z in camera.zones}
+        line_ids = {line.id for line in camera.lines}
         for segment in segments:
             named = set(segment.zones) | {z for p in segment.persons for z in p.zones} | {z for o in segment.objects for z in o.zones}
             unknown = sorted(named - zone_ids)
             if unknown:
                 raise ScenarioError(f"{sc.path.name}: video of {cam} at t={segment.t:g}: zone(s) {unknown} are not zones of the camera ({sorted(zone_ids)})")
+            for person in segment.persons:
+                for cross in person.crosses:
+                    if cross.line not in line_ids:
+                        raise ScenarioError(f"{sc.path.name}: video of {cam} at t={segment.t:g}: track {person.track} crosses line {cross.line!r}, "
+                                            f"which is not a line of the camera ({sorted(line_ids)})")
+                    if not segment.t <= cross.t < segment.until:
+                        raise ScenarioError(f"{sc.path.name}: video of {cam}: track {person.track} crosses {cross.line} at t={cross.t:g}, "
+                                            f"outside its segment ({segment.t:g} to {segment.until:g})")
         ordered = sorted(segments, key=lambda s: s.t)
         for a, b in itertools.pairwise(ordered):
             if b.t < a.until:

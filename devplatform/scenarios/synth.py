@@ -186,6 +186,7 @@ def frame_messages(sc: Scenario, config: StoreConfig) -> Iterator[tuple[bool, in
     for cam, segments in sc.spec.video.items():
         store, camera = config.camera(sc.pid(cam))
         zones = {z.id: z for z in camera.zones}
+        line_kinds = {line.id: line.kind for line in camera.lines}
         tracks = _Tracks(ZoneVisits(camera.zones))
         seq = 0
         for segment in sorted(segments, key=lambda s: s.t):
@@ -216,6 +217,9 @@ def frame_messages(sc: Scenario, config: StoreConfig) -> Iterator[tuple[bool, in
                     x0, y0, x1, y1 = box
                     person = analysis.persons.add(track_id=spec.track, score=spec.score, first_seen_ms=first, detected=True,
                                                   box={"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}, zones=visits)
+                    for cross in spec.crosses:  # in the first frame at or after its time
+                        if cross.t <= t + 1e-9 < cross.t + 1 / segment.fps:
+                            analysis.line_crossings.add(line_id=cross.line, track_id=spec.track, direction=cross.direction, line_kind=line_kinds[cross.line])
                     pose = _pose_at(spec, t)
                     if pose:
                         bag_boxes = [(b.box.xmin, b.box.ymin, b.box.xmax, b.box.ymax) for b in bags]

@@ -933,8 +933,9 @@ JOURNEY_KINDS = ("high_value", "counter_customer", "exit", "staff_only")
 # A camera sends its store a clock step at least this often (event time), so exits are decided when
 # a camera falls quiet.
 CLOCK_EVERY_MS = 2_000
-# A camera that reported nothing for this long (event time) no longer holds the store's decisions back.
-STALE_CAMERA_MS = 60_000
+# A camera whose steps stopped coming for this long (wall clock: down, or its partition stalled) no
+# longer holds the store's decisions back; one that is merely behind (its steps still come) does.
+SILENT_CAMERA_MS = 30_000
 EVIDENCE_VISITS = 6
 
 
@@ -1021,56 +1022,106 @@ class StoreContext:
     timezone: str
     rules: RulesConfig
     edges: tuple[HandoverEdge, ...] = ()
+    # Cameras with a counter_customer (till) zone.
+    till_cameras: frozenset[str] = frozenset()
+    # Cameras that send the store steps (followed zones or door lines): decisions wait for each.
+    reporting: frozenset[str] = frozenset()
     feedback: FeedbackState | None = None
+
+    def in_view_from(self, camera_id: str) -> set[str]:
+        """The cameras a person can be followed into from this one, through the handovers."""
+        seen, todo = {camera_id}, [camera_id]
+        while todo:
+            here = todo.pop()
+            for edge in self.edges:
+                if edge.from_camera == here and edge.to_camera not in seen:
+                    seen.add(edge.to_camera)
+                    todo.append(edge.to_camera)
+        return seen
 
 
 def _person_of(state: StoreJourneys, ctx: StoreContext, step: TrackStep) -> str:
-    """The person a track belongs to: known already, or (a new track first seen in a handover's zone)
-    the one person who walked out of the neighbouring view in time, or a new person."""
+    """The person a track belongs to: known already, or new (a handover may join them to the person
+    who walked out of a neighbouring view, once both cameras have reported past the handover)."""
     key = f"{step.camera_id}:{step.track_id}"
     if key in state.tracks:
         return state.tracks[key]
-    person = key
-    if step.kind == "enter":
-        matches = [(d, e) for e in ctx.edges if e.to_camera == step.camera_id and e.to_zone == step.zone_id
-                   and step.entered_ms - step.first_seen_ms <= e.within_ms
-                   for d in state.departures if d.camera_id == e.from_camera and d.zone_id == e.from_zone
-                   and 0 <= step.entered_ms - d.time_ms <= e.within_ms and d.track in state.tracks]
-        if len({d.track for d, _ in matches}) == 1:  # two people leaving together: link neither
-            departure = matches[0][0]
-            person = state.tracks[departure.track]
-            state.departures = [d for d in state.departures if d.track != departure.track]
-    state.tracks[key] = person
-    if person not in state.people:
-        fresh = step.kind == "enter" and step.entered_ms - step.first_seen_ms <= max((e.within_ms for e in ctx.edges), default=0)
-        state.people[person] = Journey(first_zone=f"{step.camera_id}:{step.zone_id}" if fresh else "", first_ms=step.entered_ms if fresh else 0)
-    state.people[person].tracks.append(key)
-    return person
+    state.tracks[key] = key
+    fresh = step.kind == "enter" and step.entered_ms - step.first_seen_ms <= max((e.within_ms for e in ctx.edges), default=0)
+    state.people[key] = Journey(tracks=[key], first_zone=f"{step.camera_id}:{step.zone_id}" if fresh else "", first_ms=step.entered_ms if fresh else 0)
+    return key
 
 
-def _link_late(state: StoreJourneys, ctx: StoreContext, departure: Departure) -> bool:
-    """A departure reported after the neighbouring camera's new track already started its own
-    journey (the camera the person left reports it once its tracker gives up, seconds later):
-    the one such journey is joined to the departed person's."""
+def _successors(state: StoreJourneys, ctx: StoreContext, departure: Departure) -> list[str]:
+    """The new tracks' journeys that may be the departed person: first seen in a handover's zone in time."""
     person = state.tracks.get(departure.track)
-    if person is None:
-        return False
-    candidates = [p for p, j in state.people.items() if p != person and len(j.tracks) == 1 and j.first_zone
-                  for e in ctx.edges if e.from_camera == departure.camera_id and e.from_zone == departure.zone_id
-                  and j.first_zone == f"{e.to_camera}:{e.to_zone}" and 0 <= j.first_ms - departure.time_ms <= e.within_ms]
-    if len(set(candidates)) != 1:
-        return False
-    later = state.people.pop(candidates[0])
-    journey = state.people[person]
-    journey.tracks += later.tracks
-    journey.last_ms = max(journey.last_ms, later.last_ms)
-    journey.visits += later.visits
-    journey.checkouts += later.checkouts
-    journey.exits += later.exits
-    journey.staff = journey.staff or later.staff
-    for track in later.tracks:
-        state.tracks[track] = person
+    return [p for p, j in state.people.items() if p != person and len(j.tracks) == 1 and j.first_zone and not j.ambiguous
+            and any(j.first_zone == f"{e.to_camera}:{e.to_zone}" and 0 <= j.first_ms - departure.time_ms <= e.within_ms
+                    for e in ctx.edges if e.from_camera == departure.camera_id and e.from_zone == departure.zone_id)]
+
+
+def _departure_due(state: StoreJourneys, ctx: StoreContext, departure: Departure, wall_ms: int) -> bool:
+    """Every camera the person may have walked on into has reported past the handover's time (or is
+    silent, or was never heard from in SILENT_CAMERA_MS): its new tracks are all known."""
+    for edge in ctx.edges:
+        if edge.from_camera != departure.camera_id or edge.from_zone != departure.zone_id:
+            continue
+        clock = state.clocks.get(edge.to_camera)
+        if clock is None:
+            if wall_ms - departure.noted_ms <= SILENT_CAMERA_MS:
+                return False
+        elif clock < departure.time_ms + edge.within_ms and not _silent(state, edge.to_camera, wall_ms):
+            return False
     return True
+
+
+def _departures_known(state: StoreJourneys, ctx: StoreContext, journey: Journey, wall_ms: int) -> bool:
+    """Every camera a handover leads from into where this new track appeared has reported up to the
+    moment it appeared (or is silent): each person who may be them is known to have left."""
+    for edge in ctx.edges:
+        if journey.first_zone == f"{edge.to_camera}:{edge.to_zone}":
+            clock = state.clocks.get(edge.from_camera)
+            if (clock is None or clock < journey.first_ms) and not _silent(state, edge.from_camera, wall_ms):
+                return False
+    return True
+
+
+def _link_departures(state: StoreJourneys, ctx: StoreContext, wall_ms: int) -> list[str]:
+    """Join each departure whose handover every neighbouring camera has passed to the one new track
+    that can be them, when that track can be nobody else; two people who left together and a new
+    track that could be either link to nobody, and that track is never linked later. Returns the
+    persons who gained tracks."""
+    due = [d for d in state.departures if _departure_due(state, ctx, d, wall_ms)]
+    if not due:
+        return []
+    claims = {id(d): _successors(state, ctx, d) for d in state.departures}
+    grown = []
+    for departure in due:
+        successors = claims[id(departure)]
+        if not all(_departures_known(state, ctx, state.people[s], wall_ms) for s in successors):
+            continue  # someone else may yet be reported leaving towards them
+        rivals = [d for d in state.departures if d is not departure and set(successors) & set(claims[id(d)])]
+        person = state.tracks.get(departure.track)
+        if len(successors) != 1 or rivals or person is None:
+            for successor in successors:
+                if rivals and successor in state.people:
+                    state.people[successor].ambiguous = True
+            continue
+        later = state.people.pop(successors[0])
+        journey = state.people[person]
+        journey.tracks += later.tracks
+        journey.last_ms = max(journey.last_ms, later.last_ms)
+        journey.visits += later.visits
+        journey.checkouts += later.checkouts
+        journey.exits += later.exits
+        journey.staff = journey.staff or later.staff
+        for track in later.tracks:
+            state.tracks[track] = person
+        grown.append(person)
+    waiting = [d for d in due if claims[id(d)] and not all(_departures_known(state, ctx, state.people[s], wall_ms)
+                                                             for s in claims[id(d)] if s in state.people)]
+    state.departures = [d for d in state.departures if all(d is not due_one for due_one in due) or any(d is w for w in waiting)]
+    return grown
 
 
 def _visit_end(visit: HighValueVisit, at_ms: int) -> int:
@@ -1078,23 +1129,29 @@ def _visit_end(visit: HighValueVisit, at_ms: int) -> int:
 
 
 def storewide_rules(state: StoreJourneys, ctx: StoreContext, step: TrackStep, raised_ms: int) -> list[Alert]:
-    """Apply one camera step to the store's journeys; returns checkout bypass and repeat visit alerts."""
+    """Apply one camera step to the store's journeys; returns checkout bypass and repeat visit alerts.
+    `raised_ms` is the wall clock, used only to tell a silent camera from one that is behind."""
     state.clocks[step.camera_id] = max(state.clocks.get(step.camera_id, 0), step.time_ms)
+    state.heard[step.camera_id] = raised_ms
+    state.started_ms = state.started_ms or raised_ms
     alerts: list[Alert] = []
     if step.kind != "clock":
         person = _person_of(state, ctx, step)
         journey = state.people[person]
         journey.last_ms = max(journey.last_ms, step.time_ms)
-        _record(state, ctx, journey, step)
+        _record(state, ctx, journey, step, raised_ms)
         alerts += _repeat_visits(ctx, person, journey, step.time_ms)
-    alerts += _decide_exits(state, ctx)
+    settled = _settled_until(state, ctx, raised_ms)
+    for person in _link_departures(state, ctx, raised_ms):
+        alerts += _repeat_visits(ctx, person, state.people[person], settled)
+    alerts += _decide_exits(state, ctx, settled)
     _forget_old(state, ctx)
     for alert in alerts:
         alert.raised_time_ms = raised_ms
     return alerts
 
 
-def _record(state: StoreJourneys, ctx: StoreContext, journey: Journey, step: TrackStep) -> None:
+def _record(state: StoreJourneys, ctx: StoreContext, journey: Journey, step: TrackStep, wall_ms: int) -> None:
     if step.kind == "enter":
         if step.zone_kind == "high_value":
             if not any((v.camera_id, v.track_id, v.zone_id, v.entered_ms) == (step.camera_id, step.track_id, step.zone_id, step.entered_ms)
@@ -1114,9 +1171,7 @@ def _record(state: StoreJourneys, ctx: StoreContext, journey: Journey, step: Tra
         track = f"{step.camera_id}:{step.track_id}"
         if step.gone and any(e.from_camera == step.camera_id and e.from_zone == step.zone_id for e in ctx.edges) \
                 and not any(d.track == track for d in state.departures):
-            departure = Departure(track, step.camera_id, step.zone_id, step.time_ms)
-            if not _link_late(state, ctx, departure):
-                state.departures.append(departure)
+            state.departures.append(Departure(track, step.camera_id, step.zone_id, step.time_ms, wall_ms))
     elif step.kind == "cross" and step.direction == "out":
         _add_exit(journey, StoreExit(step.camera_id, step.track_id, step.time_ms, f"door line {step.line_id}", step.first_seq))
 
@@ -1128,21 +1183,28 @@ def _add_exit(journey: Journey, exit_: StoreExit) -> None:
         journey.exits.append(exit_)
 
 
-def _settled_until(state: StoreJourneys) -> int:
-    """Event time every live camera of the store has reported up to (cameras quiet for a minute past
-    the newest do not hold decisions back)."""
-    if not state.clocks:
+def _silent(state: StoreJourneys, camera_id: str, wall_ms: int) -> bool:
+    return camera_id in state.heard and wall_ms - state.heard[camera_id] > SILENT_CAMERA_MS
+
+
+def _settled_until(state: StoreJourneys, ctx: StoreContext, wall_ms: int) -> int:
+    """Event time every camera of the store still reporting has reached: a camera that is behind
+    holds decisions back (its steps may change them), a silent one does not, nor one never heard
+    from for SILENT_CAMERA_MS."""
+    if any(camera not in state.clocks for camera in ctx.reporting) and wall_ms - state.started_ms <= SILENT_CAMERA_MS:
         return 0
-    newest = max(state.clocks.values())
-    return min(t for t in state.clocks.values() if t >= newest - STALE_CAMERA_MS)
+    live = [t for camera, t in state.clocks.items() if not _silent(state, camera, wall_ms)]
+    return min(live) if live else max(state.clocks.values(), default=0)
 
 
-def _decide_exits(state: StoreJourneys, ctx: StoreContext) -> list[Alert]:
+def _decide_exits(state: StoreJourneys, ctx: StoreContext, settled: int) -> list[Alert]:
     settings = ctx.rules.checkout_bypass
-    settled = _settled_until(state)
     alerts = []
+    longest_handover = max((e.within_ms for e in ctx.edges), default=0)
     for person, journey in state.people.items():
-        due = [e for e in journey.exits if e.time_ms + settings.settle_s * 1000 <= settled]
+        # A new track that a handover may still join to someone who left a neighbouring view waits for that.
+        linkable = journey.first_ms + longest_handover if len(journey.tracks) == 1 and journey.first_zone and not journey.ambiguous else 0
+        due = [e for e in journey.exits if max(e.time_ms + settings.settle_s * 1000, linkable) <= settled]
         if not due:
             continue
         journey.exits = [e for e in journey.exits if e not in due]
@@ -1155,14 +1217,20 @@ def _decide_exits(state: StoreJourneys, ctx: StoreContext) -> list[Alert]:
 
 def _checkout_bypass(ctx: StoreContext, person: str, journey: Journey, exit_: StoreExit) -> list[Alert]:
     """The latest high-value visit before this exit that could have taken something (long enough, not
-    seen by a pose stage to never reach out), with no till visit between it and the exit."""
+    seen by a pose stage to never reach out), with no till visit between it and the exit.
+
+    Only where the person could be followed from the shelf to a till and to this exit (the same
+    camera, or cameras chained by handovers): a shopper who paid at a till no chain of views leads
+    to would otherwise look like one who never paid."""
     settings = ctx.rules.checkout_bypass
     min_visit_ms = settings.min_visit_s * 1000 * factor(ctx.feedback, CHECKOUT_BYPASS)
     before = [v for v in journey.visits if not v.judged and v.entered_ms <= exit_.time_ms]
     for visit in before:
         visit.judged = True
+    followed = {camera: ctx.in_view_from(camera) for camera in {v.camera_id for v in before}}
     candidates = [v for v in before
-                  if _visit_end(v, exit_.time_ms) - v.entered_ms >= min_visit_ms
+                  if exit_.camera_id in followed[v.camera_id] and ctx.till_cameras & followed[v.camera_id]
+                  and _visit_end(v, exit_.time_ms) - v.entered_ms >= min_visit_ms
                   and exit_.time_ms - _visit_end(v, exit_.time_ms) <= settings.within_s * 1000
                   and not (v.posed and not v.reached)]
     unpaid = [v for v in candidates if not any(v.entered_ms <= c <= exit_.time_ms for c in journey.checkouts)]
@@ -1233,9 +1301,8 @@ def _repeat_visits(ctx: StoreContext, person: str, journey: Journey, now: int) -
 def _forget_old(state: StoreJourneys, ctx: StoreContext) -> None:
     """Journeys over (nothing for longer than either rule looks back), departures no new track took up."""
     newest = max(state.clocks.values(), default=0)
-    keep_ms = int(max(ctx.rules.checkout_bypass.within_s, ctx.rules.repeat_visits.within_s) * 1000) + STALE_CAMERA_MS
-    longest_handover = max((e.within_ms for e in ctx.edges), default=0)
-    state.departures = [d for d in state.departures if newest - d.time_ms <= longest_handover]
+    keep_ms = int(max(ctx.rules.checkout_bypass.within_s, ctx.rules.repeat_visits.within_s) * 1000) + SILENT_CAMERA_MS
+    state.departures = [d for d in state.departures if newest - d.time_ms <= keep_ms]
     over = [p for p, j in state.people.items() if newest - j.last_ms > keep_ms and not j.exits
             and (all(v.left_ms for v in j.visits) or newest - j.last_ms > DAY_MS)]
     for person in over:

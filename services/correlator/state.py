@@ -267,6 +267,8 @@ class Journey:
     decided_exits: list[str] = field(default_factory=list)
     # No further repeat_visits alert before this event time (one per person and period).
     repeat_quiet_until_ms: int = 0
+    # A new track two departed people could be: never joined to either.
+    ambiguous: bool = False
 
 
 @dataclass
@@ -277,6 +279,8 @@ class Departure:
     camera_id: str
     zone_id: str
     time_ms: int
+    # Wall time it was noted: a neighbouring camera never heard from is waited for this long at most.
+    noted_ms: int = 0
 
 
 @dataclass
@@ -286,8 +290,11 @@ class StoreJourneys:
     # "camera:track" -> person id
     tracks: dict[str, str] = field(default_factory=dict)
     departures: list[Departure] = field(default_factory=list)
-    # camera -> the latest event time it reported
+    # camera -> the latest event time it reported, and the wall time its last step came in
     clocks: dict[str, int] = field(default_factory=dict)
+    heard: dict[str, int] = field(default_factory=dict)
+    # Wall time the first step came in: a camera never heard from is waited for SILENT_CAMERA_MS from then.
+    started_ms: int = 0
 
 
 # --- chain-wide returns: card or customer token --------------------------------------------------

@@ -12,8 +12,8 @@ S = 1000
 HANDOVER = Handover.model_validate({"from": {"camera": "floor", "zone": "edge"}, "to": {"camera": "door", "zone": "lobby"}, "within_s": 10})
 
 
-def ctx(**rules_overrides) -> StoreContext:
-    return StoreContext("store", "Europe/London", RulesConfig.model_validate(rules_overrides), handover_edges([HANDOVER]))
+def ctx(till_cameras=("floor",), **rules_overrides) -> StoreContext:
+    return StoreContext("store", "Europe/London", RulesConfig.model_validate(rules_overrides), handover_edges([HANDOVER]), frozenset(till_cameras))
 
 
 def enter(camera: str, track: int, zone: str, kind: str, t_s: float, first_seen_s: float | None = None) -> TrackStep:
@@ -82,6 +82,13 @@ def test_a_shopper_who_pays_a_walk_past_staff_and_one_who_never_reached_raise_no
     assert alert.facts["reached"] == "True" and alert.severity > run(shopper())[0].severity
 
 
+def test_only_a_journey_whose_views_lead_to_a_till_is_judged():
+    # The tills are on a camera no handover leads to from the shelf: the shopper may have paid there.
+    assert run(shopper(), ctx(till_cameras=("counter",))) == []
+    # The door camera has the till, and the floor's view continues into it.
+    assert len(run(shopper(), ctx(till_cameras=("door",)))) == 1
+
+
 def test_an_exit_long_after_the_visit_is_not_judged():
     assert run(shopper(exit_at=30 + 901)) == []
 
@@ -97,7 +104,9 @@ def test_the_journey_continues_across_a_handover_in_either_order_of_reports():
              enter("floor", 1, "edge", "aisle", 31)]
     gone = leave("floor", 1, "edge", "aisle", 31, 40, gone=True)
     at_door = [enter("door", 9, "lobby", "aisle", 43, first_seen_s=42.5), out("door", 9, 50), clock("door", 60), clock("floor", 60)]
-    for order in ([*floor, gone, *at_door], [*floor, *at_door[:1], gone, *at_door[1:]]):
+    # In time order; the departure reported after the new track's first step; the floor camera's partition
+    # consumed a minute ahead of the door camera's.
+    for order in ([*floor, gone, *at_door], [*floor, *at_door[:1], gone, *at_door[1:]], [*floor, gone, clock("floor", 100), *at_door, clock("door", 110)]):
         [alert] = run(order)
         assert alert.camera_id == "door" and alert.facts["track"] == "9" and alert.facts["tracks"] == "floor:1,door:9"
         assert alert.facts["zone_camera"] == "floor" and {e.camera_id for e in alert.evidence} == {"floor", "door"}
@@ -109,6 +118,10 @@ def test_two_people_walking_out_of_view_together_link_to_nobody():
              leave("floor", 1, "edge", "aisle", 31, 40, gone=True), leave("floor", 2, "edge", "aisle", 31, 40, gone=True),
              enter("door", 9, "lobby", "aisle", 43, first_seen_s=43), out("door", 9, 50), clock("door", 60), clock("floor", 60)]
     assert run(steps) == []
+    # The door camera's partition consumed first: the first departure must not link before the second is known.
+    door_first = [*steps[:4], *steps[6:9], *steps[4:6], steps[9]]
+    assert [s.kind for s in door_first] == ["enter", "leave", "enter", "enter", "enter", "cross", "clock", "leave", "leave", "clock"]
+    assert run(door_first) == []
 
 
 def cabinet_visits(track: int, starts: list[float], stay_s: float = 10, camera: str = "floor") -> list[TrackStep]:
@@ -131,7 +144,8 @@ def test_a_foot_point_jittering_on_the_zone_edge_is_one_visit():
 def test_repeat_visits_follow_the_person_across_cameras():
     steps = [*cabinet_visits(1, [0, 100]), enter("floor", 1, "edge", "aisle", 120), leave("floor", 1, "edge", "aisle", 120, 125, gone=True),
              enter("door", 9, "lobby", "aisle", 127, first_seen_s=127), *cabinet_visits(9, [200, 300], camera="door")]
-    [alert] = run(steps)
+    assert run(steps) == []  # the floor camera has not reported past the moment track 9 appeared: someone else may have left too
+    [alert] = run([*steps, clock("floor", 320)])
     assert alert.rule == rules.REPEAT_VISITS and "across cameras door, floor" in alert.explanation
 
 
