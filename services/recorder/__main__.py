@@ -20,12 +20,13 @@ from services.shared.lifecycle import run_consume_service, stop_on_signals
 from services.shared.logs import configure_logging
 from services.shared.settings import SettingsError, load_settings
 from services.shared.storeconfig import StoreConfigWatcher, load_store_config
+from services.shared.traffic import record_counts
 
 TICK_S = 0.5
 
 
 def _ticker(recorder: Recorder, redis_client: redis.Redis, stop: threading.Event, log: logging.Logger, health: dict) -> None:
-    """Finish pending alerts that are due while no message arrives, and publish camera status.
+    """Finish pending alerts that are due while no message arrives, and publish camera status and line counts.
 
     Redis is written here, off the consume loop, so a slow or absent Redis never holds up evidence."""
     warned = 0.0
@@ -37,10 +38,13 @@ def _ticker(recorder: Recorder, redis_client: redis.Redis, stop: threading.Event
             # A bug here must not stop the timer: pending alerts would then wait for messages alone.
             log.exception("recorder tick failed")
             continue
+        counts = recorder.take_line_counts()
         try:
             write_camera_statuses(redis_client, statuses)
+            record_counts(redis_client, counts)
             health["redis"] = True
         except redis.RedisError as exc:
+            recorder.give_back_line_counts(counts)
             health["redis"] = False
             if time.monotonic() - warned > 30:
                 warned = time.monotonic()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,7 @@ from services.shared.evidence import MANIFEST_VERSION, STORE_ERRORS, EvidenceSto
 from services.shared.kafka import Outcome, Poison, RetryableError
 from services.shared.serde import PoisonMessage, decode, to_json_dict
 from services.shared.storeconfig import Camera, StoreConfig, StoreConfigWatcher
+from services.shared.traffic import LineCount
 
 log = logging.getLogger("recorder")
 
@@ -62,6 +64,8 @@ MAX_PENDING = 1000
 # However much progress its camera makes, an alert waits at most this many times max_wait in all.
 MAX_WAIT_FACTOR = 10
 STATUS_INTERVAL_MS = 1000
+# Line crossings held for Redis while it is away (a busy store counts a few thousand an hour).
+LINE_COUNTS_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ class Recorder:
         self.started_ms = self.now_ms()
         self._status_written: dict[str, int] = {}
         self._status_dirty: set[str] = set()
+        # Line crossings on their way to Redis (the dashboard's people counts); the oldest go first if
+        # Redis stays away long enough to fill it.
+        self.line_counts: deque[LineCount] = deque(maxlen=LINE_COUNTS_KEPT)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -181,6 +188,9 @@ class Recorder:
             self._not_ahead(analysis.capture_time_ms, now, f"analysis {analysis.camera_id}#{analysis.frame_sequence}")
             self._buffer(analysis.camera_id).add_analysis(analysis)
             self._status_dirty.add(analysis.camera_id)
+            for crossing in analysis.line_crossings:
+                self.line_counts.append(LineCount(analysis.store_id, analysis.camera_id, crossing.line_id, crossing.line_kind, crossing.direction,
+                                                  crossing.track_id, analysis.capture_time_ms))
         elif topic == topics.POS:
             event = decode(PosEvent, value, required=("event_id", "store_id", "event_time_ms"))
             self._not_ahead(event.event_time_ms, now, f"POS event {event.event_id}")
@@ -527,6 +537,17 @@ class Recorder:
                 self._status_written[camera_id] = now
                 self._status_dirty.discard(camera_id)
             return [self.cameras[c].status() for c in due]
+
+    def take_line_counts(self) -> list[LineCount]:
+        """The line crossings not yet written to Redis (`give_back_line_counts` if writing fails)."""
+        with self.lock:
+            taken = list(self.line_counts)
+            self.line_counts.clear()
+            return taken
+
+    def give_back_line_counts(self, counts: list[LineCount]) -> None:
+        with self.lock:
+            self.line_counts.extendleft(reversed(counts))
 
     def sweep(self) -> int:
         """Delete evidence past each store's retention, and close pending manifests nobody will finish."""

@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from devplatform.launcher import free_port
+from devplatform.launcher import ROOT, free_port
 from services.shared import topics
 from services.shared.cameras import camera_statuses
 from services.shared.contracts.alert_pb2 import Alert, EvidenceRef
@@ -23,6 +23,8 @@ from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
 from services.shared.evidence import STORE_ERRORS, EvidenceNotFound, EvidenceStore
 from services.shared.kafka import make_producer
+from services.shared.storeconfig import load_store_config
+from services.shared.traffic import store_traffic
 from tests.conftest import consume_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -72,9 +74,12 @@ def test_alert_evidence_camera_status_and_poison_skipped(broker, redis_url, star
     for i in range(101):
         analysis = FrameAnalysis(store_id=STORE, camera_id=CAM, capture_time_ms=start + i * 100, frame_sequence=i, persons=[
             PersonObservation(track_id=4, score=0.8, box=BoundingBox(ymin=0.3, xmin=0.2, ymax=0.9, xmax=0.5), detected=True)])
-        producer.produce(topics.DETECTIONS, key=CAM, value=analysis.SerializeToString())
+        if i in (50, 60):  # two people crossing the sample camera's counting line, the first analysis delivered twice
+            analysis.line_crossings.add(line_id="aisle-east", track_id=4 + i, direction="out" if i == 50 else "in", line_kind="count")
+        for _ in range(2 if i == 50 else 1):
+            producer.produce(topics.DETECTIONS, key=CAM, value=analysis.SerializeToString())
     producer.flush(10)
-    wait_for(lambda: 'sw_messages_processed_total{service="recorder",topic="sw.detections.v1"} 101.0' in _metrics(recorder), 60,
+    wait_for(lambda: 'sw_messages_processed_total{service="recorder",topic="sw.detections.v1"} 102.0' in _metrics(recorder), 60,
              "the analyses read", recorder)
     for i in range(101):
         producer.produce(topics.FRAMES, key=CAM, value=Frame(store_id=STORE, camera_id=CAM, capture_time_ms=start + i * 100, sequence=i,
@@ -107,6 +112,11 @@ def test_alert_evidence_camera_status_and_poison_skipped(broker, redis_url, star
     # frames over in several fetches, so an earlier status may be there first).
     status = wait_for(lambda: (s := camera_statuses(client).get(CAM)) and s["last_frame_ms"] == start + 10_000 and s, 10, "camera status in Redis", recorder)
     assert status["store_id"] == STORE and status["fps"] > 5 and not status["heartbeat"]
+    # The line crossings, each counted once, for the dashboard's store page.
+    # Counted over the last 24 hours (the store's opening time could fall between the crossings and now).
+    store = load_store_config(ROOT / "config" / "sample-store.yaml").store(STORE).model_copy(update={"opening_hours": None})
+    lines = wait_for(lambda: (t := store_traffic(client, store, now)) and t["lines"][0]["in"] == 1 and t["lines"], 10, "line counts in Redis", recorder)
+    assert lines == [{"camera_id": CAM, "line_id": "aisle-east", "kind": "count", "in": 1, "out": 1}]
 
     # Inference keeps the bad frame in the DLQ; the recorder passes over it, counted.
     metrics = _metrics(recorder)

@@ -122,6 +122,28 @@ export function s(tag, attrs, ...children) {
   return append(node, children);
 }
 
+/** Bars of counts per day (or per `per`); the tallest fills the chart, each bar has its count as a tooltip. */
+export function barChart(perDay, days, what = "Alerts", per = "day") {
+  const counts = (perDay || []).map((n) => Number(n) || 0);
+  const width = 400;
+  const height = 64;
+  const base = height - 12;
+  const max = Math.max(1, ...counts);
+  const step = width / Math.max(1, counts.length);
+  const bar = Math.max(1, step * 0.75);
+  const chart = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${what} per ${per}: ${counts.join(", ")}`, dataset: { what: what.toLowerCase() } });
+  chart.append(s("line", { class: "axis", x1: 0, x2: width, y1: base + 0.5, y2: base + 0.5 }));
+  counts.forEach((n, i) => {
+    const hgt = n ? Math.max(2, (n / max) * (base - 10)) : 1;
+    chart.append(s("rect", { class: n ? "bar" : "bar zero", x: i * step + (step - bar) / 2, y: base - hgt, width: bar, height: hgt },
+      s("title", null, `${days?.[i] ?? `${per} ${i + 1}`}: ${n}`)));
+  });
+  chart.append(s("text", { x: 0, y: height - 1 }, days?.[0] ?? ""), s("text", { x: width, y: height - 1, "text-anchor": "end" }, days?.at(-1) ?? ""));
+  const peak = Math.max(0, ...counts);
+  if (peak) chart.append(s("text", { x: width, y: 9, "text-anchor": "end" }, `max ${peak}/${per}`));
+  return chart;
+}
+
 export function clear(node, ...children) {
   node.replaceChildren();
   return append(node, children);

@@ -1,6 +1,6 @@
 // /stats: incidents and alerts per day per store and per rule (inline SVG bars), and how often analysts
 // confirmed each rule's alerts (precision stays per rule: an incident's verdict is recorded on each alert).
-import { api, byId, clear, formatPercent, h, initPage, ruleLabel, s, showError, storeIndex } from "/static/common.js";
+import { api, barChart, byId, clear, formatPercent, h, initPage, ruleLabel, showError, storeIndex } from "/static/common.js";
 
 const form = byId("filters");
 let stores = new Map();
@@ -9,28 +9,6 @@ function filters() {
   const params = new URLSearchParams(location.search);
   const days = Number.parseInt(params.get("days") || "14", 10);
   return { store_id: params.get("store_id") || "", region: params.get("region") || "", days: Number.isFinite(days) && days > 0 ? days : 14 };
-}
-
-/** Bars of alerts per day; the tallest day fills the chart, each bar has its count as a tooltip. */
-function barChart(perDay, days, what = "Alerts") {
-  const counts = (perDay || []).map((n) => Number(n) || 0);
-  const width = 400;
-  const height = 64;
-  const base = height - 12;
-  const max = Math.max(1, ...counts);
-  const step = width / Math.max(1, counts.length);
-  const bar = Math.max(1, step * 0.75);
-  const chart = s("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${what} per day: ${counts.join(", ")}`, dataset: { what: what.toLowerCase() } });
-  chart.append(s("line", { class: "axis", x1: 0, x2: width, y1: base + 0.5, y2: base + 0.5 }));
-  counts.forEach((n, i) => {
-    const hgt = n ? Math.max(2, (n / max) * (base - 10)) : 1;
-    chart.append(s("rect", { class: n ? "bar" : "bar zero", x: i * step + (step - bar) / 2, y: base - hgt, width: bar, height: hgt },
-      s("title", null, `${days?.[i] ?? `day ${i + 1}`}: ${n}`)));
-  });
-  chart.append(s("text", { x: 0, y: height - 1 }, days?.[0] ?? ""), s("text", { x: width, y: height - 1, "text-anchor": "end" }, days?.at(-1) ?? ""));
-  const peak = Math.max(0, ...counts);
-  if (peak) chart.append(s("text", { x: width, y: 9, "text-anchor": "end" }, `max ${peak}/day`));
-  return chart;
 }
 
 function precisionOf(row) {
