@@ -228,6 +228,10 @@ def real_api(broker, redis_url, start_service, risk_models, tmp_path):
 
     _keep_decisions(redis.Redis.from_url(redis_url), [_return_decision("real-api", "store-001", 2, 2599, abusive=True, receipt=False, model=None)])
     publish_model_card(redis.Redis.from_url(redis_url), model_card(load_latest(risk_models, "return"), "return"))
+    # Someone counted walking down the aisle past the sample counter (what the recorder writes from inference's line crossings).
+    from services.shared.traffic import LineCount, record_counts
+
+    record_counts(redis.Redis.from_url(redis_url), [LineCount("store-001", "cam-counter-1", "aisle-east", "count", "out", 7, int(time.time() * 1000))])
     producer = make_producer(broker)
     for alert in (_alert("al-dash-1", 30, Severity.SEVERITY_LOW), _alert("al-dash-2", 10, Severity.SEVERITY_CRITICAL)):
         producer.produce(topics.ALERTS, key=alert.store_id, value=alert.SerializeToString())
@@ -307,6 +311,8 @@ def test_every_page_shows_the_real_apis_data_by_role(real_api):
             page.goto(f"{api}/stores", timeout=15_000)
             page.wait_for_selector(".cameras li[data-camera-id='cam-counter-1']", timeout=15_000)
             assert page.get_attribute(".cameras li[data-camera-id='cam-counter-1']", "data-status") == "unknown"  # no recorder running
+            assert page.inner_text("[data-testid=traffic] li[data-line-id='aisle-east']") == "cam-counter-1 / aisle-east (count): 0 in, 1 out today"
+            assert page.locator("[data-testid=in-store-now]").count() == 0  # no door line: nobody counted into the store
 
             # Returns: the decision kept in Redis, and the card of the model the api loaded at start.
             page.goto(f"{api}/returns", timeout=15_000)
