@@ -71,6 +71,8 @@ class DemoResult:
     # alert id -> its evidence package as the HQ API shows it (None: nothing recorded)
     evidence: dict[str, dict | None] = field(default_factory=dict)
     dashboard: str = ""
+    # the sample store's people counts as the dashboard's store page shows them (/v1/stores `traffic`)
+    traffic: dict | None = None
     # the alerts to expect, from the store config and the clip's capture time (devplatform/expected.py)
     expected: DemoExpectation | None = None
 
@@ -221,6 +223,14 @@ def run_demo(platform: Platform, echo=print, keep_running: bool = False) -> Demo
                     break
                 time.sleep(0.5)
             result.evidence[alert["alert_id"]] = package
+        # The passer-by walks down the aisle past its counting line late in the clip; the recorder
+        # counts the crossing into Redis, and the store page shows it.
+        traffic_deadline = max(time.time(), clip_end) + 20
+        while True:
+            result.traffic = next((s["traffic"] for s in hq.get("/v1/stores").json()["stores"] if s["store_id"] == script["store_id"]), None)
+            if (result.traffic and any(line["in"] or line["out"] for line in result.traffic["lines"])) or time.time() > traffic_deadline:
+                break
+            time.sleep(0.5)
         if keep_running:
             echo(f"\nDashboard: {result.dashboard}  (users and passwords: {platform.run_dir / 'dev-credentials.json'})")
     finally:
@@ -253,6 +263,9 @@ def report(result: DemoResult, echo=print) -> list[str]:
             echo(f"      evidence ({package['status']}): {len(package['frames'])} frames, snapshot {package['snapshot_url']}, clip {package['clip_url']}")
             for reason in package["missing"]:
                 echo(f"        missing: {reason}")
+    if result.traffic is not None:
+        counts = ", ".join(f"{line['camera_id']} / {line['line_id']}: {line['in']} in, {line['out']} out" for line in result.traffic["lines"])
+        echo(f"People counted on the store's lines today (dashboard store page): {counts}")
     echo(f"Returns assessed at the till: {len(result.assessments)}")
     for answer in result.assessments:
         echo(f"  {answer['event_id']}: {answer['outcome']} (score {answer['score']:.2f}, {answer['scored_by']})")

@@ -55,6 +55,11 @@ def test_fraudulent_refund_and_a_person_after_hours_raise_one_alert_each_in_one_
     [joined] = [entry for entry in logs["notifier"] if entry["msg"] == "alert joined an incident"]
     assert joined["paged_as"] == after_hours["alert_id"]
     assert report(result, echo=lines.append) == []
+    # The passer-by walking down the aisle past its counting line: inference's crossing, counted by the
+    # recorder in Redis, on the store page's figures.
+    assert result.traffic is not None and result.traffic["in_store_now"] is None  # a count line, no door
+    [aisle] = result.traffic["lines"]
+    assert aisle["line_id"] == "aisle-east" and aisle["out"] >= 1, result.traffic
     # Everything the launcher started is gone.
     assert not (tmp_path / "run" / "runtime.json").exists()
     assert not any(pid_alive(c["pid"]) for c in platform.components.values())
