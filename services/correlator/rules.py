@@ -1232,7 +1232,7 @@ def _checkout_bypass(ctx: StoreContext, person: str, journey: Journey, exit_: St
                   if exit_.camera_id in followed[v.camera_id] and ctx.till_cameras & followed[v.camera_id]
                   and _visit_end(v, exit_.time_ms) - v.entered_ms >= min_visit_ms
                   and exit_.time_ms - _visit_end(v, exit_.time_ms) <= settings.within_s * 1000
-                  and not (v.posed and not v.reached)]
+                  and (v.reached if settings.needs_reach else not (v.posed and not v.reached))]
     unpaid = [v for v in candidates if not any(v.entered_ms <= c <= exit_.time_ms for c in journey.checkouts)]
     if not unpaid:
         return []

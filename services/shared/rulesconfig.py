@@ -146,6 +146,11 @@ class CheckoutBypass(_Rule):
     are left out, and so is a visit where the camera's pose stage saw the person never reach out:
     nothing was taken from the shelf."""
 
+    # Judge only visits where the pose stage saw the person reach to the shelf. Most shoppers who
+    # look at a high-value shelf buy nothing and leave (a third to two thirds of visitors, by any
+    # store's conversion rate): without the reach, every one of them is a page.
+    needs_reach: bool = True
+
     # From the end of the high-value visit to the exit: a shop visit. Later than this, paying
     # elsewhere (another floor, a kiosk we do not watch) is as likely as walking out.
     within_s: float = Field(900.0, gt=0, le=7200)

@@ -292,6 +292,7 @@ async def test_a_broker_failure_is_not_blamed_on_the_pos_event(worker):
 
 def _with_cabinet_and_door(raw: dict) -> None:
     raw["stores"][0].pop("opening_hours")  # open at any hour the test runs
+    raw["stores"][0].setdefault("rules", {})["checkout_bypass"] = {"needs_reach": False}  # no pose stage in these frames
     camera = raw["stores"][0]["cameras"][0]
     camera["zones"].append({"id": "cabinet", "kind": "high_value", "polygon": [[0.0, 0.0], [0.1, 0.0], [0.1, 1.0], [0.0, 1.0]]})
     camera["lines"] = [{"id": "front-door", "kind": "door", "points": [[0.0, 0.9], [1.0, 0.9]], "inside": [0.5, 0.5]}]

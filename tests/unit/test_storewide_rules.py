@@ -13,7 +13,9 @@ HANDOVER = Handover.model_validate({"from": {"camera": "floor", "zone": "edge"},
 
 
 def ctx(till_cameras=("floor",), **rules_overrides) -> StoreContext:
-    return StoreContext("store", "Europe/London", RulesConfig.model_validate(rules_overrides), handover_edges([HANDOVER]), frozenset(till_cameras))
+    """The tests judge visits whether or not a pose stage saw the reach (the default needs it: see its own test)."""
+    rules = RulesConfig.model_validate({"checkout_bypass": {"needs_reach": False}} | rules_overrides)
+    return StoreContext("store", "Europe/London", rules, handover_edges([HANDOVER]), frozenset(till_cameras))
 
 
 def enter(camera: str, track: int, zone: str, kind: str, t_s: float, first_seen_s: float | None = None) -> TrackStep:
@@ -80,6 +82,14 @@ def test_a_shopper_who_pays_a_walk_past_staff_and_one_who_never_reached_raise_no
                out("floor", 1, 60), clock("floor", 70)]
     [alert] = run(reached)
     assert alert.facts["reached"] == "True" and alert.severity > run(shopper())[0].severity
+
+
+def test_by_default_only_a_visit_where_the_pose_stage_saw_a_reach_is_judged():
+    defaults = ctx(checkout_bypass={})
+    assert run(shopper(), defaults) == []  # no pose stage: looking is not taking
+    reached = [enter("floor", 1, "cabinet", "high_value", 10), leave("floor", 1, "cabinet", "high_value", 10, 30, posed=True, reached=True),
+               out("floor", 1, 60), clock("floor", 70)]
+    assert [a.rule for a in run(reached, defaults)] == [rules.CHECKOUT_BYPASS]
 
 
 def test_only_a_journey_whose_views_lead_to_a_till_is_judged():
