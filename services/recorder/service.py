@@ -92,6 +92,8 @@ class Plan:
     pos_events: list[tuple[str, int]]
     transactions: list[tuple[str, int]]
     notes: list[str] = field(default_factory=list)
+    # The other cameras the alert's refs name (a person followed across cameras): (camera, start, end).
+    other_cameras: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +107,12 @@ class Pending:
     # so a push notification can carry it seconds before the window closes.
     early_snapshot: dict | None = None
     early_tried: bool = False
+
+
+def _frames_meta(frames: list[BufferedFrame], folder: str = "") -> list[dict]:
+    """The manifest's entries of these frames (each sequence once), named inside `folder`."""
+    return list({frame_name(f.sequence): {"name": folder + frame_name(f.sequence), "sequence": f.sequence, "capture_time_ms": f.capture_time_ms,
+                                          "width": f.width, "height": f.height} for f in frames}.values())
 
 
 def iso(ms: int) -> str:
@@ -297,21 +305,21 @@ class Recorder:
         """The camera, window and POS events an alert's evidence covers, from its refs."""
         refs = list(alert.evidence)
         camera_refs = [r for r in refs if r.kind in CAMERA_KINDS]
-        camera_id = next((r.camera_id for r in camera_refs if r.camera_id), alert.camera_id)
-        buffer = self.cameras.get(camera_id)
-
-        def time_of(sequence: int, fallback: int) -> int:
-            known = buffer.time_of(sequence) if buffer is not None else None
-            return known if known is not None else fallback
-
-        starts: list[int] = []
-        ends: list[int] = []
+        # The alert's own camera gives the snapshot; others its refs name (a person followed across
+        # cameras) give their frames and a clip each.
+        named = list(dict.fromkeys(r.camera_id for r in camera_refs if r.camera_id))
+        camera_id = alert.camera_id if alert.camera_id in named else next(iter(named), alert.camera_id)
         notes: list[str] = []
+        spans: dict[str, tuple[list[int], list[int]]] = {}
         snapshot_sequence, snapshot_time = None, alert.event_time_ms
         for ref in camera_refs:
-            if ref.camera_id and ref.camera_id != camera_id:
-                notes.append(f"evidence ref {ref.kind} {ref.ref} of camera {ref.camera_id} is not recorded (one camera per alert: {camera_id})")
-                continue
+            ref_camera = ref.camera_id or camera_id
+            buffer = self.cameras.get(ref_camera)
+
+            def time_of(sequence: int, fallback: int, buffer: CameraBuffer | None = buffer) -> int:
+                known = buffer.time_of(sequence) if buffer is not None else None
+                return known if known is not None else fallback
+
             try:
                 if ref.kind == "camera_window":
                     start, end = _range(ref.ref)
@@ -319,22 +327,25 @@ class Recorder:
                     first, last = _range(ref.ref)
                     start, end = time_of(first, ref.time_ms or alert.event_time_ms), time_of(last, max(ref.time_ms, alert.event_time_ms))
                 else:
-                    snapshot_sequence = int(ref.ref)
-                    start = end = snapshot_time = time_of(snapshot_sequence, ref.time_ms or alert.event_time_ms)
+                    start = end = time_of(int(ref.ref), ref.time_ms or alert.event_time_ms)
+                    if ref_camera == camera_id:
+                        snapshot_sequence, snapshot_time = int(ref.ref), start
             except ValueError:
                 notes.append(f"evidence ref {ref.kind} {ref.ref!r} is malformed")
                 continue
+            starts, ends = spans.setdefault(ref_camera, ([], []))
             starts.append(start)
             ends.append(end)
-        if camera_id and not starts:
-            starts, ends = [alert.event_time_ms], [alert.event_time_ms]
+        starts, ends = spans.pop(camera_id, ([alert.event_time_ms], [alert.event_time_ms]))
         if camera_id:
             start_ms, end_ms = min(starts) - self.options.before_ms, max(ends) + self.options.after_ms
         else:
             start_ms = end_ms = alert.event_time_ms
+        others = [(camera, min(s) - self.options.before_ms, max(e) + self.options.after_ms) for camera, (s, e) in spans.items()]
         pos_events = list(dict.fromkeys((r.ref, r.time_ms) for r in refs if r.kind == "pos_event" and r.ref))
         transactions = list(dict.fromkeys((r.ref, r.time_ms) for r in refs if r.kind == "pos_transaction" and r.ref))
-        return Plan(camera_id, start_ms, end_ms, snapshot_sequence, min(max(snapshot_time, start_ms), end_ms), pos_events, transactions, notes)
+        return Plan(camera_id, start_ms, end_ms, snapshot_sequence, min(max(snapshot_time, start_ms), end_ms), pos_events, transactions, notes,
+                    others)
 
     def _find_event(self, event_id: str, store_id: str) -> PosEvent | None:
         own = self.pos.get(store_id)
@@ -362,6 +373,10 @@ class Recorder:
             # Detections come from inference, a little after their frames: wait for the snapshot's.
             if buffer.analysis_clock_ms and buffer.analysis_clock_ms < plan.snapshot_time_ms:
                 return ("detections", buffer.analysis_clock_ms)
+        for camera, _start, end in plan.other_cameras:
+            other = self.cameras.get(camera)
+            if other is None or other.clock_ms < end:
+                return (f"camera {camera}", other.clock_ms if other else 0)
         waiting = self._pos_awaited(pending)
         if waiting:
             return ("pos", waiting)
@@ -429,17 +444,34 @@ class Recorder:
             frames = self._camera_evidence(pending, gave_up, missing)
             for frame in frames:
                 files[frame_name(frame.sequence)] = frame.jpeg
-            frames_meta = list({frame_name(f.sequence): {"name": frame_name(f.sequence), "sequence": f.sequence, "capture_time_ms": f.capture_time_ms,
-                                                         "width": f.width, "height": f.height} for f in frames}.values())
+            frames_meta = _frames_meta(frames)
             snapshot_meta = self._snapshot(plan, frames, files, missing)
-            clip_meta = self._clip(plan, frames, files, missing)
+            clip_meta = self._clip(plan.camera_id, frames, files, missing)
+        others = []
+        for camera, start, end in plan.other_cameras:
+            frames = self._camera_frames(camera, start, end, pending, missing)
+            folder = f"cameras/{camera}/"
+            for frame in frames:
+                files[folder + frame_name(frame.sequence)] = frame.jpeg
+            others.append({"camera_id": camera, "window_ms": [start, end], "frames": _frames_meta(frames, folder),
+                           "clip": self._clip(camera, frames, files, missing, folder + "clip.avi")})
         pos_events = self._pos_evidence(pending, missing)
         status = "partial" if missing else "complete"
-        return self._manifest(pending, now, status, missing, frames_meta, snapshot_meta, clip_meta, pos_events), files
+        manifest = self._manifest(pending, now, status, missing, frames_meta, snapshot_meta, clip_meta, pos_events)
+        if others:
+            manifest["other_cameras"] = others
+        return manifest, files
 
     def _camera_evidence(self, pending: Pending, gave_up: bool, missing: list[str]) -> list[BufferedFrame]:
         plan = pending.plan
-        camera, start, end = plan.camera_id, plan.start_ms, plan.end_ms
+        frames = self._camera_frames(plan.camera_id, plan.start_ms, plan.end_ms, pending, missing)
+        buffer = self.cameras.get(plan.camera_id)
+        if gave_up and buffer is not None and buffer.clock_ms >= plan.end_ms and buffer.analysis_clock_ms and buffer.analysis_clock_ms < plan.snapshot_time_ms:
+            missing.append(f"no detections of {plan.camera_id} after {iso(buffer.analysis_clock_ms)} (inference behind or down)")
+        return frames
+
+    def _camera_frames(self, camera: str, start: int, end: int, pending: Pending, missing: list[str]) -> list[BufferedFrame]:
+        """A camera's buffered frames of [start, end], and why any part of it is missing."""
         buffer = self.cameras.get(camera)
         if buffer is None or not buffer.clock_ms:
             missing.append(f"no frames of {camera} between {iso(start)} and {iso(end)} (camera silent: nothing received from it)")
@@ -448,8 +480,6 @@ class Recorder:
         if buffer.clock_ms < end:
             missing.append(f"{camera} sent nothing after {iso(buffer.clock_ms)}; the window ends at {iso(end)} "
                            f"(waited {(self.now_ms() - pending.since_ms) / 1000:.0f} s)")
-        elif gave_up and buffer.analysis_clock_ms and buffer.analysis_clock_ms < plan.snapshot_time_ms:
-            missing.append(f"no detections of {camera} after {iso(buffer.analysis_clock_ms)} (inference behind or down)")
         if start < buffer.complete_since_ms:
             missing.append(f"frames of {camera} between {iso(start)} and {iso(min(end, buffer.complete_since_ms))} are not in the recorder's buffer "
                            f"(it keeps {self.options.buffer_ms / 1000:g} s per camera, or started after)")
@@ -479,21 +509,21 @@ class Recorder:
             return None
         return {"name": "snapshot.jpg", "sequence": chosen.sequence, "capture_time_ms": chosen.capture_time_ms, "detections": overlay}
 
-    def _clip(self, plan: Plan, frames: list[BufferedFrame], files: dict[str, bytes], missing: list[str]) -> dict | None:
+    def _clip(self, camera_id: str, frames: list[BufferedFrame], files: dict[str, bytes], missing: list[str], name: str = "clip.avi") -> dict | None:
         if not frames:
             return None
         try:
-            default_fps = self.config.camera(plan.camera_id)[1].fps
+            default_fps = self.config.camera(camera_id)[1].fps
         except KeyError:
             default_fps = 10.0
         fps = render.measured_fps(frames, default_fps)
         try:
             data, count = render.clip(frames, fps)
         except render.RenderError as exc:
-            missing.append(f"no clip: {exc}")
+            missing.append(f"no clip of {camera_id}: {exc}")
             return None
-        files["clip.avi"] = data
-        return {"name": "clip.avi", "frames": count, "fps": fps}
+        files[name] = data
+        return {"name": name, "frames": count, "fps": fps}
 
     def _pos_evidence(self, pending: Pending, missing: list[str]) -> list[dict]:
         alert, plan = pending.alert, pending.plan

@@ -73,9 +73,12 @@ def frame_name(sequence: int) -> str:
 
 
 def manifest_files(manifest: dict) -> list[str]:
-    """Every file a manifest lists (frames, snapshot, clip), in that order."""
+    """Every file a manifest lists (frames, snapshot, clip, then each other camera's frames and clip), in that order."""
     names = [f["name"] for f in manifest.get("frames") or []]
     names += [part["name"] for part in (manifest.get("snapshot"), manifest.get("clip")) if part]
+    for other in manifest.get("other_cameras") or []:
+        names += [f["name"] for f in other.get("frames") or []]
+        names += [other["clip"]["name"]] if other.get("clip") else []
     return names
 
 

@@ -23,7 +23,7 @@ from services.shared.contracts.alert_pb2 import Alert, EvidenceRef
 from services.shared.contracts.frame_analysis_pb2 import BoundingBox, DetectedObject, FrameAnalysis, PersonObservation, ZoneObservation
 from services.shared.contracts.frame_pb2 import Frame
 from services.shared.contracts.pos_event_pb2 import PosEvent, PosEventType
-from services.shared.evidence import EvidenceNotFound, EvidenceStore, evidence_store_from_settings
+from services.shared.evidence import EvidenceNotFound, EvidenceStore, evidence_store_from_settings, manifest_files
 from services.shared.kafka import Outcome, RetryableError
 from services.shared.storeconfig import load_store_config
 
@@ -487,3 +487,30 @@ def test_pending_alerts_are_written_at_stop(recorder, store, clock):
     recorder.finish_all("the recorder was stopping")
     manifest = store.manifest(STORE, "al-1")
     assert manifest["status"] == "partial" and manifest["missing"][0] == "the recorder was stopping" and len(manifest["frames"]) == 51
+
+
+def test_an_alert_that_followed_a_person_across_cameras_keeps_each_cameras_frames_and_clip(store, clock):
+    """Checkout bypass: the shelf seen on one camera, the exit on the alert's own camera."""
+    config = load_store_config(SAMPLE)
+    raw = config.model_dump(mode="json", exclude={"base_dir"})
+    shelf = {**raw["stores"][0]["cameras"][0], "id": "cam-shelf", "lines": []}
+    raw["stores"][0]["cameras"].append(shelf)
+    recorder = Recorder(type(config).model_validate({**raw, "base_dir": config.base_dir}), store,
+                        RecorderOptions(buffer_ms=30_000, before_ms=1000, after_ms=1000, max_wait_ms=20_000), clock=clock)
+    feed(recorder, 0, T0, T0 + 12_000)
+    for seq, t in enumerate(range(T0, T0 + 12_001, 200)):
+        recorder.take(topics.FRAMES, Frame(store_id=STORE, camera_id="cam-shelf", capture_time_ms=t, sequence=seq, jpeg=GREY, width=320,
+                                           height=240).SerializeToString(), clock.ms)
+    alert = Alert(alert_id="al-x", rule="checkout_bypass", store_id=STORE, camera_id=CAM, event_time_ms=T0 + 9000, raised_time_ms=T0 + 9100,
+                  evidence=[EvidenceRef(kind="frames", ref="5-20", camera_id="cam-shelf", time_ms=T0 + 1000),
+                            EvidenceRef(kind="frame", ref="90", camera_id=CAM, time_ms=T0 + 9000)])
+    recorder.take(topics.ALERTS, alert.SerializeToString(), clock.ms)
+    manifest = store.manifest(STORE, "al-x")
+    assert manifest["status"] == "complete", manifest["missing"]
+    assert manifest["camera_id"] == CAM and manifest["snapshot"]["sequence"] == 90 and manifest["window_ms"] == [T0 + 8000, T0 + 10_000]
+    [shelf_part] = manifest["other_cameras"]
+    assert shelf_part["camera_id"] == "cam-shelf" and shelf_part["window_ms"] == [T0, T0 + 5000]
+    assert [f["sequence"] for f in shelf_part["frames"]] == list(range(0, 26)) and shelf_part["clip"]["name"] == "cameras/cam-shelf/clip.avi"
+    folder = Path(store.url) / STORE / "al-x"
+    assert all((folder / name).exists() for name in manifest_files(manifest))
+    assert "cameras/cam-shelf/frames/0000000005.jpg" in manifest_files(manifest)

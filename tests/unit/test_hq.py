@@ -100,15 +100,21 @@ def test_camera_status_live_idle_down_unknown():
 
 
 def test_evidence_package_view_links_only_listed_files():
-    manifest = {"status": "partial", "missing": ["camera silent"], "window_ms": [1, 2],
+    manifest: dict[str, object] = {"status": "partial", "missing": ["camera silent"], "window_ms": [1, 2],
                 "frames": [{"name": "frames/0000000007.jpg", "sequence": 7, "capture_time_ms": 1}],
                 "snapshot": {"name": "snapshot.jpg", "detections": {"persons": [], "objects": [], "zones": []}}, "clip": None}
     view = _package_view("al-1", manifest)
     assert view is not None
     assert view["snapshot_url"] == "/v1/alerts/al-1/evidence/snapshot.jpg" and view["clip_url"] is None
     assert view["frames"] == [{"sequence": 7, "capture_time_ms": 1, "url": "/v1/alerts/al-1/evidence/frames/0000000007.jpg"}]
-    assert view["status"] == "partial" and view["missing"] == ["camera silent"]
+    assert view["status"] == "partial" and view["missing"] == ["camera silent"] and view["other_cameras"] == []
     assert _package_view("al-1", None) is None
+    # A person followed across cameras: the other camera's clip and frames, by the names the manifest lists.
+    manifest["other_cameras"] = [{"camera_id": "cam-shelf", "window_ms": [0, 5], "clip": {"name": "cameras/cam-shelf/clip.avi"},
+                                  "frames": [{"name": "cameras/cam-shelf/frames/0000000003.jpg", "sequence": 3, "capture_time_ms": 2}]}]
+    [other] = _package_view("al-1", manifest)["other_cameras"]  # type: ignore[index]
+    assert other["clip_url"] == "/v1/alerts/al-1/evidence/cameras/cam-shelf/clip.avi"
+    assert other["frames"][0]["url"] == "/v1/alerts/al-1/evidence/cameras/cam-shelf/frames/0000000003.jpg"
 
 
 def test_session_token_from_the_bearer_header_before_the_cookie():

@@ -67,6 +67,11 @@ def _package_view(alert_id: str, manifest: dict | None) -> dict | None:
         "clip_url": base + clip["name"] if clip else None,
         "frames": [{"sequence": f["sequence"], "capture_time_ms": f["capture_time_ms"], "url": base + f["name"]} for f in manifest.get("frames", [])],
         "detections": snapshot.get("detections") if snapshot else None,
+        # A person followed across cameras (checkout bypass, repeat visits): each other camera's frames and clip.
+        "other_cameras": [{"camera_id": o.get("camera_id", ""), "window_ms": o.get("window_ms"),
+                           "clip_url": base + o["clip"]["name"] if o.get("clip") else None,
+                           "frames": [{"sequence": f["sequence"], "capture_time_ms": f["capture_time_ms"], "url": base + f["name"]} for f in o.get("frames", [])]}
+                          for o in manifest.get("other_cameras", [])],
     }
 
 

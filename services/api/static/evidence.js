@@ -139,6 +139,14 @@ export function renderEvidence(alert, stores, user) {
   const clipUrl = safeUrl(pkg?.clip_url);
   clip.classList.toggle("hidden", !clipUrl);
   if (clipUrl) clip.href = clipUrl;
+  // A person followed across cameras: a clip of each other camera that saw them.
+  document.getElementById("other-clips")?.remove();
+  const others = (pkg?.other_cameras || []).filter((o) => safeUrl(o.clip_url));
+  if (others.length) {
+    clip.after(h("span", { id: "other-clips" }, others.map((o) => h("a", {
+      class: "button", href: safeUrl(o.clip_url), target: "_blank", rel: "noopener", dataset: { cameraId: o.camera_id },
+    }, `Clip of ${o.camera_id}`))));
+  }
   byId("export").classList.toggle("hidden", !canJudge(user));
 }
 
