@@ -118,6 +118,8 @@ def dashboards() -> list[Dashboard]:
         *_consumer_panels("inference"),
         Panel("Model server Predict per batch (p99)", ((p99("sw_inference_predict_seconds", "model"), "{{model}}"),), "s"),
         Panel("Optional stages failing", ((rate("sw_inference_stage_failures_total", "stage"), "{{stage}}"),), "ops"),
+        Panel("People crossing counting lines, per hour", (("sum by (store, line, direction) (increase(sw_line_crossings_total[1h]))",
+                                                            "{{store}} {{line}} {{direction}}"),), "short"),
     ))
     correlator = Dashboard("sw-correlator", "ShrinkWatch: correlator", "Detections and POS events to alerts.", (
         Panel("Alerts per rule", ((rate("sw_correlator_alerts_total", "rule"), "{{rule}}"),), "ops"),
