@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modeling.evaluate_tracking import OPENCV_DOC, ROOT, _read_video, track_clip
+from modeling.evaluate_tracking import OPENCV_DOC, ROOT, read_video, track_clip
 from services.inference.stages import saved_model_predict
 from services.shared.storeconfig import Camera, DetectorStage, Line, load_store_config
 from services.shared.tensorflow_runtime import load_tensorflow
@@ -71,7 +71,7 @@ def evaluate(predict: Callable, stage: DetectorStage, margin: float, tolerance_s
     """The plaza clip through the detector stage with the hand-counted line; the scored result."""
     labels = json.loads(LABELS.read_text())
     camera = line_camera(labels, stage, margin)
-    counted = [(index, c.direction, c.track_id) for index, analysis in track_clip("vtest (line)", camera, _read_video(VTEST), labels["fps"], predict)
+    counted = [(index, c.direction, c.track_id) for index, analysis in track_clip("vtest (line)", camera, read_video(VTEST), labels["fps"], predict)
                for c in analysis.line_crossings]
     result = score(labels, counted, round(tolerance_s * labels["fps"]))
     return result | {"clip": "vtest.avi", "min_score": stage.min_score, "detect_fps": stage.detect_fps, "margin": margin, "tolerance_s": tolerance_s,

@@ -71,7 +71,7 @@ class Clip:
 
 def sample_clip(tmp: Path) -> Clip:
     camera = load_store_config(ROOT / "config" / "sample-store.yaml").stores[0].cameras[0]
-    images = _read_video(samplestore.generate(tmp / "sample")["clip"])
+    images = read_video(samplestore.generate(tmp / "sample")["clip"])
     truth = {}
     for index in range(len(images)):
         t = index / samplestore.FPS
@@ -91,7 +91,7 @@ def vtest_clip(stage: DetectorStage) -> Clip | None:
         persons = {str(p["id"]): _unit(p["box"], width, height) for p in entry["persons"]}
         truth[entry["frame"]] = Truth(persons, [_unit(b, width, height) for b in entry.get("ambiguous", [])])
     last = max(truth)
-    images = _read_video(path, limit=last + 1)
+    images = read_video(path, limit=last + 1)
     steps = sorted(truth)
     camera = Camera(id="vtest", source=f"file:{path}", fps=labels["fps"], width=width, height=height, zones=[VTEST_ZONE],
                     stages=[stage.model_dump()])
@@ -102,7 +102,8 @@ def _unit(box: list[int], width: int, height: int) -> Box:
     return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
 
 
-def _read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
+def read_video(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    """A video file's frames (BGR), the first `limit` of them."""
     capture = cv2.VideoCapture(str(path))
     images: list[np.ndarray] = []
     while limit is None or len(images) < limit:
