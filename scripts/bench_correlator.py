@@ -866,13 +866,13 @@ def main(argv: list[str] | None = None) -> int:
                 except (OSError, ValueError, KeyError):
                     return 0.0
 
-            real = drain(offsets, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS],
+            real = drain(offsets, correlator, group, [topics.DETECTIONS, topics.POS], [topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS, topics.STORE_STEPS],
                          total, correlator_first)
             rss = rss_mb(correlator.popen.pid)
             print(f"correlator: {real.per_s:,.0f} msgs/s ({real.to_end_per_s:,.0f} to its final commit; {real.cores:.2f} cores, "
                   f"{real.derived_messages} messages it sent itself, RSS {rss:.0f} MB)", flush=True)
             backlog_alerts = Counter(alert.rule for alert, _sent in TopicReader(bootstrap, [topics.ALERTS], _alert_and_sent_ms).read_to_end(timeout_s=10))
-            dlq_topics = [topics.dlq(t) for t in (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS)]
+            dlq_topics = [topics.dlq(t) for t in (topics.DETECTIONS, topics.POS, topics.CAMERA_EVENTS, topics.RETURNS_BY_TOKEN, topics.TRANSACTIONS, topics.STORE_STEPS)]
             dlq = sum(offsets.ends(dlq_topics).values())
             print(f"alerts from the backlog: {dict(backlog_alerts)}; dead-lettered: {dlq}", flush=True)
 
