@@ -6,7 +6,6 @@ dictionary lookups rather than walking the chain, and rule settings are merged o
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from services.correlator.rules import CameraContext, RegisterContext, StoreContext, followed_zones, handover_edges
@@ -36,8 +35,6 @@ class ChainIndex:
         index = cls(config, employee_tokens=config.employee_tokens())
         for store in config.stores:
             index.store_rules[store.id] = config.rules_for(store.id)
-            index.stores[store.id] = StoreContext(store.id, store.timezone, index.store_rules[store.id], handover_edges(store.handovers),
-                                                  frozenset(c.id for c in store.cameras if any(z.kind == "counter_customer" for z in c.zones)))
             for register in store.registers:
                 key = register_key(store.id, register.id)
                 index.registers[key] = RegisterContext(
@@ -56,8 +53,11 @@ class ChainIndex:
                     followed=followed_zones({z.id: z.kind for z in camera.zones}, store.handovers, camera.id, index.store_rules[store.id]),
                     door_lines=index.store_rules[store.id].checkout_bypass.enabled and any(line.kind == "door" for line in camera.lines),
                 )
-            reporting = frozenset(c.id for c in store.cameras if index.cameras[c.id].followed or index.cameras[c.id].door_lines)
-            index.stores[store.id] = dataclasses.replace(index.stores[store.id], reporting=reporting)
+            index.stores[store.id] = StoreContext(
+                store.id, store.timezone, index.store_rules[store.id], handover_edges(store.handovers),
+                till_cameras=frozenset(c.id for c in store.cameras if any(z.kind == "counter_customer" for z in c.zones)),
+                reporting=frozenset(c.id for c in store.cameras if index.cameras[c.id].followed or index.cameras[c.id].door_lines),
+            )
         return index
 
     def rules_at(self, store_id: str) -> RulesConfig:

@@ -1095,11 +1095,13 @@ def _link_departures(state: StoreJourneys, ctx: StoreContext, wall_ms: int) -> l
     if not due:
         return []
     claims = {id(d): _successors(state, ctx, d) for d in state.departures}
-    grown = []
+    grown: list[str] = []
+    waiting: list[Departure] = []
     for departure in due:
         successors = claims[id(departure)]
         if not all(_departures_known(state, ctx, state.people[s], wall_ms) for s in successors):
-            continue  # someone else may yet be reported leaving towards them
+            waiting.append(departure)  # someone else may yet be reported leaving towards them
+            continue
         rivals = [d for d in state.departures if d is not departure and set(successors) & set(claims[id(d)])]
         person = state.tracks.get(departure.track)
         if len(successors) != 1 or rivals or person is None:
@@ -1118,8 +1120,6 @@ def _link_departures(state: StoreJourneys, ctx: StoreContext, wall_ms: int) -> l
         for track in later.tracks:
             state.tracks[track] = person
         grown.append(person)
-    waiting = [d for d in due if claims[id(d)] and not all(_departures_known(state, ctx, state.people[s], wall_ms)
-                                                             for s in claims[id(d)] if s in state.people)]
     state.departures = [d for d in state.departures if all(d is not due_one for due_one in due) or any(d is w for w in waiting)]
     return grown
 
